@@ -1,0 +1,975 @@
+"""The calibrated stream server: scripted token timelines over real HTTP.
+
+A `Scenario` says what one generation request gets back: how long before the
+first token, how many tokens, the gap between writes (with seeded jitter), how
+tokens are grouped into events and events into writes, and which faults to
+play (stalls, an HTTP error status, malformed lines, a missing `[DONE]`, an
+abrupt disconnect, a 10 MB line, a byte-at-a-time drip). Every request replays
+the same timeline: the jitter generator is re-seeded per request.
+
+Served paths:
+
+* POST /v1/chat/completions, /v1/completions, /api/generate: the scenario,
+  streamed (llama-server's SSE shapes; Shimmy's bare-text or JSON events) or,
+  for `"stream": false`, as one JSON body sent when the last token would be.
+* GET /health, GET /v1/models: always ready.
+* POST /tokenize: `{"tokens": [...]}` with one id per whitespace-separated word
+  of `content` (crc32 of the word modulo 32000): scenario tokens are words, so
+  the count matches the scenario's token count. Not a real tokenizer.
+* GET /_calibration/last: the last generation request's `StreamRecord` as
+  JSON, once its stream has ended (waits up to 5 s: 409 if it is still
+  running then, 404 when there was no request).
+* GET or POST /_calibration/scenario: read or replace the scenario.
+
+Timing. Each write's deadline is absolute (request received + offset), so
+delays never accumulate. Waiting sleeps until `spin_s` before the deadline,
+then spins on `perf_counter_ns` for the rest, yielding the CPU (and the GIL,
+so an in-process client thread can still stamp its reads) on each turn.
+Sleeping alone wakes 50-100 µs late (timer slack, scheduler); spinning alone
+burns a core for the whole gap. The default 0.5 ms of spin costs a quarter of
+a core at 2 ms gaps and ends within a few µs of the deadline when a CPU is
+free; on a loaded machine the scheduler's preemption dominates either way.
+Use `spin_s=0` when CPU matters more than the schedule. Each record's
+`scheduled_ns` against `sent_ns` shows what was achieved (the difference
+includes the write itself).
+
+Send stamps are `time.perf_counter_ns()` right after the write returns; on
+Linux that clock is CLOCK_MONOTONIC, shared by all processes, so a client in
+another process can compare its own stamps with them.
+
+Streams use HTTP/1.1 chunked encoding with `Connection: close`, like
+llama-server, so a dropped connection is a truncated body to the client, and
+a stream without `[DONE]` still ends cleanly. The socket has TCP_NODELAY: small
+writes leave at once instead of waiting for the previous one's ACK.
+
+Run as a process (so the server does not share the client's GIL):
+
+    python -m calibration.stream_server --port 8089 --scenario scenario.json
+
+It prints `listening on http://127.0.0.1:PORT` once it accepts connections
+(use `--port 0` for any free port) and serves until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+from collector.apis import PATHS, ApiName
+from evidence.errors import ConfigError
+
+ShimmyShape = Literal["text", "json"]
+Outcome = Literal["running", "complete", "http-error", "disconnected", "client-gone", "aborted"]
+
+# Ready-made malformed lines for `Injection`. For the Shimmy API only
+# NOT_AN_EVENT is malformed: its bare-text stream takes any other line as text.
+NOT_JSON = "data: this line is not JSON\n\n"
+BAD_JSON = 'data: {"choices": [{"delta": {"content": "cut off\n\n'
+NOT_AN_EVENT = 'data: {"choices": ["not an object"]}\n\n'
+
+DEFAULT_WORDS: tuple[str, ...] = (
+    "The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while",
+    "experts", "wait", "in", "CPU", "memory", "for", "their", "turn", "to", "compute",
+)  # fmt: skip
+
+# The spin loop's pause: sched_yield releases the GIL (a bare loop would hold it
+# from an in-process client thread for up to the 5 ms switch interval) and
+# costs ~1 µs, where time.sleep(0) costs a timer-slack wake-up (~80 µs).
+_yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
+
+_API_BY_PATH: dict[str, ApiName] = {path: api for api, path in PATHS.items()}
+_LONG_LINE_PIECE = 64 * 1024
+_RECORDS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Once `after_tokens` tokens are sent, pause `seconds` more before the next."""
+
+    after_tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Raw event-stream text written verbatim once `after_tokens` tokens are sent."""
+
+    after_tokens: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A scenario's timeline, in ns after the request arrived."""
+
+    writes_ns: list[int]  # each token write
+    tail_ns: int  # finish / usage / [DONE]; for a non-streamed answer, the body
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What every generation request gets back. Times are seconds.
+
+    Token i is word i of `words` (cycled), with a leading space after the
+    first. `tokens_per_event` tokens make one event, `events_per_write` events
+    one network write; writes are `gap_s` apart (uniform ± `jitter_s`, seeded by
+    `seed`), the first `first_token_delay_s` after the request arrived. Faults
+    keyed by a token count (`after_tokens`, `*_after_tokens`) act at the first
+    write boundary at which at least that many tokens have been sent.
+    """
+
+    tokens: int = 16
+    first_token_delay_s: float = 0.01
+    gap_s: float = 0.002
+    jitter_s: float = 0.0
+    seed: int = 0
+    tokens_per_event: int = 1
+    events_per_write: int = 1
+    words: tuple[str, ...] = DEFAULT_WORDS
+    # OpenAI APIs only: the last event's finish reason (None: no such event),
+    # and a usage event with llama.cpp's `timings` after it.
+    finish_reason: str | None = "length"
+    usage: bool = True
+    send_done: bool = True
+    shimmy_shape: ShimmyShape = "text"
+    stalls: tuple[Stall, ...] = ()
+    injections: tuple[Injection, ...] = ()
+    # Close the socket mid-stream: FIN by default, RST (SO_LINGER 0) if reset.
+    disconnect_after_tokens: int | None = None
+    disconnect_reset: bool = False
+    # From this point on, send the rest of the response one byte per interval.
+    drip_after_tokens: int | None = None
+    drip_interval_s: float = 0.05
+    # One `data:` line of this many bytes.
+    long_line_after_tokens: int | None = None
+    long_line_bytes: int = 10 * 1024 * 1024
+    # Anything but 200: answer at once with this status and a JSON error body.
+    http_status: int = 200
+    error_message: str = "calibration server: scripted failure"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "tokens": self.tokens >= 0,
+            "first_token_delay_s": self.first_token_delay_s >= 0,
+            "gap_s": self.gap_s >= 0,
+            "jitter_s": self.jitter_s >= 0,
+            "tokens_per_event": self.tokens_per_event >= 1,
+            "events_per_write": self.events_per_write >= 1,
+            "words": len(self.words) > 0,
+            "shimmy_shape": self.shimmy_shape in ("text", "json"),
+            "drip_interval_s": self.drip_interval_s >= 0,
+            "long_line_bytes": self.long_line_bytes >= 0,
+            "http_status": 100 <= self.http_status <= 599,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(f"scenario: invalid {', '.join(bad)}")
+
+    def token_texts(self) -> list[str]:
+        """The text of every token, in order."""
+        n = len(self.words)
+        return [(" " if i else "") + self.words[i % n] for i in range(self.tokens)]
+
+    def text(self) -> str:
+        """The whole generated text."""
+        return "".join(self.token_texts())
+
+    def event_texts(self) -> list[str]:
+        """The text of every content event, in order."""
+        toks, k = self.token_texts(), self.tokens_per_event
+        return ["".join(toks[i : i + k]) for i in range(0, len(toks), k)]
+
+    def schedule(self) -> Schedule:
+        """When each write is due, in ns after the request arrived."""
+        rng = random.Random(self.seed)
+        per_write = self.tokens_per_event * self.events_per_write
+        pending = list(self.stalls)
+
+        def pause(tokens_sent: float) -> float:
+            nonlocal pending
+            due = [s for s in pending if s.after_tokens <= tokens_sent]
+            pending = [s for s in pending if s.after_tokens > tokens_sent]
+            return sum(s.seconds for s in due)
+
+        writes: list[int] = []
+        t = self.first_token_delay_s
+        for w, tokens_sent in enumerate(range(0, self.tokens, per_write)):
+            if w:
+                t += max(0.0, self.gap_s + rng.uniform(-self.jitter_s, self.jitter_s))
+            t += pause(tokens_sent)
+            writes.append(round(t * 1e9))
+        # The tail (finish, usage, [DONE]) follows the last token at once,
+        # after any stall still pending.
+        t += pause(math.inf)
+        return Schedule(writes, round(t * 1e9))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that `from_dict` reads back."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["words"] = list(self.words)
+        out["stalls"] = [
+            {"after_tokens": s.after_tokens, "seconds": s.seconds} for s in self.stalls
+        ]
+        out["injections"] = [
+            {"after_tokens": i.after_tokens, "text": i.text} for i in self.injections
+        ]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scenario:
+        """Build from a dict (a scenario file's JSON); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"scenario: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        kwargs = dict(data)
+        try:
+            if "words" in kwargs:
+                kwargs["words"] = tuple(str(w) for w in kwargs["words"])
+            if "stalls" in kwargs:
+                kwargs["stalls"] = tuple(Stall(**s) for s in kwargs["stalls"])
+            if "injections" in kwargs:
+                kwargs["injections"] = tuple(Injection(**i) for i in kwargs["injections"])
+            return cls(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"scenario: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: Path) -> Scenario:
+        """Read a scenario JSON file."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"scenario file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"scenario file {path}: expected a JSON object")
+        return cls.from_dict(data)
+
+
+@dataclass
+class SentEvent:
+    """One SSE event (or non-streamed body) as the server sent it.
+
+    kind: role | content | final | usage | done | injected | long-line | body |
+    error. Events coalesced into one write share its `sent_ns`.
+    """
+
+    kind: str
+    text: str
+    tokens: int
+    scheduled_ns: int  # the timeline's deadline for the write (perf_counter_ns)
+    sent_ns: int  # perf_counter_ns right after the write returned
+
+
+@dataclass
+class StreamRecord:
+    """Everything the server did for one generation request."""
+
+    path: str
+    api: ApiName
+    stream: bool
+    request: dict[str, Any]
+    received_ns: int  # request body read: the timeline's zero
+    headers_ns: int | None = None
+    events: list[SentEvent] = field(default_factory=list)
+    outcome: Outcome = "running"
+    error: str | None = None
+    finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def sent_ns(self) -> list[int]:
+        """Send stamp of every event, in order: pairs with the client's chunk stamps."""
+        return [e.sent_ns for e in self.events]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that `from_dict` reads back."""
+        return {
+            "path": self.path,
+            "api": self.api,
+            "stream": self.stream,
+            "request": self.request,
+            "received_ns": self.received_ns,
+            "headers_ns": self.headers_ns,
+            "events": [vars(e) for e in self.events],
+            "outcome": self.outcome,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
+        """Rebuild a record fetched from /_calibration/last."""
+        record = cls(
+            path=data["path"],
+            api=data["api"],
+            stream=data["stream"],
+            request=data["request"],
+            received_ns=data["received_ns"],
+            headers_ns=data["headers_ns"],
+            events=[SentEvent(**e) for e in data["events"]],
+            outcome=data["outcome"],
+            error=data["error"],
+        )
+        record.finished.set()
+        return record
+
+
+class CalibratedServer:
+    """The server, run in a background thread of this process.
+
+    `with CalibratedServer(Scenario(tokens=50)) as server:` starts it on a free
+    port of 127.0.0.1; `server.base_url` is its address, `server.last()` the
+    record of the last generation request.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        spin_s: float = 0.0005,
+    ) -> None:
+        self._scenario = scenario or Scenario()
+        self._lock = threading.Lock()
+        self._records: deque[StreamRecord] = deque(maxlen=_RECORDS_KEPT)
+        self._connections: set[socket.socket] = set()
+        self.stopping = threading.Event()
+        self.spin_ns = round(spin_s * 1e9)
+        self._httpd = _HTTPServer((host, port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (the free one picked when asked for port 0)."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def base_url(self) -> str:
+        """`http://host:port`, ready for the collector's `generate`."""
+        return f"http://{self._httpd.server_name}:{self.port}"
+
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario new requests get; set it to change it between requests."""
+        with self._lock:
+            return self._scenario
+
+    @scenario.setter
+    def scenario(self, value: Scenario) -> None:
+        with self._lock:
+            self._scenario = value
+
+    @property
+    def records(self) -> list[StreamRecord]:
+        """Records of recent generation requests, oldest first."""
+        with self._lock:
+            return list(self._records)
+
+    def last(self, timeout_s: float = 5.0) -> StreamRecord:
+        """The last generation request's record, once its stream has ended.
+
+        Raises LookupError when no request came, TimeoutError when the stream
+        is still running after `timeout_s`.
+        """
+        with self._lock:
+            if not self._records:
+                raise LookupError("the calibration server has had no generation request")
+            record = self._records[-1]
+        if not record.finished.wait(timeout_s):
+            raise TimeoutError(f"the last stream was still running after {timeout_s:g} s")
+        return record
+
+    def start(self) -> Self:
+        """Serve in a background thread; returns self."""
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"calibration-server-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving: end running streams at once and join their threads."""
+        self.stopping.set()
+        with self._lock:
+            live = list(self._connections)
+        for conn in live:
+            # Unblocks a handler stuck in a send or a read, so the join below is quick.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join()
+        self._httpd.server_close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def add_record(self, record: StreamRecord) -> None:
+        """Called by the handler when a generation request arrives."""
+        with self._lock:
+            self._records.append(record)
+
+    def track(self, conn: socket.socket, live: bool) -> None:
+        """Called by the handler as a connection opens (live) and closes."""
+        with self._lock:
+            if live:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # Handler threads are joined on close (after `stopping` ends their streams),
+    # so no stream outlives the server that a test started.
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        calibration: CalibratedServer,
+    ) -> None:
+        self.calibration = calibration
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (a DNS lookup, sometimes
+        # seconds); the name is never used here.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up mid-response is a scenario, not a server fault.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Abort(Exception):
+    """The server is closing: stop the stream where it is."""
+
+
+class _Dropped(Exception):
+    """The scenario closed the connection mid-response."""
+
+
+class _Wire:
+    """The response socket: writes at absolute deadlines, stamped as they return."""
+
+    def __init__(self, handler: _Handler, calibration: CalibratedServer) -> None:
+        self._handler = handler
+        self._stopping = calibration.stopping
+        self._spin_ns = calibration.spin_ns
+
+    def wait_until(self, deadline_ns: int) -> None:
+        """Return at `deadline_ns` (perf_counter_ns); raise _Abort if the server closes."""
+        while True:
+            left = deadline_ns - time.perf_counter_ns()
+            if left <= 0:
+                break
+            if left > self._spin_ns:
+                if self._stopping.wait((left - self._spin_ns) / 1e9):
+                    raise _Abort
+                continue
+            while time.perf_counter_ns() < deadline_ns:
+                _yield_cpu()
+            break
+        if self._stopping.is_set():
+            raise _Abort
+
+    def send(self, data: bytes) -> int:
+        """Write `data` now; return the perf_counter_ns stamp taken as the write returned."""
+        wfile = self._handler.wfile
+        wfile.write(data)
+        wfile.flush()
+        return time.perf_counter_ns()
+
+    def drop(self, reset: bool) -> None:
+        """Close the connection abruptly: no terminating chunk, no `[DONE]`."""
+        conn = self._handler.connection
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # The buffered reader holds a reference that would keep the socket open.
+            self._handler.rfile.close()
+            conn.close()
+        else:
+            conn.shutdown(socket.SHUT_RDWR)
+        raise _Dropped
+
+
+def _chunk(payload: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Shapes:
+    """The JSON shapes of one API's events and bodies (llama-server's, Shimmy's)."""
+
+    def __init__(self, api: ApiName, model: str, shimmy_shape: ShimmyShape) -> None:
+        self.api = api
+        self.model = model
+        self.shimmy_shape = shimmy_shape
+        self.created = int(time.time())
+
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chat = self.api == "openai-chat"
+        return {
+            "id": "chatcmpl-calibration" if chat else "cmpl-calibration",
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+
+    def role(self) -> bytes:
+        delta = {"role": "assistant", "content": None}
+        return _sse(self._envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
+
+    def content(self, text: str) -> bytes:
+        if self.api == "shimmy":
+            if self.shimmy_shape == "json":
+                return _sse({"choices": [{"text": text, "index": 0}]})
+            # axum's Event::data: one `data:` line per line of the token.
+            return b"".join(b"data: " + ln.encode() + b"\n" for ln in text.split("\n")) + b"\n"
+        if self.api == "openai-chat":
+            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        return _sse(self._envelope([choice]))
+
+    def final(self, finish_reason: str, timings: dict[str, Any]) -> bytes:
+        if self.api == "openai-chat":
+            choice: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
+        return _sse({**self._envelope([choice]), "timings": timings})
+
+    def usage(self, usage: dict[str, int], timings: dict[str, Any]) -> bytes:
+        return _sse({**self._envelope([]), "usage": usage, "timings": timings})
+
+    def body(
+        self,
+        text: str,
+        finish_reason: str | None,
+        usage: dict[str, int],
+        timings: dict[str, Any],
+    ) -> bytes:
+        if self.api == "shimmy":
+            return json.dumps({"response": text}).encode()
+        if self.api == "openai-chat":
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            obj = "text_completion"
+        out = {**self._envelope([choice]), "object": obj, "usage": usage, "timings": timings}
+        return json.dumps(out).encode()
+
+
+def _prompt_words(request: dict[str, Any]) -> int:
+    prompt = request.get("prompt")
+    if isinstance(prompt, str):
+        return len(prompt.split())
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        return sum(
+            len(m["content"].split())
+            for m in messages
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
+    return 0
+
+
+def _timings(prompt_n: int, predicted_n: int, prompt_ns: int, predicted_ns: int) -> dict[str, Any]:
+    """llama-server's `timings` object, from the server's own send stamps."""
+    prompt_ms = prompt_ns / 1e6
+    predicted_ms = predicted_ns / 1e6
+    return {
+        "cache_n": 0,
+        "prompt_n": prompt_n,
+        "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": prompt_n / prompt_ms * 1e3 if prompt_ms else 0.0,
+        "predicted_n": predicted_n,
+        "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
+        "predicted_per_second": predicted_n / predicted_ms * 1e3 if predicted_ms else 0.0,
+    }
+
+
+def _usage(prompt_n: int, completion_n: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_n,
+        "completion_tokens": completion_n,
+        "total_tokens": prompt_n + completion_n,
+    }
+
+
+class _Stream:
+    """Plays a scenario as an SSE stream onto a wire, recording every event."""
+
+    def __init__(
+        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: _Shapes
+    ) -> None:
+        self.wire = wire
+        self.sc = scenario
+        self.record = record
+        self.shapes = shapes
+        self.tokens_sent = 0
+        self.first_token_ns: int | None = None
+        self.last_token_ns: int | None = None
+        self.dripping = False
+        self._done_marks: set[str] = set()
+
+    def _write(self, parts: Sequence[tuple[SentEvent, bytes]], scheduled_ns: int) -> None:
+        if not any(data for _, data in parts):
+            return  # an empty chunk would end the chunked body
+        if self.dripping:
+            self._drip(parts)
+            return
+        self.wire.wait_until(scheduled_ns)
+        t = self.wire.send(_chunk(b"".join(data for _, data in parts)))
+        for event, _ in parts:
+            event.scheduled_ns, event.sent_ns = scheduled_ns, t
+            self.record.events.append(event)
+
+    def _drip(self, parts: Sequence[tuple[SentEvent, bytes]]) -> None:
+        interval = round(self.sc.drip_interval_s * 1e9)
+        for event, data in parts:
+            framed = _chunk(data)
+            next_ns = time.perf_counter_ns()
+            for i in range(len(framed)):
+                next_ns += interval
+                self.wire.wait_until(next_ns)
+                t = self.wire.send(framed[i : i + 1])
+            event.scheduled_ns, event.sent_ns = next_ns, t
+            self.record.events.append(event)
+
+    def _boundary(self) -> None:
+        """Play the faults due once `tokens_sent` tokens are out."""
+        sc, n = self.sc, self.tokens_sent
+        for idx, inj in enumerate(sc.injections):
+            key = f"inj{idx}"
+            if inj.after_tokens <= n and key not in self._done_marks:
+                self._done_marks.add(key)
+                event = SentEvent("injected", inj.text, 0, 0, 0)
+                self._write([(event, inj.text.encode())], time.perf_counter_ns())
+        if self._due("long", sc.long_line_after_tokens):
+            self._long_line()
+        if self._due("drop", sc.disconnect_after_tokens):
+            self.wire.drop(sc.disconnect_reset)
+        if self._due("drip", sc.drip_after_tokens):
+            self.dripping = True
+
+    def _due(self, key: str, after_tokens: int | None) -> bool:
+        if after_tokens is None or after_tokens > self.tokens_sent or key in self._done_marks:
+            return False
+        self._done_marks.add(key)
+        return True
+
+    def _long_line(self) -> None:
+        body = b"data: " + b"x" * max(0, self.sc.long_line_bytes - 8) + b"\n\n"
+        start = time.perf_counter_ns()
+        for i in range(0, len(body), _LONG_LINE_PIECE):
+            t = self.wire.send(_chunk(body[i : i + _LONG_LINE_PIECE]))
+        self.record.events.append(SentEvent("long-line", "", 0, start, t))
+
+    def play(self) -> None:
+        sc, shapes, record = self.sc, self.shapes, self.record
+        t0 = record.received_ns
+        headers = (
+            b"HTTP/1.1 200 OK\r\n"
+            b"Content-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        record.headers_ns = self.wire.send(headers)
+        if shapes.api == "openai-chat":
+            self._write([(SentEvent("role", "", 0, 0, 0), shapes.role())], t0)
+        texts = sc.event_texts()
+        per_write = sc.events_per_write
+        schedule = sc.schedule()
+        for w, offset in enumerate(schedule.writes_ns):
+            self._boundary()
+            batch = texts[w * per_write : (w + 1) * per_write]
+            parts = []
+            for text in batch:
+                n = min(sc.tokens_per_event, sc.tokens - self.tokens_sent)
+                self.tokens_sent += n
+                parts.append((SentEvent("content", text, n, 0, 0), shapes.content(text)))
+            self._write(parts, t0 + offset)
+            stamp = self.record.events[-1].sent_ns
+            self.first_token_ns = self.first_token_ns or stamp
+            self.last_token_ns = stamp
+        self._boundary()
+        self._write(self._tail(), t0 + schedule.tail_ns)
+        if self.dripping:
+            self._drip_bytes(_LAST_CHUNK)
+        else:
+            self.wire.send(_LAST_CHUNK)
+
+    def _drip_bytes(self, data: bytes) -> None:
+        interval = round(self.sc.drip_interval_s * 1e9)
+        next_ns = time.perf_counter_ns()
+        for i in range(len(data)):
+            next_ns += interval
+            self.wire.wait_until(next_ns)
+            self.wire.send(data[i : i + 1])
+
+    def _tail(self) -> list[tuple[SentEvent, bytes]]:
+        sc, shapes = self.sc, self.shapes
+        parts: list[tuple[SentEvent, bytes]] = []
+        if shapes.api != "shimmy":
+            first = self.first_token_ns or time.perf_counter_ns()
+            last = self.last_token_ns or first
+            prompt_n = _prompt_words(self.record.request)
+            prompt_ns = first - self.record.received_ns
+            timings = _timings(prompt_n, self.tokens_sent, prompt_ns, last - first)
+            if sc.finish_reason is not None:
+                parts.append(
+                    (SentEvent("final", "", 0, 0, 0), shapes.final(sc.finish_reason, timings))
+                )
+            if sc.usage:
+                usage = _usage(prompt_n, self.tokens_sent)
+                parts.append((SentEvent("usage", "", 0, 0, 0), shapes.usage(usage, timings)))
+        if sc.send_done:
+            parts.append((SentEvent("done", "", 0, 0, 0), b"data: [DONE]\n\n"))
+        return parts
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "calibration-stream-server/1"
+    disable_nagle_algorithm = True
+    timeout = 10.0  # a client that stops reading cannot hold a thread forever
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.calibration.track(self.connection, live=True)
+
+    def finish(self) -> None:
+        self.server.calibration.track(self.connection, live=False)
+        with contextlib.suppress(OSError):  # the scenario may have closed the socket
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a benchmark's thousands of requests are not worth a log line each
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        calibration = self.server.calibration
+        if path == "/health":
+            self._json(200, {"status": "ok"})
+        elif path == "/v1/models":
+            self._json(200, {"object": "list", "data": [{"id": "calibration", "object": "model"}]})
+        elif path == "/_calibration/scenario":
+            self._json(200, calibration.scenario.to_dict())
+        elif path == "/_calibration/last":
+            try:
+                self._json(200, calibration.last().to_dict())
+            except LookupError as exc:
+                self._json(404, {"error": {"code": 404, "message": str(exc)}})
+            except TimeoutError as exc:
+                self._json(409, {"error": {"code": 409, "message": str(exc)}})
+        else:
+            self._json(404, {"error": {"code": 404, "message": f"no route for GET {path}"}})
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        received_ns = time.perf_counter_ns()
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            self._json(400, {"error": {"code": 400, "message": f"body is not JSON: {exc}"}})
+            return
+        if not isinstance(body, dict):
+            self._json(400, {"error": {"code": 400, "message": "body is not a JSON object"}})
+            return
+        calibration = self.server.calibration
+        if path in _API_BY_PATH:
+            self._generate(_API_BY_PATH[path], path, body, received_ns)
+        elif path == "/tokenize":
+            content = body.get("content")
+            words = content.split() if isinstance(content, str) else []
+            self._json(200, {"tokens": [zlib.crc32(w.encode()) % 32000 for w in words]})
+        elif path == "/_calibration/scenario":
+            try:
+                calibration.scenario = Scenario.from_dict(body)
+            except ConfigError as exc:
+                self._json(400, {"error": {"code": 400, "message": str(exc)}})
+                return
+            self._json(200, calibration.scenario.to_dict())
+        else:
+            self._json(404, {"error": {"code": 404, "message": f"no route for POST {path}"}})
+
+    def _json(self, status: int, obj: dict[str, Any], extra: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _generate(self, api: ApiName, path: str, request: dict[str, Any], received_ns: int) -> None:
+        calibration = self.server.calibration
+        scenario = calibration.scenario
+        record = StreamRecord(path, api, bool(request.get("stream", False)), request, received_ns)
+        calibration.add_record(record)
+        self.close_connection = True
+        wire = _Wire(self, calibration)
+        shapes = _Shapes(api, str(request.get("model", "calibration")), scenario.shimmy_shape)
+        try:
+            if scenario.http_status != 200:
+                self._error_status(scenario, record)
+                record.outcome = "http-error"
+            elif record.stream:
+                _Stream(wire, scenario, record, shapes).play()
+                record.outcome = "complete"
+            else:
+                self._whole_body(wire, scenario, record, shapes)
+                record.outcome = "complete"
+        except _Dropped:
+            record.outcome = "disconnected"
+        except _Abort:
+            record.outcome = "aborted"
+        except OSError as exc:
+            record.outcome = "client-gone"
+            record.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            record.finished.set()
+
+    def _error_status(self, scenario: Scenario, record: StreamRecord) -> None:
+        status = scenario.http_status
+        kind = "rate_limit_error" if status == 429 else "server_error"
+        body = {"error": {"code": status, "message": scenario.error_message, "type": kind}}
+        extra = {"Retry-After": "1"} if status == 429 else None
+        self._json(status, body, extra)
+        t = time.perf_counter_ns()
+        record.headers_ns = t
+        record.events.append(SentEvent("error", scenario.error_message, 0, record.received_ns, t))
+
+    def _whole_body(
+        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: _Shapes
+    ) -> None:
+        schedule = scenario.schedule()
+        due = record.received_ns + schedule.tail_ns
+        wire.wait_until(due)
+        prompt_n = _prompt_words(record.request)
+        first = record.received_ns + (schedule.writes_ns[0] if schedule.writes_ns else 0)
+        timings = _timings(prompt_n, scenario.tokens, first - record.received_ns, due - first)
+        data = shapes.body(
+            scenario.text(), scenario.finish_reason, _usage(prompt_n, scenario.tokens), timings
+        )
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
+        )
+        if scenario.disconnect_after_tokens is not None:
+            record.headers_ns = wire.send(head + data[: len(data) // 2])
+            wire.drop(scenario.disconnect_reset)
+        if scenario.drip_after_tokens is not None:
+            record.headers_ns = wire.send(head)
+            interval = round(scenario.drip_interval_s * 1e9)
+            t = next_ns = time.perf_counter_ns()
+            for i in range(len(data)):
+                next_ns += interval
+                wire.wait_until(next_ns)
+                t = wire.send(data[i : i + 1])
+        else:
+            t = wire.send(head + data)
+            record.headers_ns = t
+        record.events.append(SentEvent("body", scenario.text(), scenario.tokens, due, t))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve a scenario file until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m calibration.stream_server",
+        description="Serve a scripted token stream with known send times.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
+    parser.add_argument("--scenario", type=Path, help="scenario JSON file (default: defaults)")
+    parser.add_argument(
+        "--spin-us",
+        type=float,
+        default=500.0,
+        help="busy-wait this long before each deadline (default 500; 0: sleep only)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        scenario = Scenario.load(args.scenario) if args.scenario else Scenario()
+        server = CalibratedServer(
+            scenario, host=args.host, port=args.port, spin_s=args.spin_us / 1e6
+        )
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    with server:
+        print(f"listening on {server.base_url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

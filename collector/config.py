@@ -1,0 +1,189 @@
+"""Campaign configuration: a TOML file, validated at the edge.
+
+Unknown keys and wrong types are errors that name the key (`models[0].path`),
+so a typo never silently falls back to a default. The embedded default (no
+file) is built by `collector.defaults` from the same types.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from collector.apis import ApiName
+from collector.protocol import TEST_IDS
+from evidence.errors import ConfigError
+from scoring.gates import DEFAULT_THRESHOLDS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignSection(_Strict):
+    name: str = "MoE CPU offload evidence"
+    release: str | None = None
+    repeats: int = Field(3, ge=1)
+    temperature: float = Field(0.3, ge=0.0)
+    seed: int | None = 42
+    pause_s: float = Field(5.0, ge=0.0)
+    non_streaming: bool = True  # one non-streamed run per test and configuration
+    warmup: bool = True  # one unrecorded request after each server start
+    tests: list[str] | None = None  # a subset of the protocol, in protocol order
+    max_tokens_cap: int | None = Field(None, ge=1)  # the quick profile caps budgets
+    request_timeout_s: float = Field(900.0, gt=0)
+    stall_timeout_s: float = Field(120.0, gt=0)
+    telemetry_hz: float = Field(10.0, gt=0, le=100)
+    # Idle telemetry after the server is ready and before the warm-up: the
+    # "memory after load" figure is the median over this window.
+    idle_window_s: float = Field(1.0, ge=0)
+    tokenize: bool = True  # ask the server's /tokenize for tokenizer-accurate counts
+    # llama-server reuses a cached prompt prefix across requests, which would make
+    # repeats 2..N of a test faster to first token than repeat 1. False sends
+    # `cache_prompt: false` so every request processes its whole prompt; None
+    # sends nothing (for servers that reject unknown fields).
+    cache_prompt: bool | None = False
+    max_restarts: int = Field(3, ge=0)  # server crashes tolerated per configuration
+
+    @model_validator(mode="after")
+    def _known_tests(self) -> CampaignSection:
+        for test_id in self.tests or ():
+            if test_id not in TEST_IDS:
+                raise ValueError(f"unknown test {test_id!r}; known: {', '.join(TEST_IDS)}")
+        return self
+
+
+class ModelEntry(_Strict):
+    label: str
+    path: Path | None = None  # required when the tool launches the server
+    name: str | None = None  # the `model` field sent in requests (default: label)
+    expected_vram_saved_pct: float | None = Field(None, ge=0, le=100)
+
+    @property
+    def request_name(self) -> str:
+        return self.name or self.label
+
+
+class ServerSection(_Strict):
+    mode: Literal["launch", "attach"] = "launch"
+    command: list[str] | None = None  # placeholders: see collector.defaults.PLACEHOLDERS
+    endpoint: str | None = None  # attach mode
+    api: ApiName = "openai-chat"
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)  # None: a free port per start
+    health_path: str = "/health"
+    startup_timeout_s: float = Field(600.0, gt=0)
+    api_key_env: str | None = None  # the key is read from this variable, never stored
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> ServerSection:
+        if self.mode == "launch" and not self.command:
+            raise ValueError("mode 'launch' needs a command (a list of strings)")
+        if self.mode == "attach" and not self.endpoint:
+            raise ValueError("mode 'attach' needs an endpoint URL")
+        return self
+
+
+class Configuration(_Strict):
+    label: str
+    args: list[str] = Field(default_factory=list)
+    # Recorded with every server run: None = no offload flag, -1 = --cpu-moe (all
+    # layers), K = --n-cpu-moe K.
+    n_cpu_moe: int | None = None
+
+
+class SweepSection(_Strict):
+    n_cpu_moe: list[int] = Field(min_length=1)
+    tests: list[str] | None = None
+    repeats: int = Field(1, ge=1)
+    args: list[str] = Field(default_factory=lambda: ["--n-cpu-moe", "{k}"])
+
+    @model_validator(mode="after")
+    def _known_tests(self) -> SweepSection:
+        for test_id in self.tests or ():
+            if test_id not in TEST_IDS:
+                raise ValueError(f"unknown test {test_id!r}; known: {', '.join(TEST_IDS)}")
+        return self
+
+
+class Config(_Strict):
+    campaign: CampaignSection = Field(default_factory=CampaignSection)
+    server: ServerSection
+    models: list[ModelEntry] = Field(min_length=1)
+    configurations: list[Configuration] = Field(
+        default_factory=lambda: [
+            Configuration(label="baseline"),
+            Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1),
+        ]
+    )
+    sweep: SweepSection | None = None
+    gates: dict[str, float] = Field(default_factory=dict)  # thresholds, see scoring.gates
+
+    @model_validator(mode="after")
+    def _known_gates(self) -> Config:
+        for key in self.gates:
+            if key not in DEFAULT_THRESHOLDS:
+                raise ValueError(
+                    f"gates: unknown threshold {key!r}; known: {', '.join(DEFAULT_THRESHOLDS)}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> Config:
+        for what, labels in (
+            ("models", [m.label for m in self.models]),
+            ("configurations", [c.label for c in self.configurations]),
+        ):
+            dupes = sorted({x for x in labels if labels.count(x) > 1})
+            if dupes:
+                raise ValueError(f"{what}: duplicate label {dupes[0]!r}")
+        return self
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def validation_message(source: str, exc: ValidationError) -> str:
+    """One line naming the first bad key, e.g. `run.toml: models[0].path: ...`."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see configs/ for examples)"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{source}: {_location(loc)}: {msg}{more}"
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist; check the path") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(str(path), exc)) from exc
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    # Model paths in a config file are relative to the file, not to the cwd.
+    models = [
+        m.model_copy(
+            update={"path": (base / m.path) if m.path and not m.path.is_absolute() else m.path}
+        )
+        for m in config.models
+    ]
+    return config.model_copy(update={"models": models})

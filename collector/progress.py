@@ -1,0 +1,121 @@
+"""What the user sees while a campaign runs.
+
+The live display is redrawn by hand, at most twice a second, and never from a
+background thread: a refresh thread would compete with the streaming client
+for the GIL and blur the token timestamps being measured.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+REDRAW_S = 0.5
+
+
+@dataclass
+class _State:
+    model: str = ""
+    config: str = ""
+    test: str = ""
+    repeat: int = 0
+    repeats: int = 0
+    stream: bool = True
+    done: int = 0
+    total: int = 0
+    tokens: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    note: str = ""
+
+
+class CampaignProgress:
+    """Rich live progress on a terminal, plain lines otherwise."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.state = _State()
+        self._live: Live | None = None
+        self._last_draw = 0.0
+
+    def __enter__(self) -> CampaignProgress:
+        if self.console.is_terminal:
+            self._live = Live(
+                self._render(), console=self.console, auto_refresh=False, transient=False
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def message(self, text: str) -> None:
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def plan(self, total: int) -> None:
+        self.state.total = total
+
+    def server(self, model: str, config: str, note: str) -> None:
+        self.state.model, self.state.config, self.state.note = model, config, note
+        self.message(f"[{model} / {config}] {note}")
+        self._draw(force=True)
+
+    def request(self, test: str, repeat: int, repeats: int, stream: bool) -> None:
+        s = self.state
+        s.test, s.repeat, s.repeats, s.stream = test, repeat, repeats, stream
+        s.tokens, s.first_ns, s.last_ns = 0, 0, 0
+        s.note = ""
+        self._draw(force=True)
+
+    def on_content(self, tokens: int, t_ns: int) -> None:
+        s = self.state
+        if s.first_ns == 0:
+            s.first_ns = t_ns
+        s.tokens, s.last_ns = tokens, t_ns
+        self._draw()
+
+    def finished(self, status: str, summary: str) -> None:
+        self.state.done += 1
+        line = (
+            f"  {self.state.test:<24} r{self.state.repeat} "
+            f"{'stream' if self.state.stream else 'no-stream':<9} {status:<12} {summary}"
+        )
+        if self._live is None:
+            self.message(line)
+        else:
+            self._live.console.print(line)
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        if self._live is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < REDRAW_S:
+            return
+        self._last_draw = now
+        self._live.update(self._render(), refresh=True)
+
+    def _render(self) -> Table:
+        s = self.state
+        rate = ""
+        if s.tokens > 1 and s.last_ns > s.first_ns:
+            rate = f"{(s.tokens - 1) / ((s.last_ns - s.first_ns) / 1e9):.1f} tok/s"
+        table = Table.grid(padding=(0, 2))
+        table.add_row(
+            f"[bold]{s.model}[/] / [cyan]{s.config}[/]",
+            f"{s.test} r{s.repeat}/{s.repeats} {'stream' if s.stream else 'no-stream'}",
+            f"{s.tokens} events {rate}",
+            f"{s.done}/{s.total} requests",
+            s.note,
+        )
+        return table

@@ -1,0 +1,190 @@
+"""`collector run`: turn flags into a config, prepare engine and models, run.
+
+This is the only place that decides between the embedded default, a config
+file and attach mode; everything after it sees one validated `Config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from collector.campaign import run_campaign
+from collector.config import (
+    CampaignSection,
+    Config,
+    Configuration,
+    ModelEntry,
+    ServerSection,
+    load_config,
+)
+from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_profile
+from collector.engine import EngineBuild, cached_engine, ensure_engine
+from collector.progress import CampaignProgress
+from evidence.errors import ConfigError, ModelError
+from evidence.store import default_db_path, open_store
+
+
+def engine_with_progress() -> EngineBuild:
+    """The embedded engine; builds it with a progress display on first use (~6-10 min on
+    2 cores). On a terminal a bar; elsewhere (CI logs) a line per 10%."""
+    found = cached_engine()
+    if found is not None:
+        return found
+    console = Console(stderr=True)
+    console.print(
+        "building llama.cpp b11434 (llama-server, llama-bench) once for this "
+        "machine; this takes several minutes"
+    )
+    started = time.monotonic()
+    if console.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("preparing", total=1.0)
+
+            def report(message: str, fraction: float | None) -> None:
+                bar.update(task, description=message, completed=fraction or 0.0)
+
+            build = ensure_engine(report)
+    else:
+        last: list[tuple[str, int]] = [("", -1)]
+
+        def report(message: str, fraction: float | None) -> None:
+            step = int((fraction or 0.0) * 10)
+            if (message, step) != last[0]:
+                last[0] = (message, step)
+                elapsed = time.monotonic() - started
+                console.print(f"  {message} {step * 10}% ({elapsed:.0f} s)")
+
+        build = ensure_engine(report)
+    console.print(f"engine built in {time.monotonic() - started:.0f} s: {build.server}")
+    return build
+
+
+def _attach_config(args: argparse.Namespace) -> Config:
+    if not args.model:
+        raise ConfigError("--endpoint needs --model NAME (the model name the server knows)")
+    return Config(
+        campaign=CampaignSection(name=f"Attached: {args.model} at {args.endpoint}"),
+        server=ServerSection(mode="attach", endpoint=args.endpoint, api=args.api),
+        models=[ModelEntry(label=args.model, name=args.model)],
+        configurations=[Configuration(label=args.label)],
+    )
+
+
+def build_config(args: argparse.Namespace) -> tuple[Config, str]:
+    """The config the flags ask for, and its profile name."""
+    if args.config is not None:
+        config, profile = load_config(args.config), "config"
+    elif args.endpoint is not None:
+        config, profile = _attach_config(args), "attach"
+    else:
+        config, profile = embedded_config(), "default"
+    updates: dict[str, Any] = {}
+    if args.repeats is not None:
+        if args.repeats < 1:
+            raise ConfigError("--repeats must be at least 1")
+        updates["repeats"] = args.repeats
+    if args.pause is not None:
+        updates["pause_s"] = max(0.0, args.pause)
+    if args.tests:
+        updates["tests"] = [t.strip() for t in args.tests.split(",") if t.strip()]
+    if args.release:
+        updates["release"] = args.release
+    if args.no_non_streaming:
+        updates["non_streaming"] = False
+    if updates:
+        try:
+            campaign = CampaignSection.model_validate({**config.campaign.model_dump(), **updates})
+        except ValueError as exc:
+            raise ConfigError(f"bad flag: {exc}") from exc
+        config = config.model_copy(update={"campaign": campaign})
+    if args.no_sweep:
+        config = config.model_copy(update={"sweep": None})
+    if args.quick:
+        config = quick_profile(config)
+        profile = "quick" if profile == "default" else f"{profile}-quick"
+    return config, profile
+
+
+def _model_paths(config: Config, embedded: bool) -> dict[str, Path]:
+    paths: dict[str, Path] = {}
+    if embedded:
+        from collector.embedded import ensure_embedded_model
+
+        paths[EMBEDDED_MODEL_LABEL] = ensure_embedded_model()
+        return paths
+    if config.server.mode == "attach":
+        return paths
+    for model in config.models:
+        if model.path is None:
+            raise ConfigError(
+                f"models: {model.label!r} has no path; the tool launches the "
+                f"server, so it needs the model file"
+            )
+        if not model.path.is_file():
+            raise ModelError(
+                f"model file {model.path} for {model.label!r} does not exist; "
+                f"fix models.path in the config"
+            )
+        paths[model.label] = model.path
+    return paths
+
+
+def _inspect(path: Path) -> dict[str, Any]:
+    from collector.gguf_inspect import inspect_model
+
+    spec: dict[str, Any] = inspect_model(path).to_json()
+    return spec
+
+
+def env_api_key(name: str | None) -> str | None:
+    """An API key read from the environment variable `name` (never from a file)."""
+    if not name:
+        return None
+    value = os.environ.get(name)
+    if value is None:
+        raise ConfigError(f"server.api_key_env names {name}, which is not set; export it")
+    return value
+
+
+def run_command(args: argparse.Namespace, command: list[str]) -> int:
+    config, profile = build_config(args)
+    embedded = args.config is None and args.endpoint is None
+    uses_engine = embedded or any(
+        "{llama_server}" in part for part in (config.server.command or [])
+    )
+    engine = engine_with_progress() if uses_engine else None
+    model_paths = _model_paths(config, embedded)
+    api_key = env_api_key(config.server.api_key_env)
+    db = args.db or default_db_path()
+    with open_store(db) as con, CampaignProgress() as progress:
+        campaign_id = run_campaign(
+            con,
+            config,
+            profile=profile,
+            command=command,
+            model_paths=model_paths,
+            engine=engine,
+            inspect=_inspect,
+            resume=args.resume,
+            progress=progress,
+            data_dir=db.parent,
+            api_key=api_key,
+        )
+        n = con.execute(
+            "SELECT count(*) FROM requests WHERE campaign_id = ?", [campaign_id]
+        ).fetchone()
+    print(f"campaign {campaign_id} complete: {n[0] if n else 0} requests in {db}")
+    return 0

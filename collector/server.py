@@ -1,0 +1,259 @@
+"""The inference-server seam: launch a server process (or attach to one),
+wait until it is healthy, and stop it.
+
+Load time is measured from just before the process is created to the first
+`/health` answer with HTTP 200 (llama-server and Shimmy answer 503 while the
+model loads). Health is polled every 50 ms, which bounds the resolution.
+
+The server's stdout and stderr go straight to a log file, so the log survives
+a crash of the server or of the collector.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from evidence.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
+
+HEALTH_POLL_S = 0.05
+
+
+@dataclass
+class LaunchSpec:
+    argv: list[str]
+    host: str
+    port: int
+    health_path: str = "/health"
+    startup_timeout_s: float = 600.0
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+
+
+@dataclass
+class RunningServer:
+    """A server we launched, with the facts the `server_runs` table needs."""
+
+    spec: LaunchSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    launch_ns: int
+    ready_ns: int | None = None
+    exit_code: int | None = None
+    stopped_ns: int | None = None
+    _log_handle: object = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{_url_host(self.spec.host)}:{self.spec.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 10.0, clock: Callable[[], int] = time.perf_counter_ns) -> int:
+        """Terminate the server and its children; return the exit code."""
+        if self.alive():
+            _terminate_tree(self.process.pid, grace_s)
+        try:
+            code = self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.exit_code = code
+        self.stopped_ns = clock()
+        handle = self._log_handle
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.close()  # type: ignore[attr-defined]
+        return code
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS picks it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise PortInUse (naming the holder when we can see it) if `port` is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+            return
+        except OSError:
+            pass
+    holder = ""
+    with contextlib.suppress(psutil.Error, OSError):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.pid:
+                holder = f" by PID {conn.pid} ({psutil.Process(conn.pid).name()})"
+                break
+    raise PortInUse(
+        f"port {port} on {host} is already in use{holder}; stop that process or "
+        f"set another port in the config"
+    )
+
+
+def server_version(binary: str, timeout_s: float = 30.0) -> str | None:
+    """What `BINARY --version` prints (llama-server prints it on stderr)."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            errors="replace",
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout + "\n" + out.stderr).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-4:]) if lines else None
+
+
+def launch(
+    spec: LaunchSpec,
+    log_path: Path,
+    clock: Callable[[], int] = time.perf_counter_ns,
+    on_wait: Callable[[float], None] | None = None,
+    on_started: Callable[[RunningServer], None] | None = None,
+) -> RunningServer:
+    """Start the server and wait until /health says it is ready.
+
+    `on_started` runs right after the process exists (to start telemetry, which
+    needs the PID) and before the wait for health."""
+    check_port_free(spec.host, spec.port)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    kwargs: dict[str, object] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    else:
+        # Own session: a Ctrl-C in the terminal reaches the collector, which then
+        # stops the server itself after recording the interruption.
+        kwargs["start_new_session"] = True
+    launch_ns = clock()
+    try:
+        process = subprocess.Popen(  # type: ignore[call-overload]
+            spec.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=spec.env,
+            cwd=spec.cwd,
+            **kwargs,
+        )
+    except FileNotFoundError as exc:
+        log.close()
+        raise EngineError(
+            f"server binary not found: {spec.argv[0]}; install it or fix the command in the config"
+        ) from exc
+    except OSError as exc:
+        log.close()
+        raise EngineError(f"cannot start {spec.argv[0]}: {exc}") from exc
+    server = RunningServer(spec, process, log_path, launch_ns, _log_handle=log)
+    try:
+        if on_started is not None:
+            on_started(server)
+        server.ready_ns = wait_healthy(server, clock, on_wait)
+    except BaseException:
+        server.stop(grace_s=5.0, clock=clock)
+        raise
+    return server
+
+
+def wait_healthy(
+    server: RunningServer,
+    clock: Callable[[], int] = time.perf_counter_ns,
+    on_wait: Callable[[float], None] | None = None,
+) -> int:
+    spec = server.spec
+    url = server.base_url + spec.health_path
+    deadline = time.monotonic() + spec.startup_timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False) as http:
+        while True:
+            code = server.process.poll()
+            if code is not None:
+                tail = _tail(server.log_text())
+                raise ServerExited(
+                    f"server exited with code {code} while loading; last log line: {tail}"
+                    f" (full log: {server.log_path})"
+                )
+            try:
+                if http.get(url).status_code == 200:
+                    return clock()
+            except httpx.HTTPError:
+                pass
+            waited = spec.startup_timeout_s - (deadline - time.monotonic())
+            if on_wait is not None:
+                on_wait(waited)
+            if time.monotonic() > deadline:
+                raise ServerNotHealthy(
+                    f"server did not answer {spec.health_path} with 200 within "
+                    f"{spec.startup_timeout_s:g} s; raise startup_timeout_s or check the log "
+                    f"{server.log_path}"
+                )
+            time.sleep(HEALTH_POLL_S)
+
+
+def check_endpoint(base_url: str, health_paths: Sequence[str] = ("/health", "/v1/models")) -> None:
+    """For attach mode: fail early, clearly, when nothing answers at `base_url`."""
+    with httpx.Client(timeout=5.0, trust_env=False) as http:
+        last = ""
+        for path in health_paths:
+            try:
+                if http.get(base_url.rstrip("/") + path).status_code < 500:
+                    return
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}"
+        raise ServerNotHealthy(
+            f"nothing healthy answers at {base_url} ({last or 'HTTP 5xx'}); start the server "
+            f"or fix --endpoint"
+        )
+
+
+def _tail(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(empty log)"
+
+
+def _terminate_tree(pid: int, grace_s: float) -> None:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()

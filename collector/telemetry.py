@@ -1,0 +1,168 @@
+"""Background telemetry over a server's whole life, off the token path.
+
+The sampler runs in its own process (spawned, so it behaves the same on
+Windows and Linux): a sampling thread in the collector would compete for the
+GIL with the streaming client and blur the token timestamps we are measuring.
+It timestamps samples with `time.perf_counter_ns`, which on Linux
+(CLOCK_MONOTONIC), Windows (QueryPerformanceCounter) and macOS is one
+system-wide clock, so sample times compare directly with request times; the
+sampler's first message reports its clock so the parent can check that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import queue
+import time
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+import psutil
+
+from collector.nvml import Nvml
+
+# How often to re-walk the process tree (a full /proc scan), in samples.
+_TREE_REFRESH_EVERY = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    t_ns: int
+    proc_count: int | None
+    rss_bytes: int | None
+    cpu_percent: float | None
+    sys_mem_used_bytes: int
+    sys_cpu_percent: float
+    gpu_mem_used_bytes: int | None
+    gpu_proc_mem_bytes: int | None
+    gpu_util_percent: float | None
+
+
+def _tree(root: psutil.Process, known: dict[int, psutil.Process]) -> dict[int, psutil.Process]:
+    # Reuse Process objects: cpu_percent() measures from the previous call on the same object.
+    try:
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        members = [root]
+    return {p.pid: known.get(p.pid, p) for p in members}
+
+
+def _sampler_main(pid: int | None, interval_s: float, out: Any, stop: Any) -> None:
+    """Entry point of the sampler process: sample until `stop` is set."""
+    out.put(("clock", time.perf_counter_ns()))
+    nvml = Nvml()
+    root: psutil.Process | None = None
+    if pid is not None:
+        try:
+            root = psutil.Process(pid)
+        except psutil.Error:
+            root = None
+    procs: dict[int, psutil.Process] = {}
+    psutil.cpu_percent(None)
+    tick = 0
+    next_t = time.perf_counter()
+    while not stop.is_set():
+        if root is not None and tick % _TREE_REFRESH_EVERY == 0:
+            procs = _tree(root, procs)
+            if tick == 0:
+                for p in procs.values():
+                    with contextlib.suppress(psutil.Error):
+                        p.cpu_percent(None)
+        out.put(_sample(procs, nvml, root is not None))
+        tick += 1
+        next_t += interval_s
+        delay = next_t - time.perf_counter()
+        if delay < 0:  # fell behind (suspended laptop, overloaded box): do not burst
+            next_t = time.perf_counter()
+            delay = 0.0
+        stop.wait(delay)
+    nvml.close()
+    out.put(("end", time.perf_counter_ns()))
+
+
+def _sample(procs: dict[int, psutil.Process], nvml: Nvml, watching: bool) -> Sample:
+    t_ns = time.perf_counter_ns()
+    rss: int | None = None
+    cpu: float | None = None
+    alive = 0
+    if watching:
+        rss, cpu = 0, 0.0
+        for p in list(procs.values()):
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    cpu += p.cpu_percent(None)
+                alive += 1
+            except psutil.Error:
+                continue
+        if alive == 0:
+            rss, cpu = None, None
+    vm = psutil.virtual_memory()
+    gpu = nvml.sample(set(procs)) if nvml.available else None
+    return Sample(
+        t_ns=t_ns,
+        proc_count=alive if watching else None,
+        rss_bytes=rss,
+        cpu_percent=cpu,
+        sys_mem_used_bytes=int(vm.total - vm.available),
+        sys_cpu_percent=psutil.cpu_percent(None),
+        gpu_mem_used_bytes=gpu.mem_used_bytes if gpu else None,
+        gpu_proc_mem_bytes=gpu.proc_mem_bytes if gpu else None,
+        gpu_util_percent=gpu.util_percent if gpu else None,
+    )
+
+
+class TelemetrySampler:
+    """Start with `start()`, collect with `drain()`, end with `stop()`."""
+
+    def __init__(self, pid: int | None, hz: float = 10.0) -> None:
+        self.pid = pid
+        self.interval_s = 1.0 / hz
+        ctx = mp.get_context("spawn")
+        self._queue: Any = ctx.Queue()
+        self._stop = ctx.Event()
+        self._proc: SpawnProcess | None = ctx.Process(
+            target=_sampler_main,
+            args=(pid, self.interval_s, self._queue, self._stop),
+            name="telemetry-sampler",
+            daemon=True,
+        )
+        self.child_clock_ns: int | None = None
+
+    def start(self) -> None:
+        assert self._proc is not None
+        self._proc.start()
+
+    def drain(self) -> list[Sample]:
+        """Every sample taken since the last drain, in order."""
+        samples: list[Sample] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return samples
+            if isinstance(item, Sample):
+                samples.append(item)
+            elif isinstance(item, tuple) and item[0] == "clock":
+                self.child_clock_ns = int(item[1])
+
+    def stop(self) -> list[Sample]:
+        """Stop sampling and return the samples not yet drained."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return []
+        self._stop.set()
+        samples: list[Sample] = []
+        deadline = time.monotonic() + 5.0
+        # Drain while waiting: a child blocked on a full pipe would never exit.
+        while proc.is_alive() and time.monotonic() < deadline:
+            samples += self.drain()
+            proc.join(0.05)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+        samples += self.drain()
+        self._queue.close()
+        return samples

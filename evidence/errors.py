@@ -1,0 +1,92 @@
+"""The project's errors. Every one carries a message that says what to do next.
+
+EvidenceError                  base: the CLI prints `error: <message>` and exits 2
+├── ConfigError                a config file or flag is wrong (names the key)
+├── StoreError                 the evidence store cannot be used
+│   ├── StoreLocked            another process holds the DuckDB file (names the PID)
+│   └── SchemaTooNew           the store was written by a newer version of this tool
+├── EngineError                the inference engine cannot be built or found
+├── ModelError                 a model file is missing or unreadable
+├── ServerError                the server under test did not start or stay up
+│   ├── PortInUse
+│   ├── ServerExited           died during load (exit code and log tail attached)
+│   └── ServerNotHealthy       never answered /health in time
+├── StreamError                a response stream broke the protocol (malformed SSE, bad JSON)
+├── LogParseError              a file has none of the llama.cpp loader lines we parse
+├── GGUFError                  a file is not a readable GGUF model
+├── SandboxError               the code sandbox itself could not run (not: the code failed)
+└── BuildError                 the whitepaper cannot be built from this store
+"""
+
+from __future__ import annotations
+
+
+class EvidenceError(Exception):
+    """Base class: anything the tool reports to the user as a one-line error."""
+
+
+class ConfigError(EvidenceError):
+    pass
+
+
+class StoreError(EvidenceError):
+    pass
+
+
+class StoreLocked(StoreError):
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"PID {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"evidence store {path} is locked by {holder}; wait for it to finish "
+            f"or use --db to write elsewhere"
+        )
+        self.path = path
+        self.pid = pid
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+class EngineError(EvidenceError):
+    pass
+
+
+class ModelError(EvidenceError):
+    pass
+
+
+class ServerError(EvidenceError):
+    pass
+
+
+class PortInUse(ServerError):
+    pass
+
+
+class ServerExited(ServerError):
+    pass
+
+
+class ServerNotHealthy(ServerError):
+    pass
+
+
+class StreamError(EvidenceError):
+    pass
+
+
+class LogParseError(EvidenceError):
+    pass
+
+
+class GGUFError(EvidenceError):
+    pass
+
+
+class SandboxError(EvidenceError):
+    pass
+
+
+class BuildError(EvidenceError):
+    pass

@@ -1,0 +1,130 @@
+"""Opening the evidence store: locking, migrations, schema-version checks.
+
+The store is one DuckDB file. Writers hold DuckDB's file lock for as long as the
+connection is open; a second writer (or a reader while a writer runs) gets
+`StoreLocked` naming the PID that holds it, taken from DuckDB's own message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from evidence.errors import SchemaTooNew, StoreError, StoreLocked
+from evidence.migrations import MIGRATIONS, SCHEMA_VERSION
+
+DEFAULT_DB = Path("data") / "evidence.duckdb"
+DB_ENV = "EVIDENCE_DB"
+
+_LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def default_db_path() -> Path:
+    """The store used when no --db is given: $EVIDENCE_DB, else data/evidence.duckdb."""
+    env = os.environ.get(DB_ENV)
+    return Path(env) if env else DEFAULT_DB
+
+
+def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        message = str(exc)
+        if "lock" in message.lower():
+            match = _LOCK_PID.search(message)
+            raise StoreLocked(str(path), int(match.group(1)) if match else None) from exc
+        raise StoreError(
+            f"cannot open evidence store {path}: {message.splitlines()[0]}; "
+            f"pass another file with --db"
+        ) from exc
+    except duckdb.Error as exc:
+        raise StoreError(
+            f"{path} is not a readable DuckDB evidence store ({exc}); pass another file with --db"
+        ) from exc
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest applied migration, 0 for a store with no schema yet."""
+    has_table = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()
+    if not has_table or has_table[0] == 0:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Refuse stores written by a newer tool; return the store's version."""
+    version = schema_version(con)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"evidence store {path} has schema version {version}, newer than this tool's "
+            f"{SCHEMA_VERSION}; upgrade moe-evidence to read it"
+        )
+    return version
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Apply the migrations this store has not seen yet, each in its own transaction."""
+    version = check_version(con, path)
+    if version == 0:
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name VARCHAR NOT NULL,"
+            " applied_utc TIMESTAMPTZ NOT NULL)"
+        )
+    for migration in MIGRATIONS:
+        if migration.version <= version:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            migration.apply(con)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                [migration.version, migration.name, datetime.now(UTC)],
+            )
+            if migration.version == 1:
+                con.execute(
+                    "INSERT INTO store_meta VALUES ('store_id', ?), ('created_utc', ?)",
+                    [str(uuid.uuid4()), datetime.now(UTC).isoformat()],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+@contextmanager
+def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open (and, for writers, create and migrate) the store at `path`.
+
+    Readers never modify the file: an older store is read as it is (the report
+    queries only columns every version has), a newer one is refused.
+    """
+    if read_only:
+        if not path.exists():
+            raise StoreError(
+                f"no evidence store at {path}; run `nox -s collect` first or pass --db"
+            )
+        con = _connect(path, read_only=True)
+        try:
+            check_version(con, path)
+            yield con
+        finally:
+            con.close()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = _connect(path, read_only=False)
+    try:
+        migrate(con, path)
+        yield con
+    finally:
+        con.close()

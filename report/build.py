@@ -1,0 +1,226 @@
+"""The build: evidence store -> page contexts -> Markdown + charts + Parquet -> site.
+
+    open the store read-only
+      -> select campaigns, create the metric views and TEMP working tables
+      -> one context per page (SQL; nothing loops over chunks in Python)
+      -> charts (Altair specs, static SVGs), Parquet exports
+      -> templates/*.md.j2 rendered into docs/ (the generated page set)
+      -> hygiene check of every generated page
+      -> mkdocs build --strict into site/, then an offline check
+
+The result depends on the store alone: no clock, no network, no capture code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evidence.errors import BuildError
+from evidence.store import open_store
+from report import charts as charts_mod
+from report import hygiene, site, vendor
+from report.context import (
+    data,
+    inventory,
+    memory,
+    methodology,
+    models,
+    performance,
+    quality,
+    reproduce,
+    streaming,
+    summary,
+    validation,
+)
+from report.export import export_tables
+from report.queries import Selection, prepare, rows, select_campaigns
+from report.render import chart_markup, environment, render_page
+
+# The generated part of docs/: pages (template -> page) and asset folders. The
+# build deletes and rewrites all of it; everything else in docs/ is hand-written.
+PAGES: tuple[tuple[str, str], ...] = (
+    ("index.md.j2", "index.md"),
+    ("inventory.md.j2", "inventory.md"),
+    ("models.md.j2", "models.md"),
+    ("memory.md.j2", "memory.md"),
+    ("performance.md.j2", "performance.md"),
+    ("streaming.md.j2", "streaming.md"),
+    ("quality.md.j2", "quality.md"),
+    ("transcripts-index.md.j2", "transcripts/index.md"),
+    ("methodology.md.j2", "methodology.md"),
+    ("reproduce.md.j2", "reproduce.md"),
+    ("data.md.j2", "data.md"),
+    ("validation.md.j2", "validation.md"),
+)
+TRANSCRIPT_TEMPLATE = "transcripts.md.j2"
+GENERATED_DIRS = ("transcripts", "assets/charts", "assets/vendor", "data")
+CHART_DIR = "assets/charts"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What to build: the store, its campaigns (default: the latest), and where."""
+
+    db: Path
+    campaigns: tuple[str, ...] = ()
+    root: Path = Path(".")
+    site_dir: Path | None = None
+    version: str | None = None  # set when publishing; shown on every page
+    run_mkdocs: bool = True
+
+
+@dataclass
+class BuildResult:
+    campaign_ids: tuple[str, ...]
+    pages: list[Path]
+    site_dir: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """Facts every page shows: what it was built from."""
+
+    selection: Selection
+    store_name: str
+    version: str | None
+    empty_reason: str | None
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - start, 3)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clean_generated(docs: Path) -> None:
+    """Remove the generated page set, so no page of an earlier build survives."""
+    for _, page in PAGES:
+        (docs / page).unlink(missing_ok=True)
+    for folder in GENERATED_DIRS:
+        shutil.rmtree(docs / folder, ignore_errors=True)
+
+
+def _check_project(root: Path) -> None:
+    for needed in ("mkdocs.yml", "templates", "docs"):
+        if not (root / needed).exists():
+            raise BuildError(
+                f"{root / needed} not found; run the build from the project root "
+                "(where mkdocs.yml is) or pass --root"
+            )
+
+
+def build_site(options: BuildOptions) -> BuildResult:
+    """Build the whitepaper site from the evidence store (see the module docstring)."""
+    root = options.root.resolve()
+    _check_project(root)
+    docs = root / "docs"
+    site_dir = (options.site_dir or root / "site").resolve()
+    timer = _Timer()
+    with timer.step("vega bundle (start)"):
+        bundle = vendor.start_bundle(charts_mod.vega_lite_version())
+    clean_generated(docs)
+    with open_store(options.db, read_only=True) as con:
+        with timer.step("select + views"):
+            sel = select_campaigns(con, options.campaigns)
+            prepare(con, sel)
+        with timer.step("contexts"):
+            mem = memory.build(con, sel)
+            perf = performance.build(con, sel, mem.runs)
+            stream = streaming.build(con, sel)
+            qual = quality.build(con, sel)
+            pages: dict[str, Any] = {
+                "index.md.j2": summary.build(con, sel, mem, perf, qual),
+                "inventory.md.j2": inventory.build(con, sel),
+                "models.md.j2": models.build(con, sel),
+                "memory.md.j2": mem,
+                "performance.md.j2": perf,
+                "streaming.md.j2": stream,
+                "quality.md.j2": qual,
+                "transcripts-index.md.j2": qual,
+                "methodology.md.j2": methodology.build(con, sel),
+                "reproduce.md.j2": reproduce.build(
+                    con, sel, options.db.name, _file_sha256(options.db),
+                    options.db.stat().st_size,
+                ),
+                "validation.md.j2": validation.build(con),
+            }
+            configs = [r["config_label"] for r in rows(
+                con, "SELECT config_label, min(config_order) o FROM rm GROUP BY 1 ORDER BY o, 1")]
+            tests = [r["test_id"] for r in rows(
+                con, "SELECT test_id, min(test_order) o FROM rm GROUP BY 1 ORDER BY o, 1")]
+        with timer.step("transcripts"):
+            transcripts = quality.transcript_pages(con)
+        with timer.step("parquet"):
+            exports = export_tables(con, docs)
+            pages["data.md.j2"] = data.build(con, exports)
+    with timer.step("charts"):
+        charts = charts_mod.build_charts(mem, perf, stream, qual, configs, tests)
+        charts_mod.write_charts(charts, docs / CHART_DIR, charts_mod.vega_lite_version())
+    info = SiteInfo(
+        selection=sel,
+        store_name=options.db.name,
+        version=options.version,
+        empty_reason=None
+        if not sel.empty
+        else "this evidence store holds no campaign yet; run `nox -s collect` to record one",
+    )
+    env = environment(root / "templates")
+    written: list[Path] = []
+    with timer.step("render"):
+        for template, page in PAGES:
+            prefix = "../" * page.count("/")
+            written.append(
+                render_page(
+                    env,
+                    template,
+                    docs / page,
+                    {
+                        "page": pages[template],
+                        "site": info,
+                        "chart": lambda chart_id, p=prefix: chart_markup(charts, chart_id, p),
+                    },
+                )
+            )
+        for t in transcripts:
+            written.append(
+                render_page(
+                    env,
+                    TRANSCRIPT_TEMPLATE,
+                    docs / "transcripts" / f"{t.slug}.md",
+                    {"page": t, "site": info},
+                )
+            )
+    with timer.step("hygiene"):
+        hygiene.check_pages(written, root)
+    with timer.step("vega bundle (wait)"):
+        vendor.write_bundle(bundle, docs / "assets" / "vendor")
+    if options.run_mkdocs:
+        with timer.step("mkdocs"):
+            site.mkdocs_build(root / "mkdocs.yml", site_dir)
+        with timer.step("offline check"):
+            site.check_offline(site_dir)
+            label = options.version or "unpublished build"
+            site.write_local_versions(site_dir, label)
+    return BuildResult(tuple(sel.ids), written, site_dir, timer.timings)

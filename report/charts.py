@@ -1,0 +1,432 @@
+"""Charts: Altair specs built from the page contexts, drawn offline.
+
+Each chart is a Vega-Lite spec (inlined in its page and embedded by the Vega
+bundle from `vl-convert-python`, which the build writes into the site) plus a
+static SVG of the same spec, drawn by vl-convert, that the page shows until
+(or instead of) the interactive version. A chart without data is a `Missing`
+and the page says why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+
+from evidence.errors import BuildError
+from report.context.memory import MemoryContext
+from report.context.performance import MetricTable, PerformanceContext
+from report.context.quality import QualityContext
+from report.context.streaming import StreamingContext
+from report.values import Missing, Quantity
+
+WIDTH = 560
+ROW_HEIGHT = 170
+# Colours per configuration, fixed across every chart of a site.
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#9d755d")
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One chart: its id (file name and anchor), caption, alt text and spec."""
+
+    chart_id: str
+    title: str
+    alt: str
+    spec: dict[str, Any]
+
+
+Charts = dict[str, Chart | Missing]
+
+
+def vega_lite_version() -> str:
+    """Altair's Vega-Lite version as vl-convert names it (e.g. '6.4')."""
+    import vl_convert as vlc
+
+    version = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
+    if version not in vlc.get_vegalite_versions():
+        raise BuildError(
+            f"Altair uses Vega-Lite {version}, which vl-convert-python "
+            f"{getattr(vlc, '__version__', '?')} cannot draw; install matching versions "
+            "(pip install -U altair vl-convert-python)"
+        )
+    return version
+
+
+def _colors(configs: Iterable[str]) -> alt.Scale:
+    domain = list(dict.fromkeys(configs))
+    return alt.Scale(domain=domain, range=list(PALETTE[: len(domain)] or PALETTE[:1]))
+
+
+def _finish(chart: Any, title: str) -> dict[str, Any]:
+    spec: dict[str, Any] = chart.properties(title=title).to_dict()
+    spec.setdefault("config", {})
+    spec["config"].update(
+        {"font": "sans-serif", "axis": {"labelFontSize": 11, "titleFontSize": 12},
+         "legend": {"orient": "bottom"}, "background": "white"}
+    )
+    return spec
+
+
+def _stat_rows(table: MetricTable) -> list[dict[str, Any]]:
+    return [
+        {
+            "model": r.model,
+            "test": r.test_id,
+            "config": r.config,
+            "mean": r.stat.mean,
+            "lo": r.stat.ci_low,
+            "hi": r.stat.ci_high,
+            "n": r.stat.n,
+        }
+        for r in table.rows
+        if r.stat.mean is not None
+    ]
+
+
+def per_test_chart(table: MetricTable, configs: Sequence[str], tests: Sequence[str]) -> Chart | Missing:
+    """Mean per test with 95 % CI error bars, one colour per configuration."""
+    data = _stat_rows(table)
+    if not data:
+        return Missing(f"no {table.title.lower()} was measured")
+    unit = f" ({table.unit})" if table.unit else ""
+    base = alt.Chart().encode(
+        x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
+        xOffset=alt.XOffset("config:N", sort=list(configs)),
+        color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+    )
+    points = base.mark_point(filled=True, size=60).encode(
+        y=alt.Y("mean:Q", title=f"{table.title}{unit}"),
+        tooltip=["model:N", "test:N", "config:N", alt.Tooltip("mean:Q", format=".3~g"),
+                 alt.Tooltip("lo:Q", format=".3~g", title="CI low"),
+                 alt.Tooltip("hi:Q", format=".3~g", title="CI high"), "n:Q"],
+    )
+    bars = base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q")
+    chart = (
+        alt.layer(bars, points, data=alt.Data(values=data))
+        .properties(width=WIDTH, height=ROW_HEIGHT)
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = f"{table.title} per test: mean with 95 % CI"
+    return Chart(
+        f"perf-{table.name.replace('_', '-')}",
+        title,
+        f"{title}, per model and configuration",
+        _finish(chart, title),
+    )
+
+
+def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missing:
+    data = []
+    for c in memory.comparisons:
+        if not isinstance(c.headline, Quantity):
+            continue
+        for config, fig in ((c.baseline_config, c.baseline_gpu), (c.config, c.offload_gpu)):
+            if isinstance(fig, Quantity):
+                mib = fig.value / MIB if fig.unit == "bytes" else fig.value
+                data.append({"series": f"{c.model} · {c.config} ({c.headline.source})",
+                             "config": config, "gib": mib / 1024})
+    if not data:
+        return Missing("no GPU memory figure, measured, logged or estimated")
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_bar()
+        .encode(
+            y=alt.Y("config:N", sort=list(configs), title=None),
+            x=alt.X("gib:Q", title="GPU memory (GiB)"),
+            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            tooltip=["series:N", "config:N", alt.Tooltip("gib:Q", format=".2f")],
+        )
+        .properties(width=WIDTH - 120, height=60)
+        .facet(row=alt.Row("series:N", title=None, header=alt.Header(labelAngle=0,
+                                                                      labelAlign="left")))
+    )
+    title = "GPU memory, baseline vs offload (source in each row's label)"
+    return Chart("memory-vram", title, title, _finish(chart, title))
+
+
+def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
+    data = [
+        {"model": r.model, "config": r.config, "buffer": f"{b.device} {b.kind}",
+         "where": "GPU" if b.on_gpu else "host", "gib": b.mib / 1024}
+        for r in memory.runs
+        for b in r.buffers
+        if b.mib > 0
+    ]
+    if not data:
+        return Missing("no loader log with buffer sizes was parsed")
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_bar()
+        .encode(
+            y=alt.Y("config:N", title=None),
+            x=alt.X("sum(gib):Q", title="buffer size (GiB), from the loader log"),
+            color=alt.Color("buffer:N", title="device and buffer"),
+            tooltip=["model:N", "config:N", "buffer:N", "where:N",
+                     alt.Tooltip("gib:Q", format=".3f")],
+        )
+        .properties(width=WIDTH - 120, height=alt.Step(22))
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = "Memory distribution by device and buffer (loader log)"
+    return Chart("memory-distribution", title, title, _finish(chart, title))
+
+
+def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
+    points = memory.tradeoff
+    if len({p.config for p in points}) < 2:
+        return Missing("fewer than two configurations to compare")
+    gpu = [
+        {"model": p.model, "config": p.config, "layers": p.layers_on_cpu,
+         "gib": (p.gpu.value / GIB if p.gpu.unit == "bytes" else p.gpu.value / 1024)}
+        for p in points
+        if isinstance(p.gpu, Quantity)
+    ]
+    speed = [
+        {"model": p.model, "config": p.config, "layers": p.layers_on_cpu, "mean": p.decode.mean,
+         "lo": p.decode.ci_low, "hi": p.decode.ci_high, "n": p.decode.n}
+        for p in points
+        if p.decode.mean is not None
+    ]
+    x = alt.X("layers:Q", title="MoE layers with experts in CPU memory")
+    color = alt.Color("model:N", title="model")
+    panels = []
+    if gpu:
+        panels.append(
+            alt.Chart(alt.Data(values=gpu))
+            .mark_line(point=True)
+            .encode(x=x, y=alt.Y("gib:Q", title=f"GPU memory (GiB, {memory.tradeoff_source})"),
+                    color=color, tooltip=["model:N", "config:N", "layers:Q",
+                                          alt.Tooltip("gib:Q", format=".2f")])
+            .properties(width=WIDTH // 2 - 20, height=220)
+        )
+    if speed:
+        base = alt.Chart(alt.Data(values=speed)).encode(x=x, color=color)
+        panels.append(
+            alt.layer(
+                base.mark_line(point=True).encode(
+                    y=alt.Y("mean:Q", title="decode tokens/s (mean, 95 % CI)"),
+                    tooltip=["model:N", "config:N", "layers:Q",
+                             alt.Tooltip("mean:Q", format=".3~g"), "n:Q"],
+                ),
+                base.mark_rule().encode(y="lo:Q", y2="hi:Q"),
+            ).properties(width=WIDTH // 2 - 20, height=220)
+        )
+    if not panels:
+        return Missing("neither GPU memory nor decode speed was measured for these runs")
+    title = "The --n-cpu-moe trade-off: GPU memory and decode speed"
+    return Chart("memory-tradeoff", title, title, _finish(alt.hconcat(*panels), title))
+
+
+def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missing:
+    data = []
+    for p in memory.timeline:
+        if p.rss_bytes is not None:
+            data.append({"model": p.model, "config": p.config, "t": p.t_s,
+                         "gib": p.rss_bytes / GIB, "memory": "host RSS"})
+        if p.gpu_bytes is not None:
+            data.append({"model": p.model, "config": p.config, "t": p.t_s,
+                         "gib": p.gpu_bytes / GIB, "memory": "GPU (device-wide)"})
+    if not data:
+        return Missing("no telemetry samples")
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_line()
+        .encode(
+            x=alt.X("t:Q", title="seconds since launch"),
+            y=alt.Y("gib:Q", title="GiB (max per interval)"),
+            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            strokeDash=alt.StrokeDash("memory:N", title="memory"),
+            tooltip=["config:N", "memory:N", alt.Tooltip("t:Q", format=".0f"),
+                     alt.Tooltip("gib:Q", format=".2f")],
+        )
+        .properties(width=WIDTH, height=ROW_HEIGHT)
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = "Server memory over each run (telemetry, ~10 Hz)"
+    return Chart("memory-timeline", title, title, _finish(chart, title))
+
+
+def _itl_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
+    data = [{"model": b.model, "config": b.config, "ms": b.ms, "share": b.share}
+            for b in perf.itl_hist]
+    if not data:
+        return Missing("no per-token gaps: no successful streamed request with two tokens")
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("ms:Q", scale=alt.Scale(type="log"), title="per-token gap (ms, log scale)"),
+            y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of gaps"),
+            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            tooltip=["config:N", alt.Tooltip("ms:Q", format=".3~g"),
+                     alt.Tooltip("share:Q", format=".2%")],
+        )
+        .properties(width=WIDTH, height=ROW_HEIGHT)
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = "Inter-token latency distribution"
+    return Chart("perf-itl", title, title, _finish(chart, title))
+
+
+def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
+    data = [
+        {"model": p.model, "config": p.config, "tenth": p.decile + 1, "mean": p.rate.mean,
+         "lo": p.rate.ci_low, "hi": p.rate.ci_high, "n": p.rate.n}
+        for p in perf.curve
+        if p.rate.mean is not None
+    ]
+    if not data:
+        return Missing("no long test with at least 20 tokens")
+    base = alt.Chart().encode(
+        x=alt.X("tenth:O", title="tenth of the generation"),
+        color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+    )
+    chart = (
+        alt.layer(
+            base.mark_line(point=True).encode(
+                y=alt.Y("mean:Q", title="decode tokens/s"),
+                tooltip=["config:N", "tenth:O", alt.Tooltip("mean:Q", format=".3~g"), "n:Q"],
+            ),
+            base.mark_rule().encode(y="lo:Q", y2="hi:Q"),
+            data=alt.Data(values=data),
+        )
+        .properties(width=WIDTH, height=ROW_HEIGHT)
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = "Decode rate along long generations (mean, 95 % CI)"
+    return Chart("perf-consistency", title, title, _finish(chart, title))
+
+
+def _timeline_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
+    tl = perf.timeline
+    if isinstance(tl, Missing):
+        return tl
+    data = [{"config": p.label, "ms": p.t_ms, "tokens": p.tokens} for p in tl.points]
+    if not data:
+        return Missing("the chosen request has no content events")
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X("ms:Q", title="ms since the request was sent"),
+            y=alt.Y("tokens:Q", title="tokens received"),
+            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            tooltip=["config:N", alt.Tooltip("ms:Q", format=".0f"), "tokens:Q"],
+        )
+        .properties(width=WIDTH, height=240)
+    )
+    title = f"Token timeline: {tl.test_id}, repeat {tl.repeat}, {tl.model}"
+    return Chart("perf-timeline", title, title, _finish(chart, title))
+
+
+def _stream_compare_chart(stream: StreamingContext, configs: Sequence[str]) -> Chart | Missing:
+    data = []
+    for r in stream.compare:
+        for mode, stat in (("streamed", r.streamed_e2e), ("not streamed", r.plain_e2e)):
+            if stat.mean is not None:
+                data.append({"model": r.model, "test": r.test_id, "config": r.config,
+                             "mode": mode, "series": f"{r.config}, {mode}", "e2e": stat.mean})
+    if not data:
+        return Missing("no non-streamed run in this campaign")
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_point(filled=True, size=60)
+        .encode(
+            x=alt.X("test:N", title=None, axis=alt.Axis(labelAngle=-30)),
+            y=alt.Y("e2e:Q", title="end-to-end time (s, mean)"),
+            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            shape=alt.Shape("mode:N", title="mode"),
+            xOffset=alt.XOffset("series:N"),
+            tooltip=["config:N", "mode:N", "test:N", alt.Tooltip("e2e:Q", format=".3~g")],
+        )
+        .properties(width=WIDTH, height=ROW_HEIGHT)
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = "Streamed vs non-streamed end-to-end time"
+    return Chart("streaming-compare", title, title, _finish(chart, title))
+
+
+def _repetition_chart(quality: QualityContext, configs: Sequence[str]) -> Chart | Missing:
+    data = [
+        {"model": r.model, "test": r.test_id, "config": r.config,
+         "mean": r.scores["repetition"].mean, "max": r.scores["repetition"].max}
+        for r in quality.per_test
+        if r.scores["repetition"].mean is not None
+    ]
+    if not data:
+        return Missing(quality.no_scores_reason)
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_bar()
+        .encode(
+            x=alt.X("test:N", title=None, axis=alt.Axis(labelAngle=-30)),
+            xOffset=alt.XOffset("config:N", sort=list(configs)),
+            y=alt.Y("mean:Q", title="repetition score (mean; 0 = none)"),
+            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            tooltip=["config:N", "test:N", alt.Tooltip("mean:Q", format=".3f"),
+                     alt.Tooltip("max:Q", format=".3f")],
+        )
+        .properties(width=WIDTH, height=ROW_HEIGHT)
+        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
+                                                                     labelAlign="left")))
+    )
+    title = "Repetition score per test"
+    return Chart("quality-repetition", title, title, _finish(chart, title))
+
+
+def build_charts(
+    memory: MemoryContext,
+    perf: PerformanceContext,
+    stream: StreamingContext,
+    quality: QualityContext,
+    configs: Sequence[str],
+    tests: Sequence[str],
+) -> Charts:
+    """Every chart of the site, keyed by id (a `Missing` where there is no data)."""
+    charts: Charts = {
+        "memory-vram": _vram_chart(memory, configs),
+        "memory-distribution": _distribution_chart(memory),
+        "memory-tradeoff": _tradeoff_chart(memory),
+        "memory-timeline": _memory_timeline_chart(memory, configs),
+        "perf-itl": _itl_chart(perf, configs),
+        "perf-consistency": _curve_chart(perf, configs),
+        "perf-timeline": _timeline_chart(perf, configs),
+        "streaming-compare": _stream_compare_chart(stream, configs),
+        "quality-repetition": _repetition_chart(quality, configs),
+    }
+    for table in perf.metrics:
+        charts[f"perf-{table.name.replace('_', '-')}"] = per_test_chart(table, configs, tests)
+    return charts
+
+
+def spec_json(spec: dict[str, Any]) -> str:
+    """The spec as JSON safe to inline in a <script> element (no `<`, `>` or `&`)."""
+    text = json.dumps(spec, allow_nan=False, sort_keys=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def write_charts(charts: Charts, out_dir: Path, vl_version: str) -> None:
+    """Write each chart's spec (.vl.json) and static SVG into `out_dir`."""
+    import vl_convert as vlc
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for chart in charts.values():
+        if isinstance(chart, Missing):
+            continue
+        (out_dir / f"{chart.chart_id}.vl.json").write_text(spec_json(chart.spec), "utf-8")
+        svg = vlc.vegalite_to_svg(chart.spec, vl_version=vl_version)
+        (out_dir / f"{chart.chart_id}.svg").write_text(svg, "utf-8")
+

@@ -1,0 +1,52 @@
+"""Small helpers the page contexts share: JSON columns, reasons, ranges."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+
+def loads(value: Any) -> Any:
+    """A JSON column's value as Python data (DuckDB returns JSON as text); None stays None."""
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A JSON object column as a dict ({} when NULL or not an object)."""
+    data = loads(value)
+    return data if isinstance(data, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    """A JSON array column as a list ([] when NULL or not an array)."""
+    data = loads(value)
+    return data if isinstance(data, list) else []
+
+
+def no_gpu_reason(gpu_status: str | None) -> str:
+    """Why GPU figures are absent on a host, in the words the pages use."""
+    status = (gpu_status or "GPU status not recorded").strip()
+    return f"no NVIDIA GPU on this host ({status})"
+
+
+def ranges(values: Iterable[int]) -> str:
+    """Sorted integers as compact ranges: [1, 2, 3, 7] -> '1–3, 7'."""
+    items = sorted(set(values))
+    if not items:
+        return "none"
+    parts: list[str] = []
+    start = prev = items[0]
+    for v in items[1:]:
+        if v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}–{prev}")
+        start = prev = v
+    parts.append(str(start) if start == prev else f"{start}–{prev}")
+    return ", ".join(parts)

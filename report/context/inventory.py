@@ -1,0 +1,158 @@
+"""Hardware and software inventory: the host(s) and every version involved."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from report.context.common import as_dict, as_list, no_gpu_reason
+from report.queries import Selection, rows
+from report.values import Figure, Missing, Quantity
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory: Figure
+
+
+@dataclass(frozen=True)
+class Host:
+    host_id: str
+    campaigns: str
+    cpu_model: str
+    cpu_cores: Figure
+    cpu_threads: Figure
+    ram: Figure
+    os: str
+    kernel: str
+    machine: str
+    gpus: tuple[Gpu, ...]
+    gpu_driver: str | None
+    cuda_version: str | None
+    gpu_status: str
+    no_gpu: str | None
+
+
+@dataclass(frozen=True)
+class ServerBuild:
+    model: str
+    config: str
+    version: str | None
+    mode: str
+    api: str
+
+
+@dataclass(frozen=True)
+class Software:
+    campaign: str
+    campaign_id: str
+    tool_version: str
+    started_utc: datetime
+    packages: tuple[tuple[str, str], ...]
+    engine: tuple[tuple[str, str], ...]
+    environment: tuple[tuple[str, str], ...]
+    servers: tuple[ServerBuild, ...]
+    bandwidth: Figure
+
+
+@dataclass(frozen=True)
+class InventoryContext:
+    hosts: tuple[Host, ...]
+    software: tuple[Software, ...]
+
+
+def _count(value: Any, what: str) -> Figure:
+    return Quantity(value, "", None) if value is not None else Missing(f"{what} not recorded")
+
+
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    data = as_dict(value)
+    out = []
+    for key in sorted(data):
+        item = data[key]
+        text = ", ".join(str(x) for x in item) if isinstance(item, list) else str(item)
+        out.append((str(key), text))
+    return tuple(out)
+
+
+def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
+    """The inventory page's context."""
+    hosts = []
+    for h in rows(
+        con,
+        """
+        SELECT h.*, string_agg(c.name, '; ' ORDER BY c.started_utc) AS campaigns
+        FROM hosts h JOIN campaigns c USING (host_id)
+        WHERE c.campaign_id IN (SELECT campaign_id FROM sel)
+        GROUP BY ALL ORDER BY min(c.started_utc)
+        """,
+    ):
+        gpus = tuple(
+            Gpu(
+                str(g.get("name", "unnamed GPU")),
+                Quantity(float(g["memory_bytes"]), "bytes", "measured")
+                if g.get("memory_bytes") is not None
+                else Missing("NVML reported no memory size"),
+            )
+            for g in as_list(h["gpus"])
+            if isinstance(g, dict)
+        )
+        status = h["gpu_status"] or "not recorded"
+        hosts.append(
+            Host(
+                host_id=h["host_id"],
+                campaigns=h["campaigns"],
+                cpu_model=h["cpu_model"] or "not recorded",
+                cpu_cores=_count(h["cpu_cores"], "physical cores"),
+                cpu_threads=_count(h["cpu_threads"], "logical CPUs"),
+                ram=Quantity(float(h["ram_bytes"]), "bytes", "measured")
+                if h["ram_bytes"] is not None
+                else Missing("RAM size not recorded"),
+                os=" ".join(x for x in (h["os"], h["os_release"]) if x) or "not recorded",
+                kernel=h["kernel"] or "not recorded",
+                machine=h["machine"] or "not recorded",
+                gpus=gpus,
+                gpu_driver=h["gpu_driver"],
+                cuda_version=h["cuda_version"],
+                gpu_status=status,
+                no_gpu=None if status == "ok" else no_gpu_reason(status),
+            )
+        )
+    software = []
+    for c in rows(
+        con,
+        """
+        SELECT c.* FROM campaigns c WHERE campaign_id IN (SELECT campaign_id FROM sel)
+        ORDER BY started_utc
+        """,
+    ):
+        servers = tuple(
+            ServerBuild(s["model"], s["config_label"], s["version"], s["mode"], s["api"])
+            for s in rows(
+                con,
+                "SELECT model, config_label, version, mode, api FROM sel_runs "
+                "WHERE attempt = 1 AND campaign_id = ? ORDER BY model_order, config_order",
+                [c["campaign_id"]],
+            )
+        )
+        bw = c["mem_bandwidth_bytes_per_s"]
+        software.append(
+            Software(
+                campaign=c["name"],
+                campaign_id=c["campaign_id"],
+                tool_version=c["tool_version"],
+                started_utc=c["started_utc"],
+                packages=_pairs(c["packages"]),
+                engine=_pairs(c["engine"]),
+                environment=_pairs(c["environment"]),
+                servers=servers,
+                bandwidth=Quantity(float(bw), "bytes/s", "measured", "numpy copy, best of 5")
+                if bw is not None
+                else Missing("host memory bandwidth was not benchmarked"),
+            )
+        )
+    return InventoryContext(tuple(hosts), tuple(software))

@@ -1,0 +1,514 @@
+"""Memory page: GPU and host memory per server run, VRAM saved, expert placement.
+
+GPU memory has three possible sources, and a comparison never mixes them:
+measured (NVML device memory minus the figure before launch, both runs on the
+same host and build), the GPU buffers the loader log printed, or the GGUF
+weights-only estimate. Each figure is shown with its source; the first one
+available for *both* runs of a comparison is the headline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from report.context.common import as_dict, as_list, no_gpu_reason, ranges
+from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
+from report.values import Figure, Missing, Quantity, Stat
+
+_BLOCK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
+_HOST_DEVICE = re.compile(r"^(CPU.*|.*_Host|AMX)$")
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class BufferRow:
+    device: str
+    kind: str
+    mib: float
+    on_gpu: bool
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the expert tensors went, per the loader log, against the GGUF file."""
+
+    status: str  # PASS | FAIL | NOT MEASURED
+    expected_tensors: int | None
+    overridden_tensors: int | None
+    overridden_mib: Figure
+    targets: tuple[str, ...]
+    layers: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunMemory:
+    """Memory facts of one server configuration (its first successful start)."""
+
+    server_run_id: str
+    model_id: str
+    model: str
+    config: str
+    n_cpu_moe: int | None
+    status: str
+    version: str | None
+    host_id: str
+    gpu_measured: Figure
+    gpu_idle_measured: Figure
+    gpu_log: Figure
+    gpu_estimated: Figure
+    rss_idle: Figure
+    rss_peak: Figure
+    cpu_mapped: Figure
+    cpu_cores: Figure  # mean busy cores of the server tree while generating
+    load_ms: Figure
+    buffers: tuple[BufferRow, ...]
+    placement: Placement
+    layers_on_cpu: int | None
+
+    @property
+    def offloaded(self) -> bool:
+        return self.n_cpu_moe is not None and self.n_cpu_moe != 0
+
+
+@dataclass(frozen=True)
+class VramComparison:
+    """VRAM saved by one offload configuration against the model's baseline."""
+
+    model_id: str
+    model: str
+    config: str
+    baseline_config: str
+    measured: Figure
+    log: Figure
+    estimated: Figure
+    headline: Figure
+    baseline_gpu: Figure
+    offload_gpu: Figure
+    expected: Figure
+    deviation: Figure
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    model: str
+    config: str
+    layers_on_cpu: int
+    gpu: Figure
+    decode: Stat
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    model: str
+    config: str
+    t_s: float
+    rss_bytes: float | None
+    gpu_bytes: float | None
+
+
+@dataclass(frozen=True)
+class MemoryContext:
+    runs: tuple[RunMemory, ...]
+    comparisons: tuple[VramComparison, ...]
+    tradeoff: tuple[TradeoffPoint, ...]
+    tradeoff_source: str
+    tradeoff_tests: tuple[str, ...]
+    has_sweep: bool
+    timeline: tuple[TimelinePoint, ...]
+    gpu_reason: str | None  # why no GPU figure is measured, when none is
+
+
+def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
+    """The memory page's context."""
+    facts = rows(
+        con,
+        """
+        SELECT r.server_run_id, r.model_id, r.model, r.config_label, r.n_cpu_moe, r.status,
+               r.version, r.load_ms, r.log_summary, r.gpu_before, c.host_id, h.gpu_status,
+               m.spec, m.expert_tensor_count, m.expert_tensor_bytes, m.expected_vram_saved_pct,
+               mem.rss_idle_bytes, mem.rss_peak_bytes, mem.gpu_idle_delta_bytes,
+               mem.gpu_peak_delta_bytes, mem.cpu_percent_avg_generating, mem.telemetry_samples,
+               (SELECT count(gpu_mem_used_bytes) FROM telemetry t
+                 WHERE t.server_run_id = r.server_run_id) AS gpu_samples
+        FROM sel_runs r
+        JOIN campaigns c USING (campaign_id)
+        JOIN hosts h ON h.host_id = c.host_id
+        JOIN sel_models m USING (model_id)
+        LEFT JOIN server_run_memory mem USING (server_run_id)
+        WHERE r.attempt = 1
+        ORDER BY r.model_order, r.config_order
+        """,
+    )
+    runs = tuple(_run_memory(f) for f in facts)
+    expected = {f["model_id"]: f["expected_vram_saved_pct"] for f in facts}
+    comparisons = tuple(_comparisons(runs, expected))
+    tradeoff, source, tests = _tradeoff(con, runs)
+    reasons = {r.gpu_measured.reason for r in runs if isinstance(r.gpu_measured, Missing)}
+    return MemoryContext(
+        runs=runs,
+        comparisons=comparisons,
+        tradeoff=tradeoff,
+        tradeoff_source=source,
+        tradeoff_tests=tests,
+        has_sweep=any(r.n_cpu_moe is not None and r.n_cpu_moe > 0 for r in runs),
+        timeline=_timeline(con),
+        gpu_reason="; ".join(sorted(reasons)) if reasons and len(reasons) == 1 else None,
+    )
+
+
+def _bytes(value: Any) -> Quantity | None:
+    return None if value is None else Quantity(float(value), "bytes", "measured")
+
+
+def _run_memory(f: dict[str, Any]) -> RunMemory:
+    log = as_dict(f["log_summary"])
+    spec = as_dict(f["spec"])
+    gpu_before = as_dict(f["gpu_before"])
+    k = f["n_cpu_moe"]
+    no_gpu: str | None = None
+    if f["gpu_status"] != "ok":
+        no_gpu = no_gpu_reason(f["gpu_status"])
+    elif gpu_before and not gpu_before.get("available", False):
+        no_gpu = f"NVML was unavailable before launch ({gpu_before.get('reason', 'no reason')})"
+    elif not f["gpu_samples"]:
+        no_gpu = "no GPU memory samples in this run's telemetry"
+
+    def measured(value: Any, what: str) -> Figure:
+        if no_gpu:
+            return Missing(no_gpu)
+        q = _bytes(value)
+        return q if q is not None else Missing(f"no telemetry sample in the {what} window")
+
+    if not log:
+        log_reason = (
+            "no loader log was parsed for this run"
+            + (f" ({f['status']})" if f["status"] != "stopped" else "")
+        )
+        gpu_log: Figure = Missing(log_reason)
+        cpu_mapped: Figure = Missing(log_reason)
+    else:
+        total = log.get("gpu_total_mib")
+        gpu_log = (
+            Quantity(float(total), "MiB", "log")
+            if total is not None
+            else Missing("the loader log shows no GPU buffers")
+        )
+        mapped = log.get("cpu_mapped_mib")
+        cpu_mapped = (
+            Quantity(float(mapped), "MiB", "log")
+            if mapped is not None
+            else Missing("the loader log printed no CPU_Mapped buffer")
+        )
+    gpu_estimated = _estimate(spec, k)
+    buffers = tuple(
+        BufferRow(str(device), str(kind), float(mib), not _HOST_DEVICE.match(str(device)))
+        for device, kinds in as_dict(log.get("buffers")).items()
+        if isinstance(kinds, dict)
+        for kind, mib in kinds.items()
+        if isinstance(mib, (int, float))
+    )
+    placement, layers_on_cpu = _placement(log, spec, f, k)
+    samples = f["telemetry_samples"] or 0
+    no_telemetry = "no telemetry samples for this run"
+    rss_idle = _bytes(f["rss_idle_bytes"])
+    rss_peak = _bytes(f["rss_peak_bytes"])
+    cpu = f["cpu_percent_avg_generating"]
+    return RunMemory(
+        server_run_id=f["server_run_id"],
+        model_id=f["model_id"],
+        model=f["model"],
+        config=f["config_label"],
+        n_cpu_moe=k,
+        status=f["status"],
+        version=f["version"],
+        host_id=f["host_id"],
+        gpu_measured=measured(f["gpu_peak_delta_bytes"], "generation"),
+        gpu_idle_measured=measured(f["gpu_idle_delta_bytes"], "idle"),
+        gpu_log=gpu_log,
+        gpu_estimated=gpu_estimated,
+        rss_idle=rss_idle or Missing(no_telemetry if not samples else "no sample after load"),
+        rss_peak=rss_peak or Missing(no_telemetry if not samples else "no sample during generation"),
+        cpu_mapped=cpu_mapped,
+        cpu_cores=Quantity(float(cpu) / 100.0, "cores", "measured")
+        if cpu is not None
+        else Missing(no_telemetry if not samples else "no sample during generation"),
+        load_ms=Quantity(float(f["load_ms"]), "ms", "measured")
+        if f["load_ms"] is not None
+        else Missing("the server was attached, not launched"),
+        buffers=buffers,
+        placement=placement,
+        layers_on_cpu=layers_on_cpu,
+    )
+
+
+def _estimate(spec: dict[str, Any], k: int | None) -> Figure:
+    """The GGUF weights-only estimate of GPU memory for this configuration."""
+    note = "GGUF weight bytes only; no KV cache or compute buffers"
+    if not spec:
+        return Missing("the model file was not inspected (attached server)")
+    if k is None or k == 0:
+        value = spec.get("weights_gpu_bytes_baseline")
+    elif k == -1:
+        value = spec.get("weights_gpu_bytes_cpu_moe")
+    else:
+        return Missing(f"the GGUF estimate covers the baseline and --cpu-moe, not --n-cpu-moe {k}")
+    if value is None:
+        return Missing("the GGUF inspection recorded no weight split")
+    return Quantity(float(value), "bytes", "estimated", note)
+
+
+def _expected_tensors(spec: dict[str, Any], k: int | None) -> list[str] | None:
+    names = [str(n) for n in as_list(spec.get("expert_tensor_names"))]
+    if not names:
+        return None
+    if k is None or k == 0:
+        return []
+    if k == -1:
+        return names
+    return [n for n in names if (m := _BLOCK.search(n)) and int(m.group(1)) < k]
+
+
+def _placement(
+    log: dict[str, Any], spec: dict[str, Any], f: dict[str, Any], k: int | None
+) -> tuple[Placement, int | None]:
+    expected = _expected_tensors(spec, k)
+    if not log:
+        return (
+            Placement("NOT MEASURED", len(expected) if expected is not None else None, None,
+                      Missing("no loader log"), (), "none",
+                      "the loader log of this run was not parsed, so placement is unknown"),
+            None,
+        )
+    observed = [str(n) for n in as_list(log.get("overridden_tensors"))]
+    targets = tuple(str(t) for t in as_list(log.get("override_targets")))
+    layers = [int(x) for x in as_list(log.get("overridden_layers")) if isinstance(x, int)]
+    mib = log.get("overridden_mib")
+    overridden_mib: Figure = (
+        Quantity(float(mib), "MiB", "log") if mib is not None
+        else Missing("this llama.cpp build prints no override sizes")
+    )
+    on_cpu_targets = all(_HOST_DEVICE.match(t) for t in targets)
+    if expected is None:
+        count = f["expert_tensor_count"]
+        want = count if (k == -1 and count is not None) else (0 if not k else None)
+        if want is None:
+            status, detail = "NOT MEASURED", "the GGUF file's expert tensors are not recorded"
+        elif len(observed) == want and on_cpu_targets:
+            status, detail = "PASS", f"{len(observed)} tensors overridden, as the GGUF counts"
+        else:
+            status, detail = "FAIL", f"{len(observed)} tensors overridden, GGUF expects {want}"
+        return Placement(status, want, len(observed), overridden_mib, targets, ranges(layers),
+                         detail), len(layers)
+    missing = sorted(set(expected) - set(observed))
+    extra = sorted(set(observed) - set(expected))
+    if not missing and not extra and on_cpu_targets:
+        status = "PASS"
+        detail = (
+            f"all {len(expected)} expert tensors of this configuration are in CPU memory"
+            if expected
+            else "no tensor overridden, as expected without an offload flag"
+        )
+    else:
+        status = "FAIL"
+        bits = []
+        if missing:
+            bits.append(f"{len(missing)} expected expert tensors not overridden (e.g. {missing[0]})")
+        if extra:
+            bits.append(f"{len(extra)} unexpected overrides (e.g. {extra[0]})")
+        if not on_cpu_targets:
+            bits.append(f"override targets {', '.join(targets)} are not CPU buffers")
+        detail = "; ".join(bits)
+    return (
+        Placement(status, len(expected), len(observed), overridden_mib, targets, ranges(layers),
+                  detail),
+        len(layers),
+    )
+
+
+def _pct(base: float, off: float) -> float:
+    return 100.0 * (1.0 - off / base)
+
+
+def _comparisons(
+    runs: tuple[RunMemory, ...], expected: dict[str, Any]
+) -> list[VramComparison]:
+    out: list[VramComparison] = []
+    for model_id in dict.fromkeys(r.model_id for r in runs):
+        model_runs = [r for r in runs if r.model_id == model_id]
+        baselines = [r for r in model_runs if not r.offloaded]
+        baseline = next((r for r in baselines if r.config == "baseline"), None) or (
+            baselines[0] if baselines else None
+        )
+        for run in model_runs:
+            if not run.offloaded:
+                continue
+            out.append(_compare(baseline, run, expected.get(model_id)))
+    return out
+
+
+def _compare(
+    base: RunMemory | None, off: RunMemory, expected_pct: float | None
+) -> VramComparison:
+    if base is None:
+        none = Missing("this model has no baseline run to compare with")
+        return VramComparison(off.model_id, off.model, off.config, "none", none, none, none,
+                              none, none, none, none, none)
+    measured: Figure
+    if isinstance(base.gpu_measured, Quantity) and isinstance(off.gpu_measured, Quantity):
+        if base.version != off.version or base.host_id != off.host_id:
+            measured = Missing("baseline and offload ran on different hosts or server builds")
+        elif base.gpu_measured.value <= 0:
+            measured = Missing("the baseline's measured GPU memory is not positive")
+        else:
+            measured = Quantity(
+                _pct(base.gpu_measured.value, off.gpu_measured.value), "%", "measured",
+                "peak device memory during generation minus the figure before launch",
+            )
+    else:
+        missing = base.gpu_measured if isinstance(base.gpu_measured, Missing) else off.gpu_measured
+        measured = missing
+    log: Figure
+    if isinstance(base.gpu_log, Quantity) and isinstance(off.gpu_log, Quantity):
+        log = (
+            Quantity(_pct(base.gpu_log.value, off.gpu_log.value), "%", "log",
+                     "model + KV + compute buffers on GPU devices")
+            if base.gpu_log.value > 0
+            else Missing("the baseline's log shows no GPU buffers")
+        )
+    else:
+        log = base.gpu_log if isinstance(base.gpu_log, Missing) else off.gpu_log
+    estimated: Figure
+    if isinstance(base.gpu_estimated, Quantity) and isinstance(off.gpu_estimated, Quantity):
+        estimated = Quantity(
+            _pct(base.gpu_estimated.value, off.gpu_estimated.value), "%", "estimated",
+            "GGUF non-expert weight bytes / all weight bytes",
+        )
+    else:
+        estimated = (
+            base.gpu_estimated if isinstance(base.gpu_estimated, Missing) else off.gpu_estimated
+        )
+    pairs: list[tuple[Figure, Figure, Figure]] = [
+        (measured, base.gpu_measured, off.gpu_measured),
+        (log, base.gpu_log, off.gpu_log),
+        (estimated, base.gpu_estimated, off.gpu_estimated),
+    ]
+    headline: Figure
+    chosen = next((p for p in pairs if isinstance(p[0], Quantity)), None)
+    if chosen is not None:
+        headline, base_gpu, off_gpu = chosen
+    else:
+        reasons = "; ".join(dict.fromkeys(p[0].reason for p in pairs if isinstance(p[0], Missing)))
+        headline = base_gpu = off_gpu = Missing(reasons)
+    expected: Figure = (
+        Quantity(float(expected_pct), "%", None, "from the campaign config")
+        if expected_pct is not None
+        else Missing("the campaign config gives no expected saving for this model")
+    )
+    deviation: Figure
+    if isinstance(headline, Quantity) and isinstance(expected, Quantity):
+        deviation = Quantity(headline.value - expected.value, "points", headline.source)
+    else:
+        deviation = Missing(
+            headline.reason if isinstance(headline, Missing) else "no expected figure"
+        )
+    return VramComparison(
+        model_id=off.model_id,
+        model=off.model,
+        config=off.config,
+        baseline_config=base.config,
+        measured=measured,
+        log=log,
+        estimated=estimated,
+        headline=headline,
+        baseline_gpu=base_gpu,
+        offload_gpu=off_gpu,
+        expected=expected,
+        deviation=deviation,
+    )
+
+
+def _tradeoff(
+    con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]
+) -> tuple[tuple[TradeoffPoint, ...], str, tuple[str, ...]]:
+    """GPU memory and decode speed against expert layers kept on CPU, per model.
+
+    Decode speed is compared over the tests every configuration of the model
+    ran (a sweep usually runs a subset), so the points are like for like.
+    """
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE common_tests AS
+        SELECT model_id, test_id FROM rm WHERE {OK_STREAMED}
+        GROUP BY model_id, test_id
+        HAVING count(DISTINCT config_label) =
+            (SELECT count(DISTINCT r2.config_label) FROM rm r2 WHERE r2.model_id = rm.model_id)
+        """
+    )
+    tests = tuple(
+        r["test_id"]
+        for r in rows(con, "SELECT DISTINCT test_id, min(test_order) o FROM common_tests "
+                           "JOIN rm USING (model_id, test_id) GROUP BY test_id ORDER BY o")
+    )
+    decode = stats_by(
+        con,
+        "decode_tps",
+        ["model_id", "config_label"],
+        where=f"{OK_STREAMED} AND (model_id, test_id) IN (SELECT model_id, test_id "
+        "FROM common_tests)",
+    )
+    sources = ("measured", "log", "estimated")
+    usable = {
+        s: all(isinstance(_gpu(r, s), Quantity) for r in runs) for s in sources
+    }
+    source = next((s for s in sources if usable[s]), "none")
+    points = []
+    for r in runs:
+        if r.layers_on_cpu is None and r.n_cpu_moe not in (None, 0):
+            continue
+        layers = r.layers_on_cpu if r.layers_on_cpu is not None else 0
+        gpu = _gpu(r, source) if source != "none" else Missing("no GPU figure for every point")
+        stat = stat_or_empty(decode, (r.model_id, r.config), "tokens/s",
+                             "no successful streamed request on the common tests")
+        points.append(TradeoffPoint(r.model, r.config, layers, gpu, stat))
+    return tuple(points), source, tests
+
+
+def _gpu(r: RunMemory, source: str) -> Figure:
+    return {"measured": r.gpu_measured, "log": r.gpu_log, "estimated": r.gpu_estimated}[source]
+
+
+def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[TimelinePoint, ...]:
+    """Server memory over each run, at most ~300 points per run (max per bucket)."""
+    data = rows(
+        con,
+        """
+        WITH span AS (
+            SELECT r.server_run_id, r.model, r.model_order, r.config_label, r.config_order,
+                   coalesce(r.launch_ns, min(t.t_ns)) AS t0,
+                   greatest(1, (max(t.t_ns) - coalesce(r.launch_ns, min(t.t_ns))) // 300)
+                       AS width
+            FROM sel_runs r JOIN telemetry t USING (server_run_id)
+            WHERE r.attempt = 1
+            GROUP BY r.server_run_id, r.model, r.model_order, r.config_label, r.config_order,
+                     r.launch_ns
+        )
+        SELECT s.model, s.config_label,
+               ((t.t_ns - s.t0) // s.width) * s.width / 1e9 AS t_s,
+               max(t.rss_bytes) AS rss, max(t.gpu_mem_used_bytes) AS gpu,
+               min(s.model_order) AS mo, min(s.config_order) AS co
+        FROM telemetry t JOIN span s USING (server_run_id)
+        GROUP BY s.model, s.config_label, t_s
+        ORDER BY mo, co, t_s
+        """,
+    )
+    return tuple(
+        TimelinePoint(d["model"], d["config_label"], float(d["t_s"]),
+                      None if d["rss"] is None else float(d["rss"]),
+                      None if d["gpu"] is None else float(d["gpu"]))
+        for d in data
+    )

@@ -1,0 +1,427 @@
+"""Quality page and transcript pages: automated scores, code results, quality
+preservation (offload vs baseline), human review, and every transcript.
+
+Scores come from the `scores` table (written by `scoring`, with its version);
+human reviews from `reviews`, kept apart from the automated figures.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from evidence.metrics import summarize
+from report.context.common import as_dict
+from report.queries import Selection, rows, scalar, stat_or_empty, stats_by
+from report.values import Missing, Quantity, Stat
+
+# Output similarity is compared over the start of each text: edit distance is
+# quadratic in length, and the start is where a numeric change first shows.
+SIMILARITY_CHARS = 2000
+SIMILARITY_REPEATS = 3
+SIMILARITY_DEFINITION = (
+    f"For each test, repeat (1 to {SIMILARITY_REPEATS}) and streaming mode run in both the "
+    "baseline and an offload configuration: 1 - Levenshtein distance / length of the longer "
+    f"text, over the first {SIMILARITY_CHARS:,} characters of the two outputs. 1.0 means "
+    "identical text. Same prompt, temperature and seed on both sides, so a difference comes "
+    "from the numerics of where the expert tensors ran."
+)
+
+# (column of the `rq` table, display unit, what a missing value means)
+SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("repetition", ""),
+    ("check_pct", "%"),
+    ("coverage_pct", "%"),
+    ("quality", "/ 5"),
+    ("review", "/ 5"),
+)
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class QualityRow:
+    model: str
+    test_id: str
+    config: str
+    requests: int
+    completed: int
+    loops: int
+    loop_scored: int
+    scores: dict[str, Stat]
+
+    @property
+    def completion(self) -> Quantity | Missing:
+        if not self.requests:
+            return Missing("no request")
+        return Quantity(100.0 * self.completed / self.requests, "%", "measured")
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    model: str
+    config: str
+    repeat: int
+    stream: bool
+    passed: bool
+    passed_cases: int | None
+    cases: int | None
+    function: str | None
+    problem: str | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Preservation:
+    model: str
+    config: str
+    baseline_config: str
+    quality_delta: Quantity | Missing
+    repetition_delta: Quantity | Missing
+    check_delta: Quantity | Missing
+    similarity: Stat
+    identical: int
+    pairs: int
+
+
+@dataclass(frozen=True)
+class Review:
+    model: str
+    config: str
+    test_id: str
+    score: int
+    reviewer: str | None
+    note: str | None
+
+
+@dataclass(frozen=True)
+class TranscriptLink:
+    test_id: str
+    slug: str
+    requests: int
+
+
+@dataclass(frozen=True)
+class QualityContext:
+    has_scores: bool
+    scorer_versions: str
+    no_scores_reason: str
+    overall: tuple[QualityRow, ...]
+    per_test: tuple[QualityRow, ...]
+    code: tuple[CodeResult, ...]
+    preservation: tuple[Preservation, ...]
+    similarity_definition: str
+    reviews: tuple[Review, ...]
+    review_stats: tuple[QualityRow, ...]
+    transcripts: tuple[TranscriptLink, ...]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    request_id: str
+    model: str
+    config: str
+    repeat: int
+    stream: bool
+    status: str
+    finish_reason: str | None
+    output_tokens: int
+    token_source: str
+    e2e_s: float | None
+    error: str | None
+    output: str
+    repetition: float | None
+    loop: bool | None
+    check_pass: bool | None
+    quality: float | None
+    review: float | None
+
+
+@dataclass(frozen=True)
+class TranscriptPage:
+    test_id: str
+    slug: str
+    category: str
+    prompt: str
+    success_criteria: str
+    max_tokens: int
+    protocol_max_tokens: int
+    transcripts: tuple[Transcript, ...]
+
+
+def slug(test_id: str) -> str:
+    """A file name for a test's transcript page."""
+    return _SLUG.sub("-", test_id.lower()).strip("-") or "test"
+
+
+def _prepare(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE rq AS
+        SELECT rm.*, s.repetition, s.loop, s.check_pass * 100 AS check_pct,
+               s.check_coverage * 100 AS coverage_pct, s.quality, rv.review
+        FROM rm
+        LEFT JOIN sel_scores s USING (request_id)
+        LEFT JOIN (SELECT request_id, avg(score) AS review FROM reviews GROUP BY request_id) rv
+            USING (request_id)
+        """
+    )
+
+
+def _rows(
+    con: duckdb.DuckDBPyConnection, groups: list[str], order: list[str], missing: str
+) -> tuple[QualityRow, ...]:
+    keys = groups + order
+    base = rows(
+        con,
+        f"""
+        SELECT {", ".join(keys)}, count(*) AS requests,
+               count(*) FILTER (WHERE completed) AS completed,
+               count(*) FILTER (WHERE loop = 1) AS loops, count(loop) AS loop_scored
+        FROM rq GROUP BY {", ".join(keys)} ORDER BY {", ".join(order)}
+        """,
+    )
+    tables = {
+        col: stats_by(con, col, keys, where="TRUE", source="rq", unit=unit, missing=missing)
+        for col, unit in SCORE_COLUMNS
+    }
+    out = []
+    for b in base:
+        key = tuple(b[k] for k in keys)
+        out.append(
+            QualityRow(
+                model=b["model"],
+                test_id=b.get("test_id", "all tests"),
+                config=b["config_label"],
+                requests=int(b["requests"]),
+                completed=int(b["completed"]),
+                loops=int(b["loops"]),
+                loop_scored=int(b["loop_scored"]),
+                scores={
+                    col: stat_or_empty(
+                        tables[col], key, unit, "no human review yet" if col == "review" else missing
+                    )
+                    for col, unit in SCORE_COLUMNS
+                },
+            )
+        )
+    return tuple(out)
+
+
+def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
+    """The quality page's context."""
+    _prepare(con)
+    scored = int(scalar(con, "SELECT count(*) FROM sel_scores") or 0)
+    reason = (
+        "no scores in the store for these requests: scoring has not run on this campaign"
+        if not scored
+        else "no score of this kind for these requests"
+    )
+    versions = scalar(
+        con,
+        "SELECT string_agg(DISTINCT scorer_version, ', ' ORDER BY scorer_version) FROM scores "
+        "WHERE request_id IN (SELECT request_id FROM rm)",
+    )
+    return QualityContext(
+        has_scores=scored > 0,
+        scorer_versions=str(versions) if versions else "none",
+        no_scores_reason=reason,
+        overall=_rows(con, ["model", "config_label"], ["model_order", "config_order"], reason),
+        per_test=_rows(
+            con,
+            ["model", "test_id", "config_label"],
+            ["model_order", "test_order", "config_order"],
+            reason,
+        ),
+        code=_code(con),
+        preservation=_preservation(con),
+        similarity_definition=SIMILARITY_DEFINITION,
+        reviews=tuple(
+            Review(r["model"], r["config_label"], r["test_id"], int(r["score"]), r["reviewer"],
+                   r["note"])
+            for r in rows(
+                con,
+                """
+                SELECT rm.model, rm.config_label, rm.test_id, v.score, v.reviewer, v.note
+                FROM reviews v JOIN rm USING (request_id)
+                ORDER BY rm.model_order, rm.test_order, rm.config_order, v.reviewed_utc
+                """,
+            )
+        ),
+        review_stats=_rows(con, ["model", "config_label"], ["model_order", "config_order"],
+                           "no human review yet"),
+        transcripts=tuple(
+            TranscriptLink(r["test_id"], slug(r["test_id"]), int(r["n"]))
+            for r in rows(
+                con,
+                "SELECT test_id, count(*) AS n, min(test_order) AS o FROM rm GROUP BY test_id "
+                "ORDER BY o, test_id",
+            )
+        ),
+    )
+
+
+def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
+    """Requests whose check ran code in the sandbox (the score's detail has cases)."""
+    data = rows(
+        con,
+        """
+        SELECT rm.request_id, rm.model, rm.config_label, rm.repeat, rm.stream, s.value,
+               s.detail
+        FROM scores s JOIN rm USING (request_id)
+        WHERE s.name = 'check' AND json_extract(s.detail, '$.cases') IS NOT NULL
+        ORDER BY rm.model_order, rm.config_order, rm.stream DESC, rm.repeat
+        """,
+    )
+    out = []
+    for d in data:
+        detail = as_dict(d["detail"])
+        cases = detail.get("cases")
+        problem = detail.get("load_error") or (
+            "timed out" if detail.get("timed_out") else detail.get("killed_by")
+        )
+        passed_cases = detail.get("passed_cases")
+        out.append(
+            CodeResult(
+                model=d["model"],
+                config=d["config_label"],
+                repeat=int(d["repeat"]),
+                stream=bool(d["stream"]),
+                passed=bool(d["value"]),
+                passed_cases=int(passed_cases) if isinstance(passed_cases, int) else None,
+                cases=len(cases) if isinstance(cases, list) else None,
+                function=str(detail["function"]) if detail.get("function") else None,
+                problem=str(problem) if problem else None,
+                request_id=d["request_id"],
+            )
+        )
+    return tuple(out)
+
+
+def _delta(value: Any, unit: str) -> Quantity | Missing:
+    if value is None:
+        return Missing("a side has no score")
+    return Quantity(float(value), unit, "derived", "offload minus baseline")
+
+
+def _preservation(con: duckdb.DuckDBPyConnection) -> tuple[Preservation, ...]:
+    data = rows(
+        con,
+        f"""
+        WITH pairs AS (
+            SELECT o.model, o.model_order, o.config_label, o.config_order,
+                   b.config_label AS baseline,
+                   left(o_r.output_text, {SIMILARITY_CHARS}) AS a,
+                   left(b_r.output_text, {SIMILARITY_CHARS}) AS b_text,
+                   o_r.output_text = b_r.output_text AS identical
+            FROM rq o
+            JOIN rq b ON b.model_id = o.model_id AND b.test_id = o.test_id
+                     AND b.repeat = o.repeat AND b.stream = o.stream
+                     AND b.config_label = 'baseline'
+            JOIN requests o_r ON o_r.request_id = o.request_id
+            JOIN requests b_r ON b_r.request_id = b.request_id
+            WHERE o.n_cpu_moe IS NOT NULL AND o.n_cpu_moe <> 0 AND o.completed AND b.completed
+              AND o.repeat <= {SIMILARITY_REPEATS}
+        ), sims AS (
+            SELECT model, model_order, config_label, config_order, baseline, identical,
+                   1 - levenshtein(a, b_text) / greatest(length(a), length(b_text), 1) AS sim
+            FROM pairs
+        ), scores AS (
+            SELECT model_id, model, config_label, avg(quality) AS q, avg(repetition) AS rep,
+                   avg(check_pct) AS chk
+            FROM rq GROUP BY model_id, model, config_label
+        )
+        SELECT s.model, s.config_label, s.baseline, count(*) AS pairs,
+               count(*) FILTER (WHERE identical) AS identical,
+               avg(sim) AS mean, stddev_samp(sim) AS sd, min(sim) AS lo, max(sim) AS hi,
+               any_value(so.q) - any_value(sb.q) AS dq,
+               any_value(so.rep) - any_value(sb.rep) AS drep,
+               any_value(so.chk) - any_value(sb.chk) AS dchk
+        FROM sims s
+        JOIN scores so ON so.model = s.model AND so.config_label = s.config_label
+        JOIN scores sb ON sb.model = s.model AND sb.config_label = s.baseline
+        GROUP BY s.model, s.model_order, s.config_label, s.config_order, s.baseline
+        ORDER BY s.model_order, s.config_order
+        """,
+    )
+    return tuple(
+        Preservation(
+            model=d["model"],
+            config=d["config_label"],
+            baseline_config=d["baseline"],
+            quality_delta=_delta(d["dq"], "points"),
+            repetition_delta=_delta(d["drep"], ""),
+            check_delta=_delta(d["dchk"], "points"),
+            similarity=Stat.of(
+                summarize(int(d["pairs"]), d["mean"], d["sd"], d["lo"], d["hi"]), ""
+            ),
+            identical=int(d["identical"]),
+            pairs=int(d["pairs"]),
+        )
+        for d in data
+    )
+
+
+def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ...]:
+    """Every request's output, grouped by test (one page per test)."""
+    tests = rows(
+        con,
+        """
+        SELECT test_id, min(category) AS category, min(prompt) AS prompt,
+               min(success_criteria) AS success_criteria, max(max_tokens) AS max_tokens,
+               max(protocol_max_tokens) AS protocol_max_tokens, min(ordinal) AS o
+        FROM tests WHERE campaign_id IN (SELECT campaign_id FROM sel)
+        GROUP BY test_id ORDER BY o, test_id
+        """,
+    )
+    data = rows(
+        con,
+        """
+        SELECT rq.request_id, rq.model, rq.config_label, rq.repeat, rq.stream, rq.status,
+               rq.finish_reason, rq.output_tokens, rq.token_source, rq.e2e_s, rq.test_id,
+               r.error, r.output_text, rq.repetition, rq.loop, rq.check_pct, rq.quality,
+               rq.review
+        FROM rq JOIN requests r USING (request_id)
+        ORDER BY rq.test_order, rq.model_order, rq.config_order, rq.stream DESC, rq.repeat
+        """,
+    )
+    by_test: dict[str, list[Transcript]] = {}
+    for d in data:
+        by_test.setdefault(d["test_id"], []).append(
+            Transcript(
+                request_id=d["request_id"],
+                model=d["model"],
+                config=d["config_label"],
+                repeat=int(d["repeat"]),
+                stream=bool(d["stream"]),
+                status=d["status"],
+                finish_reason=d["finish_reason"],
+                output_tokens=int(d["output_tokens"] or 0),
+                token_source=d["token_source"],
+                e2e_s=d["e2e_s"],
+                error=d["error"],
+                output=d["output_text"],
+                repetition=d["repetition"],
+                loop=None if d["loop"] is None else d["loop"] >= 1,
+                check_pass=None if d["check_pct"] is None else d["check_pct"] >= 100,
+                quality=d["quality"],
+                review=d["review"],
+            )
+        )
+    pages = [
+        TranscriptPage(
+            test_id=t["test_id"],
+            slug=slug(t["test_id"]),
+            category=t["category"],
+            prompt=t["prompt"],
+            success_criteria=t["success_criteria"],
+            max_tokens=int(t["max_tokens"]),
+            protocol_max_tokens=int(t["protocol_max_tokens"]),
+            transcripts=tuple(by_test.get(t["test_id"], ())),
+        )
+        for t in tests
+    ]
+    return tuple(p for p in pages if p.transcripts)

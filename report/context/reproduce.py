@@ -1,0 +1,117 @@
+"""Reproduce page: versions, engine build, checksums, and the commands that
+produced this evidence and this site."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from report.context.common import as_dict, as_list
+from report.queries import Selection, rows, scalar
+from report.values import Figure, Missing, Quantity
+
+
+@dataclass(frozen=True)
+class Checksum:
+    model: str
+    path: str
+    sha256: str | None
+    size: Figure
+
+
+@dataclass(frozen=True)
+class CampaignRecipe:
+    name: str
+    campaign_id: str
+    protocol_version: str
+    tool_version: str
+    engine: tuple[tuple[str, str], ...]
+    server_versions: tuple[tuple[str, str], ...]  # (config, version)
+    command: tuple[str, ...]
+    python: str | None
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    file_name: str
+    sha256: str
+    size: Quantity
+    store_id: str
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class ReproduceContext:
+    store: StoreFacts
+    campaigns: tuple[CampaignRecipe, ...]
+    checksums: tuple[Checksum, ...]
+    campaign_ids: tuple[str, ...]
+    rebuild: tuple[str, ...]  # the command that rebuilds this site
+
+
+def build(
+    con: duckdb.DuckDBPyConnection, sel: Selection, store_name: str, store_sha256: str,
+    store_bytes: int,
+) -> ReproduceContext:
+    """The reproduce page's context; the store file's name and digest come from the build."""
+    campaigns = []
+    for c in rows(
+        con,
+        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel) "
+        "ORDER BY started_utc",
+    ):
+        engine = as_dict(c["engine"])
+        versions = rows(
+            con,
+            "SELECT DISTINCT config_label, coalesce(version, 'not recorded (attached server)') "
+            "AS version, min(config_order) AS o FROM sel_runs WHERE campaign_id = ? "
+            "GROUP BY ALL ORDER BY o",
+            [c["campaign_id"]],
+        )
+        packages: dict[str, Any] = as_dict(c["packages"])
+        campaigns.append(
+            CampaignRecipe(
+                name=c["name"],
+                campaign_id=c["campaign_id"],
+                protocol_version=c["protocol_version"],
+                tool_version=c["tool_version"],
+                engine=tuple(
+                    (str(k), ", ".join(map(str, v)) if isinstance(v, list) else str(v))
+                    for k, v in sorted(engine.items())
+                ),
+                server_versions=tuple((v["config_label"], v["version"]) for v in versions),
+                command=tuple(str(a) for a in as_list(c["command"])),
+                python=str(packages["python"]) if "python" in packages else None,
+            )
+        )
+    checksums = tuple(
+        Checksum(
+            m["display"],
+            m["path"],
+            m["sha256"],
+            Quantity(m["file_bytes"], "bytes", None)
+            if m["file_bytes"] is not None
+            else Missing("the model file was not inspected"),
+        )
+        for m in rows(con, "SELECT * FROM sel_models ORDER BY model_order")
+    )
+    store_id = scalar(con, "SELECT value FROM store_meta WHERE key = 'store_id'")
+    version = scalar(con, "SELECT max(version) FROM schema_migrations")
+    return ReproduceContext(
+        store=StoreFacts(
+            store_name,
+            store_sha256,
+            Quantity(store_bytes, "bytes", None),
+            str(store_id or "not recorded"),
+            int(version or 0),
+        ),
+        campaigns=tuple(campaigns),
+        checksums=checksums,
+        campaign_ids=tuple(sel.ids),
+        rebuild=(
+            "nox", "-s", "build", "--", "--db", store_name,
+            *(arg for cid in sel.ids for arg in ("--campaign", cid)),
+        ),
+    )

@@ -1,0 +1,317 @@
+"""Template filters: every figure becomes text here, and only here.
+
+Two rules hold for everything a page prints:
+
+1. Text from the store (model output, prompts, labels, errors, paths) is
+   untrusted. It is HTML-escaped *and* every character Markdown or its
+   extensions give meaning to becomes a numeric character reference, so it
+   can neither open a tag nor start a table, link, attribute list or include.
+   Control characters (Python-Markdown uses STX/ETX internally) are shown as
+   their Unicode control pictures. Untrusted text that might contain words
+   the hygiene check rejects (model output, prompts) is wrapped in an element
+   of class `untrusted`, which the check skips.
+2. A figure is never printed bare: a `Quantity` says its source, a `Missing`
+   says "not measured" and why, a `Stat` carries N and its spread. `None`,
+   NaN and floats reaching a template unformatted are build errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from markupsafe import Markup
+
+from evidence.errors import BuildError
+from report.values import SOURCE_TEXT, Missing, Quantity, RatioFigure, Stat
+
+_ESCAPES: dict[int, str] = {ord(c): f"&#{ord(c)};" for c in "&<>\"'\\`*_{}[]()#+-.!|~^=:$%"}
+# Control characters become visible control pictures; newline and tab are
+# handled by the caller (kept in blocks, spaces inline).
+_ESCAPES.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)})
+_ESCAPES[0x7F] = "\u2421"
+
+_BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+
+
+def escape_text(value: object, *, inline: bool = True) -> Markup:
+    """`value` as inert text for Markdown and HTML (see the module docstring)."""
+    text = str(value).translate(_ESCAPES)
+    if inline:
+        text = text.replace("\t", " ").replace("\n", " ")
+    return Markup(text)
+
+
+def untrusted(value: object) -> Markup:
+    """Untrusted inline text, escaped, in a span the hygiene check skips."""
+    return Markup('<span class="untrusted">') + escape_text(value) + Markup("</span>")
+
+
+def untrusted_code(value: object) -> Markup:
+    """Untrusted inline text shown as code (paths, hashes, argv)."""
+    return Markup('<code class="untrusted">') + escape_text(value) + Markup("</code>")
+
+
+def code(value: object) -> Markup:
+    """Inline code for identifiers the store holds (ids, digests, column names)."""
+    return Markup("<code>") + escape_text(value) + Markup("</code>")
+
+
+def transcript(value: object) -> Markup:
+    """A block of untrusted text (model output), escaped, line breaks kept."""
+    body = escape_text(value, inline=False)
+    return Markup('<pre class="untrusted transcript">') + body + Markup("</pre>")
+
+
+def json_block(value: object) -> Markup:
+    """JSON (a dict, list, or JSON text from the store) pretty-printed as an escaped block."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return transcript(value)
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    return Markup('<pre class="untrusted json">') + escape_text(text, inline=False) + Markup("</pre>")
+
+
+def shell_block(argv: Iterable[object]) -> Markup:
+    """A command line, shell-quoted, as an escaped block."""
+    text = shlex.join(str(a) for a in argv)
+    return Markup('<pre class="untrusted command">') + escape_text(text, inline=False) + Markup("</pre>")
+
+
+def number(value: float | int | None) -> str:
+    """A number with sensible precision: 1,234 / 412 / 46.9 / 3.52 / 0.0312."""
+    if value is None:
+        raise BuildError("a missing value reached number(); the context must say why it is missing")
+    if isinstance(value, bool):
+        raise BuildError("a boolean reached number()")
+    x = float(value)
+    if not math.isfinite(x):
+        raise BuildError(f"a non-finite value ({x}) reached number()")
+    if isinstance(value, int):
+        return f"{value:,}"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    if a == 0:
+        return "0"
+    return f"{x:.2g}" if a < 0.01 else f"{x:.3f}".rstrip("0").rstrip(".")
+
+
+def with_unit(value: float | int | None, unit: str) -> Markup:
+    """A value in its unit; bytes are shown in binary units (GiB, MiB)."""
+    if unit == "bytes" and value is not None:
+        for name, size in _BINARY_UNITS:
+            if abs(value) >= size:
+                return Markup(f"{float(value) / size:,.2f}&nbsp;{name}")
+        return Markup(f"{number(int(value))}&nbsp;B")
+    if unit == "bytes/s" and value is not None:
+        return Markup(f"{float(value) / (1 << 30):,.1f}&nbsp;GiB/s")
+    if unit == "params" and value is not None:
+        scaled = [(1e12, "T"), (1e9, "B"), (1e6, "M")]
+        for size, name in scaled:
+            if abs(value) >= size:
+                return Markup(f"{float(value) / size:.2f}&nbsp;{name}")
+        return Markup(number(int(value)))
+    if unit == "MiB" and value is not None and abs(value) >= 10 * 1024:
+        return Markup(f"{float(value) / 1024:,.2f}&nbsp;GiB")
+    if unit == "MiB" and value is not None:
+        return Markup(f"{float(value):,.1f}&nbsp;MiB")
+    text = number(value)
+    if not unit:
+        return Markup(text)
+    if unit == "%":
+        return Markup(f"{float(value or 0):.1f}&nbsp;%")
+    return Markup(text) + Markup("&nbsp;") + escape_text(unit)
+
+
+def not_measured(reason: str) -> Markup:
+    """The one phrasing of a missing figure."""
+    return Markup('<span class="not-measured">not measured</span> (') + escape_text(reason) + ")"
+
+
+def figure(value: Quantity | Missing, show_source: bool = True) -> Markup:
+    """A `Quantity` with its source, or "not measured (why)" for a `Missing`."""
+    if isinstance(value, Missing):
+        text = not_measured(value.reason)
+        if value.estimated_instead is not None:
+            text += Markup("; ") + figure(value.estimated_instead)
+        return text
+    text = with_unit(value.value, value.unit)
+    if show_source and value.source is not None:
+        label = SOURCE_TEXT[value.source]
+        css = "estimated" if value.source == "estimated" else "source"
+        note = f": {value.note}" if value.note else ""
+        text += Markup(f' <span class="{css}">(') + escape_text(label + note) + ")</span>"
+    return text
+
+
+def stat_mean(s: Stat) -> Markup:
+    """The mean in its unit, flagged when any token count in it was an estimate."""
+    if s.n == 0 or s.mean is None:
+        return not_measured(s.missing or "no value in this group")
+    text = with_unit(s.mean, s.unit)
+    if s.estimated_n:
+        text += Markup(
+            f' <span class="estimated">(estimated: {s.estimated_n} of {s.n} token counts '
+            "from stream events)</span>"
+        )
+    return text
+
+
+def stat_sd(s: Stat) -> Markup:
+    """The sample standard deviation, or why there is none."""
+    if s.n == 0:
+        return Markup("no data")
+    if s.n < 2 or s.sd is None:
+        return Markup("N&nbsp;=&nbsp;1: no spread")
+    return with_unit(s.sd, s.unit)
+
+
+def stat_ci(s: Stat) -> Markup:
+    """The 95 % confidence interval of the mean, or why there is none."""
+    if s.n == 0:
+        return Markup("no data")
+    if s.ci_low is None or s.ci_high is None:
+        return Markup("N&nbsp;=&nbsp;1: no interval")
+    return Markup(f"{number(s.ci_low)}&nbsp;–&nbsp;") + with_unit(s.ci_high, s.unit)
+
+
+def stat_range(s: Stat) -> Markup:
+    """Min – max."""
+    if s.n == 0 or s.min is None or s.max is None:
+        return Markup("no data")
+    return Markup(f"{number(s.min)}&nbsp;–&nbsp;") + with_unit(s.max, s.unit)
+
+
+def stat(s: Stat) -> Markup:
+    """Compact: `46.9 ± 2.1 tokens/s (N = 27)`; the spread dropped for N = 1."""
+    if s.n == 0 or s.mean is None:
+        return not_measured(s.missing or "no value in this group")
+    if s.n >= 2 and s.sd is not None:
+        text = Markup(f"{number(s.mean)}&nbsp;±&nbsp;") + with_unit(s.sd, s.unit)
+    else:
+        text = with_unit(s.mean, s.unit)
+    text += Markup(f" (N&nbsp;=&nbsp;{s.n})")
+    if s.estimated_n:
+        text += Markup(' <span class="estimated">(estimated)</span>')
+    return text
+
+
+def ratio(r: RatioFigure) -> Markup:
+    """`0.21× (95 % CI 0.19–0.23)`, or why there is no ratio."""
+    if r.ratio is None:
+        return not_measured(r.missing or "one side of the comparison has no data")
+    text = Markup(f"{r.ratio:.2f}×")
+    if r.ci_low is not None and r.ci_high is not None:
+        text += Markup(f" (95&nbsp;% CI {r.ci_low:.2f}–{r.ci_high:.2f})")
+    else:
+        text += Markup(" (no interval: N&nbsp;&lt;&nbsp;2 on one side)")
+    return text
+
+
+def count(value: int) -> Markup:
+    """An integer with thousands separators."""
+    return Markup(f"{int(value):,}")
+
+
+def percent(value: float) -> Markup:
+    """A share in [0, 1] as a percentage."""
+    return Markup(f"{100.0 * float(value):.1f}&nbsp;%")
+
+
+def status(value: str) -> Markup:
+    """A gate status as a styled badge."""
+    css = {"PASS": "pass", "FAIL": "fail"}.get(value, "unmeasured")
+    return Markup(f'<span class="gate gate-{css}">') + escape_text(value) + Markup("</span>")
+
+
+def utc(value: datetime | None) -> Markup:
+    """A timestamp in UTC, to the second."""
+    if value is None:
+        return Markup("not recorded")
+    return escape_text(value.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
+def anchor(value: object) -> Markup:
+    """A value as an HTML id / URL fragment: lower-case letters, digits and hyphens."""
+    return Markup(re.sub(r"[^a-z0-9_]+", "-", str(value).lower()).strip("-") or "x")
+
+
+_LINK_SAFE = re.compile(r"^[A-Za-z0-9._/#-]+$")
+
+
+def link(value: object) -> Markup:
+    """A link target the build made (a page or file path); refuses anything else."""
+    text = str(value)
+    if not _LINK_SAFE.match(text) or ".." in text.split("/"):
+        raise BuildError(f"unsafe link target {text!r}: links may only name files the build wrote")
+    return Markup(text)
+
+
+def yesno(value: bool) -> Markup:
+    return Markup("yes" if value else "no")
+
+
+def setting(value: object) -> Markup:
+    """A configuration value as the config file would state it."""
+    if value is None:
+        return Markup("not set")
+    if isinstance(value, bool):
+        return yesno(value)
+    if isinstance(value, float):
+        return Markup(f"{value:g}")
+    return escape_text(value)
+
+
+def finalize(value: Any) -> Any:
+    """Jinja's `finalize`: escape plain strings, refuse unformatted figures."""
+    if isinstance(value, Markup):
+        return value
+    if value is None:
+        raise BuildError("None reached a page; a missing figure must say 'not measured (why)'")
+    if isinstance(value, bool):
+        return yesno(value)
+    if isinstance(value, int):
+        return Markup(str(value))
+    if isinstance(value, float):
+        raise BuildError(f"an unformatted float ({value!r}) reached a page; use a format filter")
+    return escape_text(value)
+
+
+FILTERS: Mapping[str, Callable[..., Markup]] = {
+    "md": escape_text,
+    "untrusted": untrusted,
+    "untrusted_code": untrusted_code,
+    "code": code,
+    "transcript": transcript,
+    "json_block": json_block,
+    "shell_block": shell_block,
+    "num": with_unit,
+    "figure": figure,
+    "not_measured": not_measured,
+    "stat": stat,
+    "mean": stat_mean,
+    "sd": stat_sd,
+    "ci": stat_ci,
+    "range": stat_range,
+    "ratio": ratio,
+    "count": count,
+    "percent": percent,
+    "status": status,
+    "utc": utc,
+    "yesno": yesno,
+    "setting": setting,
+    "anchor": anchor,
+    "link": link,
+}

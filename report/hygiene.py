@@ -1,0 +1,72 @@
+"""The hygiene check: a generated page may not contain what made Shimmy's last
+whitepaper need corrections.
+
+Rejected, with `BuildError("docs/memory.md:42: ...")` naming the first one:
+unresolved placeholders (`XX`, `X.X`, `TODO`, `FIXME`, `TBD`), `None`, `NaN`
+or infinities printed as figures, and merge-conflict markers.
+
+Untrusted text (model output, prompts) is shown verbatim and may legitimately
+say `None` or `TODO`; the formatting filters put it in elements of class
+`untrusted`, escaped so that it cannot contain a closing tag, and the check
+skips those elements. Docstrings quoted from this repository's code (class
+`from-code`) are checked for placeholders and conflict markers but may
+mention `None`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from evidence.errors import BuildError
+
+_UNTRUSTED = re.compile(
+    r'<(span|pre|code)\b[^>]*\bclass="[^"]*\buntrusted\b[^"]*"[^>]*>.*?</\1>', re.DOTALL
+)
+_FROM_CODE = re.compile(r'<div class="from-code"[^>]*>.*?</div><!-- from-code -->', re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Rule:
+    pattern: re.Pattern[str]
+    message: str
+    in_code_docs: bool  # also applies inside quoted docstrings
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(re.compile(r"^(?:<{7}|>{7})(?: |$)|^={7}$", re.MULTILINE),
+         "merge-conflict marker", True),
+    Rule(re.compile(r"(?<![\w.])X{2,}(?![\w])|(?<![\w.])X\.X+(?![\w])"),
+         "unresolved placeholder", True),
+    Rule(re.compile(r"\b(?:TODO|FIXME|TBD)\b"), "unresolved placeholder", True),
+    Rule(re.compile(r"\b(?:None|NaN|nan|inf|Infinity)\b"),
+         "missing value printed as a figure", False),
+)
+
+
+def _blank(match: re.Match[str]) -> str:
+    """Keep line structure (so line numbers stay right) but drop the text."""
+    return "\n" * match.group(0).count("\n")
+
+
+def check_text(text: str, name: str) -> None:
+    """Raise BuildError naming `name` and the line of the first problem in `text`."""
+    trusted = _UNTRUSTED.sub(_blank, text)
+    outside_docs = _FROM_CODE.sub(_blank, trusted)
+    found: list[tuple[int, str]] = []
+    for rule in RULES:
+        source = trusted if rule.in_code_docs else outside_docs
+        match = rule.pattern.search(source)
+        if match:
+            line = source.count("\n", 0, match.start()) + 1
+            found.append((line, f"{rule.message} {match.group(0)!r}"))
+    if found:
+        line, problem = min(found)
+        raise BuildError(f"{name}:{line}: {problem} in a generated page")
+
+
+def check_pages(paths: list[Path], root: Path) -> None:
+    """Check every generated Markdown page; names in errors are relative to `root`."""
+    for path in paths:
+        check_text(path.read_text(encoding="utf-8"), str(path.relative_to(root)))

@@ -1,0 +1,219 @@
+"""SQL plumbing shared by the page contexts: the selection's working tables and
+the one way a metric is summarised per group.
+
+`prepare` materialises, once per build, what every page reads: the metric
+views of `evidence.metrics` restricted to the chosen campaigns. All of it is
+TEMP, so it works on the read-only connection and leaves the store untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import duckdb
+
+from evidence.errors import BuildError
+from evidence.metrics import METRICS, Metric, aggregate_sql, create_views, summarize
+from report.values import Stat
+
+# Metrics computed from a token count: estimated when the count came from
+# stream events rather than a tokenizer.
+TOKEN_METRICS = frozenset({"output_tokens", "avg_tps", "decode_tps"})
+
+# Configuration order on every page: the baseline, full offload, then the
+# --n-cpu-moe sweep by K.
+CONFIG_ORDER_SQL = (
+    "CASE WHEN n_cpu_moe IS NULL THEN 0 WHEN n_cpu_moe = -1 THEN 1 ELSE 2 + n_cpu_moe END"
+)
+
+
+
+def ok_streamed(alias: str = "") -> str:
+    """SQL for "a successful streamed request", the population of the performance figures."""
+    prefix = f"{alias}." if alias else ""
+    return f"{prefix}stream AND {prefix}completed"
+
+
+OK_STREAMED = ok_streamed()
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """The facts of one selected campaign that every page shows."""
+
+    campaign_id: str
+    name: str
+    release_label: str | None
+    profile: str
+    protocol_version: str
+    status: str
+    started_utc: datetime
+    finished_utc: datetime | None
+    repeats: int
+    host_id: str
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The campaigns a site shows, in the order given (or the chosen default)."""
+
+    campaigns: tuple[Campaign, ...]
+
+    @property
+    def ids(self) -> list[str]:
+        return [c.campaign_id for c in self.campaigns]
+
+    @property
+    def empty(self) -> bool:
+        return not self.campaigns
+
+    @property
+    def multiple(self) -> bool:
+        return len(self.campaigns) > 1
+
+
+def metric(name: str) -> Metric:
+    """The metric `name` from `evidence.metrics`, or a BuildError naming it."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise BuildError(
+            f"evidence.metrics defines no metric {name!r}; the report needs it "
+            f"(known: {', '.join(sorted(METRICS))})"
+        ) from None
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """The result of `sql` as a list of dicts keyed by column name."""
+    cur = con.execute(sql, list(params))
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> Any:
+    row = con.execute(sql, list(params)).fetchone()
+    return None if row is None else row[0]
+
+
+def select_campaigns(con: duckdb.DuckDBPyConnection, requested: Sequence[str]) -> Selection:
+    """The campaigns named, or else the latest complete one (else the latest of any)."""
+    cols = (
+        "campaign_id, name, release_label, profile, protocol_version, status, started_utc, "
+        "finished_utc, repeats, host_id"
+    )
+    if requested:
+        found = []
+        for campaign_id in requested:
+            row = con.execute(
+                f"SELECT {cols} FROM campaigns WHERE campaign_id = ?", [campaign_id]
+            ).fetchone()
+            if row is None:
+                raise BuildError(
+                    f"no campaign {campaign_id} in this store; list them with "
+                    f"`python -m collector campaigns` or omit --campaign for the latest"
+                )
+            found.append(Campaign(*row))
+        return Selection(tuple(found))
+    row = con.execute(
+        f"SELECT {cols} FROM campaigns ORDER BY status = 'complete' DESC, started_utc DESC "
+        "LIMIT 1"
+    ).fetchone()
+    return Selection((Campaign(*row),) if row else ())
+
+
+def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
+    """Create the metric views and this build's TEMP working tables."""
+    con.execute("SET enable_progress_bar = false")
+    create_views(con)
+    con.execute("CREATE OR REPLACE TEMP TABLE sel (campaign_id VARCHAR)")
+    if selection.ids:
+        con.executemany("INSERT INTO sel VALUES (?)", [[i] for i in selection.ids])
+    multiple = "TRUE" if selection.multiple else "FALSE"
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE sel_models AS
+        SELECT m.*, c.name AS campaign_name,
+               CASE WHEN {multiple} THEN m.label || ' (' || c.name || ')' ELSE m.label END
+                   AS display,
+               row_number() OVER (ORDER BY sel_pos.pos,
+                   (SELECT min(s.started_utc) FROM server_runs s WHERE s.model_id = m.model_id),
+                   m.label) AS model_order
+        FROM models m
+        JOIN campaigns c USING (campaign_id)
+        JOIN (SELECT campaign_id, row_number() OVER () AS pos FROM sel) sel_pos USING (campaign_id);
+
+        CREATE OR REPLACE TEMP TABLE sel_runs AS
+        SELECT s.*, m.display AS model, m.model_order, {CONFIG_ORDER_SQL} AS config_order,
+               row_number() OVER (PARTITION BY s.model_id, s.config_label
+                                  ORDER BY s.ready_ns IS NULL, s.started_utc) AS attempt
+        FROM server_runs s JOIN sel_models m USING (model_id);
+
+        CREATE OR REPLACE TEMP TABLE rm AS
+        SELECT r.*, m.display AS model, m.model_order, {CONFIG_ORDER_SQL} AS config_order,
+               t.ordinal AS test_order, t.category
+        FROM request_metrics r
+        JOIN sel_models m USING (model_id)
+        LEFT JOIN tests t ON t.campaign_id = r.campaign_id AND t.test_id = r.test_id;
+
+        CREATE OR REPLACE TEMP TABLE sel_scores AS
+        SELECT s.request_id,
+               max(value) FILTER (WHERE name = 'repetition') AS repetition,
+               max(value) FILTER (WHERE name = 'loop') AS loop,
+               max(value) FILTER (WHERE name = 'check') AS check_pass,
+               max(value) FILTER (WHERE name = 'check_coverage') AS check_coverage,
+               max(value) FILTER (WHERE name = 'completed') AS completed_score,
+               max(value) FILTER (WHERE name = 'quality') AS quality,
+               string_agg(DISTINCT scorer_version, ', ') AS scorer_versions
+        FROM scores s JOIN rm USING (request_id)
+        GROUP BY s.request_id;
+        """
+    )
+
+
+def stats_by(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    groups: Sequence[str],
+    *,
+    where: str = OK_STREAMED,
+    source: str = "rm",
+    unit: str | None = None,
+    missing: str = "no successful streamed request in this group",
+    params: Sequence[Any] = (),
+) -> dict[tuple[Any, ...], Stat]:
+    """`name` summarised (N, mean, sd, 95 % CI, min, max) per group of `groups`.
+
+    Uses `evidence.metrics.aggregate_sql` and `summarize`, so the statistics are
+    the ones the methodology page describes. Keys are tuples of group values;
+    `params` fill the `?` placeholders of `where`.
+    """
+    unit = metric(name).unit if unit is None else unit
+    group_list = list(groups)
+    base = aggregate_sql(name, group_list, source, where)
+    if name in TOKEN_METRICS:
+        keys = ", ".join(group_list)
+        sql = (
+            f"SELECT a.*, coalesce(e.est, 0) AS est FROM ({base}) a LEFT JOIN "
+            f"(SELECT {keys}, count(*) FILTER (WHERE tokens_estimated AND {name} IS NOT NULL)"
+            f" AS est FROM {source} WHERE ({where}) GROUP BY {keys}) e USING ({keys})"
+        )
+        params = [*params, *params]
+    else:
+        sql = f"SELECT *, 0 AS est FROM ({base})"
+    out: dict[tuple[Any, ...], Stat] = {}
+    for row in rows(con, sql, params):
+        key = tuple(row[g] for g in group_list)
+        summary = summarize(int(row["n"]), row["mean"], row["sd"], row["min"], row["max"])
+        out[key] = Stat.of(summary, unit, int(row["est"]), missing)
+    return out
+
+
+def stat_or_empty(
+    table: dict[tuple[Any, ...], Stat], key: tuple[Any, ...], unit: str, reason: str
+) -> Stat:
+    """The group's Stat, or an empty one that says why there is none."""
+    found = table.get(key)
+    return found if found is not None and found.n > 0 else Stat.empty(unit, reason)

@@ -1,0 +1,39 @@
+"""Automated quality scoring: pure functions over a request's stored facts.
+
+Nothing here talks to a server or a database. The caller passes a request's
+test id, output text, finish reason and status, and stores what comes back
+as rows of the `scores` table with `SCORER_VERSION`.
+
+`SCORER_VERSION` is "<algorithm>+rubric.<rubric_version>". Bump the
+algorithm number whenever a code change could change any stored score value
+or detail (a formula, a threshold, a tokeniser, a parser, the sandbox's
+verdict); bump `rubric_version` in scoring/rubrics/protocol-tests.toml, and
+the suffix here with it, whenever the rubric data changes. Scores with
+different versions are never mixed: the report recomputes or filters.
+"""
+
+from __future__ import annotations
+
+from scoring.checks import CheckResult, check_output, known_test_ids
+from scoring.quality import is_completed, quality_score, score_request
+from scoring.repetition import RepetitionResult, analyse_repetition
+from scoring.score import Score
+from scoring.similarity import Similarity, compare_outputs, similarity_scores
+
+SCORER_VERSION = "1+rubric.1"
+
+__all__ = [
+    "SCORER_VERSION",
+    "CheckResult",
+    "RepetitionResult",
+    "Score",
+    "Similarity",
+    "analyse_repetition",
+    "check_output",
+    "compare_outputs",
+    "is_completed",
+    "known_test_ids",
+    "quality_score",
+    "score_request",
+    "similarity_scores",
+]

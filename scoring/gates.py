@@ -1,0 +1,454 @@
+"""The release gates: the protocol's 11 success criteria, each decided from
+stored rows as PASS, FAIL or NOT MEASURED (with the reason), with its threshold
+and the evidence (which requests, which values).
+
+Thresholds have defaults here and can be overridden per campaign in the
+config's `[gates]` table; the methodology page renders `GATES` and
+`DEFAULT_THRESHOLDS`, so what is written is what is applied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import duckdb
+
+Status = Literal["PASS", "FAIL", "NOT MEASURED"]
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    # 2. measured VRAM saving within this many percentage points of the expectation
+    "memory_tolerance_points": 5.0,
+    # 3. no completed request's repetition score (share of repeated 4-grams) above this
+    "max_repetition_score": 0.25,
+    # 5. mean last-quarter / first-quarter decode rate of the long tests at least this
+    "min_consistency_ratio": 0.8,
+    # 6. technical-documentation (1000 tokens) end-to-end time at most this many seconds
+    "max_e2e_1000_tokens_s": 300.0,
+    # 7. steady tokens: per-token gap p99 and longest stall at most these (ms)
+    "max_itl_p99_ms": 1000.0,
+    "max_stall_ms": 5000.0,
+    # 8, 9, 11. share of requests whose automated check passes, at least this
+    "min_check_pass_rate": 0.8,
+}
+
+EXTENDED_TESTS = ("creative-writing", "technical-documentation", "research-analysis")
+COHERENCE_TESTS = (
+    "technical-explanation",
+    "system-design",
+    "algorithm-analysis",
+    "technical-documentation",
+    "research-analysis",
+    "simple-response",
+)
+TECHNICAL_TESTS = ("code-generation", "technical-explanation", "multi-step-problem")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate_id: str
+    title: str
+    status: Status
+    threshold: str
+    measured: str
+    evidence: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    con: duckdb.DuckDBPyConnection
+    campaign_id: str
+    thresholds: dict[str, float]
+    capped: bool  # the quick profile capped token budgets below the protocol's
+
+    def rows(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, [self.campaign_id, *params]).fetchall()
+
+
+GateFn = Callable[[_Ctx], GateResult]
+
+
+def _capped_reason(ctx: _Ctx) -> str | None:
+    if ctx.capped:
+        return (
+            "token budgets were capped below the protocol's (quick profile), so "
+            "outputs are truncated by design"
+        )
+    return None
+
+
+def _models_load(ctx: _Ctx) -> GateResult:
+    title = "All models load successfully with CPU offloading"
+    rows = ctx.rows(
+        """SELECT m.label, s.config_label, bool_or(s.ready_ns IS NOT NULL) AS loaded,
+                  any_value(s.error) FILTER (WHERE s.ready_ns IS NULL) AS error
+           FROM server_runs s JOIN models m USING (model_id)
+           WHERE s.campaign_id = ? AND s.n_cpu_moe IS NOT NULL AND s.n_cpu_moe <> 0
+           GROUP BY ALL ORDER BY ALL"""
+    )
+    if not rows:
+        return GateResult(
+            "models-load",
+            title,
+            "NOT MEASURED",
+            "every offload configuration reaches /health 200",
+            "no offload configuration ran",
+            {},
+        )
+    failed = [f"{m}/{c}: {e}" for m, c, ok, e in rows if not ok]
+    return GateResult(
+        "models-load",
+        title,
+        "FAIL" if failed else "PASS",
+        "every offload configuration reaches /health 200",
+        f"{len(rows) - len(failed)}/{len(rows)} offload configurations loaded",
+        {
+            "configurations": [{"model": m, "config": c, "loaded": ok} for m, c, ok, _ in rows],
+            "failures": failed,
+        },
+    )
+
+
+def _memory_savings(ctx: _Ctx) -> GateResult:
+    title = "Memory savings match the expected percentages (within 5 points)"
+    tol = ctx.thresholds["memory_tolerance_points"]
+    threshold = f"|measured - expected| <= {tol:g} percentage points"
+    rows = ctx.rows(
+        """SELECT m.label, v.config_label, v.source, v.vram_saved_pct,
+                  m.expected_vram_saved_pct
+           FROM vram_saved v JOIN models m USING (model_id)
+           WHERE v.campaign_id = ? AND v.n_cpu_moe = -1 ORDER BY ALL"""
+    )
+    gpu = ctx.rows("""SELECT h.gpu_status FROM campaigns c JOIN hosts h USING (host_id)
+                      WHERE c.campaign_id = ?""")
+    gpu_status = gpu[0][0] if gpu else "unknown"
+    measured = [r for r in rows if r[2] in ("measured", "log") and r[3] is not None]
+    if not measured:
+        why = (
+            f"no GPU memory was measured (GPU: {gpu_status}); only the GGUF "
+            f"weights-only estimate exists"
+            if rows
+            else "no --cpu-moe run to compare"
+        )
+        return GateResult(
+            "memory-savings",
+            title,
+            "NOT MEASURED",
+            threshold,
+            why,
+            {"comparisons": [list(r) for r in rows]},
+        )
+    judged = [r for r in measured if r[4] is not None]
+    if not judged:
+        return GateResult(
+            "memory-savings",
+            title,
+            "NOT MEASURED",
+            threshold,
+            "no expected_vram_saved_pct in the config to compare with",
+            {"comparisons": [list(r) for r in measured]},
+        )
+    off = [r for r in judged if abs(r[3] - r[4]) > tol]
+    text = "; ".join(f"{m}: {v:.1f}% ({src}) vs expected {e:.1f}%" for m, _, src, v, e in judged)
+    return GateResult(
+        "memory-savings",
+        title,
+        "FAIL" if off else "PASS",
+        threshold,
+        text,
+        {"comparisons": [list(r) for r in judged]},
+    )
+
+
+def _worst(ctx: _Ctx, name: str, where: str = "TRUE", limit: int = 5) -> list[tuple[Any, ...]]:
+    return ctx.rows(
+        f"""SELECT rm.request_id, rm.model_label, rm.config_label, rm.test_id, rm.repeat,
+                   s.value
+            FROM request_metrics rm JOIN scores s USING (request_id)
+            WHERE rm.campaign_id = ? AND s.name = '{name}' AND ({where})
+            ORDER BY s.value DESC, rm.request_id LIMIT {limit}"""
+    )
+
+
+def _no_repetition(ctx: _Ctx) -> GateResult:
+    title = "No repetition issues at temperature 0.3"
+    limit = ctx.thresholds["max_repetition_score"]
+    worst = _worst(ctx, "repetition", "rm.completed")
+    if not worst:
+        return GateResult(
+            "no-repetition",
+            title,
+            "NOT MEASURED",
+            f"repetition score <= {limit:g}",
+            "no completed request",
+            {},
+        )
+    over = [w for w in worst if w[5] > limit]
+    return GateResult(
+        "no-repetition",
+        title,
+        "FAIL" if over else "PASS",
+        f"repetition score <= {limit:g} for every completed request",
+        f"highest repetition score {worst[0][5]:.3f} ({worst[0][3]}, {worst[0][2]})",
+        {"worst": [list(w) for w in worst]},
+    )
+
+
+def _streaming_works(ctx: _Ctx) -> GateResult:
+    title = "Streaming works smoothly for all test cases"
+    rows = ctx.rows(
+        """SELECT count(*), count(*) FILTER (WHERE completed AND content_events > 0),
+                  list(request_id || ' ' || status) FILTER (WHERE NOT completed
+                                                             OR content_events = 0)
+           FROM request_metrics WHERE campaign_id = ? AND stream"""
+    )
+    total, ok, bad = rows[0]
+    if not total:
+        return GateResult(
+            "streaming-works",
+            title,
+            "NOT MEASURED",
+            "every streamed request completes",
+            "no streamed request",
+            {},
+        )
+    return GateResult(
+        "streaming-works",
+        title,
+        "PASS" if ok == total else "FAIL",
+        "every streamed request completes with at least one content event",
+        f"{ok}/{total} streamed requests completed",
+        {"failed": (bad or [])[:20]},
+    )
+
+
+def _consistent_speed(ctx: _Ctx) -> GateResult:
+    title = "Consistent generation speed: no significant slow-down during long tests"
+    limit = ctx.thresholds["min_consistency_ratio"]
+    tests = ", ".join(f"'{t}'" for t in EXTENDED_TESTS)
+    rows = ctx.rows(
+        f"""SELECT model_label, config_label, avg(consistency_ratio), count(consistency_ratio),
+                   min(consistency_ratio)
+            FROM request_metrics
+            WHERE campaign_id = ? AND stream AND test_id IN ({tests})
+              AND consistency_ratio IS NOT NULL
+            GROUP BY ALL ORDER BY ALL"""
+    )
+    threshold = f"mean last/first-quarter decode rate >= {limit:g} in the long tests"
+    if not rows:
+        return GateResult(
+            "consistent-speed",
+            title,
+            "NOT MEASURED",
+            threshold,
+            "no long-test request had the 16+ tokens the ratio needs",
+            {},
+        )
+    low = [r for r in rows if r[2] < limit]
+    text = "; ".join(f"{m}/{c}: {mean:.2f} (n={n})" for m, c, mean, n, _ in rows)
+    return GateResult(
+        "consistent-speed",
+        title,
+        "FAIL" if low else "PASS",
+        threshold,
+        text,
+        {"groups": [list(r) for r in rows]},
+    )
+
+
+def _completion_time(ctx: _Ctx) -> GateResult:
+    title = "Reasonable completion times: under 5 minutes for 1000 tokens"
+    limit = ctx.thresholds["max_e2e_1000_tokens_s"]
+    threshold = f"technical-documentation E2E <= {limit:g} s"
+    capped = _capped_reason(ctx)
+    if capped:
+        return GateResult("completion-time", title, "NOT MEASURED", threshold, capped, {})
+    rows = ctx.rows(
+        """SELECT request_id, model_label, config_label, e2e_s, output_tokens, status
+           FROM request_metrics
+           WHERE campaign_id = ? AND test_id = 'technical-documentation' AND stream
+           ORDER BY e2e_s DESC NULLS FIRST"""
+    )
+    if not rows:
+        return GateResult(
+            "completion-time",
+            title,
+            "NOT MEASURED",
+            threshold,
+            "the technical-documentation test did not run",
+            {},
+        )
+    slow = [r for r in rows if r[3] is None or r[3] > limit or r[5] != "ok"]
+    worst = rows[0]
+    return GateResult(
+        "completion-time",
+        title,
+        "FAIL" if slow else "PASS",
+        threshold,
+        f"slowest {worst[3]:.1f} s for {worst[4]} tokens ({worst[1]}/{worst[2]})"
+        if worst[3] is not None
+        else "a request has no end time",
+        {"requests": [list(r) for r in rows[:10]]},
+    )
+
+
+def _responsiveness(ctx: _Ctx) -> GateResult:
+    title = "Good streaming responsiveness: tokens appear steadily"
+    p99 = ctx.thresholds["max_itl_p99_ms"]
+    stall = ctx.thresholds["max_stall_ms"]
+    threshold = f"per-token gap p99 <= {p99:g} ms and longest stall <= {stall:g} ms"
+    rows = ctx.rows(
+        """SELECT max(itl_p99_ms), max(max_stall_ms), count(*),
+                  arg_max(request_id, max_stall_ms)
+           FROM request_metrics WHERE campaign_id = ? AND stream AND completed
+             AND itl_p99_ms IS NOT NULL"""
+    )
+    worst_p99, worst_stall, n, worst_id = rows[0]
+    if not n:
+        return GateResult(
+            "streaming-responsiveness",
+            title,
+            "NOT MEASURED",
+            threshold,
+            "no completed streamed request with two or more tokens",
+            {},
+        )
+    ok = worst_p99 <= p99 and worst_stall <= stall
+    return GateResult(
+        "streaming-responsiveness",
+        title,
+        "PASS" if ok else "FAIL",
+        threshold,
+        f"worst p99 {worst_p99:.0f} ms, longest stall {worst_stall:.0f} ms over {n} requests",
+        {"worst_stall_request": worst_id},
+    )
+
+
+def _pass_rate(
+    ctx: _Ctx, gate_id: str, title: str, tests: tuple[str, ...], what: str
+) -> GateResult:
+    limit = ctx.thresholds["min_check_pass_rate"]
+    threshold = f"automated check passes in >= {100 * limit:g}% of {what}"
+    capped = _capped_reason(ctx)
+    if capped:
+        return GateResult(gate_id, title, "NOT MEASURED", threshold, capped, {})
+    names = ", ".join(f"'{t}'" for t in tests)
+    rows = ctx.rows(
+        f"""SELECT rm.test_id, count(*), sum(s.value),
+                   list(rm.request_id) FILTER (WHERE s.value = 0)
+            FROM request_metrics rm JOIN scores s USING (request_id)
+            WHERE rm.campaign_id = ? AND s.name = 'check' AND rm.test_id IN ({names})
+            GROUP BY ALL ORDER BY ALL"""
+    )
+    if not rows:
+        return GateResult(
+            gate_id, title, "NOT MEASURED", threshold, "none of these tests has a stored check", {}
+        )
+    total = sum(r[1] for r in rows)
+    passed = sum(r[2] for r in rows)
+    rate = passed / total
+    return GateResult(
+        gate_id,
+        title,
+        "PASS" if rate >= limit else "FAIL",
+        threshold,
+        f"{int(passed)}/{total} passed ({100 * rate:.0f}%): "
+        + ", ".join(f"{t} {int(p)}/{n}" for t, n, p, _ in rows),
+        {
+            "by_test": {
+                t: {"n": n, "passed": int(p), "failed": (f or [])[:10]} for t, n, p, f in rows
+            }
+        },
+    )
+
+
+def _coherent(ctx: _Ctx) -> GateResult:
+    return _pass_rate(
+        ctx,
+        "coherent-content",
+        "All generated content is coherent and relevant",
+        COHERENCE_TESTS,
+        "concept-coverage and greeting checks",
+    )
+
+
+def _technical(ctx: _Ctx) -> GateResult:
+    return _pass_rate(
+        ctx,
+        "technical-accuracy",
+        "Technical content (code, explanations) is accurate",
+        TECHNICAL_TESTS,
+        "code, explanation and jug-puzzle checks",
+    )
+
+
+def _narrative(ctx: _Ctx) -> GateResult:
+    return _pass_rate(
+        ctx,
+        "narrative-structure",
+        "Creative content keeps a narrative structure",
+        ("creative-writing",),
+        "creative-writing narrative checks",
+    )
+
+
+def _no_loops(ctx: _Ctx) -> GateResult:
+    title = "No repetitive patterns or loops"
+    rows = ctx.rows(
+        """SELECT count(*), count(*) FILTER (WHERE s.value = 1),
+                  list(rm.request_id) FILTER (WHERE s.value = 1)
+           FROM request_metrics rm JOIN scores s USING (request_id)
+           WHERE rm.campaign_id = ? AND s.name = 'loop'"""
+    )
+    n, loops, ids = rows[0]
+    if not n:
+        return GateResult(
+            "no-loops", title, "NOT MEASURED", "no loop detected", "no scored request", {}
+        )
+    return GateResult(
+        "no-loops",
+        title,
+        "FAIL" if loops else "PASS",
+        "no loop detected in any request",
+        f"loops in {loops}/{n} requests",
+        {"loops": (ids or [])[:20]},
+    )
+
+
+GATES: tuple[tuple[str, GateFn], ...] = (
+    ("models-load", _models_load),
+    ("memory-savings", _memory_savings),
+    ("no-repetition", _no_repetition),
+    ("streaming-works", _streaming_works),
+    ("consistent-speed", _consistent_speed),
+    ("completion-time", _completion_time),
+    ("streaming-responsiveness", _responsiveness),
+    ("coherent-content", _coherent),
+    ("technical-accuracy", _technical),
+    ("no-loops", _no_loops),
+    ("narrative-structure", _narrative),
+)
+
+
+def campaign_thresholds(con: duckdb.DuckDBPyConnection, campaign_id: str) -> dict[str, float]:
+    """Defaults overridden by the campaign config's `[gates]` table."""
+    row = con.execute(
+        "SELECT json_extract(config, '$.gates') FROM campaigns WHERE campaign_id = ?", [campaign_id]
+    ).fetchone()
+    overrides = json.loads(row[0]) if row and row[0] else {}
+    return {
+        **DEFAULT_THRESHOLDS,
+        **{k: float(v) for k, v in overrides.items() if k in DEFAULT_THRESHOLDS},
+    }
+
+
+def evaluate_gates(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[GateResult]:
+    """All 11 gates for one campaign; needs the metric views and stored scores."""
+    capped = con.execute(
+        "SELECT bool_or(max_tokens < protocol_max_tokens) FROM tests WHERE campaign_id = ?",
+        [campaign_id],
+    ).fetchone()
+    ctx = _Ctx(con, campaign_id, campaign_thresholds(con, campaign_id), bool(capped and capped[0]))
+    return [fn(ctx) for _, fn in GATES]

@@ -1,0 +1,136 @@
+"""All scores of one request, and the 1-5 quality score that sums them up.
+
+**Completed**: a request counts as completed when the server answered
+(`status == "ok"`) and generation ended normally: `finish_reason` "stop" (the
+model finished) or "length" (it used its whole token budget, which the
+protocol's short budgets make common).
+
+**Quality** (1 to 5, in half points):
+
+    not completed:  quality = 1
+    completed:      quality = 1 + c × (2 + (1 − r) + (1 − L)),
+                    rounded to the nearest half point (halves up)
+
+where c is the check's graded score (0 to 1, see `scoring.checks`), r the
+repetition score (0 to 1) and L is 1 when a loop was detected, else 0. So a
+completed response that fully passes its check, repeats nothing and does not
+loop scores 5; one that fails its check entirely scores 1 however fluent it
+is, because fluency only counts for content that does its job; repetition and
+a loop each take up to one point from what the check earned. The formula is
+monotone: quality never drops when c rises, r falls, or a loop goes away.
+
+A request that did not complete still gets its repetition, loop and check
+scores, computed on whatever text arrived; only its quality is pinned to 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+from scoring.checks import CheckResult, check_output
+from scoring.repetition import analyse_repetition
+from scoring.rubric import load_rubrics
+from scoring.sandbox import SandboxLimits
+from scoring.score import JSONObject, Score
+
+COMPLETED_FINISH_REASONS = ("stop", "length")
+QUALITY_FORMULA = "1 if not completed, else round_half(1 + c*(2 + (1 - r) + (1 - loop)))"
+
+
+def is_completed(status: str, finish_reason: str | None) -> bool:
+    """True when the server answered and the generation ended normally."""
+    return status == "ok" and finish_reason in COMPLETED_FINISH_REASONS
+
+
+def quality_score(completed: bool, check_score: float, repetition: float, loop: bool) -> float:
+    """The 1-5 quality score (see the module docstring for the formula)."""
+    if not completed:
+        return 1.0
+    c = min(max(check_score, 0.0), 1.0)
+    r = min(max(repetition, 0.0), 1.0)
+    raw = 1.0 + c * (2.0 + (1.0 - r) + (0.0 if loop else 1.0))
+    return math.floor(raw * 2.0 + 0.5) / 2.0
+
+
+def score_request(
+    test_id: str,
+    output_text: str | None,
+    finish_reason: str | None,
+    status: str,
+    max_tokens: int | None,
+    *,
+    sandbox_limits: SandboxLimits | None = None,
+) -> list[Score]:
+    """Every score of one request, from its stored facts.
+
+    Names: `repetition`, `loop`, `completed`, and for a test the rubric knows,
+    `check`, `check_coverage` (coverage and narrative checks),
+    `check_text` (water-jug check) and `quality`. Raises `SandboxError` only
+    when code cannot be run at all; the caller should then store nothing for
+    this request rather than a failed check. A request with no stored text
+    (`output_text` None) is scored as the empty text.
+    """
+    output_text = output_text or ""
+    repetition = analyse_repetition(output_text)
+    completed = is_completed(status, finish_reason)
+    scores = [
+        Score("repetition", repetition.repetition_score, repetition.as_detail()),
+        Score(
+            "loop",
+            1.0 if repetition.loop_detected else 0.0,
+            {
+                "start_char": repetition.loop_start_char,
+                "span": repetition.as_detail()["loop_span"],
+                "repeats": repetition.loop_repeats,
+                "kind": repetition.loop_kind,
+            },
+        ),
+        Score(
+            "completed",
+            1.0 if completed else 0.0,
+            {
+                "status": status,
+                "finish_reason": finish_reason,
+                "max_tokens": max_tokens,
+                "hit_token_budget": finish_reason == "length",
+            },
+        ),
+    ]
+    if test_id not in load_rubrics().tests:
+        return scores
+    check = check_output(test_id, output_text, repetition=repetition, sandbox_limits=sandbox_limits)
+    scores += _check_scores(check)
+    quality_detail: JSONObject = {
+        "formula": QUALITY_FORMULA,
+        "completed": completed,
+        "check_score": check.score,
+        "repetition": repetition.repetition_score,
+        "loop": repetition.loop_detected,
+    }
+    scores.append(
+        Score(
+            "quality",
+            quality_score(
+                completed, check.score, repetition.repetition_score, repetition.loop_detected
+            ),
+            quality_detail,
+        )
+    )
+    return scores
+
+
+def _check_scores(check: CheckResult) -> list[Score]:
+    scores = [Score("check", 1.0 if check.passed else 0.0, check.detail | {"score": check.score})]
+    if check.coverage is not None:
+        scores.append(
+            Score("check_coverage", check.coverage, {"kind": check.kind, "test_id": check.test_id})
+        )
+    if check.text_signal is not None:
+        scores.append(
+            Score(
+                "check_text",
+                1.0 if check.text_signal else 0.0,
+                {"kind": check.kind, "replay_parsed": check.detail.get("parsed")},
+            )
+        )
+    return scores

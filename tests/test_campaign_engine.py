@@ -1,0 +1,193 @@
+"""The user's story on the real engine: llama-server b11434 serving the real MoE.
+
+These start real servers and stream real tokens into a real DuckDB file. They
+use the quick profile and few tests to stay within a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import psutil
+import pytest
+
+from collector.campaign import run_campaign
+from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
+from collector.defaults import LLAMA_SERVER_COMMAND
+from collector.engine import EngineBuild
+from collector.progress import CampaignProgress
+from collector.runner import _inspect
+from evidence.store import open_store
+
+pytestmark = pytest.mark.engine
+
+UPCYCLED_SHA256 = "2e251c5b96a0b72e7d41f18dfecbe970e79ddf50e5aafebe9686c6b598304237"
+
+
+def _query(db: Path, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
+    db = quick_store
+    ((status, profile, engine_json, bandwidth),) = _query(
+        db, "SELECT status, profile, engine, mem_bandwidth_bytes_per_s FROM campaigns")
+    assert (status, profile) == ("complete", "quick")
+    engine = json.loads(str(engine_json))
+    assert engine["build"] == "b11434" and engine["sdist_sha256"].startswith("b0a2feb6")
+    assert float(bandwidth) > 1e8  # type: ignore[arg-type]
+
+    models = _query(db, "SELECT sha256, expert_count, expert_used_count, expert_tensor_count "
+                        "FROM models")
+    assert models == [(UPCYCLED_SHA256, 4, 2, 90)]
+
+    runs = _query(db, "SELECT config_label, status, load_ms, "
+                      "json_extract(log_summary, '$.overridden_tensor_count')::INT, "
+                      "length(log_text) FROM server_runs ORDER BY started_utc")
+    assert [r[0] for r in runs] == ["baseline", "cpu-moe", "n-cpu-moe-0", "n-cpu-moe-10",
+                                    "n-cpu-moe-20", "n-cpu-moe-30"]
+    assert all(r[1] == "stopped" and float(r[2]) > 0 and int(r[4]) > 1000 for r in runs)  # type: ignore[arg-type]
+    # --cpu-moe moves all 90 expert tensors; --n-cpu-moe K those of K blocks (3 each)
+    assert [r[3] for r in runs] == [0, 90, 0, 30, 60, 90]
+    placement = _query(db, "SELECT status FROM placement_checks")
+    assert placement == [("PASS",)] * 6
+
+    # 9 tests x 2 configurations x (1 streamed + 1 non-streamed), + 4 sweep x 2 tests
+    requests = _query(db, "SELECT status, count(*) FROM requests GROUP BY status")
+    assert dict(requests) == {"ok": 44}  # type: ignore[arg-type]
+    assert _query(db, "SELECT DISTINCT max_tokens FROM tests") == [(32,)]
+
+    # Every streamed request: chunk times after the send, in order; the first
+    # content chunk is the first token; the output is the chunks' text.
+    bad = _query(db, """
+        WITH c AS (
+            SELECT request_id, min(t_ns) AS t0,
+                   min(t_ns) FILTER (WHERE kind = 'content' AND text <> '') AS first_content,
+                   bool_and(t_ns >= lag_t OR lag_t IS NULL) AS ordered,
+                   string_agg(text, '' ORDER BY seq) AS joined
+            FROM (SELECT *, lag(t_ns) OVER (PARTITION BY request_id ORDER BY seq) AS lag_t
+                  FROM chunks)
+            GROUP BY request_id)
+        SELECT r.request_id FROM requests r JOIN c USING (request_id)
+        WHERE r.stream AND NOT (c.t0 >= r.sent_ns AND c.ordered
+              AND c.first_content = r.first_token_ns AND c.joined = r.output_text
+              AND r.done_ns >= c.t0 AND r.usage_completion_tokens BETWEEN 1 AND 32)
+    """)
+    assert bad == []
+    streamed = _query(db, "SELECT count(*) FROM requests WHERE stream AND "
+                          "server_timings IS NOT NULL AND tokenized_output_tokens > 0")
+    assert streamed == [(26,)]
+
+    samples = _query(db, "SELECT count(*), min(rss_bytes), count(cpu_percent) FROM telemetry "
+                         "GROUP BY server_run_id")
+    assert len(samples) == 6 and all(int(n) > 20 and int(rss) > 10_000_000  # type: ignore[call-overload]
+                                     for n, rss, _ in samples)
+
+
+def test_quick_campaign_has_scores_and_gates(quick_store: Path) -> None:
+    per_request = _query(db := quick_store, "SELECT count(DISTINCT request_id) FROM scores")
+    assert per_request == [(44,)]
+    gates = dict(_query(db, "SELECT gate_id, status FROM gates"))
+    assert len(gates) == 11
+    assert set(gates.values()) <= {"PASS", "FAIL", "NOT MEASURED"}
+    # No GPU here: the memory-savings gate cannot be measured, and says so.
+    assert gates["memory-savings"] == "NOT MEASURED"
+
+
+def _config(model: Path, engine: EngineBuild, tests: list[str], repeats: int) -> Config:
+    return Config(
+        campaign=CampaignSection(name="fault test", repeats=repeats, pause_s=0,
+                                 max_tokens_cap=48, tests=tests, non_streaming=False),
+        server=ServerSection(command=[engine.server.as_posix() if p == "{llama_server}" else p
+                                      for p in LLAMA_SERVER_COMMAND]),
+        models=[ModelEntry(label="moe", path=model)],
+        configurations=[Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)],
+    )
+
+
+class _KillOnce(CampaignProgress):
+    """Kills the llama-server process tree after the 5th content event, once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.killed_pid: int | None = None
+
+    def on_content(self, tokens: int, t_ns: int) -> None:
+        super().on_content(tokens, t_ns)
+        if self.killed_pid is None and tokens == 5:
+            for child in psutil.Process().children(recursive=True):
+                if "llama-server" in child.name():
+                    self.killed_pid = child.pid
+                    child.kill()
+
+
+def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model: Path) -> None:
+    db = tmp_path / "kill.duckdb"
+    progress = _KillOnce()
+    config = _config(moe_model, engine, ["technical-explanation"], repeats=2)
+    with open_store(db) as con, progress:
+        run_campaign(con, config, profile="test", command=["test"],
+                     model_paths={"moe": moe_model}, engine=engine, inspect=_inspect,
+                     progress=progress, data_dir=tmp_path)
+    assert progress.killed_pid is not None
+    runs = _query(db, "SELECT server_run_id, status, restart_of, exit_code, pid "
+                      "FROM server_runs ORDER BY started_utc")
+    assert len(runs) == 2
+    first, second = runs
+    assert first[1] == "crashed" and first[4] == progress.killed_pid
+    assert second[1] == "stopped" and second[2] == first[0]
+    reqs = _query(db, "SELECT r.repeat, r.status, r.error, r.event_count, r.server_run_id "
+                      "FROM requests r ORDER BY r.started_utc")
+    assert [r[1] for r in reqs] == ["disconnected", "ok"]
+    assert reqs[0][3] >= 5 and reqs[0][4] == first[0]  # type: ignore[operator]
+    assert reqs[1][4] == second[0]
+    partial = _query(db, "SELECT count(*) FROM chunks c JOIN requests r USING (request_id) "
+                         "WHERE r.status = 'disconnected' AND c.kind = 'content'")
+    assert partial[0][0] >= 5  # type: ignore[operator]
+    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+
+
+def test_ctrl_c_then_resume(tmp_path: Path, engine: EngineBuild, moe_model: Path,
+                            cli_env: dict[str, str]) -> None:
+    db = tmp_path / "resume.duckdb"
+    tests = "simple-response,code-generation,technical-explanation"
+    argv = [sys.executable, "-m", "collector", "run", "--quick", "--tests", tests,
+            "--no-non-streaming", "--no-sweep", "--db", str(db)]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=cli_env)
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if " stream " in line and " ok " in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "--resume" in rest
+    (status,), = _query(db, "SELECT status FROM campaigns")
+    assert status == "interrupted"
+    stored = _query(db, "SELECT count(*) FROM requests")[0][0]
+    assert 1 <= stored < 6  # type: ignore[operator]
+    runs = _query(db, "SELECT status, error FROM server_runs")
+    assert runs == [("stopped", "campaign interrupted (Ctrl-C)")]
+    assert not [p for p in psutil.Process().children(recursive=True)
+                if "llama-server" in p.name()]
+
+    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=cli_env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    cells = _query(db, "SELECT s.config_label, r.test_id, r.repeat, r.stream, count(*) "
+                       "FROM requests r JOIN server_runs s USING (server_run_id) "
+                       "GROUP BY ALL ORDER BY ALL")
+    assert len(cells) == 6 and all(c[4] == 1 for c in cells)  # every cell once, none twice
+    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]

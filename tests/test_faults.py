@@ -1,0 +1,502 @@
+"""Faults and bad input at campaign level: whatever breaks, nothing stored is lost.
+
+The server under test is the calibrated stream server, run as a real process
+that the collector launches and stops (or, in attach mode, finds running). Each
+protocol test gets its own scripted fault: the campaign must store every
+request with the status that names the fault, keep the chunks that arrived
+before it, and go on to the next request and configuration until it completes.
+The tool's own errors (missing binary, missing model, port in use) end in one
+`error: ...` line and leave the rows already in the store alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import numpy as np
+import pytest
+from gguf import GGUFWriter
+
+from calibration.stream_server import (
+    BAD_JSON,
+    NOT_JSON,
+    CalibratedServer,
+    Injection,
+    Scenario,
+)
+from collector.campaign import run_campaign
+from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
+from collector.progress import CampaignProgress
+from collector.protocol import TEST_IDS
+from collector.server import free_port
+from evidence.store import open_store
+from tests.storefactory import StoreFactory
+
+MODEL = "calibration"
+SERVER = [sys.executable, "-m", "calibration.stream_server", "--port", "{port}"]
+
+# One fault per protocol test, in protocol order; the value is the request's
+# expected status and a piece of its stored error.
+FAULTS: dict[str, tuple[Scenario, str, str | None]] = {
+    "simple-response": (Scenario(tokens=12, gap_s=0.001), "ok", None),
+    "code-generation": (
+        Scenario(http_status=500, error_message="KV cache exploded"),
+        "http_error",
+        "HTTP 500: ",
+    ),
+    "technical-explanation": (
+        Scenario(http_status=429, error_message="slow down"),
+        "http_error",
+        "HTTP 429: ",
+    ),
+    "multi-step-problem": (
+        Scenario(tokens=10, injections=(Injection(4, NOT_JSON),)),
+        "error",
+        "not valid JSON",
+    ),
+    "system-design": (
+        Scenario(tokens=10, injections=(Injection(4, BAD_JSON),)),
+        "error",
+        "not valid JSON",
+    ),
+    "algorithm-analysis": (
+        Scenario(tokens=6, send_done=False, finish_reason=None),
+        "disconnected",
+        "without [DONE]",
+    ),
+    "creative-writing": (
+        Scenario(tokens=30, gap_s=0.001, disconnect_after_tokens=6, disconnect_reset=True),
+        "disconnected",
+        "Error",
+    ),
+    "technical-documentation": (
+        # Every byte well within the stall timeout; the whole request far past its deadline.
+        Scenario(tokens=10, drip_after_tokens=3, drip_interval_s=0.02),
+        "timeout",
+        "request exceeded",
+    ),
+    "research-analysis": (
+        Scenario(tokens=8, long_line_after_tokens=3),
+        "error",
+        "SSE line longer than 4 MiB",
+    ),
+}
+# Content events each faulty request must keep (at least; a reset may lose a few).
+KEPT = {
+    "simple-response": 12,
+    "multi-step-problem": 4,
+    "system-design": 4,
+    "algorithm-analysis": 6,
+    "technical-documentation": 3,
+    "research-analysis": 3,
+}
+
+
+class _FaultPerTest(CampaignProgress):
+    """Scripts the calibrated server with the test's fault just before its request."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__()
+        self.base_url = base_url
+
+    def request(self, test: str, repeat: int, repeats: int, stream: bool) -> None:
+        super().request(test, repeat, repeats, stream)
+        scenario = FAULTS[test][0].to_dict()
+        httpx.post(f"{self.base_url}/_calibration/scenario", json=scenario, trust_env=False)
+
+
+def _campaign(**changes: Any) -> CampaignSection:
+    settings: dict[str, Any] = {
+        "name": "fault test",
+        "repeats": 1,
+        "pause_s": 0,
+        "non_streaming": False,
+        "idle_window_s": 0,
+        "request_timeout_s": 1.5,
+        "stall_timeout_s": 1.0,
+        "telemetry_hz": 5,
+    }
+    settings.update(changes)
+    return CampaignSection(**settings)
+
+
+def _query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def _scenario_file(directory: Path, scenario: Scenario) -> Path:
+    path = directory / "scenario.json"
+    path.write_text(json.dumps(scenario.to_dict()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One launch-mode campaign: a server that exits while loading, one that never
+    becomes healthy, then one that plays a different fault for every test."""
+    tmp = tmp_path_factory.mktemp("faults")
+    db = tmp / "faults.duckdb"
+    port = free_port()
+    config = Config(
+        campaign=_campaign(),
+        server=ServerSection(
+            command=[*SERVER, "--scenario", str(_scenario_file(tmp, Scenario(tokens=4)))],
+            port=port,
+            startup_timeout_s=5,
+        ),
+        models=[ModelEntry(label=MODEL)],
+        configurations=[
+            # argparse refuses the flag: the process prints usage and exits 2 while loading.
+            Configuration(label="exits-during-load", args=["--no-such-flag"]),
+            # The last --port wins: it serves elsewhere, and the configured port never answers.
+            Configuration(label="never-healthy", args=["--port", "0"]),
+            Configuration(label="faults"),
+        ],
+    )
+    progress = _FaultPerTest(f"http://127.0.0.1:{port}")
+    with open_store(db) as con, progress:
+        run_campaign(con, config, profile="test", command=["test"], model_paths={},
+                     engine=None, inspect=lambda _: {}, progress=progress, data_dir=tmp)
+    return db
+
+
+def test_the_campaign_completes_past_every_fault(fault_store: Path) -> None:
+    assert _query(fault_store, "SELECT status FROM campaigns") == [("complete",)]
+    runs = _query(fault_store, "SELECT config_label, status, error, log_text, pid, exit_code "
+                               "FROM server_runs ORDER BY started_utc")
+    assert [(r[0], r[1]) for r in runs] == [
+        ("exits-during-load", "failed_start"),
+        ("never-healthy", "failed_start"),
+        ("faults", "stopped"),
+    ]
+    exited, never, served = runs
+    assert "exited with code 2 while loading" in exited[2]
+    assert "unrecognized arguments: --no-such-flag" in exited[3]  # its log is kept
+    assert "did not answer /health with 200 within 5 s" in never[2]
+    assert "listening on http://127.0.0.1:" in never[3]
+    assert served[4] is not None
+    # Not a llama.cpp server: the only note on a clean stop is that its log has no loader lines.
+    assert served[2].startswith("loader log not parsed")
+
+
+def test_each_fault_is_stored_with_its_status_and_partial_chunks(fault_store: Path) -> None:
+    rows = _query(fault_store, """
+        SELECT r.test_id, r.status, r.error, r.http_status, r.output_text, r.event_count,
+               (SELECT count(*) FROM chunks c WHERE c.request_id = r.request_id),
+               (SELECT count(*) FROM chunks c WHERE c.request_id = r.request_id
+                 AND c.kind = 'content')
+        FROM requests r ORDER BY r.started_utc""")
+    assert [r[0] for r in rows] == list(TEST_IDS)  # every cell once, in protocol order
+    for test_id, status, error, http_status, output, events, chunks, content in rows:
+        scenario, want_status, want_error = FAULTS[test_id]
+        assert status == want_status, (test_id, error)
+        if want_error is None:
+            assert error is None
+        else:
+            assert want_error in error, (test_id, error)
+        assert chunks == events  # every event the client saw is stored
+        assert content >= KEPT.get(test_id, 0), test_id
+        assert scenario.text().startswith(output), test_id
+        if status == "http_error":
+            assert (http_status, chunks) == (scenario.http_status, 0)
+            assert scenario.error_message in error
+    # The reset keeps whatever arrived before the RST, and that is a prefix of the text.
+    reset = next(r for r in rows if r[0] == "creative-writing")
+    assert reset[4] == FAULTS["creative-writing"][0].text()[: len(reset[4])]
+
+
+def test_telemetry_is_kept_for_failed_starts_too(fault_store: Path) -> None:
+    samples = dict(_query(fault_store, """
+        SELECT s.config_label, count(t.t_ns) FROM server_runs s
+        LEFT JOIN telemetry t USING (server_run_id) GROUP BY 1"""))
+    assert samples["never-healthy"] > 0 and samples["faults"] > 0
+
+
+# -- attach mode -------------------------------------------------------------------
+
+
+def _attach_config(endpoint: str, tests: list[str]) -> Config:
+    return Config(
+        campaign=_campaign(tests=tests, warmup=False),
+        server=ServerSection(mode="attach", endpoint=endpoint),
+        models=[ModelEntry(label=MODEL)],
+        configurations=[Configuration(label="attached")],
+    )
+
+
+class _StopServerAfterFirst(CampaignProgress):
+    def __init__(self, server: CalibratedServer) -> None:
+        super().__init__()
+        self.server = server
+
+    def finished(self, status: str, summary: str) -> None:
+        super().finished(status, summary)
+        if self.state.done == 1:
+            self.server.close()
+
+
+def test_attached_server_that_goes_away_mid_campaign(tmp_path: Path) -> None:
+    db = tmp_path / "attach.duckdb"
+    server = CalibratedServer(Scenario(tokens=5)).start()
+    progress = _StopServerAfterFirst(server)
+    tests = ["simple-response", "code-generation", "technical-explanation"]
+    try:
+        with open_store(db) as con, progress:
+            run_campaign(con, _attach_config(server.base_url, tests), profile="test",
+                         command=["test"], model_paths={}, engine=None,
+                         inspect=lambda _: {}, progress=progress, data_dir=tmp_path)
+    finally:
+        server.close()
+    rows = _query(db, "SELECT test_id, status, error, event_count FROM requests "
+                      "ORDER BY started_utc")
+    assert [(r[0], r[1]) for r in rows] == [
+        ("simple-response", "ok"), ("code-generation", "error"),
+        ("technical-explanation", "error"),
+    ]
+    assert rows[0][3] > 5 and all("ConnectError" in r[2] for r in rows[1:])
+    assert _query(db, "SELECT mode, status, pid FROM server_runs") == [
+        ("attach", "stopped", None)]
+    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+
+
+def test_attaching_to_nothing_is_recorded(tmp_path: Path) -> None:
+    db = tmp_path / "nothing.duckdb"
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with open_store(db) as con, CampaignProgress() as progress:
+        run_campaign(con, _attach_config(endpoint, ["simple-response"]), profile="test",
+                     command=["test"], model_paths={}, engine=None, inspect=lambda _: {},
+                     progress=progress, data_dir=tmp_path)
+    ((status, error),) = _query(db, "SELECT status, error FROM server_runs")
+    assert status == "failed_start" and f"nothing healthy answers at {endpoint}" in error
+    assert _query(db, "SELECT count(*) FROM requests") == [(0,)]
+    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+
+
+# -- the tool's own errors, through the command line ----------------------------------
+
+
+def _tiny_gguf(path: Path) -> Path:
+    writer = GGUFWriter(path, "llama")
+    writer.add_string("general.name", "tiny test model")
+    writer.add_uint32("llama.block_count", 1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
+
+
+def _write_config(path: Path, sections: dict[str, dict[str, Any]], model: Path) -> Path:
+    lines = []
+    for name, fields in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml(v)}" for k, v in fields.items()]
+    lines += ["[[models]]", f'label = "{MODEL}"', f"path = {_toml(str(model))}",
+              "[[configurations]]", 'label = "plain"']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+CAMPAIGN_TOML = {"repeats": 1, "pause_s": 0, "non_streaming": False, "idle_window_s": 0,
+                 "tests": ["simple-response"], "telemetry_hz": 5}
+
+
+def _collector(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", "run", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture
+def existing_store(tmp_path: Path) -> Iterator[tuple[Path, dict[str, int]]]:
+    """A store that already holds a campaign: after any failure its rows must remain."""
+    db = tmp_path / "existing.duckdb"
+    with open_store(db) as con:
+        factory = StoreFactory(con).campaign()
+        factory.server_run("baseline")
+        for i in range(3):
+            factory.request("baseline", [(10 + i, "a"), (20 + i, "b")], repeat=i + 1)
+    yield db, _counts(db)
+
+
+def _counts(db: Path) -> dict[str, int]:
+    tables = ("campaigns", "server_runs", "requests", "chunks")
+    return {t: _query(db, f"SELECT count(*) FROM {t} WHERE {_old(t)}")[0][0] for t in tables}
+
+
+def _old(table: str) -> str:
+    # Rows of the campaign StoreFactory wrote (its protocol_version is 'test').
+    campaigns = "SELECT campaign_id FROM campaigns WHERE protocol_version = 'test'"
+    if table == "chunks":
+        return f"request_id IN (SELECT request_id FROM requests WHERE campaign_id IN ({campaigns}))"
+    return f"campaign_id IN ({campaigns})"
+
+
+def test_missing_server_binary(tmp_path: Path, cli_env: dict[str, str],
+                               existing_store: tuple[Path, dict[str, int]]) -> None:
+    db, before = existing_store
+    binary = tmp_path / "no" / "llama-server"
+    config = _write_config(tmp_path / "c.toml", {
+        "campaign": CAMPAIGN_TOML,
+        "server": {"command": [str(binary), "--port", "{port}"]},
+    }, _tiny_gguf(tmp_path / "m.gguf"))
+    done = _collector(["--config", str(config), "--db", str(db)], cli_env)
+    assert done.returncode == 2, done.stderr
+    assert _error_lines(done.stderr) == [
+        f"error: server binary not found: {binary}; install it or fix the command in the config"
+    ]
+    assert _counts(db) == before
+    new = "protocol_version <> 'test'"
+    assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
+    ((status, error),) = _query(db, "SELECT status, error FROM server_runs WHERE campaign_id "
+                                    f"IN (SELECT campaign_id FROM campaigns WHERE {new})")
+    assert status == "failed_start" and "server binary not found" in error
+
+
+def test_missing_model_file(tmp_path: Path, cli_env: dict[str, str],
+                            existing_store: tuple[Path, dict[str, int]]) -> None:
+    db, before = existing_store
+    missing = tmp_path / "models" / "absent.gguf"
+    config = _write_config(tmp_path / "c.toml", {
+        "campaign": CAMPAIGN_TOML, "server": {"command": SERVER},
+    }, missing)
+    done = _collector(["--config", str(config), "--db", str(db)], cli_env)
+    assert done.returncode == 2, done.stderr
+    (line,) = _error_lines(done.stderr)
+    assert line.startswith(f"error: model file {missing} for '{MODEL}' does not exist")
+    assert _counts(db) == before
+    assert _query(db, "SELECT count(*) FROM campaigns") == [(1,)]
+
+
+def test_port_in_use_names_the_port_and_its_holder(
+    tmp_path: Path, cli_env: dict[str, str], existing_store: tuple[Path, dict[str, int]]
+) -> None:
+    db, before = existing_store
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = _write_config(tmp_path / "c.toml", {
+            "campaign": CAMPAIGN_TOML,
+            "server": {"command": SERVER, "port": port},
+        }, _tiny_gguf(tmp_path / "m.gguf"))
+        done = _collector(["--config", str(config), "--db", str(db)], cli_env)
+    # A configuration that cannot start is recorded and skipped; the campaign completes.
+    assert done.returncode == 0, done.stderr
+    (line,) = _error_lines(done.stderr)
+    assert line.startswith(f"error: port {port} on 127.0.0.1 is already in use")
+    assert f"by PID {os.getpid()}" in line  # the holder is visible here: it is this test
+    assert _counts(db) == before
+    errors = _query(db, "SELECT status, error FROM server_runs WHERE campaign_id IN "
+                        "(SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')")
+    assert errors == [("failed_start", line.removeprefix("error: "))]
+
+
+# -- secrets -----------------------------------------------------------------------
+
+SECRET = "sk-moe-evidence-test-7c1d9e2fa4b8"
+
+# A server wrapper that takes an --api-key flag, as llama-server does, and ignores it.
+WRAPPER = """
+import sys
+from calibration.stream_server import main
+args = sys.argv[1:]
+i = args.index("--api-key")
+del args[i : i + 2]
+raise SystemExit(main(args))
+"""
+
+
+def _holding(db: Path, text: str) -> list[str]:
+    """Every table.column of the store whose value, as text, contains `text`."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        columns = con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = 'main'").fetchall()
+        found = []
+        for table, column in columns:
+            hit = con.execute(
+                f'SELECT count(*) FROM "{table}" WHERE strpos(CAST("{column}" AS VARCHAR), ?) > 0',
+                [text]).fetchone()
+            if hit and hit[0]:
+                found.append(f"{table}.{column}")
+        return found
+    finally:
+        con.close()
+
+
+def _files_holding(root: Path, text: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and text in p.read_bytes()]
+
+
+def test_an_api_key_never_reaches_the_store_or_the_site(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    db = tmp_path / "secrets.duckdb"
+    wrapper = tmp_path / "server_with_key.py"
+    wrapper.write_text(WRAPPER, encoding="utf-8")
+    scenario = _scenario_file(tmp_path, Scenario(tokens=6))
+    config = _write_config(tmp_path / "c.toml", {
+        "campaign": CAMPAIGN_TOML,
+        "server": {
+            "command": [sys.executable, str(wrapper), "--api-key", SECRET, "--port", "{port}",
+                        "--scenario", str(scenario)],
+            "api_key_env": "MOE_TEST_API_KEY",
+            # llama-server also reads its key from LLAMA_API_KEY.
+            "env": {"LLAMA_API_KEY": SECRET, "OMP_NUM_THREADS": "1"},
+        },
+    }, _tiny_gguf(tmp_path / "m.gguf"))
+    env = {**cli_env, "MOE_TEST_API_KEY": SECRET, "SOME_OTHER_TOKEN": SECRET}
+    done = _collector(["--config", str(config), "--db", str(db)], env)
+    assert done.returncode == 0, done.stderr
+    assert _query(db, "SELECT status FROM requests") == [("ok",)]
+    assert _holding(db, SECRET) == []
+    assert _holding(db, "OMP_NUM_THREADS") != []  # the check does see the stored config
+    assert SECRET not in done.stdout + done.stderr
+    site = _build_site(db, tmp_path / "project")
+    if site is not None:
+        assert _files_holding(site, SECRET.encode()) == []
+
+
+def _build_site(db: Path, root: Path) -> Path | None:
+    """The whitepaper built from `db` in a copy of the project's site sources, or
+    None while the report side has no buildable project yet."""
+    try:
+        from report.build import BuildOptions, build_site
+    except ImportError:
+        return None
+    project = Path(__file__).resolve().parents[1]
+    if not (project / "mkdocs.yml").is_file():
+        return None
+    import shutil
+
+    root.mkdir()
+    shutil.copy(project / "mkdocs.yml", root / "mkdocs.yml")
+    for folder in ("templates", "docs"):
+        shutil.copytree(project / folder, root / folder)
+    build_site(BuildOptions(db=db, root=root, site_dir=root / "site"))
+    return root

@@ -1,0 +1,51 @@
+"""The telemetry sampler: a real child process sampling a real process tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from collector.telemetry import TelemetrySampler
+
+
+def test_sampler_watches_a_process_tree_on_our_clock() -> None:
+    # A parent with a child that holds ~50 MB: the tree's RSS must include it.
+    script = ("import subprocess, sys, time; "
+              "c = subprocess.Popen([sys.executable, '-c', "
+              "'import time; x = bytearray(50_000_000); time.sleep(30)']); time.sleep(30)")
+    tree = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        time.sleep(1.0)  # let the child allocate
+        before = time.perf_counter_ns()
+        sampler = TelemetrySampler(tree.pid, hz=20)
+        sampler.start()
+        time.sleep(1.5)
+        first = sampler.drain()
+        time.sleep(0.5)
+        rest = sampler.stop()
+        after = time.perf_counter_ns()
+    finally:
+        tree.kill()
+        tree.wait()
+    samples = first + rest
+    assert len(samples) >= 10
+    assert sampler.child_clock_ns is not None and before < sampler.child_clock_ns < after
+    times = [s.t_ns for s in samples]
+    assert times == sorted(times) and before < times[0] and times[-1] < after
+    assert max(s.proc_count or 0 for s in samples) >= 2
+    assert max(s.rss_bytes or 0 for s in samples) > 50_000_000
+    assert all(s.sys_mem_used_bytes > 0 for s in samples)
+    if sys.platform.startswith("linux"):
+        assert all(s.gpu_mem_used_bytes is None for s in samples) or os.path.exists("/dev/nvidia0")
+
+
+def test_sampler_of_a_dead_process_records_absence() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    sampler = TelemetrySampler(proc.pid, hz=20)
+    sampler.start()
+    time.sleep(0.5)
+    samples = sampler.stop()
+    assert samples and all(s.rss_bytes is None for s in samples)
