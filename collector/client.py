@@ -5,23 +5,21 @@ monotonic clock as the send time, before any parsing; all SSE events completed
 by that read share its timestamp. Nothing slower than a dict append happens
 between reads, so the clock measures the server, not us.
 
-llama-server closes the connection after a stream, so each request opens its
-own connection (no pooling, `Connection: close`).
+The HTTP exchange goes through `collector.http1` (one `recv` per read, no
+client library layers in between). llama-server closes the connection after
+a stream, so each request opens its own connection (`Connection: close`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx
-
+from collector import http1
 from collector.apis import (
     PATHS,
     ApiName,
@@ -37,7 +35,8 @@ from evidence.errors import StreamError
 Status = Literal["ok", "timeout", "http_error", "disconnected", "error"]
 Clock = Callable[[], int]
 
-# What the live progress display gets after each content event: (tokens so far, t_ns).
+# What the live progress display gets after each network read of a stream:
+# (reads so far, t_ns). Reads, not tokens: events are decoded after the stream.
 OnContent = Callable[[int, int], None]
 
 
@@ -97,73 +96,63 @@ def generate(
     if params.stream:
         all_headers["Accept"] = "text/event-stream"
     all_headers.update(headers or {})
-    timeout = httpx.Timeout(
-        connect=timeouts.connect_s, read=timeouts.stall_s, write=30.0, pool=timeouts.connect_s
-    )
-    # The clock starts once the client is built, so no set-up cost lands in TTFT.
-    http = httpx.Client(timeout=timeout, trust_env=False, verify=_tls_context())
     result = RequestResult(api, params, started_utc=datetime.now(UTC), sent_ns=clock())
-    deadline = result.sent_ns + int(timeouts.request_s * 1e9)
+    deadline = time.monotonic() + timeouts.request_s
+    response: http1.Response | None = None
     try:
-        with (
-            http,
-            http.stream("POST", url, content=body, headers=all_headers) as response,
-        ):
-            result.http_status = response.status_code
-            if response.status_code >= 400:
-                _http_error(result, response, clock)
-            elif params.stream:
-                _read_stream(result, response, clock, deadline, on_content)
-            else:
-                _read_body(result, response, clock, deadline)
-    except httpx.ConnectTimeout as exc:
-        result.status = "timeout"
-        result.error = f"{type(exc).__name__}: no connection within {timeouts.connect_s:g} s"
-    except httpx.TimeoutException as exc:
-        result.status = "timeout"
-        result.error = f"{type(exc).__name__}: no data for {timeouts.stall_s:g} s"
-    except _Deadline:
-        result.status = "timeout"
-        result.error = f"request exceeded {timeouts.request_s:g} s"
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-        result.status = "disconnected"
-        result.error = f"{type(exc).__name__}: {exc}"
-    except httpx.HTTPError as exc:
-        result.status = "error"
-        result.error = f"{type(exc).__name__}: {exc}"
+        response = http1.post(
+            url,
+            body,
+            all_headers,
+            connect_timeout_s=timeouts.connect_s,
+            read_timeout_s=timeouts.stall_s,
+        )
+        result.http_status = response.status
+        reads = response.reads(timeouts.stall_s, deadline)
+        if response.status >= 400:
+            _http_error(result, response.status, reads, clock)
+        elif params.stream:
+            _read_stream(result, reads, clock, on_content)
+        else:
+            _read_body(result, reads, clock)
+    except http1.HTTPFailure as exc:
+        result.status, result.error = _failure(exc, timeouts)
     except StreamError as exc:
         result.status = "error"
         result.error = str(exc)
+    finally:
+        if response is not None:
+            response.close()
     if result.done_ns is None and result.chunk_t_ns:
         result.done_ns = result.chunk_t_ns[-1]
     return result
 
 
-class _Deadline(Exception):
-    pass
+def _failure(exc: http1.HTTPFailure, timeouts: Timeouts) -> tuple[Status, str]:
+    if exc.kind == "timeout":
+        return "timeout", f"no data for {timeouts.stall_s:g} s"
+    if exc.kind == "deadline":
+        return "timeout", f"request exceeded {timeouts.request_s:g} s"
+    if exc.kind == "connect":
+        return "error", f"connect failed: {exc}"
+    if exc.kind == "disconnected":
+        return "disconnected", f"connection lost: {exc}"
+    return "error", f"bad HTTP response: {exc}"
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    # Loading the trust store costs ~45 ms of CPU. Paid per request, that burst
-    # came right before the stream and cost the collector its scheduling
-    # priority on a busy machine (the engine under test keeps every core
-    # busy): arrival stamps of the first tokens ran ms late. Once per process.
-    return httpx.create_ssl_context(trust_env=False)
-
-
-def _http_error(result: RequestResult, response: httpx.Response, clock: Clock) -> None:
-    raw = b""
-    for part in response.iter_raw():
-        raw += part
-        if len(raw) > 4096:
-            break
+def _http_error(result: RequestResult, status: int, reads: Iterator[bytes], clock: Clock) -> None:
+    raw = bytearray()
+    try:
+        for part in reads:
+            raw += part
+            if len(raw) > 4096:
+                break
+    except http1.HTTPFailure:
+        pass  # the status line already says what happened; the body is a courtesy
     result.done_ns = clock()
     result.status = "http_error"
-    text = raw[:4096].decode("utf-8", errors="replace").strip()
-    result.error = (
-        f"HTTP {response.status_code}: {text[:300]}" if text else (f"HTTP {response.status_code}")
-    )
+    text = bytes(raw[:4096]).decode("utf-8", errors="replace").strip()
+    result.error = f"HTTP {status}: {text[:300]}" if text else f"HTTP {status}"
 
 
 def _record(result: RequestResult, t_ns: int, decoded: Decoded) -> None:
@@ -183,38 +172,64 @@ def _record(result: RequestResult, t_ns: int, decoded: Decoded) -> None:
         result.error = f"server reported: {decoded.error}"
 
 
+# A stream larger than this is broken or hostile; kept whole in memory until it ends.
+MAX_STREAM_BYTES = 256 * 1024 * 1024
+
+
 def _read_stream(
-    result: RequestResult,
-    response: httpx.Response,
-    clock: Clock,
-    deadline: int,
-    on_content: OnContent | None,
+    result: RequestResult, reads: Iterator[bytes], clock: Clock, on_content: OnContent | None
+) -> None:
+    """Receive first, parse after. The token loop only stamps and keeps each
+    network read; SSE framing and JSON decoding happen once the stream has
+    ended, on the kept reads in order, so every event still gets the stamp of
+    the read that completed it, and the collector's own work never delays the
+    next read (or competes with the server for CPU) while tokens arrive."""
+    stamps: list[int] = []
+    parts: list[bytes] = []
+    size = 0
+    ended = False
+    try:
+        for raw in reads:
+            t_ns = clock()
+            stamps.append(t_ns)
+            parts.append(raw)
+            size += len(raw)
+            if size > MAX_STREAM_BYTES:
+                raise StreamError(f"stream larger than {MAX_STREAM_BYTES >> 20} MiB; stopped")
+            if on_content is not None:
+                on_content(len(stamps), t_ns)
+        ended = True
+    finally:
+        # Whatever arrived before a fault is kept: a disconnected request keeps
+        # its partial chunks (the fault itself is recorded by the caller).
+        _parse_stream(result, stamps, parts, clock(), ended)
+
+
+def _parse_stream(
+    result: RequestResult, stamps: list[int], parts: list[bytes], end_ns: int, ended: bool
 ) -> None:
     parser = SSEParser()
     api = result.api
     saw_done = False
-    tokens = 0
-    for raw in response.iter_raw():
-        t_ns = clock()
-        for event in parser.feed(raw):
+    try:
+        for t_ns, raw in zip(stamps, parts, strict=True):
+            for event in parser.feed(raw):
+                decoded = decode_event(api, event.data)
+                _record(result, t_ns, decoded)
+                if decoded.kind == "done":
+                    saw_done = True
+                    result.done_ns = t_ns
+        for event in parser.close():
             decoded = decode_event(api, event.data)
-            _record(result, t_ns, decoded)
+            _record(result, end_ns, decoded)
             if decoded.kind == "done":
                 saw_done = True
-                result.done_ns = t_ns
-            elif decoded.kind == "content" and on_content is not None:
-                tokens += 1
-                on_content(tokens, t_ns)
-        if t_ns > deadline:
-            raise _Deadline
-    end_ns = clock()
-    for event in parser.close():
-        decoded = decode_event(api, event.data)
-        _record(result, end_ns, decoded)
-        if decoded.kind == "done":
-            saw_done = True
-            result.done_ns = end_ns
-    if not saw_done and result.status == "ok":
+                result.done_ns = end_ns
+    except StreamError as exc:
+        if result.status == "ok":
+            result.status, result.error = "error", str(exc)
+        return
+    if ended and not saw_done and result.status == "ok":
         if result.finish_reason is None:
             result.status = "disconnected"
             result.error = "stream ended without [DONE] or a finish reason"
@@ -223,14 +238,10 @@ def _read_stream(
         result.done_ns = end_ns
 
 
-def _read_body(
-    result: RequestResult, response: httpx.Response, clock: Clock, deadline: int
-) -> None:
+def _read_body(result: RequestResult, reads: Iterator[bytes], clock: Clock) -> None:
     raw = bytearray()
-    for part in response.iter_raw():
+    for part in reads:
         raw += part
-        if clock() > deadline:
-            raise _Deadline
     t_ns = clock()
     decoded = decode_body(result.api, bytes(raw))
     _record(result, t_ns, decoded)

@@ -274,6 +274,9 @@ def _build(sdist: Path, report: Progress) -> EngineBuild:
             "build_seconds": round(time.monotonic() - started, 1),
             "cache_key": cache_key(),
         }
+        # The binaries find their shared libraries in build/bin; the source tree
+        # (hundreds of MB) is not needed any more.
+        shutil.rmtree(root / "src", ignore_errors=True)
         (root / "identity.json").write_text(json.dumps(identity, indent=2), encoding="utf-8")
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)

@@ -14,15 +14,18 @@ def _print(report: MergeReport) -> int:
     added = ", ".join(f"{t} {n}" for t, n in report.added.items() if n) or "nothing new"
     print(f"{report.source}: added {added}")
     for table, keys in report.conflicts.items():
-        print(f"  conflict: {len(keys)} {table} row(s) differ from the target's and were not "
-              f"overwritten (first: {keys[0]})")
+        print(
+            f"  conflict: {len(keys)} {table} row(s) differ from the target's and were not "
+            f"overwritten (first: {keys[0]})"
+        )
     return 1 if report.conflicts else 0
 
 
 def main_merge(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m collector merge",
-        description="Merge campaigns from other stores (read-only) into one, idempotently.")
+        description="Merge campaigns from other stores (read-only) into one, idempotently.",
+    )
     parser.add_argument("stores", nargs="+", type=Path)
     parser.add_argument("--into", type=Path, default=None, help="target store (default: --db)")
     args = parser.parse_args(argv)
@@ -40,7 +43,8 @@ def main_merge(argv: list[str]) -> int:
 def main_export(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m collector export",
-        description="Write the store as a Parquet bundle (one file per table + manifest).")
+        description="Write the store as a Parquet bundle (one file per table + manifest).",
+    )
     parser.add_argument("--parquet", type=Path, required=True, metavar="DIR")
     parser.add_argument("--db", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -54,7 +58,8 @@ def main_export(argv: list[str]) -> int:
 def main_import(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m collector import",
-        description="Verify and merge Parquet bundles (a bundle, or a tree of them).")
+        description="Verify and merge Parquet bundles (a bundle, or a tree of them).",
+    )
     parser.add_argument("bundles", nargs="+", type=Path)
     parser.add_argument("--db", type=Path, default=None)
     args = parser.parse_args(argv)

@@ -77,11 +77,11 @@ class CampaignProgress:
         s.note = ""
         self._draw(force=True)
 
-    def on_content(self, tokens: int, t_ns: int) -> None:
+    def on_content(self, reads: int, t_ns: int) -> None:
         s = self.state
         if s.first_ns == 0:
             s.first_ns = t_ns
-        s.tokens, s.last_ns = tokens, t_ns
+        s.tokens, s.last_ns = reads, t_ns
         self._draw()
 
     def finished(self, status: str, summary: str) -> None:
@@ -109,12 +109,14 @@ class CampaignProgress:
         s = self.state
         rate = ""
         if s.tokens > 1 and s.last_ns > s.first_ns:
-            rate = f"{(s.tokens - 1) / ((s.last_ns - s.first_ns) / 1e9):.1f} tok/s"
+            # One read per token on a token-by-token stream: a live estimate only;
+            # the stored figures come from the decoded events.
+            rate = f"~{(s.tokens - 1) / ((s.last_ns - s.first_ns) / 1e9):.1f} tok/s"
         table = Table.grid(padding=(0, 2))
         table.add_row(
             f"[bold]{s.model}[/] / [cyan]{s.config}[/]",
             f"{s.test} r{s.repeat}/{s.repeats} {'stream' if s.stream else 'no-stream'}",
-            f"{s.tokens} events {rate}",
+            f"{s.tokens} reads {rate}",
             f"{s.done}/{s.total} requests",
             s.note,
         )

@@ -115,7 +115,7 @@ def merge_schema(con: duckdb.DuckDBPyConnection, schema: str, label: str) -> Mer
             f"(SELECT 1 FROM main.{table} t WHERE {on})"
         )
         report.added[table] = _count(con, f"main.{table}") - before
-    for child, parent, key in CHILD_TABLES:
+    for child, parent, link in CHILD_TABLES:
         if child not in present:
             continue
         src_cols = _columns(con, f"{schema}.{child}")
@@ -127,9 +127,9 @@ def merge_schema(con: duckdb.DuckDBPyConnection, schema: str, label: str) -> Mer
         con.execute(
             f"INSERT INTO main.{child} ({cols}) SELECT {', '.join('s.' + c for c in common)} "
             f"FROM {schema}.{child} s "
-            f"WHERE s.{key} IN (SELECT {key} FROM main.{parent}) "
-            f"AND s.{key} NOT IN (SELECT DISTINCT {key} FROM main.{child})"
-            + _excluding(key, report.conflicts.get(parent, []))
+            f"WHERE s.{link} IN (SELECT {link} FROM main.{parent}) "
+            f"AND s.{link} NOT IN (SELECT DISTINCT {link} FROM main.{child})"
+            + _excluding(link, report.conflicts.get(parent, []))
         )
         report.added[child] = _count(con, f"main.{child}") - before
     return report

@@ -7,7 +7,7 @@ view, and the site is rebuilt from the same store.
 
 Views (TEMP, so they work on a read-only connection): `content_chunks`,
 `token_gaps`, `request_metrics`, `server_run_memory`, `config_memory`,
-`config_weight_estimate`, `vram_saved`, `bottleneck`.
+`config_weight_estimate`, `vram_saved`.
 """
 
 from __future__ import annotations
@@ -142,8 +142,9 @@ _DEFS: tuple[Metric, ...] = (
         "completion_rate",
         "Completion rate",
         "%",
-        "Requests that finished (status ok with finish reason `stop` or `length`) / all "
-        "requests, in percent.",
+        "Requests that finished (status ok with finish reason `stop` or `length`: the "
+        "`completed` column) / all requests of the group, streamed and not, in percent.",
+        view="report",
         higher_is_better=True,
     ),
     Metric(
@@ -196,37 +197,28 @@ _DEFS: tuple[Metric, ...] = (
         higher_is_better=True,
     ),
     Metric(
-        "bytes_per_token",
-        "Weight bytes read per token",
-        "bytes",
-        "Non-expert weight bytes + (active experts / experts) x expert weight bytes, from the "
-        "GGUF file: what one decode step must read if every active weight is read once. An "
-        "upper bound: an embedding lookup reads one row of its matrix, not all of it.",
-        view="bottleneck",
+        "host_bytes_per_token", "Host weight bytes per token (estimated)", "bytes",
+        "The weight bytes one decode step reads from host memory, from the GGUF file: with "
+        "every weight in host memory (no GPU), the non-expert weights plus the active experts' "
+        "share (expert tensor bytes x experts used / experts); with --cpu-moe on a GPU host, "
+        "the active experts' share only. An upper bound: an embedding lookup reads one row.",
+        view="report",
     ),
     Metric(
-        "effective_bandwidth_bytes_per_s",
-        "Effective decode bandwidth",
-        "bytes/s",
-        "Weight bytes read per token x mean decode tokens/s (completed streamed requests).",
-        view="bottleneck",
+        "implied_host_traffic", "Implied host memory traffic (estimated)", "bytes/s",
+        "Mean decode tokens/s x host weight bytes per token. Compared with the host copy "
+        "bandwidth the collector measured at campaign start (best of 5 numpy copies of a "
+        "256 MiB buffer, bytes read + written), it shows whether decoding is bound by memory "
+        "bandwidth: near 100 % it is; far below with the CPU busy, it is compute- or "
+        "overhead-bound.",
+        view="report",
     ),
     Metric(
-        "bandwidth_ratio",
-        "Share of host memory bandwidth",
-        "",
-        "Effective decode bandwidth / the host's memory bandwidth measured at campaign start "
-        "(best of 5 copies of a 256 MiB buffer, bytes read + written). Near 1: decode is "
-        "memory-bound; well below 1 with the CPU busy: compute- or overhead-bound.",
-        view="bottleneck",
-    ),
-    Metric(
-        "cpu_percent",
-        "Server CPU during generation",
-        "% of one core",
-        "Mean CPU use of the server's process tree over the telemetry samples taken between "
-        "the first recorded request and the last (100 = one core busy).",
-        view="bottleneck",
+        "decode_rate_along_generation", "Decode rate along the generation", "tokens/s",
+        "Long tests (category 'extended generation') only: each request's tokens are cut into "
+        "tenths; the rate in a tenth is (tokens in it - 1) / the time between its first and "
+        "last token. The chart shows the mean over requests per tenth.",
+        view="report",
     ),
 )
 
@@ -365,30 +357,33 @@ WITH win AS (
     JOIN campaigns cp USING (campaign_id)
     LEFT JOIN requests r USING (server_run_id)
     GROUP BY ALL
+), agg AS (
+    -- One pass over the samples: each figure is an aggregate over its window.
+    SELECT w.server_run_id,
+           median(t.rss_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
+               AS rss_idle,
+           max(t.rss_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+               AS rss_peak,
+           median(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
+               AS gpu_idle,
+           max(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+               AS gpu_peak,
+           max(t.gpu_proc_mem_bytes) AS gpu_proc_peak,
+           avg(t.cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+               AS cpu_generating,
+           count(t.t_ns) AS samples
+    FROM win w LEFT JOIN telemetry t ON t.server_run_id = w.server_run_id
+    GROUP BY w.server_run_id
 )
 SELECT w.server_run_id,
-       (SELECT median(rss_bytes) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id
-           AND t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)::BIGINT AS rss_idle_bytes,
-       (SELECT max(rss_bytes) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id
-           AND t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns) AS rss_peak_bytes,
-       (SELECT median(gpu_mem_used_bytes) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id
-           AND t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)::BIGINT - w.gpu_before_bytes
-           AS gpu_idle_delta_bytes,
-       (SELECT max(gpu_mem_used_bytes) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id
-           AND t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns) - w.gpu_before_bytes
-           AS gpu_peak_delta_bytes,
-       (SELECT max(gpu_proc_mem_bytes) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id) AS gpu_proc_peak_bytes,
-       (SELECT avg(cpu_percent) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id
-           AND t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns) AS cpu_percent_avg_generating,
-       (SELECT count(*) FROM telemetry t
-         WHERE t.server_run_id = w.server_run_id) AS telemetry_samples
-FROM win w;
+       a.rss_idle::BIGINT AS rss_idle_bytes,
+       a.rss_peak AS rss_peak_bytes,
+       a.gpu_idle::BIGINT - w.gpu_before_bytes AS gpu_idle_delta_bytes,
+       a.gpu_peak - w.gpu_before_bytes AS gpu_peak_delta_bytes,
+       a.gpu_proc_peak AS gpu_proc_peak_bytes,
+       a.cpu_generating AS cpu_percent_avg_generating,
+       a.samples AS telemetry_samples
+FROM win w JOIN agg a USING (server_run_id);
 
 -- Memory per (campaign, model, configuration), over its server runs that loaded.
 CREATE OR REPLACE TEMP VIEW config_memory AS
@@ -449,38 +444,6 @@ SELECT campaign_id, model_id, config_label, n_cpu_moe, source,
                               WHEN 'estimated' THEN o_est / b_est END) AS vram_saved_pct,
        b_measured, o_measured, b_log, o_log, b_est, o_est
 FROM chosen;
-
--- Is decode memory-bound? Bytes of weights read per generated token times the
--- decode rate, against the host's measured copy bandwidth.
-CREATE OR REPLACE TEMP VIEW bottleneck AS
-WITH dec AS (
-    SELECT campaign_id, model_id, config_label, avg(decode_tps) AS decode_tps,
-           count(decode_tps) AS n
-    FROM request_metrics
-    WHERE stream AND completed AND decode_tps IS NOT NULL
-    GROUP BY ALL
-), cpu AS (
-    SELECT s.campaign_id, s.model_id, s.config_label,
-           avg(m.cpu_percent_avg_generating) AS cpu_percent
-    FROM server_runs s JOIN server_run_memory m USING (server_run_id)
-    GROUP BY ALL
-), w AS (
-    SELECT model_id,
-           (tensor_bytes_total - expert_tensor_bytes)
-             + expert_tensor_bytes * expert_used_count / nullif(expert_count, 0)
-             AS bytes_per_token
-    FROM models
-)
-SELECT d.campaign_id, d.model_id, d.config_label, d.decode_tps, d.n, w.bytes_per_token,
-       w.bytes_per_token * d.decode_tps AS effective_bandwidth_bytes_per_s,
-       c.mem_bandwidth_bytes_per_s AS host_bandwidth_bytes_per_s,
-       w.bytes_per_token * d.decode_tps / nullif(c.mem_bandwidth_bytes_per_s, 0)
-           AS bandwidth_ratio,
-       cpu.cpu_percent
-FROM dec d
-JOIN w USING (model_id)
-JOIN campaigns c USING (campaign_id)
-LEFT JOIN cpu USING (campaign_id, model_id, config_label);
 """
 
 
@@ -579,15 +542,15 @@ class Ratio:
 
 
 def ratio_of_means(a: Summary, b: Summary) -> Ratio:
-    """mean(a) / mean(b), e.g. offload / baseline. The CI uses the delta method
-    with independent samples: se(r) = r * sqrt(sd_a²/(n_a·mean_a²) + sd_b²/(n_b·mean_b²)),
-    and t at the smaller sample's degrees of freedom."""
-    if a.mean is None or b.mean in (None, 0.0) or a.n < 1 or b.n < 1:
+    """mean(a) / mean(b), e.g. offload / baseline, with a 95% CI computed on the
+    log scale (delta method, independent samples), so it stays positive:
+    se(ln r) = sqrt(sd_a²/(n_a·mean_a²) + sd_b²/(n_b·mean_b²)), CI = r·exp(±t·se),
+    t at the smaller sample's degrees of freedom."""
+    if a.mean is None or b.mean is None or b.mean == 0 or a.n < 1 or b.n < 1:
         return Ratio(None, None, None)
-    assert b.mean is not None
     r = a.mean / b.mean
-    if a.n < 2 or b.n < 2 or a.sd is None or b.sd is None or a.mean == 0:
+    if a.n < 2 or b.n < 2 or a.sd is None or b.sd is None or a.mean <= 0 or b.mean <= 0:
         return Ratio(r, None, None)
-    rel = (a.sd**2) / (a.n * a.mean**2) + (b.sd**2) / (b.n * b.mean**2)
-    half = t95(min(a.n, b.n) - 1) * abs(r) * math.sqrt(rel)
-    return Ratio(r, r - half, r + half)
+    se = math.sqrt((a.sd**2) / (a.n * a.mean**2) + (b.sd**2) / (b.n * b.mean**2))
+    factor = math.exp(t95(min(a.n, b.n) - 1) * se)
+    return Ratio(r, r / factor, r * factor)

@@ -1,3 +1,5 @@
+"""`python -m report`: see report.cli."""
+
 import sys
 
 from report.cli import main

@@ -1,6 +1,7 @@
 """The build: evidence store -> page contexts -> Markdown + charts + Parquet -> site.
 
-    open the store read-only
+    open the source read-only (a store file, or a fleet directory of Parquet
+    bundles read in place by `evidence.bundle.open_source`)
       -> select campaigns, create the metric views and TEMP working tables
       -> one context per page (SQL; nothing loops over chunks in Python)
       -> charts (Altair specs, static SVGs), Parquet exports
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evidence.bundle import MANIFEST, find_bundles, open_source
 from evidence.errors import BuildError
-from evidence.store import open_store
 from report import charts as charts_mod
 from report import hygiene, site, vendor
 from report.context import (
     data,
+    history,
+    hosts,
     inventory,
     memory,
     methodology,
@@ -48,11 +51,13 @@ from report.render import chart_markup, environment, render_page
 PAGES: tuple[tuple[str, str], ...] = (
     ("index.md.j2", "index.md"),
     ("inventory.md.j2", "inventory.md"),
+    ("hosts.md.j2", "hosts.md"),
     ("models.md.j2", "models.md"),
     ("memory.md.j2", "memory.md"),
     ("performance.md.j2", "performance.md"),
     ("streaming.md.j2", "streaming.md"),
     ("quality.md.j2", "quality.md"),
+    ("history.md.j2", "history.md"),
     ("transcripts-index.md.j2", "transcripts/index.md"),
     ("methodology.md.j2", "methodology.md"),
     ("reproduce.md.j2", "reproduce.md"),
@@ -66,10 +71,13 @@ CHART_DIR = "assets/charts"
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What to build: the store, its campaigns (default: the latest), and where."""
+    """What to build: the source (a store file or a fleet directory of bundles),
+    its campaigns (default: the latest; `all_campaigns`: every complete one),
+    and where."""
 
     db: Path
     campaigns: tuple[str, ...] = ()
+    all_campaigns: bool = False
     root: Path = Path(".")
     site_dir: Path | None = None
     version: str | None = None  # set when publishing; shown on every page
@@ -78,6 +86,8 @@ class BuildOptions:
 
 @dataclass
 class BuildResult:
+    """What a build produced: the campaigns shown, the pages, the site, step timings."""
+
     campaign_ids: tuple[str, ...]
     pages: list[Path]
     site_dir: Path
@@ -92,6 +102,33 @@ class SiteInfo:
     store_name: str
     version: str | None
     empty_reason: str | None
+    fleet: bool = False  # built from a directory of bundles, not a store file
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """The identity of what a site was built from: one digest over its bytes."""
+
+    name: str
+    sha256: str
+    size: int
+    bundles: int  # 0 for a store file
+
+
+def source_facts(path: Path) -> SourceFacts:
+    """A store file's digest and size; for a fleet directory, a digest over every
+    bundle's relative path and manifest (which holds each Parquet file's sha256,
+    verified when the directory is opened) and the bundles' total size."""
+    if not path.is_dir():
+        return SourceFacts(path.name, _file_sha256(path), path.stat().st_size, 0)
+    digest = hashlib.sha256()
+    size = 0
+    bundles = find_bundles(path)
+    for bundle in bundles:
+        digest.update(bundle.relative_to(path).as_posix().encode() + b"\0")
+        digest.update((bundle / MANIFEST).read_bytes() + b"\0")
+        size += sum(f.stat().st_size for f in bundle.iterdir() if f.is_file())
+    return SourceFacts(path.name, digest.hexdigest(), size, len(bundles))
 
 
 class _Timer:
@@ -122,6 +159,19 @@ def clean_generated(docs: Path) -> None:
         shutil.rmtree(docs / folder, ignore_errors=True)
 
 
+def stage_project(source: Path, dest: Path) -> Path:
+    """Copy what a build needs (mkdocs.yml, templates/, the hand-written part of
+    docs/) into `dest`, so a site can be built without touching `source`."""
+    source = source.resolve()
+    _check_project(source)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "mkdocs.yml", dest / "mkdocs.yml")
+    shutil.copytree(source / "templates", dest / "templates", dirs_exist_ok=True)
+    shutil.copytree(source / "docs", dest / "docs", dirs_exist_ok=True)
+    clean_generated(dest / "docs")
+    return dest
+
+
 def _check_project(root: Path) -> None:
     for needed in ("mkdocs.yml", "templates", "docs"):
         if not (root / needed).exists():
@@ -141,18 +191,22 @@ def build_site(options: BuildOptions) -> BuildResult:
     with timer.step("vega bundle (start)"):
         bundle = vendor.start_bundle(charts_mod.vega_lite_version())
     clean_generated(docs)
-    with open_store(options.db, read_only=True) as con:
+    with open_source(options.db) as con:
+        facts = source_facts(options.db)
         with timer.step("select + views"):
-            sel = select_campaigns(con, options.campaigns)
+            sel = select_campaigns(con, options.campaigns, options.all_campaigns)
             prepare(con, sel)
         with timer.step("contexts"):
             mem = memory.build(con, sel)
             perf = performance.build(con, sel, mem.runs)
             stream = streaming.build(con, sel)
             qual = quality.build(con, sel)
+            hist = history.build(con, sel, mem)
             pages: dict[str, Any] = {
                 "index.md.j2": summary.build(con, sel, mem, perf, qual),
                 "inventory.md.j2": inventory.build(con, sel),
+                "hosts.md.j2": hosts.build(con, sel),
+                "history.md.j2": hist,
                 "models.md.j2": models.build(con, sel),
                 "memory.md.j2": mem,
                 "performance.md.j2": perf,
@@ -161,30 +215,36 @@ def build_site(options: BuildOptions) -> BuildResult:
                 "transcripts-index.md.j2": qual,
                 "methodology.md.j2": methodology.build(con, sel),
                 "reproduce.md.j2": reproduce.build(
-                    con, sel, options.db.name, _file_sha256(options.db),
-                    options.db.stat().st_size,
+                    con, sel, facts.name, facts.sha256, facts.size, facts.bundles
                 ),
                 "validation.md.j2": validation.build(con),
             }
-            configs = [r["config_label"] for r in rows(
-                con, "SELECT config_label, min(config_order) o FROM rm GROUP BY 1 ORDER BY o, 1")]
-            tests = [r["test_id"] for r in rows(
-                con, "SELECT test_id, min(test_order) o FROM rm GROUP BY 1 ORDER BY o, 1")]
+            configs = [
+                r["config_label"]
+                for r in rows(
+                    con, "SELECT config_label, min(config_order) o FROM rm GROUP BY 1 ORDER BY o, 1"
+                )
+            ]
+            tests = [
+                r["test_id"]
+                for r in rows(
+                    con, "SELECT test_id, min(test_order) o FROM rm GROUP BY 1 ORDER BY o, 1"
+                )
+            ]
         with timer.step("transcripts"):
             transcripts = quality.transcript_pages(con)
         with timer.step("parquet"):
             exports = export_tables(con, docs)
             pages["data.md.j2"] = data.build(con, exports)
     with timer.step("charts"):
-        charts = charts_mod.build_charts(mem, perf, stream, qual, configs, tests)
+        charts = charts_mod.build_charts(mem, perf, stream, qual, configs, tests, hist)
         charts_mod.write_charts(charts, docs / CHART_DIR, charts_mod.vega_lite_version())
     info = SiteInfo(
         selection=sel,
-        store_name=options.db.name,
+        store_name=facts.name,
         version=options.version,
-        empty_reason=None
-        if not sel.empty
-        else "this evidence store holds no campaign yet; run `nox -s collect` to record one",
+        empty_reason=None if not sel.empty else "this evidence store holds no campaign yet",
+        fleet=facts.bundles > 0,
     )
     env = environment(root / "templates")
     written: list[Path] = []

@@ -18,11 +18,13 @@ from typing import Any
 import altair as alt
 
 from evidence.errors import BuildError
+from report.context.history import HistoryContext, HistoryMetric
 from report.context.memory import MemoryContext
 from report.context.performance import MetricTable, PerformanceContext
 from report.context.quality import QualityContext
 from report.context.streaming import StreamingContext
-from report.values import Missing, Quantity
+from report.formatting import release_text
+from report.values import SOURCE_TEXT, Missing, Quantity
 
 WIDTH = 560
 ROW_HEIGHT = 170
@@ -30,6 +32,10 @@ ROW_HEIGHT = 170
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#9d755d")
 MIB = 1 << 20
 GIB = 1 << 30
+# Facet labels above each panel, so long model names do not eat the width.
+_HEADER = alt.Header(
+    labelOrient="top", labelAnchor="start", labelFontWeight="bold", labelFontSize=12
+)
 
 
 @dataclass(frozen=True)
@@ -59,19 +65,59 @@ def vega_lite_version() -> str:
     return version
 
 
-def _colors(configs: Iterable[str]) -> alt.Scale:
-    domain = list(dict.fromkeys(configs))
-    return alt.Scale(domain=domain, range=list(PALETTE[: len(domain)] or PALETTE[:1]))
+def _data(name: str = "data") -> Any:
+    """A reference to one of the spec's named datasets. The values are attached by
+    `_finish`, outside Altair, whose per-value validation and conversion of inline
+    data costs seconds on large charts."""
+    return alt.Data(name=name)  # type: ignore[no-untyped-call]
 
 
-def _finish(chart: Any, title: str) -> dict[str, Any]:
-    spec: dict[str, Any] = chart.properties(title=title).to_dict()
+_VALID_CI = "isValid(datum.lo) && isValid(datum.hi)"
+
+
+def _has_ci(rows: list[dict[str, Any]]) -> bool:
+    """Whether any row has a confidence interval to draw (N >= 2)."""
+    return any(r["lo"] is not None and r["hi"] is not None for r in rows)
+
+
+def _colors(configs: Sequence[str], rows: Iterable[dict[str, Any]] = ()) -> alt.Scale:
+    """The site's fixed colour per configuration, for the configurations in `rows`."""
+    present = {r["config"] for r in rows}
+    pairs = [
+        (c, PALETTE[i % len(PALETTE)])
+        for i, c in enumerate(dict.fromkeys(configs))
+        if not present or c in present
+    ]
+    return alt.Scale(domain=[c for c, _ in pairs], range=[p for _, p in pairs])
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """Floats to 6 significant digits: enough for any chart, and it keeps the
+    site identical across builds (DuckDB's parallel sums differ in the last bits)."""
+    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()}
+
+
+def _finish(chart: Any, title: str, datasets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    # Validation against the Vega-Lite schema costs seconds on large inline data;
+    # the specs are built here from typed rows and drawn by vl-convert right after.
+    spec: dict[str, Any] = chart.properties(title=title).to_dict(validate=False)
+    spec["datasets"] = {name: [_rounded(row) for row in rows] for name, rows in datasets.items()}
     spec.setdefault("config", {})
     spec["config"].update(
-        {"font": "sans-serif", "axis": {"labelFontSize": 11, "titleFontSize": 12},
-         "legend": {"orient": "bottom"}, "background": "white"}
+        {
+            "font": "sans-serif",
+            "axis": {"labelFontSize": 11, "titleFontSize": 12},
+            "legend": {"orient": "bottom"},
+            "background": "white",
+        }
     )
     return spec
+
+
+def _clip(value: float | None) -> float | None:
+    """Interval ends below zero are drawn at zero: every charted metric is
+    non-negative, and with N = 2 a t-interval easily reaches below it."""
+    return None if value is None else max(value, 0.0)
 
 
 def _stat_rows(table: MetricTable) -> list[dict[str, Any]]:
@@ -81,7 +127,7 @@ def _stat_rows(table: MetricTable) -> list[dict[str, Any]]:
             "test": r.test_id,
             "config": r.config,
             "mean": r.stat.mean,
-            "lo": r.stat.ci_low,
+            "lo": _clip(r.stat.ci_low),
             "hi": r.stat.ci_high,
             "n": r.stat.n,
         }
@@ -90,7 +136,9 @@ def _stat_rows(table: MetricTable) -> list[dict[str, Any]]:
     ]
 
 
-def per_test_chart(table: MetricTable, configs: Sequence[str], tests: Sequence[str]) -> Chart | Missing:
+def per_test_chart(
+    table: MetricTable, configs: Sequence[str], tests: Sequence[str]
+) -> Chart | Missing:
     """Mean per test with 95 % CI error bars, one colour per configuration."""
     data = _stat_rows(table)
     if not data:
@@ -99,27 +147,36 @@ def per_test_chart(table: MetricTable, configs: Sequence[str], tests: Sequence[s
     base = alt.Chart().encode(
         x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
         xOffset=alt.XOffset("config:N", sort=list(configs)),
-        color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+        color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
     )
     points = base.mark_point(filled=True, size=60).encode(
         y=alt.Y("mean:Q", title=f"{table.title}{unit}"),
-        tooltip=["model:N", "test:N", "config:N", alt.Tooltip("mean:Q", format=".3~g"),
-                 alt.Tooltip("lo:Q", format=".3~g", title="CI low"),
-                 alt.Tooltip("hi:Q", format=".3~g", title="CI high"), "n:Q"],
+        tooltip=[
+            "model:N",
+            "test:N",
+            "config:N",
+            alt.Tooltip("mean:Q", format=".3~g"),
+            alt.Tooltip("lo:Q", format=".3~g", title="CI low"),
+            alt.Tooltip("hi:Q", format=".3~g", title="CI high"),
+            "n:Q",
+        ],
     )
-    bars = base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q")
+    layers = [points]
+    if _has_ci(data):
+        layers.insert(
+            0, base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
+        )
     chart = (
-        alt.layer(bars, points, data=alt.Data(values=data))
+        alt.layer(*layers, data=_data())
         .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = f"{table.title} per test: mean with 95 % CI"
     return Chart(
         f"perf-{table.name.replace('_', '-')}",
         title,
         f"{title}, per model and configuration",
-        _finish(chart, title),
+        _finish(chart, title, {"data": data}),
     )
 
 
@@ -131,31 +188,40 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
         for config, fig in ((c.baseline_config, c.baseline_gpu), (c.config, c.offload_gpu)):
             if isinstance(fig, Quantity):
                 mib = fig.value / MIB if fig.unit == "bytes" else fig.value
-                data.append({"series": f"{c.model} · {c.config} ({c.headline.source})",
-                             "config": config, "gib": mib / 1024})
+                data.append(
+                    {
+                        "series": f"{c.model} · {c.config} ({c.headline.source})",
+                        "config": config,
+                        "gib": mib / 1024,
+                    }
+                )
     if not data:
         return Missing("no GPU memory figure, measured, logged or estimated")
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_bar()
         .encode(
             y=alt.Y("config:N", sort=list(configs), title=None),
             x=alt.X("gib:Q", title="GPU memory (GiB)"),
-            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             tooltip=["series:N", "config:N", alt.Tooltip("gib:Q", format=".2f")],
         )
         .properties(width=WIDTH - 120, height=60)
-        .facet(row=alt.Row("series:N", title=None, header=alt.Header(labelAngle=0,
-                                                                      labelAlign="left")))
+        .facet(row=alt.Row("series:N", title=None, header=_HEADER))
     )
     title = "GPU memory, baseline vs offload (source in each row's label)"
-    return Chart("memory-vram", title, title, _finish(chart, title))
+    return Chart("memory-vram", title, title, _finish(chart, title, {"data": data}))
 
 
 def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
     data = [
-        {"model": r.model, "config": r.config, "buffer": f"{b.device} {b.kind}",
-         "where": "GPU" if b.on_gpu else "host", "gib": b.mib / 1024}
+        {
+            "model": r.model,
+            "config": r.config,
+            "buffer": f"{b.device} {b.kind}",
+            "where": "GPU" if b.on_gpu else "host",
+            "gib": b.mib / 1024,
+        }
         for r in memory.runs
         for b in r.buffers
         if b.mib > 0
@@ -163,21 +229,25 @@ def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
     if not data:
         return Missing("no loader log with buffer sizes was parsed")
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_bar()
         .encode(
             y=alt.Y("config:N", title=None),
             x=alt.X("sum(gib):Q", title="buffer size (GiB), from the loader log"),
             color=alt.Color("buffer:N", title="device and buffer"),
-            tooltip=["model:N", "config:N", "buffer:N", "where:N",
-                     alt.Tooltip("gib:Q", format=".3f")],
+            tooltip=[
+                "model:N",
+                "config:N",
+                "buffer:N",
+                "where:N",
+                alt.Tooltip("gib:Q", format=".3f"),
+            ],
         )
         .properties(width=WIDTH - 120, height=alt.Step(22))
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = "Memory distribution by device and buffer (loader log)"
-    return Chart("memory-distribution", title, title, _finish(chart, title))
+    return Chart("memory-distribution", title, title, _finish(chart, title, {"data": data}))
 
 
 def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
@@ -185,14 +255,27 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
     if len({p.config for p in points}) < 2:
         return Missing("fewer than two configurations to compare")
     gpu = [
-        {"model": p.model, "config": p.config, "layers": p.layers_on_cpu,
-         "gib": (p.gpu.value / GIB if p.gpu.unit == "bytes" else p.gpu.value / 1024)}
+        {
+            "model": p.model,
+            "config": p.config,
+            "layers": p.layers_on_cpu,
+            "gib": (
+                p.chart_gpu.value / GIB if p.chart_gpu.unit == "bytes" else p.chart_gpu.value / 1024
+            ),
+        }
         for p in points
-        if isinstance(p.gpu, Quantity)
+        if isinstance(p.chart_gpu, Quantity)
     ]
     speed = [
-        {"model": p.model, "config": p.config, "layers": p.layers_on_cpu, "mean": p.decode.mean,
-         "lo": p.decode.ci_low, "hi": p.decode.ci_high, "n": p.decode.n}
+        {
+            "model": p.model,
+            "config": p.config,
+            "layers": p.layers_on_cpu,
+            "mean": p.decode.mean,
+            "lo": _clip(p.decode.ci_low),
+            "hi": p.decode.ci_high,
+            "n": p.decode.n,
+        }
         for p in points
         if p.decode.mean is not None
     ]
@@ -201,88 +284,130 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
     panels = []
     if gpu:
         panels.append(
-            alt.Chart(alt.Data(values=gpu))
+            alt.Chart(_data("gpu"))
             .mark_line(point=True)
-            .encode(x=x, y=alt.Y("gib:Q", title=f"GPU memory (GiB, {memory.tradeoff_source})"),
-                    color=color, tooltip=["model:N", "config:N", "layers:Q",
-                                          alt.Tooltip("gib:Q", format=".2f")])
+            .encode(
+                x=x,
+                y=alt.Y("gib:Q", title=f"GPU memory (GiB, {memory.tradeoff_source})"),
+                color=color,
+                tooltip=["model:N", "config:N", "layers:Q", alt.Tooltip("gib:Q", format=".2f")],
+            )
             .properties(width=WIDTH // 2 - 20, height=220)
         )
     if speed:
-        base = alt.Chart(alt.Data(values=speed)).encode(x=x, color=color)
-        panels.append(
-            alt.layer(
-                base.mark_line(point=True).encode(
-                    y=alt.Y("mean:Q", title="decode tokens/s (mean, 95 % CI)"),
-                    tooltip=["model:N", "config:N", "layers:Q",
-                             alt.Tooltip("mean:Q", format=".3~g"), "n:Q"],
-                ),
-                base.mark_rule().encode(y="lo:Q", y2="hi:Q"),
-            ).properties(width=WIDTH // 2 - 20, height=220)
-        )
+        base = alt.Chart(_data("speed")).encode(x=x, color=color)
+        speed_layers = [
+            base.mark_line(point=True).encode(
+                y=alt.Y("mean:Q", title="decode tokens/s (mean, 95 % CI)"),
+                tooltip=[
+                    "model:N",
+                    "config:N",
+                    "layers:Q",
+                    alt.Tooltip("mean:Q", format=".3~g"),
+                    "n:Q",
+                ],
+            ),
+        ]
+        if _has_ci(speed):
+            speed_layers.append(
+                base.mark_rule().encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
+            )
+        panels.append(alt.layer(*speed_layers).properties(width=WIDTH // 2 - 20, height=220))
     if not panels:
         return Missing("neither GPU memory nor decode speed was measured for these runs")
     title = "The --n-cpu-moe trade-off: GPU memory and decode speed"
-    return Chart("memory-tradeoff", title, title, _finish(alt.hconcat(*panels), title))
+    return Chart(
+        "memory-tradeoff",
+        title,
+        title,
+        _finish(alt.hconcat(*panels), title, {"gpu": gpu, "speed": speed}),
+    )
 
 
 def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missing:
     data = []
     for p in memory.timeline:
         if p.rss_bytes is not None:
-            data.append({"model": p.model, "config": p.config, "t": p.t_s,
-                         "gib": p.rss_bytes / GIB, "memory": "host RSS"})
+            data.append(
+                {
+                    "model": p.model,
+                    "config": p.config,
+                    "t": p.t_s,
+                    "gib": p.rss_bytes / GIB,
+                    "memory": "host RSS",
+                }
+            )
         if p.gpu_bytes is not None:
-            data.append({"model": p.model, "config": p.config, "t": p.t_s,
-                         "gib": p.gpu_bytes / GIB, "memory": "GPU (device-wide)"})
+            data.append(
+                {
+                    "model": p.model,
+                    "config": p.config,
+                    "t": p.t_s,
+                    "gib": p.gpu_bytes / GIB,
+                    "memory": "GPU (device-wide)",
+                }
+            )
     if not data:
         return Missing("no telemetry samples")
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_line()
         .encode(
             x=alt.X("t:Q", title="seconds since launch"),
             y=alt.Y("gib:Q", title="GiB (max per interval)"),
-            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             strokeDash=alt.StrokeDash("memory:N", title="memory"),
-            tooltip=["config:N", "memory:N", alt.Tooltip("t:Q", format=".0f"),
-                     alt.Tooltip("gib:Q", format=".2f")],
+            tooltip=[
+                "config:N",
+                "memory:N",
+                alt.Tooltip("t:Q", format=".0f"),
+                alt.Tooltip("gib:Q", format=".2f"),
+            ],
         )
         .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = "Server memory over each run (telemetry, ~10 Hz)"
-    return Chart("memory-timeline", title, title, _finish(chart, title))
+    return Chart("memory-timeline", title, title, _finish(chart, title, {"data": data}))
 
 
 def _itl_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
-    data = [{"model": b.model, "config": b.config, "ms": b.ms, "share": b.share}
-            for b in perf.itl_hist]
+    data = [
+        {"model": b.model, "config": b.config, "ms": b.ms, "share": b.share} for b in perf.itl_hist
+    ]
     if not data:
         return Missing("no per-token gaps: no successful streamed request with two tokens")
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_line(interpolate="step-after")
         .encode(
             x=alt.X("ms:Q", scale=alt.Scale(type="log"), title="per-token gap (ms, log scale)"),
             y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of gaps"),
-            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
-            tooltip=["config:N", alt.Tooltip("ms:Q", format=".3~g"),
-                     alt.Tooltip("share:Q", format=".2%")],
+            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
+            tooltip=[
+                "config:N",
+                alt.Tooltip("ms:Q", format=".3~g"),
+                alt.Tooltip("share:Q", format=".2%"),
+            ],
         )
         .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = "Inter-token latency distribution"
-    return Chart("perf-itl", title, title, _finish(chart, title))
+    return Chart("perf-itl", title, title, _finish(chart, title, {"data": data}))
 
 
 def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
     data = [
-        {"model": p.model, "config": p.config, "tenth": p.decile + 1, "mean": p.rate.mean,
-         "lo": p.rate.ci_low, "hi": p.rate.ci_high, "n": p.rate.n}
+        {
+            "model": p.model,
+            "config": p.config,
+            "tenth": p.decile + 1,
+            "mean": p.rate.mean,
+            "lo": _clip(p.rate.ci_low),
+            "hi": p.rate.ci_high,
+            "n": p.rate.n,
+        }
         for p in perf.curve
         if p.rate.mean is not None
     ]
@@ -290,23 +415,23 @@ def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Mi
         return Missing("no long test with at least 20 tokens")
     base = alt.Chart().encode(
         x=alt.X("tenth:O", title="tenth of the generation"),
-        color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+        color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
     )
-    chart = (
-        alt.layer(
-            base.mark_line(point=True).encode(
-                y=alt.Y("mean:Q", title="decode tokens/s"),
-                tooltip=["config:N", "tenth:O", alt.Tooltip("mean:Q", format=".3~g"), "n:Q"],
-            ),
-            base.mark_rule().encode(y="lo:Q", y2="hi:Q"),
-            data=alt.Data(values=data),
+    layers = [
+        base.mark_line(point=True).encode(
+            y=alt.Y("mean:Q", title="decode tokens/s"),
+            tooltip=["config:N", "tenth:O", alt.Tooltip("mean:Q", format=".3~g"), "n:Q"],
         )
+    ]
+    if _has_ci(data):
+        layers.append(base.mark_rule().encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI))
+    chart = (
+        alt.layer(*layers, data=_data())
         .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = "Decode rate along long generations (mean, 95 % CI)"
-    return Chart("perf-consistency", title, title, _finish(chart, title))
+    return Chart("perf-consistency", title, title, _finish(chart, title, {"data": data}))
 
 
 def _timeline_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
@@ -317,74 +442,182 @@ def _timeline_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart |
     if not data:
         return Missing("the chosen request has no content events")
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_line(interpolate="step-after")
         .encode(
             x=alt.X("ms:Q", title="ms since the request was sent"),
             y=alt.Y("tokens:Q", title="tokens received"),
-            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             tooltip=["config:N", alt.Tooltip("ms:Q", format=".0f"), "tokens:Q"],
         )
         .properties(width=WIDTH, height=240)
     )
     title = f"Token timeline: {tl.test_id}, repeat {tl.repeat}, {tl.model}"
-    return Chart("perf-timeline", title, title, _finish(chart, title))
+    return Chart("perf-timeline", title, title, _finish(chart, title, {"data": data}))
 
 
-def _stream_compare_chart(stream: StreamingContext, configs: Sequence[str]) -> Chart | Missing:
+def _stream_compare_chart(
+    stream: StreamingContext, configs: Sequence[str], tests: Sequence[str]
+) -> Chart | Missing:
     data = []
     for r in stream.compare:
         for mode, stat in (("streamed", r.streamed_e2e), ("not streamed", r.plain_e2e)):
             if stat.mean is not None:
-                data.append({"model": r.model, "test": r.test_id, "config": r.config,
-                             "mode": mode, "series": f"{r.config}, {mode}", "e2e": stat.mean})
+                data.append(
+                    {
+                        "model": r.model,
+                        "test": r.test_id,
+                        "config": r.config,
+                        "mode": mode,
+                        "series": f"{r.config}, {mode}",
+                        "e2e": stat.mean,
+                    }
+                )
     if not data:
         return Missing("no non-streamed run in this campaign")
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_point(filled=True, size=60)
         .encode(
-            x=alt.X("test:N", title=None, axis=alt.Axis(labelAngle=-30)),
+            x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
             y=alt.Y("e2e:Q", title="end-to-end time (s, mean)"),
-            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
+            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             shape=alt.Shape("mode:N", title="mode"),
             xOffset=alt.XOffset("series:N"),
             tooltip=["config:N", "mode:N", "test:N", alt.Tooltip("e2e:Q", format=".3~g")],
         )
         .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = "Streamed vs non-streamed end-to-end time"
-    return Chart("streaming-compare", title, title, _finish(chart, title))
+    return Chart("streaming-compare", title, title, _finish(chart, title, {"data": data}))
 
 
-def _repetition_chart(quality: QualityContext, configs: Sequence[str]) -> Chart | Missing:
+def _repetition_chart(
+    quality: QualityContext, configs: Sequence[str], tests: Sequence[str]
+) -> Chart | Missing:
     data = [
-        {"model": r.model, "test": r.test_id, "config": r.config,
-         "mean": r.scores["repetition"].mean, "max": r.scores["repetition"].max}
+        {
+            "model": r.model,
+            "test": r.test_id,
+            "config": r.config,
+            "mean": r.scores["repetition"].mean,
+            "max": r.scores["repetition"].max,
+        }
         for r in quality.per_test
         if r.scores["repetition"].mean is not None
     ]
     if not data:
         return Missing(quality.no_scores_reason)
+    if not any(d["max"] for d in data):
+        return Missing(
+            "every repetition score is 0: no output repeated a 4-word window", not_applicable=True
+        )
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(_data())
         .mark_bar()
         .encode(
-            x=alt.X("test:N", title=None, axis=alt.Axis(labelAngle=-30)),
+            x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
             xOffset=alt.XOffset("config:N", sort=list(configs)),
             y=alt.Y("mean:Q", title="repetition score (mean; 0 = none)"),
-            color=alt.Color("config:N", scale=_colors(configs), title="configuration"),
-            tooltip=["config:N", "test:N", alt.Tooltip("mean:Q", format=".3f"),
-                     alt.Tooltip("max:Q", format=".3f")],
+            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
+            tooltip=[
+                "config:N",
+                "test:N",
+                alt.Tooltip("mean:Q", format=".3f"),
+                alt.Tooltip("max:Q", format=".3f"),
+            ],
         )
         .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=alt.Header(labelAngle=0,
-                                                                     labelAlign="left")))
+        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
     title = "Repetition score per test"
-    return Chart("quality-repetition", title, title, _finish(chart, title))
+    return Chart("quality-repetition", title, title, _finish(chart, title, {"data": data}))
+
+
+def _history_chart(
+    history: HistoryContext, m: HistoryMetric, configs: Sequence[str]
+) -> Chart | Missing:
+    """One metric across releases: mean with its 95 % CI per release, one panel per
+    model (and host), flagged changes drawn large."""
+    if not history.enough:
+        return Missing("history needs two releases", not_applicable=True)
+    order = [release_text(r) for r in history.releases]
+    data = []
+    for s in m.series:
+        panel = s.model + (f" · host {s.host}" if s.host else "")
+        if s.source:
+            panel += f" ({SOURCE_TEXT[s.source]})"
+        for p in s.points:
+            if p.stat.mean is None:
+                continue
+            data.append(
+                {
+                    "panel": panel,
+                    "config": s.config,
+                    "release": release_text(p.release),
+                    "mean": p.stat.mean,
+                    "lo": _clip(p.stat.ci_low),
+                    "hi": p.stat.ci_high,
+                    "n": p.stat.n,
+                    "change": p.change.verdict if p.change else "first release",
+                }
+            )
+    if not data:
+        return Missing(f"no {m.title} figure in the shown campaigns")
+    unit = f" ({m.unit})" if m.unit else ""
+    base = alt.Chart().encode(
+        x=alt.X("release:O", sort=order, title="release", axis=alt.Axis(labelAngle=-20)),
+        color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
+    )
+    layers = [
+        base.mark_line(opacity=0.5).encode(y=alt.Y("mean:Q", title=f"{m.title}{unit}")),
+        base.mark_point(filled=True).encode(
+            y="mean:Q",
+            size=alt.Size(
+                "change:N",
+                scale=alt.Scale(
+                    domain=["improvement", "regression", "within", "not judged", "first release"],
+                    range=[220, 220, 50, 50, 50],
+                ),
+                title="change from the previous release",
+            ),
+            shape=alt.Shape(
+                "change:N",
+                scale=alt.Scale(
+                    domain=["improvement", "regression", "within", "not judged", "first release"],
+                    range=["triangle-up", "triangle-down", "circle", "circle", "circle"],
+                ),
+                title="change from the previous release",
+            ),
+            tooltip=[
+                "panel:N",
+                "config:N",
+                "release:O",
+                alt.Tooltip("mean:Q", format=".3~g"),
+                alt.Tooltip("lo:Q", format=".3~g", title="CI low"),
+                alt.Tooltip("hi:Q", format=".3~g", title="CI high"),
+                "n:Q",
+                "change:N",
+            ],
+        ),
+    ]
+    if _has_ci(data):
+        layers.insert(
+            0, base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
+        )
+    chart = (
+        alt.layer(*layers, data=_data())
+        .properties(width=WIDTH - 120, height=150)
+        .facet(row=alt.Row("panel:N", title=None, header=_HEADER))
+    )
+    title = f"{m.title} by release: mean with 95 % CI"
+    return Chart(
+        f"history-{m.name}",
+        title,
+        f"{title}, per model and configuration",
+        _finish(chart, title, {"data": data}),
+    )
 
 
 def build_charts(
@@ -394,6 +627,7 @@ def build_charts(
     quality: QualityContext,
     configs: Sequence[str],
     tests: Sequence[str],
+    history: HistoryContext | None = None,
 ) -> Charts:
     """Every chart of the site, keyed by id (a `Missing` where there is no data)."""
     charts: Charts = {
@@ -404,11 +638,14 @@ def build_charts(
         "perf-itl": _itl_chart(perf, configs),
         "perf-consistency": _curve_chart(perf, configs),
         "perf-timeline": _timeline_chart(perf, configs),
-        "streaming-compare": _stream_compare_chart(stream, configs),
-        "quality-repetition": _repetition_chart(quality, configs),
+        "streaming-compare": _stream_compare_chart(stream, configs, tests),
+        "quality-repetition": _repetition_chart(quality, configs, tests),
     }
     for table in perf.metrics:
         charts[f"perf-{table.name.replace('_', '-')}"] = per_test_chart(table, configs, tests)
+    if history is not None:
+        for m in history.metrics:
+            charts[f"history-{m.name}"] = _history_chart(history, m, configs)
     return charts
 
 
@@ -429,4 +666,3 @@ def write_charts(charts: Charts, out_dir: Path, vl_version: str) -> None:
         (out_dir / f"{chart.chart_id}.vl.json").write_text(spec_json(chart.spec), "utf-8")
         svg = vlc.vegalite_to_svg(chart.spec, vl_version=vl_version)
         (out_dir / f"{chart.chart_id}.svg").write_text(svg, "utf-8")
-

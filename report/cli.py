@@ -16,15 +16,36 @@ from evidence.store import default_db_path
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, default=None,
-                   help="evidence store (default: $EVIDENCE_DB or data/evidence.duckdb)")
-    p.add_argument("--campaign", action="append", default=[], metavar="ID",
-                   help="campaign to show (repeatable; default: the latest complete one)")
-    p.add_argument("--root", type=Path, default=Path("."),
-                   help="project root holding mkdocs.yml, templates/ and docs/ (default: .)")
+    p.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help="evidence store, or a fleet directory of Parquet bundles (host=.../release=.../) "
+        "read in place (default: $EVIDENCE_DB or data/evidence.duckdb)",
+    )
+    p.add_argument(
+        "--campaign",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="campaign to show (repeatable; default: the latest complete one)",
+    )
+    p.add_argument(
+        "--all-campaigns",
+        action="store_true",
+        help="show every complete campaign of the source (hosts side by side, history "
+        "across releases)",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="project root holding mkdocs.yml, templates/ and docs/ (default: .)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: build, publish, synthetic, timing."""
     p = argparse.ArgumentParser(prog="python -m report", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="render the site into site/ from the evidence store")
@@ -44,15 +65,23 @@ def parser() -> argparse.ArgumentParser:
     tim = sub.add_parser("timing", help="time the build on synthetic stores (nox -s perf)")
     tim.add_argument("--requests", type=int, default=10_000)
     tim.add_argument("--chunks", type=int, default=1_000_000)
-    tim.add_argument("--workdir", type=Path, default=None,
-                     help="where to put the stores and sites (default: a temporary folder)")
-    tim.add_argument("--record", action="store_true",
-                     help="also store the figures in --db's perf_results table")
-    tim.add_argument("--db", type=Path, default=None)
+    tim.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where to keep the stores and sites (default: a temporary folder)",
+    )
+    tim.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="project root to copy mkdocs.yml, templates/ and docs/ from",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the exit status (2 for a reported error)."""
     args = parser().parse_args(argv)
     try:
         if args.command == "build":
@@ -62,12 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 BuildOptions(
                     db=args.db or default_db_path(),
                     campaigns=tuple(args.campaign),
+                    all_campaigns=args.all_campaigns,
                     root=args.root,
                     site_dir=args.site_dir,
                 )
             )
             total = sum(result.timings.values())
-            shown = ", ".join(result.campaign_ids) or "none (empty store)"
+            ids = result.campaign_ids
+            shown = ", ".join(ids) if len(ids) <= 6 else f"{len(ids)} campaigns"
+            shown = shown or "none (empty store)"
             print(f"site built in {result.site_dir} ({total:.1f} s); campaigns: {shown}")
         elif args.command == "publish":
             from report.publish import publish
@@ -76,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.version,
                 db=args.db or default_db_path(),
                 campaigns=tuple(args.campaign),
+                all_campaigns=args.all_campaigns,
                 root=args.root,
                 alias=args.alias,
                 push=args.push,
@@ -92,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "timing":
             from report.timing import main_timing
 
-            return main_timing(args.requests, args.chunks, args.workdir, args.record, args.db)
+            return main_timing(args.requests, args.chunks, args.workdir, args.root)
     except EvidenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

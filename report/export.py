@@ -16,12 +16,14 @@ import duckdb
 # Table -> the rows of the selection (SQL over the TEMP `sel` and `rm` tables).
 EXPORTS: tuple[tuple[str, str], ...] = (
     ("campaigns", "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("hosts", "SELECT * FROM hosts WHERE host_id IN (SELECT host_id FROM campaigns "
-              "WHERE campaign_id IN (SELECT campaign_id FROM sel))"),
+    (
+        "hosts",
+        "SELECT * FROM hosts WHERE host_id IN (SELECT host_id FROM campaigns "
+        "WHERE campaign_id IN (SELECT campaign_id FROM sel))",
+    ),
     ("tests", "SELECT * FROM tests WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
     ("models", "SELECT * FROM models WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("server_runs", "SELECT * FROM server_runs WHERE campaign_id IN "
-                    "(SELECT campaign_id FROM sel)"),
+    ("server_runs", "SELECT * FROM server_runs WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
     ("requests", "SELECT * FROM requests WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
     ("chunks", "SELECT c.* FROM chunks c SEMI JOIN rm USING (request_id)"),
     ("telemetry", "SELECT t.* FROM telemetry t SEMI JOIN sel_runs USING (server_run_id)"),
@@ -33,13 +35,17 @@ EXPORTS: tuple[tuple[str, str], ...] = (
     ("schema_migrations", "SELECT * FROM schema_migrations"),
 )
 DERIVED: tuple[tuple[str, str], ...] = (
-    ("request_metrics",
-     "SELECT * EXCLUDE (model, model_order, config_order, test_order, category) FROM rm"),
+    (
+        "request_metrics",
+        "SELECT * EXCLUDE (model, model_order, config_order, test_order, category) FROM rm",
+    ),
 )
 
 
 @dataclass(frozen=True)
 class Export:
+    """One Parquet file written for the data page."""
+
     table: str
     file: str  # relative to the docs directory
     rows: int
@@ -47,7 +53,9 @@ class Export:
     derived: bool
 
 
-def export_tables(con: duckdb.DuckDBPyConnection, docs: Path, subdir: str = "data") -> tuple[Export, ...]:
+def export_tables(
+    con: duckdb.DuckDBPyConnection, docs: Path, subdir: str = "data"
+) -> tuple[Export, ...]:
     """Write every table of the selection as Parquet under `docs/subdir`."""
     out_dir = docs / subdir
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +67,12 @@ def export_tables(con: duckdb.DuckDBPyConnection, docs: Path, subdir: str = "dat
             # The path is ours (table names above), never from the store.
             con.execute(f"COPY ({sql}) TO '{path.as_posix()}' (FORMAT parquet, COMPRESSION zstd)")
             written.append(
-                Export(table, f"{subdir}/{table}.parquet", int(n[0]) if n else 0,
-                       path.stat().st_size, derived)
+                Export(
+                    table,
+                    f"{subdir}/{table}.parquet",
+                    int(n[0]) if n else 0,
+                    path.stat().st_size,
+                    derived,
+                )
             )
     return tuple(written)

@@ -23,28 +23,47 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
 from evidence.errors import BuildError
 from report.values import SOURCE_TEXT, Missing, Quantity, RatioFigure, Stat
 
-_ESCAPES: dict[int, str] = {ord(c): f"&#{ord(c)};" for c in "&<>\"'\\`*_{}[]()#+-.!|~^=:$%"}
-# Control characters become visible control pictures; newline and tab are
-# handled by the caller (kept in blocks, spaces inline).
-_ESCAPES.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)})
-_ESCAPES[0x7F] = "\u2421"
+if TYPE_CHECKING:
+    from report.context.history import Change, Release
 
+
+def _table(chars: str) -> dict[int, str]:
+    table = {ord(c): f"&#{ord(c)};" for c in chars}
+    # Control characters become visible control pictures; newline and tab are
+    # handled by the caller (kept in blocks, spaces inline).
+    table.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)})
+    table[0x7F] = "\u2421"
+    return table
+
+
+# Inline, text never starts a line (newlines become spaces), so only what has
+# meaning mid-line is escaped: HTML, emphasis, code, links, attribute lists,
+# tables, headings' ids. In blocks, everything Markdown could read is.
+_INLINE = _table("&<>\"'\\`*_{}[]#|")
+_BLOCK = _table("&<>\"'\\`*_{}[]()#+-.!|~^=:$%")
+_LINE_START = re.compile(r"^[-+=:>#.]")
 _BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
 def escape_text(value: object, *, inline: bool = True) -> Markup:
     """`value` as inert text for Markdown and HTML (see the module docstring)."""
-    text = str(value).translate(_ESCAPES)
-    if inline:
-        text = text.replace("\t", " ").replace("\n", " ")
-    return Markup(text)
+    raw = str(value)
+    if not inline:
+        return Markup(raw.translate(_BLOCK))
+    raw = raw.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+    # Should a template ever put a value at the start of a line, it still
+    # cannot open a list, quote or heading there.
+    start = _LINE_START.match(raw)
+    if start is None:
+        return Markup(raw.translate(_INLINE))
+    return Markup(raw[: start.end()].translate(_BLOCK) + raw[start.end() :].translate(_INLINE))
 
 
 def untrusted(value: object) -> Markup:
@@ -68,6 +87,12 @@ def transcript(value: object) -> Markup:
     return Markup('<pre class="untrusted transcript">') + body + Markup("</pre>")
 
 
+def from_code(value: object) -> Markup:
+    """Text written in this repository's code (metric definitions, docstrings): Markdown,
+    trusted like the templates themselves."""
+    return Markup(str(value))
+
+
 def json_block(value: object) -> Markup:
     """JSON (a dict, list, or JSON text from the store) pretty-printed as an escaped block."""
     if isinstance(value, str):
@@ -76,13 +101,19 @@ def json_block(value: object) -> Markup:
         except json.JSONDecodeError:
             return transcript(value)
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
-    return Markup('<pre class="untrusted json">') + escape_text(text, inline=False) + Markup("</pre>")
+    return (
+        Markup('<pre class="untrusted json">') + escape_text(text, inline=False) + Markup("</pre>")
+    )
 
 
 def shell_block(argv: Iterable[object]) -> Markup:
     """A command line, shell-quoted, as an escaped block."""
     text = shlex.join(str(a) for a in argv)
-    return Markup('<pre class="untrusted command">') + escape_text(text, inline=False) + Markup("</pre>")
+    return (
+        Markup('<pre class="untrusted command">')
+        + escape_text(text, inline=False)
+        + Markup("</pre>")
+    )
 
 
 def number(value: float | int | None) -> str:
@@ -105,7 +136,7 @@ def number(value: float | int | None) -> str:
         return f"{x:.2f}"
     if a == 0:
         return "0"
-    return f"{x:.2g}" if a < 0.01 else f"{x:.3f}".rstrip("0").rstrip(".")
+    return f"{x:.2g}"
 
 
 def with_unit(value: float | int | None, unit: str) -> Markup:
@@ -118,10 +149,9 @@ def with_unit(value: float | int | None, unit: str) -> Markup:
     if unit == "bytes/s" and value is not None:
         return Markup(f"{float(value) / (1 << 30):,.1f}&nbsp;GiB/s")
     if unit == "params" and value is not None:
-        scaled = [(1e12, "T"), (1e9, "B"), (1e6, "M")]
-        for size, name in scaled:
-            if abs(value) >= size:
-                return Markup(f"{float(value) / size:.2f}&nbsp;{name}")
+        for scale, prefix in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
+            if abs(value) >= scale:
+                return Markup(f"{float(value) / scale:.2f}&nbsp;{prefix}")
         return Markup(number(int(value)))
     if unit == "MiB" and value is not None and abs(value) >= 10 * 1024:
         return Markup(f"{float(value) / 1024:,.2f}&nbsp;GiB")
@@ -140,20 +170,29 @@ def not_measured(reason: str) -> Markup:
     return Markup('<span class="not-measured">not measured</span> (') + escape_text(reason) + ")"
 
 
-def figure(value: Quantity | Missing, show_source: bool = True) -> Markup:
-    """A `Quantity` with its source, or "not measured (why)" for a `Missing`."""
+def figure(value: Quantity | Missing, show_source: bool = True, brief: bool = False) -> Markup:
+    """A `Quantity` with its source (and how it was obtained, unless `brief`), or
+    "not measured (why)" for a `Missing`."""
     if isinstance(value, Missing):
-        text = not_measured(value.reason)
-        if value.estimated_instead is not None:
-            text += Markup("; ") + figure(value.estimated_instead)
-        return text
+        if value.not_applicable:
+            return (
+                Markup('<span class="not-measured">not applicable</span> (')
+                + escape_text(value.reason)
+                + Markup(")")
+            )
+        return not_measured(value.reason)
     text = with_unit(value.value, value.unit)
     if show_source and value.source is not None:
         label = SOURCE_TEXT[value.source]
         css = "estimated" if value.source == "estimated" else "source"
-        note = f": {value.note}" if value.note else ""
-        text += Markup(f' <span class="{css}">(') + escape_text(label + note) + ")</span>"
+        note = f": {value.note}" if value.note and not brief else ""
+        text += Markup(f' <span class="{css}">(') + escape_text(label + note) + Markup(")</span>")
     return text
+
+
+def figure_brief(value: Quantity | Missing) -> Markup:
+    """A figure with its source named but not explained (for narrow table cells)."""
+    return figure(value, brief=True)
 
 
 def stat_mean(s: Stat) -> Markup:
@@ -184,6 +223,14 @@ def stat_ci(s: Stat) -> Markup:
         return Markup("no data")
     if s.ci_low is None or s.ci_high is None:
         return Markup("N&nbsp;=&nbsp;1: no interval")
+    if s.ci_low < 0 <= (s.min if s.min is not None else 0):
+        # Every figure summarised here is non-negative; a t-interval from very
+        # few requests can still reach below zero, which is shown, not hidden.
+        return (
+            Markup("0&nbsp;–&nbsp;")
+            + with_unit(s.ci_high, s.unit)
+            + Markup(f' <span class="estimated">(truncated at 0; N&nbsp;=&nbsp;{s.n})</span>')
+        )
     return Markup(f"{number(s.ci_low)}&nbsp;–&nbsp;") + with_unit(s.ci_high, s.unit)
 
 
@@ -213,11 +260,20 @@ def ratio(r: RatioFigure) -> Markup:
     if r.ratio is None:
         return not_measured(r.missing or "one side of the comparison has no data")
     text = Markup(f"{r.ratio:.2f}×")
-    if r.ci_low is not None and r.ci_high is not None:
+    if r.ci_low is not None and r.ci_high is not None and r.ci_low <= 0 < r.ratio:
+        # A ratio of two positive means cannot be negative: the interval is
+        # too wide to bound anything, which is what the reader needs to know.
+        text += Markup(" (95&nbsp;% CI unbounded below: too few requests)")
+    elif r.ci_low is not None and r.ci_high is not None:
         text += Markup(f" (95&nbsp;% CI {r.ci_low:.2f}–{r.ci_high:.2f})")
     else:
         text += Markup(" (no interval: N&nbsp;&lt;&nbsp;2 on one side)")
     return text
+
+
+def score(value: float) -> Markup:
+    """A score as the scorer states it: 4, 4.5, 0.031 (no padding zeros)."""
+    return Markup(f"{float(value):.3g}")
 
 
 def count(value: int) -> Markup:
@@ -243,6 +299,47 @@ def utc(value: datetime | None) -> Markup:
     return escape_text(value.strftime("%Y-%m-%d %H:%M:%S UTC"))
 
 
+def release_text(release: Release) -> str:
+    """A release's name as plain text (for chart axes): its label, or the start of
+    the unlabelled campaign that stands for it."""
+    if release.label is not None:
+        return release.label
+    return f"unlabelled, started {release.started_utc:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def release(value: Release) -> Markup:
+    """A release's name on a page; an unlabelled campaign says so."""
+    if value.label is not None:
+        return Markup("<strong>") + escape_text(value.label) + Markup("</strong>")
+    return Markup("<em>") + escape_text(release_text(value)) + Markup("</em>")
+
+
+def source(value: str) -> Markup:
+    """Where a figure came from, labelled as `figure` labels it."""
+    label = SOURCE_TEXT.get(value, value)  # type: ignore[call-overload]
+    css = "estimated" if value == "estimated" else "source"
+    return Markup(f'<span class="{css}">(') + escape_text(label) + Markup(")</span>")
+
+
+_CHANGE_TEXT = {
+    "improvement": "improvement",
+    "regression": "regression",
+    "within": "within the intervals",
+    "not judged": "not judged",
+}
+
+
+def change(value: Change | None) -> Markup:
+    """How a release compares with the previous one: a flag when the rule fires."""
+    if value is None:
+        return Markup("first release of this series")
+    css = {"improvement": "improvement", "regression": "regression"}.get(value.verdict, "none")
+    text = Markup(f'<span class="change change-{css}">') + escape_text(_CHANGE_TEXT[value.verdict])
+    if value.higher is not None:
+        text += Markup(" (higher)" if value.higher else " (lower)")
+    return text + Markup("</span>: ") + escape_text(value.reason)
+
+
 def anchor(value: object) -> Markup:
     """A value as an HTML id / URL fragment: lower-case letters, digits and hyphens."""
     return Markup(re.sub(r"[^a-z0-9_]+", "-", str(value).lower()).strip("-") or "x")
@@ -260,6 +357,7 @@ def link(value: object) -> Markup:
 
 
 def yesno(value: bool) -> Markup:
+    """A boolean as yes / no."""
     return Markup("yes" if value else "no")
 
 
@@ -295,10 +393,12 @@ FILTERS: Mapping[str, Callable[..., Markup]] = {
     "untrusted_code": untrusted_code,
     "code": code,
     "transcript": transcript,
+    "from_code": from_code,
     "json_block": json_block,
     "shell_block": shell_block,
     "num": with_unit,
     "figure": figure,
+    "figure_brief": figure_brief,
     "not_measured": not_measured,
     "stat": stat,
     "mean": stat_mean,
@@ -307,11 +407,15 @@ FILTERS: Mapping[str, Callable[..., Markup]] = {
     "range": stat_range,
     "ratio": ratio,
     "count": count,
+    "score": score,
     "percent": percent,
     "status": status,
     "utc": utc,
     "yesno": yesno,
     "setting": setting,
     "anchor": anchor,
+    "release": release,
+    "change": change,
+    "source": source,
     "link": link,
 }

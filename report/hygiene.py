@@ -29,19 +29,24 @@ _FROM_CODE = re.compile(r'<div class="from-code"[^>]*>.*?</div><!-- from-code --
 
 @dataclass(frozen=True)
 class Rule:
+    """One thing a generated page may not contain."""
+
     pattern: re.Pattern[str]
     message: str
     in_code_docs: bool  # also applies inside quoted docstrings
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(re.compile(r"^(?:<{7}|>{7})(?: |$)|^={7}$", re.MULTILINE),
-         "merge-conflict marker", True),
-    Rule(re.compile(r"(?<![\w.])X{2,}(?![\w])|(?<![\w.])X\.X+(?![\w])"),
-         "unresolved placeholder", True),
+    Rule(re.compile(r"^(?:<{7}|>{7})(?: |$)|^={7}$", re.MULTILINE), "merge-conflict marker", True),
+    Rule(
+        re.compile(r"(?<![\w.])X{2,}(?![\w])|(?<![\w.])X\.X+(?![\w])"),
+        "unresolved placeholder",
+        True,
+    ),
     Rule(re.compile(r"\b(?:TODO|FIXME|TBD)\b"), "unresolved placeholder", True),
-    Rule(re.compile(r"\b(?:None|NaN|nan|inf|Infinity)\b"),
-         "missing value printed as a figure", False),
+    Rule(
+        re.compile(r"\b(?:None|NaN|nan|inf|Infinity)\b"), "missing value printed as a figure", False
+    ),
 )
 
 

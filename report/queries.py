@@ -30,7 +30,6 @@ CONFIG_ORDER_SQL = (
 )
 
 
-
 def ok_streamed(alias: str = "") -> str:
     """SQL for "a successful streamed request", the population of the performance figures."""
     prefix = f"{alias}." if alias else ""
@@ -86,7 +85,9 @@ def metric(name: str) -> Metric:
         ) from None
 
 
-def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def rows(
+    con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()
+) -> list[dict[str, Any]]:
     """The result of `sql` as a list of dicts keyed by column name."""
     cur = con.execute(sql, list(params))
     names = [d[0] for d in cur.description or ()]
@@ -94,16 +95,27 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> Any:
+    """The first column of the first row of `sql` (None when there is no row)."""
     row = con.execute(sql, list(params)).fetchone()
     return None if row is None else row[0]
 
 
-def select_campaigns(con: duckdb.DuckDBPyConnection, requested: Sequence[str]) -> Selection:
-    """The campaigns named, or else the latest complete one (else the latest of any)."""
+def select_campaigns(
+    con: duckdb.DuckDBPyConnection, requested: Sequence[str], every: bool = False
+) -> Selection:
+    """The campaigns named; with `every`, every complete campaign (else every one),
+    oldest first; otherwise the latest complete one (else the latest of any)."""
     cols = (
         "campaign_id, name, release_label, profile, protocol_version, status, started_utc, "
         "finished_utc, repeats, host_id"
     )
+    if every and not requested:
+        every_row = con.execute(
+            f"SELECT {cols} FROM campaigns WHERE status = 'complete' OR NOT EXISTS "
+            "(SELECT 1 FROM campaigns WHERE status = 'complete') "
+            "ORDER BY started_utc, campaign_id"
+        ).fetchall()
+        return Selection(tuple(Campaign(*row) for row in every_row))
     if requested:
         found = []
         for campaign_id in requested:
@@ -118,8 +130,7 @@ def select_campaigns(con: duckdb.DuckDBPyConnection, requested: Sequence[str]) -
             found.append(Campaign(*row))
         return Selection(tuple(found))
     row = con.execute(
-        f"SELECT {cols} FROM campaigns ORDER BY status = 'complete' DESC, started_utc DESC "
-        "LIMIT 1"
+        f"SELECT {cols} FROM campaigns ORDER BY status = 'complete' DESC, started_utc DESC LIMIT 1"
     ).fetchone()
     return Selection((Campaign(*row),) if row else ())
 
@@ -134,15 +145,24 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
     multiple = "TRUE" if selection.multiple else "FALSE"
     con.execute(
         f"""
+        -- With several campaigns a model is named after its campaign too; campaigns
+        -- that share a name (the same config run on several hosts) add a short id.
+        CREATE OR REPLACE TEMP TABLE sel_campaign_names AS
+        SELECT campaign_id, host_id, release_label,
+               CASE WHEN count(*) OVER (PARTITION BY name) > 1
+                    THEN name || ', ' || left(campaign_id, 8) ELSE name END AS tag
+        FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel);
+
         CREATE OR REPLACE TEMP TABLE sel_models AS
-        SELECT m.*, c.name AS campaign_name,
-               CASE WHEN {multiple} THEN m.label || ' (' || c.name || ')' ELSE m.label END
+        SELECT m.*, c.name AS campaign_name, n.host_id,
+               CASE WHEN {multiple} THEN m.label || ' (' || n.tag || ')' ELSE m.label END
                    AS display,
                row_number() OVER (ORDER BY sel_pos.pos,
                    (SELECT min(s.started_utc) FROM server_runs s WHERE s.model_id = m.model_id),
                    m.label) AS model_order
         FROM models m
         JOIN campaigns c USING (campaign_id)
+        JOIN sel_campaign_names n USING (campaign_id)
         JOIN (SELECT campaign_id, row_number() OVER () AS pos FROM sel) sel_pos USING (campaign_id);
 
         CREATE OR REPLACE TEMP TABLE sel_runs AS
@@ -158,6 +178,16 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
         JOIN sel_models m USING (model_id)
         LEFT JOIN tests t ON t.campaign_id = r.campaign_id AND t.test_id = r.test_id;
 
+        -- A configuration is "main" when it ran every test its model ran; a
+        -- --n-cpu-moe sweep usually runs a subset and is shown apart.
+        CREATE OR REPLACE TEMP TABLE sel_series AS
+        WITH t AS (
+            SELECT model_id, config_label, any_value(n_cpu_moe) AS n_cpu_moe,
+                   count(DISTINCT test_id) AS tests
+            FROM rm GROUP BY model_id, config_label
+        )
+        SELECT t.*, t.tests = max(t.tests) OVER (PARTITION BY model_id) AS main FROM t;
+
         CREATE OR REPLACE TEMP TABLE sel_scores AS
         SELECT s.request_id,
                max(value) FILTER (WHERE name = 'repetition') AS repetition,
@@ -166,6 +196,9 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
                max(value) FILTER (WHERE name = 'check_coverage') AS check_coverage,
                max(value) FILTER (WHERE name = 'completed') AS completed_score,
                max(value) FILTER (WHERE name = 'quality') AS quality,
+               max(value) FILTER (WHERE name = 'same_seed_exact_match') AS same_exact,
+               max(value) FILTER (WHERE name = 'same_seed_edit_similarity') AS same_similarity,
+               max(value) FILTER (WHERE name = 'same_seed_prefix_words') AS same_prefix_words,
                string_agg(DISTINCT scorer_version, ', ') AS scorer_versions
         FROM scores s JOIN rm USING (request_id)
         GROUP BY s.request_id;
@@ -217,3 +250,21 @@ def stat_or_empty(
     """The group's Stat, or an empty one that says why there is none."""
     found = table.get(key)
     return found if found is not None and found.n > 0 else Stat.empty(unit, reason)
+
+
+def group_keys(
+    con: duckdb.DuckDBPyConnection,
+    groups: Sequence[str],
+    order: Sequence[str],
+    where: str = OK_STREAMED,
+    source: str = "rm",
+) -> list[tuple[Any, ...]]:
+    """Every group of `source` matching `where`, as (groups..., order...) tuples in
+    page order: a group whose metric is NULL throughout still gets its row."""
+    cols = ", ".join([*groups, *order])
+    return [
+        tuple(r)
+        for r in con.execute(
+            f"SELECT DISTINCT {cols} FROM {source} WHERE {where} ORDER BY {', '.join(order)}"
+        ).fetchall()
+    ]

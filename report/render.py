@@ -18,7 +18,7 @@ from markupsafe import Markup
 
 from evidence.errors import BuildError
 from report.charts import Chart, Charts, spec_json
-from report.formatting import FILTERS, escape_text, finalize, not_measured
+from report.formatting import FILTERS, escape_text, figure, finalize
 from report.values import Missing
 
 
@@ -47,7 +47,7 @@ def chart_markup(charts: Charts, chart_id: str, prefix: str = "") -> Markup:
     if isinstance(chart, Missing):
         return (
             Markup('\n<p class="chart-missing">Chart not drawn: ')
-            + not_measured(chart.reason)
+            + figure(chart)
             + Markup(".</p>\n")
         )
     return _figure(chart, prefix)

@@ -43,14 +43,19 @@ HOSTILE_OUTPUTS: tuple[str, ...] = (
     "<<<<<<< HEAD\n=======\n>>>>>>> branch\n",
 )
 
-_VOCAB = (
-    "the model streams each token as soon as the expert weights are read from memory and "
-    "binary search halves the interval until the target is found while quicksort partitions "
-    "around a pivot and bubble sort swaps neighbours renewable energy lowers emissions but "
-    "storage remains a challenge the library API exposes books members and loans through "
-    "resources with pagination filters and errors the story follows an assistant that learns "
-    "what joy and grief feel like pour the five gallon jug into the three gallon jug"
-).split()
+_VOCAB = tuple(
+    " ".join(
+        (
+            "the model streams each token as soon as the expert weights are read from memory",
+            "and binary search halves the interval until the target is found while quicksort",
+            "partitions around a pivot and bubble sort swaps neighbours renewable energy lowers",
+            "emissions but storage remains a challenge the library API exposes books members",
+            "and loans through resources with pagination filters and errors the story follows",
+            "an assistant that learns what joy and grief feel like pour the five gallon jug",
+            "into the three gallon jug",
+        )
+    ).split(" ")
+)
 
 _CODE_LEAD = (
     "```python\ndef factorial(n):\n    if n < 0:\n        return None\n    result = 1\n"
@@ -60,6 +65,8 @@ _CODE_LEAD = (
 
 @dataclass(frozen=True)
 class ModelPreset:
+    """The shape of one synthetic model (sizes, speeds, expectations)."""
+
     label: str
     name: str
     architecture: str
@@ -80,16 +87,52 @@ class ModelPreset:
 # figures), so the pages look like the real thing; the labels say synthetic.
 PRESETS: tuple[ModelPreset, ...] = (
     ModelPreset(
-        "deepseek-moe-16b-synthetic", "DeepSeek-MoE 16B (synthetic)", "deepseek", 16_380_000_000,
-        28, 4096, 64, 6, 2, 10_400 * MIB, 0.84, 38.0, 9.5, 83.3,
+        "deepseek-moe-16b-synthetic",
+        "DeepSeek-MoE 16B (synthetic)",
+        "deepseek",
+        16_380_000_000,
+        28,
+        4096,
+        64,
+        6,
+        2,
+        10_400 * MIB,
+        0.84,
+        38.0,
+        9.5,
+        83.3,
     ),
     ModelPreset(
-        "gpt-oss-20b-synthetic", "GPT-OSS 20B (synthetic)", "gpt-oss", 20_910_000_000,
-        24, 131072, 32, 4, None, 12_100 * MIB, 0.72, 46.9, 6.8, 71.5,
+        "gpt-oss-20b-synthetic",
+        "GPT-OSS 20B (synthetic)",
+        "gpt-oss",
+        20_910_000_000,
+        24,
+        131072,
+        32,
+        4,
+        None,
+        12_100 * MIB,
+        0.72,
+        46.9,
+        6.8,
+        71.5,
     ),
     ModelPreset(
-        "phi-3.5-moe-synthetic", "Phi-3.5-MoE 41.9B (synthetic)", "phimoe", 41_870_000_000,
-        32, 131072, 16, 2, None, 25_300 * MIB, 0.93, 21.0, 4.1, 92.9,
+        "phi-3.5-moe-synthetic",
+        "Phi-3.5-MoE 41.9B (synthetic)",
+        "phimoe",
+        41_870_000_000,
+        32,
+        131072,
+        16,
+        2,
+        None,
+        25_300 * MIB,
+        0.93,
+        21.0,
+        4.1,
+        92.9,
     ),
 )
 
@@ -169,7 +212,7 @@ def _cells(spec: SyntheticSpec) -> list[_Cell]:
     sweep_tests = tests[:3]
     per_model_fixed = 2 * len(tests) + len(spec.sweep) * len(sweep_tests)
     per_model = max(1, spec.requests // max(1, spec.models))
-    repeats = max(1, -(-(per_model - per_model_fixed) // (2 * len(tests))))
+    repeats = max(1, (per_model - per_model_fixed) // (2 * len(tests)))
     cells: list[_Cell] = []
     for m in range(spec.models):
         for config, k in _configs(spec):
@@ -259,8 +302,14 @@ def _write_host(con: Any, spec: SyntheticSpec, ids: _Ids) -> str:
     if con.execute("SELECT 1 FROM hosts WHERE host_id = ?", [host_id]).fetchone():
         return host_id
     gpus = (
-        [{"index": 0, "name": "NVIDIA GeForce RTX 3090 (synthetic)", "memory_bytes": 24 * GIB,
-          "uuid_hash": "5f1c0de3a9b2c4d1"}]
+        [
+            {
+                "index": 0,
+                "name": "NVIDIA GeForce RTX 3090 (synthetic)",
+                "memory_bytes": 24 * GIB,
+                "uuid_hash": "5f1c0de3a9b2c4d1",
+            }
+        ]
         if spec.gpu
         else []
     )
@@ -295,13 +344,21 @@ def _write_campaign(
     repeats = max((c.repeat for c in cells if c.config == "cpu-moe"), default=1)
     quick = spec.requests <= 64
     config = {
-        "campaign": {"name": spec.name, "repeats": repeats, "temperature": 0.3, "seed": 42,
-                     "pause_s": 0.0 if quick else 5.0,
-                     "max_tokens_cap": 32 if quick else None},
-        "server": {"mode": "launch", "api": "openai-chat",
-                   "command": ["{llama_server}", "-m", "{model_path}", "--port", "{port}"]},
+        "campaign": {
+            "name": spec.name,
+            "repeats": repeats,
+            "temperature": 0.3,
+            "seed": 42,
+            "pause_s": 0.0 if quick else 5.0,
+            "max_tokens_cap": 32 if quick else None,
+        },
+        "server": {
+            "mode": "launch",
+            "api": "openai-chat",
+            "command": ["{llama_server}", "-m", "{model_path}", "--port", "{port}"],
+        },
         "configurations": [{"label": c, "n_cpu_moe": k} for c, k in _configs(spec)],
-        "gates": {"vram_tolerance_points": 5.0, "max_e2e_s_1000_tokens": 300.0},
+        "gates": {"max_itl_p99_ms": 1000.0},
     }
     insert_row(
         con,
@@ -327,8 +384,13 @@ def _write_campaign(
             "tool_version": "0.1.0",
             "packages": to_json({"python": "3.11.2", "duckdb": "1.1.3", "moe-evidence": "0.1.0"}),
             "environment": to_json({"OMP_NUM_THREADS": "16"}),
-            "engine": to_json({"llama_build": "b11434", "cmake_flags": ["-DGGML_CUDA=ON"],
-                               "sdist_sha256": "9" * 64}),
+            "engine": to_json(
+                {
+                    "llama_build": "b11434",
+                    "cmake_flags": ["-DGGML_CUDA=ON"],
+                    "sdist_sha256": "9" * 64,
+                }
+            ),
             "mem_bandwidth_bytes_per_s": 38.5e9,
         },
     )
@@ -435,8 +497,11 @@ def _log_summary(p: ModelPreset, gpu: bool, k: int | None) -> dict[str, Any]:
     compute_mib = 300.0
     if gpu:
         buffers = {
-            "CUDA0": {"model": round(total_mib - cpu_experts, 2), "kv": kv_mib,
-                      "compute": compute_mib},
+            "CUDA0": {
+                "model": round(total_mib - cpu_experts, 2),
+                "kv": kv_mib,
+                "compute": compute_mib,
+            },
             "CPU_Mapped": {"model": round(cpu_experts + 166.0, 2)},
             "CUDA_Host": {"compute": 24.0, "output": 0.58},
         }
@@ -537,9 +602,9 @@ def _write_runs_and_requests(
                 done = sent + int((ttft_ms / 1000 + n / tps) * NS)
                 times, chunk_texts, kinds = [done], ["".join(texts)], ["content"]
                 first_token = None
-            status, finish, error = "ok", "length" if n >= cell.test.max_tokens else "stop", None
-            if timeout:
-                status, finish, error = "timeout", None, "ReadTimeout: no data for 120 s"
+            status = "timeout" if timeout else "ok"
+            finish = None if timeout else ("length" if n >= cell.test.max_tokens else "stop")
+            error = "ReadTimeout: no data for 120 s" if timeout else None
             output = "".join(texts)
             server_tps = tps * float(rng.uniform(1.01, 1.04))
             tables.add(
@@ -683,13 +748,23 @@ def _add_scores(
         ("check_coverage", float(rng.uniform(0.6, 1.0)), {}),
         ("quality", float(np.clip(np.round(rng.normal(4.1, 0.6)), 1, 5)), {"formula": "synthetic"}),
     ]
+    if config != "baseline" and not timeout:
+        exact = float(rng.random() < 0.3)
+        rows += [
+            ("same_seed_exact_match", exact, {}),
+            ("same_seed_edit_similarity", 1.0 if exact else float(rng.uniform(0.2, 0.95)), {}),
+            ("same_seed_prefix_words", float(rng.integers(0, 40)), {}),
+        ]
     if cell.test.test_id == "code-generation":
         passed = 5 if check else 3
         rows[3] = (
             "check",
             check,
-            {"function": "factorial", "passed_cases": passed,
-             "cases": [{"args": [i], "passed": i < passed} for i in range(5)]},
+            {
+                "function": "factorial",
+                "passed_cases": passed,
+                "cases": [{"args": [i], "passed": i < passed} for i in range(5)],
+            },
         )
     for name, value, detail in rows:
         tables.add(
@@ -745,33 +820,86 @@ def _telemetry(
         for name in ("gpu_mem_used_bytes", "gpu_proc_mem_bytes", "gpu_util_percent"):
             columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
     return pa.table(
-        {name: pa.array(columns[name], TELEMETRY_SCHEMA.field(name).type)
-         for name in TELEMETRY_SCHEMA.names}
+        {
+            name: pa.array(columns[name], TELEMETRY_SCHEMA.field(name).type)
+            for name in TELEMETRY_SCHEMA.names
+        }
     )
 
 
 def _write_gates(con: Any, campaign_id: str, spec: SyntheticSpec) -> None:
     gates = [
-        ("G1", "All models load successfully with CPU offloading", "PASS", "every server ready",
-         "6/6 server runs ready"),
-        ("G2", "Memory savings match the expected percentages (within 5 points)",
-         "PASS" if spec.gpu else "NOT MEASURED", "|saved - expected| <= 5 points",
-         "within 2.1 points" if spec.gpu else "no NVIDIA GPU on this host"),
-        ("G3", "No repetition issues at temperature 0.3", "PASS", "no loops; repetition <= 0.2",
-         "0 loops"),
-        ("G4", "Streaming works smoothly for all test cases", "PASS", "every stream ends in [DONE]",
-         "all streams complete"),
-        ("G5", "Consistent generation speed", "PASS", "last/first quarter rate >= 0.8",
-         "min 0.91"),
-        ("G6", "Reasonable completion times", "FAIL", "1000 tokens in under 300 s",
-         "1 request timed out"),
-        ("G7", "Good streaming responsiveness", "PASS", "p99 ITL <= 250 ms", "max 188 ms"),
-        ("G8", "All generated content is coherent and relevant", "PASS", "quality >= 3",
-         "mean 4.1"),
-        ("G9", "Technical content is accurate", "PASS", "checks pass >= 90 %", "92 %"),
-        ("G10", "No repetitive patterns or loops", "PASS", "0 loops", "0 loops"),
-        ("G11", "Creative content keeps a narrative structure", "PASS", "check passes",
-         "3/3"),
+        (
+            "models-load",
+            "All models load successfully with CPU offloading",
+            "PASS",
+            "every server ready",
+            "6/6 server runs ready",
+        ),
+        (
+            "memory-savings",
+            "Memory savings match the expected percentages (within 5 points)",
+            "PASS" if spec.gpu else "NOT MEASURED",
+            "|saved - expected| <= 5 points",
+            "within 2.1 points" if spec.gpu else "no NVIDIA GPU on this host",
+        ),
+        (
+            "no-repetition",
+            "No repetition issues at temperature 0.3",
+            "PASS",
+            "repetition <= 0.25",
+            "max 0.19",
+        ),
+        (
+            "streaming-works",
+            "Streaming works smoothly for all test cases",
+            "PASS",
+            "every stream ends in [DONE]",
+            "all streams complete",
+        ),
+        (
+            "consistent-speed",
+            "Consistent generation speed",
+            "PASS",
+            "last/first quarter rate >= 0.8",
+            "min 0.91",
+        ),
+        (
+            "completion-time",
+            "Reasonable completion times",
+            "FAIL",
+            "1000 tokens in under 300 s",
+            "1 request timed out",
+        ),
+        (
+            "streaming-responsiveness",
+            "Good streaming responsiveness",
+            "PASS",
+            "p99 ITL <= 1000 ms, stall <= 5000 ms",
+            "max p99 188 ms",
+        ),
+        (
+            "coherent-content",
+            "All generated content is coherent and relevant",
+            "PASS",
+            "checks pass >= 80 %",
+            "92 %",
+        ),
+        (
+            "technical-accuracy",
+            "Technical content is accurate",
+            "PASS",
+            "checks pass >= 80 %",
+            "92 %",
+        ),
+        ("no-loops", "No repetitive patterns or loops", "PASS", "0 loops", "0 loops"),
+        (
+            "narrative-structure",
+            "Creative content keeps a narrative structure",
+            "PASS",
+            "checks pass >= 80 %",
+            "3/3",
+        ),
     ]
     for gate_id, title, status, threshold, measured in gates:
         insert_row(

@@ -42,10 +42,11 @@ class Quantity:
 
 @dataclass(frozen=True)
 class Missing:
-    """A figure that has no value, with the reason a reader is shown."""
+    """A figure that has no value, with the reason a reader is shown. Usually
+    "not measured"; `not_applicable` when the figure has no meaning here."""
 
     reason: str
-    estimated_instead: Quantity | None = None
+    not_applicable: bool = False
 
 
 Figure = Quantity | Missing

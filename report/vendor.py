@@ -31,6 +31,8 @@ os.replace(tmp, out)
 
 @dataclass
 class Bundle:
+    """The Vega bundle: its cache path, and the child process building it, if any."""
+
     path: Path
     process: subprocess.Popen[bytes] | None
 

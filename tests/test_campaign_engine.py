@@ -40,21 +40,32 @@ def _query(db: Path, sql: str, params: list[object] | None = None) -> list[tuple
 def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
     db = quick_store
     ((status, profile, engine_json, bandwidth),) = _query(
-        db, "SELECT status, profile, engine, mem_bandwidth_bytes_per_s FROM campaigns")
+        db, "SELECT status, profile, engine, mem_bandwidth_bytes_per_s FROM campaigns"
+    )
     assert (status, profile) == ("complete", "quick")
     engine = json.loads(str(engine_json))
     assert engine["build"] == "b11434" and engine["sdist_sha256"].startswith("b0a2feb6")
     assert float(bandwidth) > 1e8  # type: ignore[arg-type]
 
-    models = _query(db, "SELECT sha256, expert_count, expert_used_count, expert_tensor_count "
-                        "FROM models")
+    models = _query(
+        db, "SELECT sha256, expert_count, expert_used_count, expert_tensor_count FROM models"
+    )
     assert models == [(UPCYCLED_SHA256, 4, 2, 90)]
 
-    runs = _query(db, "SELECT config_label, status, load_ms, "
-                      "json_extract(log_summary, '$.overridden_tensor_count')::INT, "
-                      "length(log_text) FROM server_runs ORDER BY started_utc")
-    assert [r[0] for r in runs] == ["baseline", "cpu-moe", "n-cpu-moe-0", "n-cpu-moe-10",
-                                    "n-cpu-moe-20", "n-cpu-moe-30"]
+    runs = _query(
+        db,
+        "SELECT config_label, status, load_ms, "
+        "json_extract(log_summary, '$.overridden_tensor_count')::INT, "
+        "length(log_text) FROM server_runs ORDER BY started_utc",
+    )
+    assert [r[0] for r in runs] == [
+        "baseline",
+        "cpu-moe",
+        "n-cpu-moe-0",
+        "n-cpu-moe-10",
+        "n-cpu-moe-20",
+        "n-cpu-moe-30",
+    ]
     assert all(r[1] == "stopped" and float(r[2]) > 0 and int(r[4]) > 1000 for r in runs)  # type: ignore[arg-type]
     # --cpu-moe moves all 90 expert tensors; --n-cpu-moe K those of K blocks (3 each)
     assert [r[3] for r in runs] == [0, 90, 0, 30, 60, 90]
@@ -68,7 +79,9 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
 
     # Every streamed request: chunk times after the send, in order; the first
     # content chunk is the first token; the output is the chunks' text.
-    bad = _query(db, """
+    bad = _query(
+        db,
+        """
         WITH c AS (
             SELECT request_id, min(t_ns) AS t0,
                    min(t_ns) FILTER (WHERE kind = 'content' AND text <> '') AS first_content,
@@ -81,16 +94,24 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
         WHERE r.stream AND NOT (c.t0 >= r.sent_ns AND c.ordered
               AND c.first_content = r.first_token_ns AND c.joined = r.output_text
               AND r.done_ns >= c.t0 AND r.usage_completion_tokens BETWEEN 1 AND 32)
-    """)
+    """,
+    )
     assert bad == []
-    streamed = _query(db, "SELECT count(*) FROM requests WHERE stream AND "
-                          "server_timings IS NOT NULL AND tokenized_output_tokens > 0")
+    streamed = _query(
+        db,
+        "SELECT count(*) FROM requests WHERE stream AND "
+        "server_timings IS NOT NULL AND tokenized_output_tokens > 0",
+    )
     assert streamed == [(26,)]
 
-    samples = _query(db, "SELECT count(*), min(rss_bytes), count(cpu_percent) FROM telemetry "
-                         "GROUP BY server_run_id")
-    assert len(samples) == 6 and all(int(n) > 20 and int(rss) > 10_000_000  # type: ignore[call-overload]
-                                     for n, rss, _ in samples)
+    samples = _query(
+        db,
+        "SELECT count(*), min(rss_bytes), count(cpu_percent) FROM telemetry GROUP BY server_run_id",
+    )
+    assert len(samples) == 6 and all(
+        int(n) > 20 and int(rss) > 10_000_000  # type: ignore[call-overload]
+        for n, rss, _ in samples
+    )
 
 
 def test_quick_campaign_has_scores_and_gates(quick_store: Path) -> None:
@@ -105,17 +126,27 @@ def test_quick_campaign_has_scores_and_gates(quick_store: Path) -> None:
 
 def _config(model: Path, engine: EngineBuild, tests: list[str], repeats: int) -> Config:
     return Config(
-        campaign=CampaignSection(name="fault test", repeats=repeats, pause_s=0,
-                                 max_tokens_cap=48, tests=tests, non_streaming=False),
-        server=ServerSection(command=[engine.server.as_posix() if p == "{llama_server}" else p
-                                      for p in LLAMA_SERVER_COMMAND]),
+        campaign=CampaignSection(
+            name="fault test",
+            repeats=repeats,
+            pause_s=0,
+            max_tokens_cap=48,
+            tests=tests,
+            non_streaming=False,
+        ),
+        server=ServerSection(
+            command=[
+                engine.server.as_posix() if p == "{llama_server}" else p
+                for p in LLAMA_SERVER_COMMAND
+            ]
+        ),
         models=[ModelEntry(label="moe", path=model)],
         configurations=[Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)],
     )
 
 
 class _KillOnce(CampaignProgress):
-    """Kills the llama-server process tree after the 5th content event, once."""
+    """Kills the llama-server process tree after the 8th network read, once."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,7 +154,7 @@ class _KillOnce(CampaignProgress):
 
     def on_content(self, tokens: int, t_ns: int) -> None:
         super().on_content(tokens, t_ns)
-        if self.killed_pid is None and tokens == 5:
+        if self.killed_pid is None and tokens == 8:
             for child in psutil.Process().children(recursive=True):
                 if "llama-server" in child.name():
                     self.killed_pid = child.pid
@@ -135,35 +166,65 @@ def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model
     progress = _KillOnce()
     config = _config(moe_model, engine, ["technical-explanation"], repeats=2)
     with open_store(db) as con, progress:
-        run_campaign(con, config, profile="test", command=["test"],
-                     model_paths={"moe": moe_model}, engine=engine, inspect=_inspect,
-                     progress=progress, data_dir=tmp_path)
+        run_campaign(
+            con,
+            config,
+            profile="test",
+            command=["test"],
+            model_paths={"moe": moe_model},
+            engine=engine,
+            inspect=_inspect,
+            progress=progress,
+            data_dir=tmp_path,
+        )
     assert progress.killed_pid is not None
-    runs = _query(db, "SELECT server_run_id, status, restart_of, exit_code, pid "
-                      "FROM server_runs ORDER BY started_utc")
+    runs = _query(
+        db,
+        "SELECT server_run_id, status, restart_of, exit_code, pid "
+        "FROM server_runs ORDER BY started_utc",
+    )
     assert len(runs) == 2
     first, second = runs
     assert first[1] == "crashed" and first[4] == progress.killed_pid
     assert second[1] == "stopped" and second[2] == first[0]
-    reqs = _query(db, "SELECT r.repeat, r.status, r.error, r.event_count, r.server_run_id "
-                      "FROM requests r ORDER BY r.started_utc")
+    reqs = _query(
+        db,
+        "SELECT r.repeat, r.status, r.error, r.event_count, r.server_run_id "
+        "FROM requests r ORDER BY r.started_utc",
+    )
     assert [r[1] for r in reqs] == ["disconnected", "ok"]
     assert reqs[0][3] >= 5 and reqs[0][4] == first[0]  # type: ignore[operator]
     assert reqs[1][4] == second[0]
-    partial = _query(db, "SELECT count(*) FROM chunks c JOIN requests r USING (request_id) "
-                         "WHERE r.status = 'disconnected' AND c.kind = 'content'")
+    partial = _query(
+        db,
+        "SELECT count(*) FROM chunks c JOIN requests r USING (request_id) "
+        "WHERE r.status = 'disconnected' AND c.kind = 'content'",
+    )
     assert partial[0][0] >= 5  # type: ignore[operator]
     assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
 
 
-def test_ctrl_c_then_resume(tmp_path: Path, engine: EngineBuild, moe_model: Path,
-                            cli_env: dict[str, str]) -> None:
+def test_ctrl_c_then_resume(
+    tmp_path: Path, engine: EngineBuild, moe_model: Path, cli_env: dict[str, str]
+) -> None:
     db = tmp_path / "resume.duckdb"
     tests = "simple-response,code-generation,technical-explanation"
-    argv = [sys.executable, "-m", "collector", "run", "--quick", "--tests", tests,
-            "--no-non-streaming", "--no-sweep", "--db", str(db)]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=cli_env)
+    argv = [
+        sys.executable,
+        "-m",
+        "collector",
+        "run",
+        "--quick",
+        "--tests",
+        tests,
+        "--no-non-streaming",
+        "--no-sweep",
+        "--db",
+        str(db),
+    ]
+    proc = subprocess.Popen(
+        argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cli_env
+    )
     assert proc.stderr is not None
     seen = []
     for line in proc.stderr:
@@ -174,20 +235,23 @@ def test_ctrl_c_then_resume(tmp_path: Path, engine: EngineBuild, moe_model: Path
     _, rest = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + rest
     assert "--resume" in rest
-    (status,), = _query(db, "SELECT status FROM campaigns")
+    ((status,),) = _query(db, "SELECT status FROM campaigns")
     assert status == "interrupted"
     stored = _query(db, "SELECT count(*) FROM requests")[0][0]
     assert 1 <= stored < 6  # type: ignore[operator]
     runs = _query(db, "SELECT status, error FROM server_runs")
     assert runs == [("stopped", "campaign interrupted (Ctrl-C)")]
-    assert not [p for p in psutil.Process().children(recursive=True)
-                if "llama-server" in p.name()]
+    assert not [p for p in psutil.Process().children(recursive=True) if "llama-server" in p.name()]
 
-    done = subprocess.run([*argv, "--resume"], capture_output=True, text=True, env=cli_env,
-                          timeout=600)
+    done = subprocess.run(
+        [*argv, "--resume"], capture_output=True, text=True, env=cli_env, timeout=600
+    )
     assert done.returncode == 0, done.stderr
-    cells = _query(db, "SELECT s.config_label, r.test_id, r.repeat, r.stream, count(*) "
-                       "FROM requests r JOIN server_runs s USING (server_run_id) "
-                       "GROUP BY ALL ORDER BY ALL")
+    cells = _query(
+        db,
+        "SELECT s.config_label, r.test_id, r.repeat, r.stream, count(*) "
+        "FROM requests r JOIN server_runs s USING (server_run_id) "
+        "GROUP BY ALL ORDER BY ALL",
+    )
     assert len(cells) == 6 and all(c[4] == 1 for c in cells)  # every cell once, none twice
     assert _query(db, "SELECT status FROM campaigns") == [("complete",)]

@@ -116,7 +116,8 @@ def test_shimmy_json_events_and_multi_line_bare_tokens(server: CalibratedServer)
     assert code.output_text == "def  f():\n     return  {} \n"
 
 
-def test_on_content_is_called_once_per_content_event(server: CalibratedServer) -> None:
+def test_on_content_is_called_once_per_network_read(server: CalibratedServer) -> None:
+    # Events are decoded after the stream, so the live hook counts reads.
     server.scenario = Scenario(tokens=7)
     calls: list[tuple[int, int]] = []
     result = generate(
@@ -126,8 +127,11 @@ def test_on_content_is_called_once_per_content_event(server: CalibratedServer) -
         timeouts=FAST,
         on_content=lambda n, t: calls.append((n, t)),
     )
-    assert [n for n, _ in calls] == list(range(1, 8))
-    assert calls[0][1] == result.first_token_ns
+    reads = sorted(set(result.chunk_t_ns))
+    assert [n for n, _ in calls] == list(range(1, len(calls) + 1))
+    assert len(calls) >= len(reads) >= 7
+    assert set(reads) <= {t for _, t in calls}
+    assert result.first_token_ns in {t for _, t in calls}
 
 
 @pytest.mark.parametrize("api", API_NAMES)
@@ -251,7 +255,7 @@ def test_a_mid_stream_disconnect_keeps_the_partial_stream(
     scenario = Scenario(tokens=20, disconnect_after_tokens=7)
     result = run(server, api, scenario)
     assert result.status == "disconnected"
-    assert result.error is not None and "RemoteProtocolError" in result.error
+    assert result.error is not None and result.error.startswith("connection lost")
     assert result.content_events == 7
     assert result.output_text == "".join(scenario.token_texts()[:7])
     assert result.done_ns == result.chunk_t_ns[-1]
@@ -276,7 +280,7 @@ def test_a_stall_past_the_stall_timeout_is_a_timeout(server: CalibratedServer) -
     scenario = Scenario(tokens=10, stalls=(Stall(3, 5.0),))
     result = run(server, "openai-chat", scenario, timeouts=Timeouts(stall_s=0.3, request_s=10))
     assert result.status == "timeout"
-    assert result.error == "ReadTimeout: no data for 0.3 s"
+    assert result.error == "no data for 0.3 s"
     assert result.content_events == 3
 
 
@@ -317,7 +321,7 @@ def test_a_refused_connection_is_an_error() -> None:
         port = sock.getsockname()[1]
     result = generate(f"http://127.0.0.1:{port}", "openai-chat", params(), timeouts=FAST)
     assert result.status == "error"
-    assert result.error is not None and result.error.startswith("ConnectError")
+    assert result.error is not None and result.error.startswith("connect failed")
     assert result.http_status is None and result.chunk_t_ns == []
 
 

@@ -11,12 +11,14 @@ The tool's own errors (missing binary, missing model, port in use) end in one
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,14 @@ from collector.server import free_port
 from evidence.store import open_store
 from tests.storefactory import StoreFactory
 
+ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"
 SERVER = [sys.executable, "-m", "calibration.stream_server", "--port", "{port}"]
+# The calibrated server is importable from the project root, wherever pytest runs.
+SERVER_ENV = {"PYTHONPATH": str(ROOT)}
 
-# One fault per protocol test, in protocol order; the value is the request's
-# expected status and a piece of its stored error.
+# One fault per protocol test, in protocol order: the scenario the server plays,
+# the status the request must be stored with, and a piece of its stored error.
 FAULTS: dict[str, tuple[Scenario, str, str | None]] = {
     "simple-response": (Scenario(tokens=12, gap_s=0.001), "ok", None),
     "code-generation": (
@@ -99,6 +104,20 @@ KEPT = {
     "technical-documentation": 3,
     "research-analysis": 3,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _resource_tracker_stopped() -> Iterator[None]:
+    """The in-process campaigns start telemetry samplers (spawned processes), and
+    with them multiprocessing's resource tracker, a child that would outlive this
+    module; other modules check that pytest is left with no child process."""
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    was_running = getattr(tracker, "_pid", None) is not None
+    yield
+    stop = getattr(tracker, "_stop", None)
+    if not was_running and stop is not None:
+        gc.collect()  # finalizes the samplers' semaphores, so none is reported leaked
+        stop()
 
 
 class _FaultPerTest(CampaignProgress):
@@ -156,6 +175,7 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             command=[*SERVER, "--scenario", str(_scenario_file(tmp, Scenario(tokens=4)))],
             port=port,
             startup_timeout_s=5,
+            env=SERVER_ENV,
         ),
         models=[ModelEntry(label=MODEL)],
         configurations=[
@@ -168,15 +188,27 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     progress = _FaultPerTest(f"http://127.0.0.1:{port}")
     with open_store(db) as con, progress:
-        run_campaign(con, config, profile="test", command=["test"], model_paths={},
-                     engine=None, inspect=lambda _: {}, progress=progress, data_dir=tmp)
+        run_campaign(
+            con,
+            config,
+            profile="test",
+            command=["test"],
+            model_paths={},
+            engine=None,
+            inspect=lambda _: {},
+            progress=progress,
+            data_dir=tmp,
+        )
     return db
 
 
 def test_the_campaign_completes_past_every_fault(fault_store: Path) -> None:
     assert _query(fault_store, "SELECT status FROM campaigns") == [("complete",)]
-    runs = _query(fault_store, "SELECT config_label, status, error, log_text, pid, exit_code "
-                               "FROM server_runs ORDER BY started_utc")
+    runs = _query(
+        fault_store,
+        "SELECT config_label, status, error, log_text, pid, exit_code "
+        "FROM server_runs ORDER BY started_utc",
+    )
     assert [(r[0], r[1]) for r in runs] == [
         ("exits-during-load", "failed_start"),
         ("never-healthy", "failed_start"),
@@ -193,12 +225,15 @@ def test_the_campaign_completes_past_every_fault(fault_store: Path) -> None:
 
 
 def test_each_fault_is_stored_with_its_status_and_partial_chunks(fault_store: Path) -> None:
-    rows = _query(fault_store, """
+    rows = _query(
+        fault_store,
+        """
         SELECT r.test_id, r.status, r.error, r.http_status, r.output_text, r.event_count,
                (SELECT count(*) FROM chunks c WHERE c.request_id = r.request_id),
                (SELECT count(*) FROM chunks c WHERE c.request_id = r.request_id
                  AND c.kind = 'content')
-        FROM requests r ORDER BY r.started_utc""")
+        FROM requests r ORDER BY r.started_utc""",
+    )
     assert [r[0] for r in rows] == list(TEST_IDS)  # every cell once, in protocol order
     for test_id, status, error, http_status, output, events, chunks, content in rows:
         scenario, want_status, want_error = FAULTS[test_id]
@@ -219,9 +254,14 @@ def test_each_fault_is_stored_with_its_status_and_partial_chunks(fault_store: Pa
 
 
 def test_telemetry_is_kept_for_failed_starts_too(fault_store: Path) -> None:
-    samples = dict(_query(fault_store, """
+    samples = dict(
+        _query(
+            fault_store,
+            """
         SELECT s.config_label, count(t.t_ns) FROM server_runs s
-        LEFT JOIN telemetry t USING (server_run_id) GROUP BY 1"""))
+        LEFT JOIN telemetry t USING (server_run_id) GROUP BY 1""",
+        )
+    )
     assert samples["never-healthy"] > 0 and samples["faults"] > 0
 
 
@@ -240,12 +280,12 @@ def _attach_config(endpoint: str, tests: list[str]) -> Config:
 class _StopServerAfterFirst(CampaignProgress):
     def __init__(self, server: CalibratedServer) -> None:
         super().__init__()
-        self.server = server
+        self.calibrated = server
 
     def finished(self, status: str, summary: str) -> None:
         super().finished(status, summary)
         if self.state.done == 1:
-            self.server.close()
+            self.calibrated.close()
 
 
 def test_attached_server_that_goes_away_mid_campaign(tmp_path: Path) -> None:
@@ -255,20 +295,29 @@ def test_attached_server_that_goes_away_mid_campaign(tmp_path: Path) -> None:
     tests = ["simple-response", "code-generation", "technical-explanation"]
     try:
         with open_store(db) as con, progress:
-            run_campaign(con, _attach_config(server.base_url, tests), profile="test",
-                         command=["test"], model_paths={}, engine=None,
-                         inspect=lambda _: {}, progress=progress, data_dir=tmp_path)
+            run_campaign(
+                con,
+                _attach_config(server.base_url, tests),
+                profile="test",
+                command=["test"],
+                model_paths={},
+                engine=None,
+                inspect=lambda _: {},
+                progress=progress,
+                data_dir=tmp_path,
+            )
     finally:
         server.close()
-    rows = _query(db, "SELECT test_id, status, error, event_count FROM requests "
-                      "ORDER BY started_utc")
+    rows = _query(
+        db, "SELECT test_id, status, error, event_count FROM requests ORDER BY started_utc"
+    )
     assert [(r[0], r[1]) for r in rows] == [
-        ("simple-response", "ok"), ("code-generation", "error"),
+        ("simple-response", "ok"),
+        ("code-generation", "error"),
         ("technical-explanation", "error"),
     ]
-    assert rows[0][3] > 5 and all("ConnectError" in r[2] for r in rows[1:])
-    assert _query(db, "SELECT mode, status, pid FROM server_runs") == [
-        ("attach", "stopped", None)]
+    assert rows[0][3] > 5 and all("connect failed" in r[2] for r in rows[1:])
+    assert _query(db, "SELECT mode, status, pid FROM server_runs") == [("attach", "stopped", None)]
     assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
 
 
@@ -276,9 +325,17 @@ def test_attaching_to_nothing_is_recorded(tmp_path: Path) -> None:
     db = tmp_path / "nothing.duckdb"
     endpoint = f"http://127.0.0.1:{free_port()}"
     with open_store(db) as con, CampaignProgress() as progress:
-        run_campaign(con, _attach_config(endpoint, ["simple-response"]), profile="test",
-                     command=["test"], model_paths={}, engine=None, inspect=lambda _: {},
-                     progress=progress, data_dir=tmp_path)
+        run_campaign(
+            con,
+            _attach_config(endpoint, ["simple-response"]),
+            profile="test",
+            command=["test"],
+            model_paths={},
+            engine=None,
+            inspect=lambda _: {},
+            progress=progress,
+            data_dir=tmp_path,
+        )
     ((status, error),) = _query(db, "SELECT status, error FROM server_runs")
     assert status == "failed_start" and f"nothing healthy answers at {endpoint}" in error
     assert _query(db, "SELECT count(*) FROM requests") == [(0,)]
@@ -311,19 +368,36 @@ def _write_config(path: Path, sections: dict[str, dict[str, Any]], model: Path) 
     for name, fields in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {_toml(v)}" for k, v in fields.items()]
-    lines += ["[[models]]", f'label = "{MODEL}"', f"path = {_toml(str(model))}",
-              "[[configurations]]", 'label = "plain"']
+    lines += [
+        "[[models]]",
+        f'label = "{MODEL}"',
+        f"path = {_toml(str(model))}",
+        "[[configurations]]",
+        'label = "plain"',
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
-CAMPAIGN_TOML = {"repeats": 1, "pause_s": 0, "non_streaming": False, "idle_window_s": 0,
-                 "tests": ["simple-response"], "telemetry_hz": 5}
+CAMPAIGN_TOML = {
+    "repeats": 1,
+    "pause_s": 0,
+    "non_streaming": False,
+    "idle_window_s": 0,
+    "tests": ["simple-response"],
+    "telemetry_hz": 5,
+}
 
 
 def _collector(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector", "run", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "run", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -355,14 +429,19 @@ def _old(table: str) -> str:
     return f"campaign_id IN ({campaigns})"
 
 
-def test_missing_server_binary(tmp_path: Path, cli_env: dict[str, str],
-                               existing_store: tuple[Path, dict[str, int]]) -> None:
+def test_missing_server_binary(
+    tmp_path: Path, cli_env: dict[str, str], existing_store: tuple[Path, dict[str, int]]
+) -> None:
     db, before = existing_store
     binary = tmp_path / "no" / "llama-server"
-    config = _write_config(tmp_path / "c.toml", {
-        "campaign": CAMPAIGN_TOML,
-        "server": {"command": [str(binary), "--port", "{port}"]},
-    }, _tiny_gguf(tmp_path / "m.gguf"))
+    config = _write_config(
+        tmp_path / "c.toml",
+        {
+            "campaign": CAMPAIGN_TOML,
+            "server": {"command": [str(binary), "--port", "{port}"], "env": SERVER_ENV},
+        },
+        _tiny_gguf(tmp_path / "m.gguf"),
+    )
     done = _collector(["--config", str(config), "--db", str(db)], cli_env)
     assert done.returncode == 2, done.stderr
     assert _error_lines(done.stderr) == [
@@ -371,18 +450,27 @@ def test_missing_server_binary(tmp_path: Path, cli_env: dict[str, str],
     assert _counts(db) == before
     new = "protocol_version <> 'test'"
     assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
-    ((status, error),) = _query(db, "SELECT status, error FROM server_runs WHERE campaign_id "
-                                    f"IN (SELECT campaign_id FROM campaigns WHERE {new})")
+    ((status, error),) = _query(
+        db,
+        "SELECT status, error FROM server_runs WHERE campaign_id "
+        f"IN (SELECT campaign_id FROM campaigns WHERE {new})",
+    )
     assert status == "failed_start" and "server binary not found" in error
 
 
-def test_missing_model_file(tmp_path: Path, cli_env: dict[str, str],
-                            existing_store: tuple[Path, dict[str, int]]) -> None:
+def test_missing_model_file(
+    tmp_path: Path, cli_env: dict[str, str], existing_store: tuple[Path, dict[str, int]]
+) -> None:
     db, before = existing_store
     missing = tmp_path / "models" / "absent.gguf"
-    config = _write_config(tmp_path / "c.toml", {
-        "campaign": CAMPAIGN_TOML, "server": {"command": SERVER},
-    }, missing)
+    config = _write_config(
+        tmp_path / "c.toml",
+        {
+            "campaign": CAMPAIGN_TOML,
+            "server": {"command": SERVER, "env": SERVER_ENV},
+        },
+        missing,
+    )
     done = _collector(["--config", str(config), "--db", str(db)], cli_env)
     assert done.returncode == 2, done.stderr
     (line,) = _error_lines(done.stderr)
@@ -399,10 +487,14 @@ def test_port_in_use_names_the_port_and_its_holder(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        config = _write_config(tmp_path / "c.toml", {
-            "campaign": CAMPAIGN_TOML,
-            "server": {"command": SERVER, "port": port},
-        }, _tiny_gguf(tmp_path / "m.gguf"))
+        config = _write_config(
+            tmp_path / "c.toml",
+            {
+                "campaign": CAMPAIGN_TOML,
+                "server": {"command": SERVER, "port": port, "env": SERVER_ENV},
+            },
+            _tiny_gguf(tmp_path / "m.gguf"),
+        )
         done = _collector(["--config", str(config), "--db", str(db)], cli_env)
     # A configuration that cannot start is recorded and skipped; the campaign completes.
     assert done.returncode == 0, done.stderr
@@ -410,8 +502,11 @@ def test_port_in_use_names_the_port_and_its_holder(
     assert line.startswith(f"error: port {port} on 127.0.0.1 is already in use")
     assert f"by PID {os.getpid()}" in line  # the holder is visible here: it is this test
     assert _counts(db) == before
-    errors = _query(db, "SELECT status, error FROM server_runs WHERE campaign_id IN "
-                        "(SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')")
+    errors = _query(
+        db,
+        "SELECT status, error FROM server_runs WHERE campaign_id IN "
+        "(SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')",
+    )
     assert errors == [("failed_start", line.removeprefix("error: "))]
 
 
@@ -419,15 +514,11 @@ def test_port_in_use_names_the_port_and_its_holder(
 
 SECRET = "sk-moe-evidence-test-7c1d9e2fa4b8"
 
-# A server wrapper that takes an --api-key flag, as llama-server does, and ignores it.
-WRAPPER = """
-import sys
-from calibration.stream_server import main
-args = sys.argv[1:]
-i = args.index("--api-key")
-del args[i : i + 2]
-raise SystemExit(main(args))
-"""
+# The calibrated server behind an --api-key flag, as llama-server takes one (and ignored).
+WITH_KEY_FLAG = (
+    "import sys; from calibration.stream_server import main; args = sys.argv[1:]; "
+    "i = args.index('--api-key'); del args[i : i + 2]; raise SystemExit(main(args))"
+)
 
 
 def _holding(db: Path, text: str) -> list[str]:
@@ -436,12 +527,14 @@ def _holding(db: Path, text: str) -> list[str]:
     try:
         columns = con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_schema = 'main'").fetchall()
+            "WHERE table_schema = 'main'"
+        ).fetchall()
         found = []
         for table, column in columns:
             hit = con.execute(
                 f'SELECT count(*) FROM "{table}" WHERE strpos(CAST("{column}" AS VARCHAR), ?) > 0',
-                [text]).fetchone()
+                [text],
+            ).fetchone()
             if hit and hit[0]:
                 found.append(f"{table}.{column}")
         return found
@@ -457,46 +550,52 @@ def test_an_api_key_never_reaches_the_store_or_the_site(
     tmp_path: Path, cli_env: dict[str, str]
 ) -> None:
     db = tmp_path / "secrets.duckdb"
-    wrapper = tmp_path / "server_with_key.py"
-    wrapper.write_text(WRAPPER, encoding="utf-8")
     scenario = _scenario_file(tmp_path, Scenario(tokens=6))
-    config = _write_config(tmp_path / "c.toml", {
-        "campaign": CAMPAIGN_TOML,
-        "server": {
-            "command": [sys.executable, str(wrapper), "--api-key", SECRET, "--port", "{port}",
-                        "--scenario", str(scenario)],
-            "api_key_env": "MOE_TEST_API_KEY",
-            # llama-server also reads its key from LLAMA_API_KEY.
-            "env": {"LLAMA_API_KEY": SECRET, "OMP_NUM_THREADS": "1"},
+    config = _write_config(
+        tmp_path / "c.toml",
+        {
+            "campaign": CAMPAIGN_TOML,
+            "server": {
+                "command": [
+                    sys.executable,
+                    "-c",
+                    WITH_KEY_FLAG,
+                    "--api-key",
+                    SECRET,
+                    "--port",
+                    "{port}",
+                    "--scenario",
+                    str(scenario),
+                ],
+                "api_key_env": "MOE_TEST_API_KEY",
+                # llama-server also reads its key from LLAMA_API_KEY.
+                "env": {**SERVER_ENV, "LLAMA_API_KEY": SECRET, "OMP_NUM_THREADS": "1"},
+            },
         },
-    }, _tiny_gguf(tmp_path / "m.gguf"))
+        _tiny_gguf(tmp_path / "m.gguf"),
+    )
     env = {**cli_env, "MOE_TEST_API_KEY": SECRET, "SOME_OTHER_TOKEN": SECRET}
     done = _collector(["--config", str(config), "--db", str(db)], env)
     assert done.returncode == 0, done.stderr
-    assert _query(db, "SELECT status FROM requests") == [("ok",)]
+    assert _query(db, "SELECT status FROM requests") == [("ok",)], done.stderr
     assert _holding(db, SECRET) == []
-    assert _holding(db, "OMP_NUM_THREADS") != []  # the check does see the stored config
+    # Where the key would have been: the config's command and server env, the server's argv.
+    assert _holding(db, "(redacted)") == ["campaigns.config", "server_runs.argv"]
     assert SECRET not in done.stdout + done.stderr
     site = _build_site(db, tmp_path / "project")
     if site is not None:
+        assert (site / "site" / "index.html").is_file()
         assert _files_holding(site, SECRET.encode()) == []
 
 
 def _build_site(db: Path, root: Path) -> Path | None:
-    """The whitepaper built from `db` in a copy of the project's site sources, or
-    None while the report side has no buildable project yet."""
+    """The whitepaper built from `db` in a staged copy of the project (its docs/
+    and site/), or None while the report side has no buildable project yet."""
     try:
-        from report.build import BuildOptions, build_site
+        from report.build import BuildOptions, build_site, stage_project
     except ImportError:
         return None
-    project = Path(__file__).resolve().parents[1]
-    if not (project / "mkdocs.yml").is_file():
+    if not (ROOT / "mkdocs.yml").is_file():
         return None
-    import shutil
-
-    root.mkdir()
-    shutil.copy(project / "mkdocs.yml", root / "mkdocs.yml")
-    for folder in ("templates", "docs"):
-        shutil.copytree(project / folder, root / folder)
-    build_site(BuildOptions(db=db, root=root, site_dir=root / "site"))
+    build_site(BuildOptions(db=db, root=stage_project(ROOT, root)))
     return root

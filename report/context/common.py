@@ -50,3 +50,11 @@ def ranges(values: Iterable[int]) -> str:
         start = prev = v
     parts.append(str(start) if start == prev else f"{start}–{prev}")
     return ", ".join(parts)
+
+
+def gate_rank(gate_id: str) -> tuple[int, str]:
+    """Sort key putting gates in the protocol's order (`scoring.gates.GATES`)."""
+    from scoring.gates import GATES
+
+    order = [g for g, _ in GATES]
+    return (order.index(gate_id) if gate_id in order else len(order), gate_id)

@@ -25,6 +25,8 @@ class Table:
 
 @dataclass(frozen=True)
 class DataContext:
+    """The data page: the Parquet exports and the store schema."""
+
     exports: tuple[Export, ...]
     tables: tuple[Table, ...]
     schema_version: int

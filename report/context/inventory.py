@@ -61,6 +61,8 @@ class Software:
 
 @dataclass(frozen=True)
 class InventoryContext:
+    """The inventory page: hosts and software per campaign."""
+
     hosts: tuple[Host, ...]
     software: tuple[Software, ...]
 

@@ -18,8 +18,8 @@ import duckdb
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
 from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, Stat
+from scoring.placement import check_placement
 
-_BLOCK = re.compile(r"(?:^|\.)blk\.(\d+)\.")
 _HOST_DEVICE = re.compile(r"^(CPU.*|.*_Host|AMX)$")
 MIB = 1 << 20
 
@@ -34,7 +34,8 @@ class BufferRow:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the expert tensors went, per the loader log, against the GGUF file."""
+    """Where the expert tensors went, per the loader log, against the GGUF file
+    (the verdict is `scoring.placement.check_placement`'s)."""
 
     status: str  # PASS | FAIL | NOT MEASURED
     expected_tensors: int | None
@@ -71,7 +72,13 @@ class RunMemory:
     layers_on_cpu: int | None
 
     @property
+    def buffer_mib(self) -> dict[str, float]:
+        """Buffer sizes keyed "device kind" (e.g. "CUDA0 model")."""
+        return {f"{b.device} {b.kind}": b.mib for b in self.buffers}
+
+    @property
     def offloaded(self) -> bool:
+        """Whether any expert layer was kept in CPU memory by a flag."""
         return self.n_cpu_moe is not None and self.n_cpu_moe != 0
 
 
@@ -82,6 +89,7 @@ class VramComparison:
     model_id: str
     model: str
     config: str
+    n_cpu_moe: int | None
     baseline_config: str
     measured: Figure
     log: Figure
@@ -98,7 +106,9 @@ class TradeoffPoint:
     model: str
     config: str
     layers_on_cpu: int
-    gpu: Figure
+    gpu: Figure  # the best figure for this point, labelled with its source
+    chart_gpu: Figure  # the figure from the source every point has (for the chart)
+    vram_saved: Figure
     decode: Stat
 
 
@@ -113,6 +123,8 @@ class TimelinePoint:
 
 @dataclass(frozen=True)
 class MemoryContext:
+    """The memory page: per-run memory, VRAM saved, placement, trade-off."""
+
     runs: tuple[RunMemory, ...]
     comparisons: tuple[VramComparison, ...]
     tradeoff: tuple[TradeoffPoint, ...]
@@ -121,6 +133,7 @@ class MemoryContext:
     has_sweep: bool
     timeline: tuple[TimelinePoint, ...]
     gpu_reason: str | None  # why no GPU figure is measured, when none is
+    buffer_columns: tuple[tuple[str, bool], ...]  # ("device kind", on GPU), first seen first
 
 
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
@@ -147,7 +160,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
     runs = tuple(_run_memory(f) for f in facts)
     expected = {f["model_id"]: f["expected_vram_saved_pct"] for f in facts}
     comparisons = tuple(_comparisons(runs, expected))
-    tradeoff, source, tests = _tradeoff(con, runs)
+    tradeoff, source, tests = _tradeoff(con, runs, comparisons)
     reasons = {r.gpu_measured.reason for r in runs if isinstance(r.gpu_measured, Missing)}
     return MemoryContext(
         runs=runs,
@@ -157,6 +170,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
         tradeoff_tests=tests,
         has_sweep=any(r.n_cpu_moe is not None and r.n_cpu_moe > 0 for r in runs),
         timeline=_timeline(con),
+        buffer_columns=tuple(
+            dict.fromkeys((f"{b.device} {b.kind}", b.on_gpu) for r in runs for b in r.buffers)
+        ),
         gpu_reason="; ".join(sorted(reasons)) if reasons and len(reasons) == 1 else None,
     )
 
@@ -185,9 +201,8 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         return q if q is not None else Missing(f"no telemetry sample in the {what} window")
 
     if not log:
-        log_reason = (
-            "no loader log was parsed for this run"
-            + (f" ({f['status']})" if f["status"] != "stopped" else "")
+        log_reason = "no loader log was parsed for this run" + (
+            f" ({f['status']})" if f["status"] != "stopped" else ""
         )
         gpu_log: Figure = Missing(log_reason)
         cpu_mapped: Figure = Missing(log_reason)
@@ -212,7 +227,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         for kind, mib in kinds.items()
         if isinstance(mib, (int, float))
     )
-    placement, layers_on_cpu = _placement(log, spec, f, k)
+    placement, layers_on_cpu = _placement(log, spec, k)
     samples = f["telemetry_samples"] or 0
     no_telemetry = "no telemetry samples for this run"
     rss_idle = _bytes(f["rss_idle_bytes"])
@@ -232,7 +247,8 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         gpu_log=gpu_log,
         gpu_estimated=gpu_estimated,
         rss_idle=rss_idle or Missing(no_telemetry if not samples else "no sample after load"),
-        rss_peak=rss_peak or Missing(no_telemetry if not samples else "no sample during generation"),
+        rss_peak=rss_peak
+        or Missing(no_telemetry if not samples else "no sample during generation"),
         cpu_mapped=cpu_mapped,
         cpu_cores=Quantity(float(cpu) / 100.0, "cores", "measured")
         if cpu is not None
@@ -256,77 +272,40 @@ def _estimate(spec: dict[str, Any], k: int | None) -> Figure:
     elif k == -1:
         value = spec.get("weights_gpu_bytes_cpu_moe")
     else:
-        return Missing(f"the GGUF estimate covers the baseline and --cpu-moe, not --n-cpu-moe {k}")
+        return Missing(f"no GGUF estimate for --n-cpu-moe {k}", not_applicable=True)
     if value is None:
         return Missing("the GGUF inspection recorded no weight split")
     return Quantity(float(value), "bytes", "estimated", note)
 
 
-def _expected_tensors(spec: dict[str, Any], k: int | None) -> list[str] | None:
-    names = [str(n) for n in as_list(spec.get("expert_tensor_names"))]
-    if not names:
-        return None
-    if k is None or k == 0:
-        return []
-    if k == -1:
-        return names
-    return [n for n in names if (m := _BLOCK.search(n)) and int(m.group(1)) < k]
-
-
 def _placement(
-    log: dict[str, Any], spec: dict[str, Any], f: dict[str, Any], k: int | None
+    log: dict[str, Any], spec: dict[str, Any], k: int | None
 ) -> tuple[Placement, int | None]:
-    expected = _expected_tensors(spec, k)
-    if not log:
-        return (
-            Placement("NOT MEASURED", len(expected) if expected is not None else None, None,
-                      Missing("no loader log"), (), "none",
-                      "the loader log of this run was not parsed, so placement is unknown"),
-            None,
-        )
-    observed = [str(n) for n in as_list(log.get("overridden_tensors"))]
+    """The scorer's placement check (`scoring.placement`) plus what the log says
+    about where the overridden tensors went."""
+    check = check_placement(spec or None, log or None, k)
     targets = tuple(str(t) for t in as_list(log.get("override_targets")))
     layers = [int(x) for x in as_list(log.get("overridden_layers")) if isinstance(x, int)]
     mib = log.get("overridden_mib")
     overridden_mib: Figure = (
-        Quantity(float(mib), "MiB", "log") if mib is not None
-        else Missing("this llama.cpp build prints no override sizes")
+        Quantity(float(mib), "MiB", "log")
+        if mib is not None
+        else Missing("no loader log" if not log else "this llama.cpp build prints no sizes")
     )
-    on_cpu_targets = all(_HOST_DEVICE.match(t) for t in targets)
-    if expected is None:
-        count = f["expert_tensor_count"]
-        want = count if (k == -1 and count is not None) else (0 if not k else None)
-        if want is None:
-            status, detail = "NOT MEASURED", "the GGUF file's expert tensors are not recorded"
-        elif len(observed) == want and on_cpu_targets:
-            status, detail = "PASS", f"{len(observed)} tensors overridden, as the GGUF counts"
-        else:
-            status, detail = "FAIL", f"{len(observed)} tensors overridden, GGUF expects {want}"
-        return Placement(status, want, len(observed), overridden_mib, targets, ranges(layers),
-                         detail), len(layers)
-    missing = sorted(set(expected) - set(observed))
-    extra = sorted(set(observed) - set(expected))
-    if not missing and not extra and on_cpu_targets:
-        status = "PASS"
-        detail = (
-            f"all {len(expected)} expert tensors of this configuration are in CPU memory"
-            if expected
-            else "no tensor overridden, as expected without an offload flag"
-        )
-    else:
-        status = "FAIL"
-        bits = []
-        if missing:
-            bits.append(f"{len(missing)} expected expert tensors not overridden (e.g. {missing[0]})")
-        if extra:
-            bits.append(f"{len(extra)} unexpected overrides (e.g. {extra[0]})")
-        if not on_cpu_targets:
-            bits.append(f"override targets {', '.join(targets)} are not CPU buffers")
-        detail = "; ".join(bits)
+    detail = check.message
+    if check.status == "PASS" and not all(_HOST_DEVICE.match(t) for t in targets):
+        detail += f"; note: override targets {', '.join(targets)}"
     return (
-        Placement(status, len(expected), len(observed), overridden_mib, targets, ranges(layers),
-                  detail),
-        len(layers),
+        Placement(
+            check.status,
+            check.expected_count,
+            check.overridden_count,
+            overridden_mib,
+            targets,
+            ranges(layers),
+            detail,
+        ),
+        len(layers) if log else None,
     )
 
 
@@ -334,9 +313,7 @@ def _pct(base: float, off: float) -> float:
     return 100.0 * (1.0 - off / base)
 
 
-def _comparisons(
-    runs: tuple[RunMemory, ...], expected: dict[str, Any]
-) -> list[VramComparison]:
+def _comparisons(runs: tuple[RunMemory, ...], expected: dict[str, Any]) -> list[VramComparison]:
     out: list[VramComparison] = []
     for model_id in dict.fromkeys(r.model_id for r in runs):
         model_runs = [r for r in runs if r.model_id == model_id]
@@ -351,13 +328,24 @@ def _comparisons(
     return out
 
 
-def _compare(
-    base: RunMemory | None, off: RunMemory, expected_pct: float | None
-) -> VramComparison:
+def _compare(base: RunMemory | None, off: RunMemory, expected_pct: float | None) -> VramComparison:
     if base is None:
         none = Missing("this model has no baseline run to compare with")
-        return VramComparison(off.model_id, off.model, off.config, "none", none, none, none,
-                              none, none, none, none, none)
+        return VramComparison(
+            off.model_id,
+            off.model,
+            off.config,
+            off.n_cpu_moe,
+            "none",
+            none,
+            none,
+            none,
+            none,
+            none,
+            none,
+            none,
+            none,
+        )
     measured: Figure
     if isinstance(base.gpu_measured, Quantity) and isinstance(off.gpu_measured, Quantity):
         if base.version != off.version or base.host_id != off.host_id:
@@ -366,7 +354,9 @@ def _compare(
             measured = Missing("the baseline's measured GPU memory is not positive")
         else:
             measured = Quantity(
-                _pct(base.gpu_measured.value, off.gpu_measured.value), "%", "measured",
+                _pct(base.gpu_measured.value, off.gpu_measured.value),
+                "%",
+                "measured",
                 "peak device memory during generation minus the figure before launch",
             )
     else:
@@ -375,8 +365,12 @@ def _compare(
     log: Figure
     if isinstance(base.gpu_log, Quantity) and isinstance(off.gpu_log, Quantity):
         log = (
-            Quantity(_pct(base.gpu_log.value, off.gpu_log.value), "%", "log",
-                     "model + KV + compute buffers on GPU devices")
+            Quantity(
+                _pct(base.gpu_log.value, off.gpu_log.value),
+                "%",
+                "log",
+                "model + KV + compute buffers on GPU devices",
+            )
             if base.gpu_log.value > 0
             else Missing("the baseline's log shows no GPU buffers")
         )
@@ -385,7 +379,9 @@ def _compare(
     estimated: Figure
     if isinstance(base.gpu_estimated, Quantity) and isinstance(off.gpu_estimated, Quantity):
         estimated = Quantity(
-            _pct(base.gpu_estimated.value, off.gpu_estimated.value), "%", "estimated",
+            _pct(base.gpu_estimated.value, off.gpu_estimated.value),
+            "%",
+            "estimated",
             "GGUF non-expert weight bytes / all weight bytes",
         )
     else:
@@ -402,24 +398,28 @@ def _compare(
     if chosen is not None:
         headline, base_gpu, off_gpu = chosen
     else:
-        reasons = "; ".join(dict.fromkeys(p[0].reason for p in pairs if isinstance(p[0], Missing)))
-        headline = base_gpu = off_gpu = Missing(reasons)
-    expected: Figure = (
-        Quantity(float(expected_pct), "%", None, "from the campaign config")
-        if expected_pct is not None
-        else Missing("the campaign config gives no expected saving for this model")
-    )
+        headline = base_gpu = off_gpu = Missing(
+            "no source (measured, loader log, GGUF estimate) has a figure for both runs"
+        )
+    expected: Figure
+    if off.n_cpu_moe != -1:
+        expected = Missing("the config's expectation is for --cpu-moe", not_applicable=True)
+    elif expected_pct is None:
+        expected = Missing("the campaign config gives no expected saving for this model")
+    else:
+        expected = Quantity(float(expected_pct), "%", None, "from the campaign config")
     deviation: Figure
     if isinstance(headline, Quantity) and isinstance(expected, Quantity):
         deviation = Quantity(headline.value - expected.value, "points", headline.source)
+    elif isinstance(expected, Missing):
+        deviation = expected
     else:
-        deviation = Missing(
-            headline.reason if isinstance(headline, Missing) else "no expected figure"
-        )
+        deviation = headline
     return VramComparison(
         model_id=off.model_id,
         model=off.model,
         config=off.config,
+        n_cpu_moe=off.n_cpu_moe,
         baseline_config=base.config,
         measured=measured,
         log=log,
@@ -433,7 +433,9 @@ def _compare(
 
 
 def _tradeoff(
-    con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]
+    con: duckdb.DuckDBPyConnection,
+    runs: tuple[RunMemory, ...],
+    comparisons: tuple[VramComparison, ...],
 ) -> tuple[tuple[TradeoffPoint, ...], str, tuple[str, ...]]:
     """GPU memory and decode speed against expert layers kept on CPU, per model.
 
@@ -451,8 +453,11 @@ def _tradeoff(
     )
     tests = tuple(
         r["test_id"]
-        for r in rows(con, "SELECT DISTINCT test_id, min(test_order) o FROM common_tests "
-                           "JOIN rm USING (model_id, test_id) GROUP BY test_id ORDER BY o")
+        for r in rows(
+            con,
+            "SELECT DISTINCT test_id, min(test_order) o FROM common_tests "
+            "JOIN rm USING (model_id, test_id) GROUP BY test_id ORDER BY o",
+        )
     )
     decode = stats_by(
         con,
@@ -462,19 +467,31 @@ def _tradeoff(
         "FROM common_tests)",
     )
     sources = ("measured", "log", "estimated")
-    usable = {
-        s: all(isinstance(_gpu(r, s), Quantity) for r in runs) for s in sources
-    }
+    usable = {s: all(isinstance(_gpu(r, s), Quantity) for r in runs) for s in sources}
     source = next((s for s in sources if usable[s]), "none")
+    saved_by = {(c.model_id, c.config): c.headline for c in comparisons}
     points = []
     for r in runs:
         if r.layers_on_cpu is None and r.n_cpu_moe not in (None, 0):
             continue
         layers = r.layers_on_cpu if r.layers_on_cpu is not None else 0
-        gpu = _gpu(r, source) if source != "none" else Missing("no GPU figure for every point")
-        stat = stat_or_empty(decode, (r.model_id, r.config), "tokens/s",
-                             "no successful streamed request on the common tests")
-        points.append(TradeoffPoint(r.model, r.config, layers, gpu, stat))
+        # Each point shows its best figure, labelled; the chart plots only the
+        # source every point has, so one line never mixes sources.
+        gpu = next(
+            (g for g in (_gpu(r, s) for s in sources) if isinstance(g, Quantity)),
+            _gpu(r, "measured"),
+        )
+        stat = stat_or_empty(
+            decode,
+            (r.model_id, r.config),
+            "tokens/s",
+            "no successful streamed request on the common tests",
+        )
+        saved: Figure = saved_by.get(
+            (r.model_id, r.config), Missing("no expert layer in CPU memory", not_applicable=True)
+        )
+        common = _gpu(r, source) if source != "none" else Missing("no common source")
+        points.append(TradeoffPoint(r.model, r.config, layers, gpu, common, saved, stat))
     return tuple(points), source, tests
 
 
@@ -483,14 +500,14 @@ def _gpu(r: RunMemory, source: str) -> Figure:
 
 
 def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[TimelinePoint, ...]:
-    """Server memory over each run, at most ~300 points per run (max per bucket)."""
+    """Server memory over each run, at most ~120 points per run (max per bucket)."""
     data = rows(
         con,
         """
         WITH span AS (
             SELECT r.server_run_id, r.model, r.model_order, r.config_label, r.config_order,
                    coalesce(r.launch_ns, min(t.t_ns)) AS t0,
-                   greatest(1, (max(t.t_ns) - coalesce(r.launch_ns, min(t.t_ns))) // 300)
+                   greatest(1, (max(t.t_ns) - coalesce(r.launch_ns, min(t.t_ns))) // 120)
                        AS width
             FROM sel_runs r JOIN telemetry t USING (server_run_id)
             WHERE r.attempt = 1
@@ -507,8 +524,12 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[TimelinePoint, ...]:
         """,
     )
     return tuple(
-        TimelinePoint(d["model"], d["config_label"], float(d["t_s"]),
-                      None if d["rss"] is None else float(d["rss"]),
-                      None if d["gpu"] is None else float(d["gpu"]))
+        TimelinePoint(
+            d["model"],
+            d["config_label"],
+            float(d["t_s"]),
+            None if d["rss"] is None else float(d["rss"]),
+            None if d["gpu"] is None else float(d["gpu"]),
+        )
         for d in data
     )

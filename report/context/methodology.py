@@ -12,38 +12,23 @@ from typing import Any
 import duckdb
 
 from evidence import metrics
-from report.context.common import as_dict, as_list, loads
+from report.context.common import as_dict, as_list, gate_rank, loads
 from report.context.performance import LONG_CATEGORY
-from report.context.quality import SIMILARITY_DEFINITION
 from report.queries import Selection, rows
 
 # Scoring modules whose docstrings describe an algorithm a page figure uses;
 # those not installed are skipped.
-SCORING_MODULES = ("repetition", "checks", "quality", "sandbox", "gates")
+SCORING_MODULES = (
+    "quality",
+    "repetition",
+    "checks",
+    "sandbox",
+    "similarity",
+    "placement",
+    "gates",
+)
 
 # Figures the report derives itself (not in evidence.metrics).
-REPORT_DEFINITIONS: tuple[tuple[str, str], ...] = (
-    ("Output similarity (quality preservation)", SIMILARITY_DEFINITION),
-    (
-        "Implied host memory traffic (estimated)",
-        "Decode tokens/s × the weight bytes each token reads from host memory: with every "
-        "weight in host memory (no GPU), the non-expert weights plus the active experts' share "
-        "(expert tensor bytes × experts used / experts); with --cpu-moe on a GPU host, the "
-        "active experts' share only. Compared with the host copy bandwidth the collector "
-        "measured at campaign start, it shows whether decoding is bound by memory bandwidth.",
-    ),
-    (
-        "Decode rate along the generation",
-        "Long tests (category 'extended generation') only: each request's tokens are cut into "
-        "tenths; the rate in a tenth is (tokens in it - 1) / the time between its first and "
-        "last token. The chart shows the mean over requests per tenth.",
-    ),
-    (
-        "Completion rate",
-        "Requests with status ok and finish reason stop or length, over all requests of the "
-        "group (streamed and not).",
-    ),
-)
 
 
 @dataclass(frozen=True)
@@ -104,12 +89,14 @@ class CampaignMethod:
     command: tuple[str, ...]
     config: Any
     servers: tuple[ServerCommand, ...]
+    thresholds: tuple[tuple[str, Any, bool], ...]  # (name, value, set by the config)
 
 
 @dataclass(frozen=True)
 class MethodologyContext:
+    """The methodology page: definitions, statistics, scoring, procedure."""
+
     metrics: tuple[MetricDoc, ...]
-    report_definitions: tuple[tuple[str, str], ...]
     statistics: tuple[Doc, ...]
     scoring: tuple[Doc, ...]
     campaigns: tuple[CampaignMethod, ...]
@@ -117,11 +104,12 @@ class MethodologyContext:
 
 
 def _doc(obj: Any) -> Doc | None:
+    """A module's docstring: its first paragraph as the title, the rest as the body."""
     text = inspect.getdoc(obj)
     if not text:
         return None
-    first, _, rest = text.partition("\n")
-    return Doc(first.strip().rstrip("."), rest.strip())
+    first, _, rest = text.partition("\n\n")
+    return Doc(" ".join(first.split()).rstrip("."), rest.strip())
 
 
 def _scoring_docs() -> tuple[Doc, ...]:
@@ -152,6 +140,18 @@ _PROCEDURE_KEYS = (
 def _procedure(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     camp = as_dict(config.get("campaign"))
     return tuple((title, camp[key]) for key, title in _PROCEDURE_KEYS if key in camp)
+
+
+def _thresholds(config: dict[str, Any]) -> tuple[tuple[str, Any, bool], ...]:
+    """The gate thresholds applied: scoring's defaults, overridden by the config."""
+    from scoring.gates import DEFAULT_THRESHOLDS
+
+    overrides = as_dict(config.get("gates"))
+    names = list(DEFAULT_THRESHOLDS) + [k for k in overrides if k not in DEFAULT_THRESHOLDS]
+    return tuple(
+        (name, overrides.get(name, DEFAULT_THRESHOLDS.get(name)), name in overrides)
+        for name in names
+    )
 
 
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
@@ -186,15 +186,19 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
                     )
                 ),
                 gates=tuple(
-                    GateThreshold(**g)
-                    for g in rows(
-                        con,
-                        "SELECT gate_id, title, threshold FROM gates WHERE campaign_id = ? "
-                        "ORDER BY TRY_CAST(regexp_extract(gate_id, '[0-9]+') AS INTEGER) "
-                        "NULLS LAST, gate_id",
-                        [cid],
+                    sorted(
+                        (
+                            GateThreshold(**g)
+                            for g in rows(
+                                con,
+                                "SELECT gate_id, title, threshold FROM gates WHERE campaign_id = ?",
+                                [cid],
+                            )
+                        ),
+                        key=lambda g: gate_rank(g.gate_id),
                     )
                 ),
+                thresholds=_thresholds(config),
                 command=tuple(str(a) for a in as_list(c["command"])),
                 config=loads(c["config"]),
                 servers=tuple(
@@ -215,16 +219,15 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
             )
         )
     stats = tuple(
-        d
-        for d in (_doc(metrics.summarize), _doc(metrics.ratio_of_means), _doc(metrics.t95))
-        if d is not None
+        Doc(f"{fn.__name__}", " ".join((inspect.getdoc(fn) or "").split()))
+        for fn in (metrics.summarize, metrics.ratio_of_means, metrics.t95)
+        if inspect.getdoc(fn)
     )
     return MethodologyContext(
         metrics=tuple(
             MetricDoc(m.name, m.title, m.unit, m.definition, m.view)
             for m in metrics.METRICS.values()
         ),
-        report_definitions=REPORT_DEFINITIONS,
         statistics=stats,
         scoring=_scoring_docs(),
         campaigns=tuple(campaigns),

@@ -39,6 +39,8 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class ModelsContext:
+    """The models page: one entry per model of the selected campaigns."""
+
     models: tuple[ModelInfo, ...]
 
 

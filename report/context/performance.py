@@ -16,7 +16,17 @@ import duckdb
 from evidence.metrics import ratio_of_means
 from report.context.common import as_dict, no_gpu_reason
 from report.context.memory import RunMemory
-from report.queries import OK_STREAMED, Selection, metric, ok_streamed, rows, scalar, stats_by
+from report.queries import (
+    OK_STREAMED,
+    Selection,
+    group_keys,
+    metric,
+    ok_streamed,
+    rows,
+    scalar,
+    stat_or_empty,
+    stats_by,
+)
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
 
 # The four figures the protocol asks for per test, in page order.
@@ -116,6 +126,8 @@ class TokenSource:
 
 @dataclass(frozen=True)
 class PerformanceContext:
+    """The performance page: per-test figures, ITL, consistency, timeline."""
+
     metrics: tuple[MetricTable, ...]
     ratios: tuple[RatioRow, ...]
     itl_hist: tuple[HistBin, ...]
@@ -133,26 +145,27 @@ class PerformanceContext:
     streamed_total: int
 
 
-def _table(
-    con: duckdb.DuckDBPyConnection, name: str, where: str = OK_STREAMED
-) -> MetricTable:
+def _table(con: duckdb.DuckDBPyConnection, name: str, where: str = OK_STREAMED) -> MetricTable:
     m = metric(name)
-    per_test = stats_by(con, name, ["model", "model_order", "test_id", "test_order",
-                                    "config_label", "config_order"], where=where)
-    overall = stats_by(con, name, ["model", "model_order", "config_label", "config_order"],
-                       where=where)
+    missing = f"no request in this group has a {m.title.lower()}"
+    by_test = ["model", "test_id", "config_label"]
+    by_model = ["model", "config_label"]
+    test_order = ["model_order", "test_order", "config_order"]
+    model_order = ["model_order", "config_order"]
+    per_test = stats_by(con, name, by_test + test_order, where=where)
+    overall = stats_by(con, name, by_model + model_order, where=where)
     return MetricTable(
         name=name,
         title=m.title,
         unit=m.unit,
         definition=m.definition,
         rows=tuple(
-            MetricRow(k[0], k[2], k[4], s)
-            for k, s in sorted(per_test.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][5]))
+            MetricRow(k[0], k[1], k[2], stat_or_empty(per_test, k, m.unit, missing))
+            for k in group_keys(con, by_test, test_order, where)
         ),
         overall=tuple(
-            MetricRow(k[0], "all tests", k[2], s)
-            for k, s in sorted(overall.items(), key=lambda kv: (kv[0][1], kv[0][3]))
+            MetricRow(k[0], "all tests", k[1], stat_or_empty(overall, k, m.unit, missing))
+            for k in group_keys(con, by_model, model_order, where)
         ),
     )
 
@@ -177,7 +190,7 @@ def build(
         f"""
         CREATE OR REPLACE TEMP TABLE sel_gaps AS
         SELECT rm.model, rm.model_order, rm.config_label, rm.config_order, g.gap_ms
-        FROM token_gaps g JOIN rm USING (request_id) WHERE {ok_streamed('rm')}
+        FROM token_gaps g JOIN rm USING (request_id) WHERE {ok_streamed("rm")}
         """
     )
     counts = rows(
@@ -199,8 +212,9 @@ def build(
         host_bandwidth=_host_bandwidth(con),
         token_sources=tuple(
             TokenSource(r["token_source"], int(r["n"]))
-            for r in rows(con, "SELECT token_source, count(*) AS n FROM rm GROUP BY 1 ORDER BY 2 "
-                               "DESC, 1")
+            for r in rows(
+                con, "SELECT token_source, count(*) AS n FROM rm GROUP BY 1 ORDER BY 2 DESC, 1"
+            )
         ),
         tokens_disagree=int(counts["disagree"] or 0),
         streamed_ok=int(counts["ok"] or 0),
@@ -249,8 +263,15 @@ def _ratios(con: duckdb.DuckDBPyConnection) -> list[RatioRow]:
                 r = ratio_of_means(off.summary, base.summary)
                 fig = RatioFigure(r.ratio, r.ci_low, r.ci_high)
             out.append(
-                RatioRow(p["model"], p["config_label"], p["baseline"], name, metric(name).title,
-                         fig, int(tests or 0))
+                RatioRow(
+                    p["model"],
+                    p["config_label"],
+                    p["baseline"],
+                    name,
+                    metric(name).title,
+                    fig,
+                    int(tests or 0),
+                )
             )
     return out
 
@@ -259,7 +280,7 @@ def _itl_hist(con: duckdb.DuckDBPyConnection) -> tuple[HistBin, ...]:
     """Per-token gaps in log-spaced bins (20 per decade), as a share of each series."""
     data = rows(
         con,
-        f"""
+        """
         WITH g AS (
             SELECT model, model_order, config_label, config_order,
                    round(floor(log10(greatest(gap_ms, 0.01)) * 20) / 20, 2) AS bin
@@ -281,7 +302,7 @@ def _itl_hist(con: duckdb.DuckDBPyConnection) -> tuple[HistBin, ...]:
 def _itl_pooled(con: duckdb.DuckDBPyConnection) -> tuple[PooledItl, ...]:
     data = rows(
         con,
-        f"""
+        """
         SELECT model, config_label, count(*) AS gaps,
                quantile_cont(gap_ms, 0.5) AS p50, quantile_cont(gap_ms, 0.9) AS p90,
                quantile_cont(gap_ms, 0.99) AS p99,
@@ -291,8 +312,14 @@ def _itl_pooled(con: duckdb.DuckDBPyConnection) -> tuple[PooledItl, ...]:
         """,
     )
     return tuple(
-        PooledItl(d["model"], d["config_label"], int(d["gaps"]), float(d["p50"]),
-                  float(d["p90"]), float(d["p99"]))
+        PooledItl(
+            d["model"],
+            d["config_label"],
+            int(d["gaps"]),
+            float(d["p50"]),
+            float(d["p90"]),
+            float(d["p99"]),
+        )
         for d in data
     )
 
@@ -305,7 +332,7 @@ def _curve(con: duckdb.DuckDBPyConnection) -> tuple[CurvePoint, ...]:
         WITH tt AS (
             SELECT t.request_id, t.t_ns, (t.token_idx * 10) // t.n_tokens AS decile
             FROM token_times t JOIN rm USING (request_id)
-            WHERE {ok_streamed('rm')} AND rm.category = ?
+            WHERE {ok_streamed("rm")} AND rm.category = ?
               AND t.n_tokens >= 20
         ), per_request AS (
             SELECT request_id, decile,
@@ -326,7 +353,9 @@ def _curve(con: duckdb.DuckDBPyConnection) -> tuple[CurvePoint, ...]:
 
     return tuple(
         CurvePoint(
-            d["model"], d["config_label"], int(d["decile"]),
+            d["model"],
+            d["config_label"],
+            int(d["decile"]),
             Stat.of(summarize(int(d["n"]), d["mean"], d["sd"], d["lo"], d["hi"]), "tokens/s"),
         )
         for d in data
@@ -402,9 +431,7 @@ def _host_bandwidth(con: duckdb.DuckDBPyConnection) -> Figure:
     return Quantity(float(value), "bytes/s", "measured", "numpy copy at campaign start")
 
 
-def _bottleneck(
-    con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]
-) -> list[BottleneckRow]:
+def _bottleneck(con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]) -> list[BottleneckRow]:
     """Implied weight traffic from host memory per configuration (an estimate):
     decode tokens/s times the active weight bytes each token reads from host RAM."""
     facts = {
@@ -430,20 +457,29 @@ def _bottleneck(
         implied: Figure
         share: Figure
         if isinstance(per_token, Quantity) and stat.mean is not None:
-            implied = Quantity(per_token.value * stat.mean, "bytes/s", "estimated",
-                               "decode tokens/s × host bytes per token")
+            implied = Quantity(
+                per_token.value * stat.mean,
+                "bytes/s",
+                "estimated",
+                "decode tokens/s × host bytes per token",
+            )
             bw = f["bw"] if f else None
             share = (
-                Quantity(100.0 * implied.value / float(bw), "%", "estimated",
-                         "of the measured host copy bandwidth")
+                Quantity(
+                    100.0 * implied.value / float(bw),
+                    "%",
+                    "estimated",
+                    "of the measured host copy bandwidth",
+                )
                 if bw
                 else Missing("host memory bandwidth was not benchmarked")
             )
         else:
             reason = per_token.reason if isinstance(per_token, Missing) else stat.missing or ""
             implied = share = Missing(reason)
-        out.append(BottleneckRow(run.model, run.config, stat, run.cpu_cores, per_token,
-                                 implied, share))
+        out.append(
+            BottleneckRow(run.model, run.config, stat, run.cpu_cores, per_token, implied, share)
+        )
     return out
 
 
@@ -460,15 +496,23 @@ def _host_bytes_per_token(run: RunMemory, f: dict[str, Any] | None) -> Figure:
     note = "GGUF sizes; each active weight read once per token"
     cpu_only = (f or {}).get("gpu_status") != "ok" or isinstance(run.gpu_log, Missing)
     if cpu_only:
-        why = no_gpu_reason((f or {}).get("gpu_status")) if (f or {}).get(
-            "gpu_status") != "ok" else "no GPU buffers in the log"
-        return Quantity(dense + active_experts, "bytes", "estimated", f"{note}; all in host "
-                        f"memory: {why}")
+        why = (
+            no_gpu_reason((f or {}).get("gpu_status"))
+            if (f or {}).get("gpu_status") != "ok"
+            else "no GPU buffers in the log"
+        )
+        return Quantity(
+            dense + active_experts, "bytes", "estimated", f"{note}; all in host memory: {why}"
+        )
     if not run.offloaded:
         return Missing("every weight is in GPU memory in this configuration")
     layers = spec.get("moe_layer_count") or 0
-    share = 1.0 if run.n_cpu_moe == -1 or not layers else min(
-        1.0, (run.layers_on_cpu or 0) / layers
+    share = (
+        1.0 if run.n_cpu_moe == -1 or not layers else min(1.0, (run.layers_on_cpu or 0) / layers)
     )
-    return Quantity(active_experts * share, "bytes", "estimated",
-                    f"{note}; the experts of {share:.0%} of MoE layers are in host memory")
+    return Quantity(
+        active_experts * share,
+        "bytes",
+        "estimated",
+        f"{note}; the experts of {share:.0%} of MoE layers are in host memory",
+    )

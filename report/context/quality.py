@@ -18,25 +18,13 @@ from report.context.common import as_dict
 from report.queries import Selection, rows, scalar, stat_or_empty, stats_by
 from report.values import Missing, Quantity, Stat
 
-# Output similarity is compared over the start of each text: edit distance is
-# quadratic in length, and the start is where a numeric change first shows.
-SIMILARITY_CHARS = 2000
-SIMILARITY_REPEATS = 3
-SIMILARITY_DEFINITION = (
-    f"For each test, repeat (1 to {SIMILARITY_REPEATS}) and streaming mode run in both the "
-    "baseline and an offload configuration: 1 - Levenshtein distance / length of the longer "
-    f"text, over the first {SIMILARITY_CHARS:,} characters of the two outputs. 1.0 means "
-    "identical text. Same prompt, temperature and seed on both sides, so a difference comes "
-    "from the numerics of where the expert tensors ran."
-)
-
 # (column of the `rq` table, display unit, what a missing value means)
 SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("repetition", ""),
     ("check_pct", "%"),
     ("coverage_pct", "%"),
-    ("quality", "/ 5"),
-    ("review", "/ 5"),
+    ("quality", ""),
+    ("review", ""),
 )
 
 _SLUG = re.compile(r"[^a-z0-9]+")
@@ -82,9 +70,10 @@ class Preservation:
     quality_delta: Quantity | Missing
     repetition_delta: Quantity | Missing
     check_delta: Quantity | Missing
-    similarity: Stat
+    similarity: Stat  # scoring.similarity's edit similarity, 0-1
     identical: int
     pairs: int
+    prefix_words: float | None  # mean words the outputs agree on before they differ
 
 
 @dataclass(frozen=True)
@@ -106,6 +95,8 @@ class TranscriptLink:
 
 @dataclass(frozen=True)
 class QualityContext:
+    """The quality page: scores, code results, preservation, reviews."""
+
     has_scores: bool
     scorer_versions: str
     no_scores_reason: str
@@ -113,7 +104,6 @@ class QualityContext:
     per_test: tuple[QualityRow, ...]
     code: tuple[CodeResult, ...]
     preservation: tuple[Preservation, ...]
-    similarity_definition: str
     reviews: tuple[Review, ...]
     review_stats: tuple[QualityRow, ...]
     transcripts: tuple[TranscriptLink, ...]
@@ -142,6 +132,8 @@ class Transcript:
 
 @dataclass(frozen=True)
 class TranscriptPage:
+    """One test's transcripts page."""
+
     test_id: str
     slug: str
     category: str
@@ -162,7 +154,8 @@ def _prepare(con: duckdb.DuckDBPyConnection) -> None:
         """
         CREATE OR REPLACE TEMP TABLE rq AS
         SELECT rm.*, s.repetition, s.loop, s.check_pass * 100 AS check_pct,
-               s.check_coverage * 100 AS coverage_pct, s.quality, rv.review
+               s.check_coverage * 100 AS coverage_pct, s.quality, rv.review,
+               s.same_exact, s.same_similarity, s.same_prefix_words
         FROM rm
         LEFT JOIN sel_scores s USING (request_id)
         LEFT JOIN (SELECT request_id, avg(score) AS review FROM reviews GROUP BY request_id) rv
@@ -202,7 +195,10 @@ def _rows(
                 loop_scored=int(b["loop_scored"]),
                 scores={
                     col: stat_or_empty(
-                        tables[col], key, unit, "no human review yet" if col == "review" else missing
+                        tables[col],
+                        key,
+                        unit,
+                        "no human review yet" if col == "review" else missing,
                     )
                     for col, unit in SCORE_COLUMNS
                 },
@@ -237,11 +233,16 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
             reason,
         ),
         code=_code(con),
-        preservation=_preservation(con),
-        similarity_definition=SIMILARITY_DEFINITION,
+        preservation=_preservation(con, reason),
         reviews=tuple(
-            Review(r["model"], r["config_label"], r["test_id"], int(r["score"]), r["reviewer"],
-                   r["note"])
+            Review(
+                r["model"],
+                r["config_label"],
+                r["test_id"],
+                int(r["score"]),
+                r["reviewer"],
+                r["note"],
+            )
             for r in rows(
                 con,
                 """
@@ -251,8 +252,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
                 """,
             )
         ),
-        review_stats=_rows(con, ["model", "config_label"], ["model_order", "config_order"],
-                           "no human review yet"),
+        review_stats=_rows(
+            con, ["model", "config_label"], ["model_order", "config_order"], "no human review yet"
+        ),
         transcripts=tuple(
             TranscriptLink(r["test_id"], slug(r["test_id"]), int(r["n"]))
             for r in rows(
@@ -304,48 +306,44 @@ def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
 def _delta(value: Any, unit: str) -> Quantity | Missing:
     if value is None:
         return Missing("a side has no score")
-    return Quantity(float(value), unit, "derived", "offload minus baseline")
+    return Quantity(float(value), unit, "derived", "offload minus baseline, paired requests")
 
 
-def _preservation(con: duckdb.DuckDBPyConnection) -> tuple[Preservation, ...]:
+def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preservation, ...]:
+    """Offload vs baseline per model: the scorer's same-seed comparisons of the
+    outputs (`scoring.similarity`), and the change in the automated scores."""
+    # Score changes are over pairs (same test, repeat and streaming mode), so an
+    # offload configuration that ran a subset of the tests is compared like for like.
     data = rows(
         con,
-        f"""
+        """
         WITH pairs AS (
-            SELECT o.model, o.model_order, o.config_label, o.config_order,
-                   b.config_label AS baseline,
-                   left(o_r.output_text, {SIMILARITY_CHARS}) AS a,
-                   left(b_r.output_text, {SIMILARITY_CHARS}) AS b_text,
-                   o_r.output_text = b_r.output_text AS identical
+            SELECT o.model, o.model_order, o.model_id, o.config_label, o.config_order,
+                   o.same_exact, o.same_similarity, o.same_prefix_words,
+                   o.quality - b.quality AS dq, o.repetition - b.repetition AS drep,
+                   o.check_pct - b.check_pct AS dchk
             FROM rq o
             JOIN rq b ON b.model_id = o.model_id AND b.test_id = o.test_id
                      AND b.repeat = o.repeat AND b.stream = o.stream
                      AND b.config_label = 'baseline'
-            JOIN requests o_r ON o_r.request_id = o.request_id
-            JOIN requests b_r ON b_r.request_id = b.request_id
-            WHERE o.n_cpu_moe IS NOT NULL AND o.n_cpu_moe <> 0 AND o.completed AND b.completed
-              AND o.repeat <= {SIMILARITY_REPEATS}
-        ), sims AS (
-            SELECT model, model_order, config_label, config_order, baseline, identical,
-                   1 - levenshtein(a, b_text) / greatest(length(a), length(b_text), 1) AS sim
-            FROM pairs
-        ), scores AS (
-            SELECT model_id, model, config_label, avg(quality) AS q, avg(repetition) AS rep,
-                   avg(check_pct) AS chk
-            FROM rq GROUP BY model_id, model, config_label
+            WHERE o.n_cpu_moe IS NOT NULL AND o.n_cpu_moe <> 0
         )
-        SELECT s.model, s.config_label, s.baseline, count(*) AS pairs,
-               count(*) FILTER (WHERE identical) AS identical,
-               avg(sim) AS mean, stddev_samp(sim) AS sd, min(sim) AS lo, max(sim) AS hi,
-               any_value(so.q) - any_value(sb.q) AS dq,
-               any_value(so.rep) - any_value(sb.rep) AS drep,
-               any_value(so.chk) - any_value(sb.chk) AS dchk
-        FROM sims s
-        JOIN scores so ON so.model = s.model AND so.config_label = s.config_label
-        JOIN scores sb ON sb.model = s.model AND sb.config_label = s.baseline
-        GROUP BY s.model, s.model_order, s.config_label, s.config_order, s.baseline
-        ORDER BY s.model_order, s.config_order
+        SELECT model, model_id, config_label, 'baseline' AS baseline,
+               count(same_similarity) AS pairs,
+               count(*) FILTER (WHERE same_exact = 1) AS identical,
+               avg(same_similarity) AS mean, stddev_samp(same_similarity) AS sd,
+               min(same_similarity) AS lo, max(same_similarity) AS hi,
+               avg(same_prefix_words) AS prefix,
+               avg(dq) AS dq, avg(drep) AS drep, avg(dchk) AS dchk
+        FROM pairs
+        GROUP BY model, model_order, model_id, config_label, config_order
+        ORDER BY model_order, config_order
         """,
+    )
+    no_pairs = (
+        reason
+        if reason.startswith("no scores")
+        else "scoring has not compared these outputs with the baseline's"
     )
     return tuple(
         Preservation(
@@ -356,10 +354,13 @@ def _preservation(con: duckdb.DuckDBPyConnection) -> tuple[Preservation, ...]:
             repetition_delta=_delta(d["drep"], ""),
             check_delta=_delta(d["dchk"], "points"),
             similarity=Stat.of(
-                summarize(int(d["pairs"]), d["mean"], d["sd"], d["lo"], d["hi"]), ""
+                summarize(int(d["pairs"]), d["mean"], d["sd"], d["lo"], d["hi"]),
+                "",
+                missing=no_pairs,
             ),
             identical=int(d["identical"]),
             pairs=int(d["pairs"]),
+            prefix_words=None if d["prefix"] is None else float(d["prefix"]),
         )
         for d in data
     )

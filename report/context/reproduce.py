@@ -38,12 +38,15 @@ class StoreFacts:
     file_name: str
     sha256: str
     size: Quantity
-    store_id: str
+    store_ids: tuple[str, ...]  # one for a store file; a fleet has one per source store
     schema_version: int
+    bundles: int  # 0: a store file; else the fleet directory's bundle count
 
 
 @dataclass(frozen=True)
 class ReproduceContext:
+    """The reproduce page: versions, checksums, commands."""
+
     store: StoreFacts
     campaigns: tuple[CampaignRecipe, ...]
     checksums: tuple[Checksum, ...]
@@ -52,10 +55,15 @@ class ReproduceContext:
 
 
 def build(
-    con: duckdb.DuckDBPyConnection, sel: Selection, store_name: str, store_sha256: str,
+    con: duckdb.DuckDBPyConnection,
+    sel: Selection,
+    store_name: str,
+    store_sha256: str,
     store_bytes: int,
+    bundles: int = 0,
 ) -> ReproduceContext:
-    """The reproduce page's context; the store file's name and digest come from the build."""
+    """The reproduce page's context; the source's name and digest come from the build
+    (`bundles` > 0: the source is a fleet directory of that many bundles)."""
     campaigns = []
     for c in rows(
         con,
@@ -97,21 +105,33 @@ def build(
         )
         for m in rows(con, "SELECT * FROM sel_models ORDER BY model_order")
     )
-    store_id = scalar(con, "SELECT value FROM store_meta WHERE key = 'store_id'")
+    store_ids = tuple(
+        str(r["value"])
+        for r in rows(
+            con,
+            "SELECT DISTINCT value FROM store_meta WHERE key = 'store_id' ORDER BY value",
+        )
+    )
     version = scalar(con, "SELECT max(version) FROM schema_migrations")
     return ReproduceContext(
         store=StoreFacts(
             store_name,
             store_sha256,
             Quantity(store_bytes, "bytes", None),
-            str(store_id or "not recorded"),
+            store_ids,
             int(version or 0),
+            bundles,
         ),
         campaigns=tuple(campaigns),
         checksums=checksums,
         campaign_ids=tuple(sel.ids),
         rebuild=(
-            "nox", "-s", "build", "--", "--db", store_name,
+            "nox",
+            "-s",
+            "build",
+            "--",
+            "--db",
+            store_name,
             *(arg for cid in sel.ids for arg in ("--campaign", cid)),
         ),
     )

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import duckdb
 
 from evidence.metrics import ratio_of_means
-from report.queries import Selection, metric, rows, stat_or_empty, stats_by
+from report.queries import Selection, group_keys, metric, rows, stat_or_empty, stats_by
 from report.values import RatioFigure, Stat
 
 STREAM_METRICS = ("itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "max_stall_ms", "itl_cv")
@@ -44,6 +44,8 @@ class Column:
 
 @dataclass(frozen=True)
 class StreamingContext:
+    """The streaming page: responsiveness and streamed vs not."""
+
     columns: tuple[Column, ...]
     overall: tuple[StreamRow, ...]
     per_test: tuple[StreamRow, ...]
@@ -53,20 +55,19 @@ class StreamingContext:
 
 
 def _stream_rows(
-    con: duckdb.DuckDBPyConnection, groups: list[str], order: list[str], test: str | None
+    con: duckdb.DuckDBPyConnection, groups: list[str], order: list[str]
 ) -> tuple[StreamRow, ...]:
     tables = [stats_by(con, name, groups + order) for name in STREAM_METRICS]
-    keys = sorted(set().union(*[t.keys() for t in tables]), key=lambda k: k[len(groups):])
     out = []
-    for key in keys:
+    for key in group_keys(con, groups, order):
         values = dict(zip(groups, key[: len(groups)], strict=True))
         out.append(
             StreamRow(
                 model=values["model"],
-                test_id=values.get("test_id", test or "all tests"),
+                test_id=values.get("test_id", "all tests"),
                 config=values["config_label"],
                 stats=tuple(
-                    stat_or_empty(t, key, metric(n).unit, "no per-token gaps (one token or none)")
+                    stat_or_empty(t, key, metric(n).unit, "fewer than two content events")
                     for t, n in zip(tables, STREAM_METRICS, strict=True)
                 ),
             )
@@ -80,8 +81,7 @@ def _compare(
     keys_sql = ", ".join(groups + order)
     present = rows(
         con,
-        f"SELECT DISTINCT {keys_sql} FROM rm WHERE {NON_STREAMED} ORDER BY "
-        + ", ".join(order),
+        f"SELECT DISTINCT {keys_sql} FROM rm WHERE {NON_STREAMED} ORDER BY " + ", ".join(order),
     )
     if not present:
         return ()
@@ -124,13 +124,11 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> StreamingContext:
     non_streamed = rows(con, f"SELECT count(*) AS n FROM rm WHERE {NON_STREAMED}")[0]["n"]
     return StreamingContext(
         columns=tuple(
-            Column(n, metric(n).title, metric(n).unit, metric(n).definition)
-            for n in STREAM_METRICS
+            Column(n, metric(n).title, metric(n).unit, metric(n).definition) for n in STREAM_METRICS
         ),
-        overall=_stream_rows(con, by_model, model_order, None),
-        per_test=_stream_rows(con, by_test, test_order, None),
+        overall=_stream_rows(con, by_model, model_order),
+        per_test=_stream_rows(con, by_test, test_order),
         compare=_compare(con, by_test, test_order),
         compare_overall=_compare(con, by_model, model_order),
         non_streamed=int(non_streamed or 0),
     )
-

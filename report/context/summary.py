@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from report.context.common import gate_rank
 from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
 from report.context.quality import QualityContext
@@ -37,6 +38,7 @@ class Verdict:
 class SummaryRow:
     model: str
     config: str
+    host: str  # hosts.host_id of the model's campaign
     parameters: Figure
     vram_saved: Figure | None  # None: this row is the baseline reference
     avg_tps: Stat
@@ -64,6 +66,8 @@ class StoreCounts:
 
 @dataclass(frozen=True)
 class SummaryContext:
+    """The summary page: verdict, headline figures, summary table."""
+
     campaigns: tuple[Campaign, ...]
     verdict: Verdict
     gates: tuple[Gate, ...]
@@ -73,6 +77,8 @@ class SummaryContext:
     synthetic: bool
     unfinished: tuple[Campaign, ...]
     estimated_tokens: int
+    sweeps: tuple[str, ...]  # configurations that ran a subset of the tests
+    multi_host: bool  # the shown campaigns span several hosts: rows say which
 
 
 def _verdict(gates: tuple[Gate, ...]) -> Verdict:
@@ -84,11 +90,16 @@ def _verdict(gates: tuple[Gate, ...]) -> Verdict:
             "NO VERDICT",
             "The release gates have not been computed for this campaign (scoring has not run), "
             "so there is no verdict.",
-            0, 0, 0,
+            0,
+            0,
+            0,
         )
     if failed:
         return Verdict(
-            "NOT READY", f"{failed} of {len(gates)} release gates failed.", passed, failed,
+            "NOT READY",
+            f"{failed} of {len(gates)} release gates failed.",
+            passed,
+            failed,
             unmeasured,
         )
     if unmeasured:
@@ -96,7 +107,9 @@ def _verdict(gates: tuple[Gate, ...]) -> Verdict:
             "INCOMPLETE",
             f"No gate failed, but {unmeasured} of {len(gates)} could not be measured on this "
             "host; the verdict needs them.",
-            passed, failed, unmeasured,
+            passed,
+            failed,
+            unmeasured,
         )
     return Verdict("READY", f"All {len(gates)} release gates pass.", passed, 0, 0)
 
@@ -109,32 +122,40 @@ def build(
     quality: QualityContext,
 ) -> SummaryContext:
     """The summary page's context, from the other pages' contexts and the gates."""
+    found = rows(
+        con,
+        """
+        SELECT c.name, c.started_utc, g.gate_id, g.title, g.status, g.threshold, g.measured
+        FROM gates g JOIN campaigns c USING (campaign_id)
+        WHERE g.campaign_id IN (SELECT campaign_id FROM sel)
+        """,
+    )
+    found.sort(key=lambda g: (g["started_utc"], gate_rank(g["gate_id"])))
     gates = tuple(
         Gate(g["name"], g["gate_id"], g["title"], g["status"], g["threshold"], g["measured"])
-        for g in rows(
-            con,
-            """
-            SELECT c.name, g.gate_id, g.title, g.status, g.threshold, g.measured
-            FROM gates g JOIN campaigns c USING (campaign_id)
-            WHERE g.campaign_id IN (SELECT campaign_id FROM sel)
-            ORDER BY c.started_utc,
-                     TRY_CAST(regexp_extract(g.gate_id, '[0-9]+') AS INTEGER) NULLS LAST,
-                     g.gate_id
-            """,
-        )
+        for g in found
     )
     avg = stats_by(con, "avg_tps", ["model", "config_label"])
-    params = {
-        r["display"]: r["parameter_count"]
-        for r in rows(con, "SELECT display, parameter_count FROM sel_models")
-    }
+    models = rows(con, "SELECT display, parameter_count, host_id FROM sel_models")
+    params = {r["display"]: r["parameter_count"] for r in models}
+    hosts = {r["display"]: r["host_id"] for r in models}
     vram = {(c.model, c.config): c.headline for c in memory.comparisons}
     q_rows = {(q.model, q.config): q for q in quality.overall}
     series = rows(
         con,
         "SELECT DISTINCT model, model_order, config_label, config_order, n_cpu_moe FROM rm "
-        "ORDER BY model_order, config_order",
+        "WHERE (model_id, config_label) IN (SELECT model_id, config_label FROM sel_series "
+        "WHERE main) ORDER BY model_order, config_order",
     )
+    sweeps = tuple(
+        r["config_label"]
+        for r in rows(
+            con,
+            "SELECT config_label, min(n_cpu_moe) AS k FROM sel_series WHERE NOT main "
+            "GROUP BY config_label ORDER BY k, config_label",
+        )
+    )
+    main = {(r["model"], r["config_label"]) for r in series}
     table = []
     for s in series:
         key = (s["model"], s["config_label"])
@@ -145,6 +166,7 @@ def build(
             SummaryRow(
                 model=s["model"],
                 config=s["config_label"],
+                host=hosts[s["model"]],
                 parameters=Quantity(float(p), "params", None)
                 if p is not None
                 else Missing("the model file was not inspected"),
@@ -152,9 +174,7 @@ def build(
                 if offloaded
                 else None,
                 avg_tps=stat_or_empty(avg, key, "tokens/s", "no successful streamed request"),
-                quality=q.scores["quality"]
-                if q
-                else Stat.empty("/ 5", quality.no_scores_reason),
+                quality=q.scores["quality"] if q else Stat.empty("", quality.no_scores_reason),
                 repetition=q.scores["repetition"]
                 if q
                 else Stat.empty("", quality.no_scores_reason),
@@ -163,6 +183,8 @@ def build(
     ratios = {(r.model, r.config, r.metric): r for r in performance.ratios}
     headlines = []
     for c in memory.comparisons:
+        if (c.model, c.config) not in main:
+            continue
         decode = ratios.get((c.model, c.config, "decode_tps"))
         ttft = ratios.get((c.model, c.config, "ttft_ms"))
         none = RatioFigure(None, None, None, "no successful streamed request on both sides")
@@ -180,11 +202,17 @@ def build(
         t: int(scalar(con, sql) or 0)
         for t, sql in (
             ("requests", "SELECT count(*) FROM rm"),
-            ("chunks", "SELECT sum(event_count) FROM requests WHERE request_id IN "
-                       "(SELECT request_id FROM rm)"),
+            (
+                "chunks",
+                "SELECT sum(event_count) FROM requests WHERE request_id IN "
+                "(SELECT request_id FROM rm)",
+            ),
             ("server_runs", "SELECT count(*) FROM sel_runs"),
-            ("telemetry", "SELECT count(*) FROM telemetry WHERE server_run_id IN "
-                          "(SELECT server_run_id FROM sel_runs)"),
+            (
+                "telemetry",
+                "SELECT count(*) FROM telemetry WHERE server_run_id IN "
+                "(SELECT server_run_id FROM sel_runs)",
+            ),
         )
     }
     return SummaryContext(
@@ -197,4 +225,6 @@ def build(
         synthetic=any("SYNTHETIC" in c.name.upper() for c in sel.campaigns),
         unfinished=tuple(c for c in sel.campaigns if c.status != "complete"),
         estimated_tokens=sum(s.requests for s in performance.token_sources if s.source == "chunks"),
+        sweeps=sweeps,
+        multi_host=len({c.host_id for c in sel.campaigns}) > 1,
     )

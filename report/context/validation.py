@@ -33,6 +33,8 @@ class PerfRun:
 
 @dataclass(frozen=True)
 class ValidationContext:
+    """The instrument validation page."""
+
     runs: tuple[PerfRun, ...]
 
 

@@ -1,0 +1,223 @@
+"""The built site in headless Chromium with the network off: every page loads
+without a console error, every chart draws, and hostile model output is text;
+a site of several hosts and releases shows them side by side and over time."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from report.build import PAGES
+from tests.fixtures.report.support import build, project, serve, synthetic_store
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists() or shutil.which("chromium") is None,
+        reason="needs Chromium at /usr/bin/chromium (apt-get install chromium); CI installs it",
+    ),
+]
+
+
+def _url_path(page: str) -> str:
+    stem = page[: -len(".md")]
+    if stem == "index":
+        return ""
+    return stem[: -len("index")] if stem.endswith("/index") else stem + "/"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("browser")
+    db = tmp / "quick.duckdb"
+    synthetic_store(db, gpu=True, sweep=(8,), requests=60, chunks=1500)
+    return build(db, project(tmp)).site_dir
+
+
+@pytest.fixture(scope="module")
+def fleet_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three synthetic campaigns: a GPU host in two releases and a CPU-only host in
+    the second, all shown."""
+    from evidence.store import open_store
+
+    tmp = tmp_path_factory.mktemp("browser-fleet")
+    db = tmp / "fleet.duckdb"
+    for hours, (gpu, seed, release) in enumerate(
+        ((True, 1, "fleet-1.6"), (True, 2, "fleet-1.7"), (False, 3, "fleet-1.7"))
+    ):
+        campaign = synthetic_store(db, gpu=gpu, seed=seed, requests=40, chunks=700)
+        with open_store(db) as con:
+            con.execute(
+                "UPDATE campaigns SET release_label = ?, "
+                "started_utc = started_utc + to_hours(?) WHERE campaign_id = ?",
+                [release, hours, campaign],
+            )
+    return build(db, project(tmp), all_campaigns=True).site_dir
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+class Visit:
+    """A page opened with every non-local request blocked and recorded."""
+
+    def __init__(self, browser: Any, base: str, path: str) -> None:
+        self.errors: list[str] = []
+        self.external: list[str] = []
+        self.dialogs: list[str] = []
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context.route("**/*", self._route(base))
+        self.page = self.context.new_page()
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", self._dialog)
+        response = self.page.goto(base + path, wait_until="networkidle")
+        assert response is not None and response.ok, f"{path}: HTTP {response and response.status}"
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self.errors.append(message.text)
+
+    def _dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def _route(self, base: str) -> Any:
+        def handle(route: Any) -> None:
+            if route.request.url.startswith(base):
+                route.continue_()
+            else:
+                self.external.append(route.request.url)
+                route.abort()
+
+        return handle
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def _pages(site: Path) -> list[str]:
+    pages = [_url_path(page) for _, page in PAGES] + ["store/", "fleet/"]
+    pages += [
+        f"transcripts/{p.name}/" for p in sorted((site / "transcripts").iterdir()) if p.is_dir()
+    ]
+    return pages
+
+
+def test_every_page_loads_offline_without_console_errors(site: Path, browser: Any) -> None:
+    with serve(site) as base:
+        for path in _pages(site):
+            visit = Visit(browser, base, path)
+            try:
+                assert visit.errors == [], f"{path}: {visit.errors}"
+                assert visit.external == [], f"{path} asked the network for {visit.external}"
+                assert visit.page.locator("h1").count() >= 1
+            finally:
+                visit.close()
+
+
+def test_charts_render(site: Path, browser: Any) -> None:
+    drawn = 0
+    with serve(site) as base:
+        for path in ("memory/", "performance/", "streaming/", "quality/"):
+            visit = Visit(browser, base, path)
+            try:
+                figures = visit.page.locator("figure.chart")
+                count = figures.count()
+                assert count > 0, path
+                visit.page.wait_for_function(
+                    f"document.querySelectorAll('figure.chart-live').length === {count}",
+                    timeout=15_000,
+                )
+                for i in range(count):
+                    assert figures.nth(i).locator("svg, canvas").count() > 0
+                drawn += count
+            finally:
+                visit.close()
+    assert drawn >= 10
+
+
+def test_hostile_transcripts_show_as_text_and_run_nothing(site: Path, browser: Any) -> None:
+    seen = ""
+    with serve(site) as base:
+        for name in (
+            "simple-response",
+            "code-generation",
+            "technical-explanation",
+            "multi-step-problem",
+        ):
+            visit = Visit(browser, base, f"transcripts/{name}/")
+            try:
+                visit.page.evaluate(
+                    "document.querySelectorAll('details').forEach(d => d.open = true)"
+                )
+                visit.page.wait_for_timeout(200)
+                assert visit.page.evaluate("typeof window.__pwned") == "undefined"
+                assert (
+                    visit.page.evaluate(
+                        "document.querySelectorAll('[onclick], [onerror], [onload]').length"
+                    )
+                    == 0
+                )
+                assert visit.dialogs == []
+                pre = visit.page.locator("pre.transcript")
+                assert pre.locator("script, img").count() == 0
+                seen += "\n".join(pre.all_inner_texts())
+                assert visit.external == []
+            finally:
+                visit.close()
+    assert "<script>window.__pwned = 1; console.error('xss')</script>" in seen
+    assert '<img src=x onerror="window.__pwned = 2">' in seen
+    assert "{{ 7 * 7 }}" in seen
+    assert '--8<-- "/etc/passwd"' in seen
+
+
+def test_hosts_side_by_side_and_history_charts(fleet_site: Path, browser: Any) -> None:
+    with serve(fleet_site) as base:
+        for path in ("", "hosts/", "history/"):
+            visit = Visit(browser, base, path)
+            try:
+                assert visit.errors == [] and visit.external == [], path
+                if path == "hosts/":
+                    header = visit.page.locator("table").first.locator("th")
+                    assert header.count() == 3  # the fact, then one column per host
+                    assert "synthetic-gpu-host" in header.all_inner_texts()[1]
+                elif path == "":
+                    summary = visit.page.locator("table", has_text="Avg Tokens/Sec")
+                    assert "Host" in summary.locator("th").all_inner_texts()
+                else:
+                    figures = visit.page.locator("figure.chart")
+                    count = figures.count()
+                    assert count == 6  # one per headline metric
+                    visit.page.wait_for_function(
+                        f"document.querySelectorAll('figure.chart-live').length === {count}",
+                        timeout=15_000,
+                    )
+                    for i in range(count):
+                        assert figures.nth(i).locator("svg, canvas").count() > 0
+                    assert visit.page.locator("text=fleet-1.6").count() > 0
+            finally:
+                visit.close()

@@ -1,0 +1,232 @@
+"""`nox -s build`: a store in, a checked, offline, versioned site out."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from evidence.errors import BuildError
+from evidence.store import open_store
+from report.build import PAGES, BuildResult
+from report.cli import main
+from tests.fixtures.report.support import build, project, synthetic_store
+
+SNAPSHOT = Path(__file__).parent / "fixtures" / "report" / "snapshot"
+UPDATE = os.environ.get("UPDATE_SNAPSHOTS") == "1"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, BuildResult]:
+    tmp = tmp_path_factory.mktemp("quick")
+    db = tmp / "quick.duckdb"
+    synthetic_store(db)
+    root = project(tmp)
+    return db, root, build(db, root)
+
+
+def test_every_page_is_generated_and_built(quick: tuple[Path, Path, BuildResult]) -> None:
+    _, root, result = quick
+    for _, page in PAGES:
+        assert (root / "docs" / page).is_file()
+        html = result.site_dir / (page[:-3].replace("index", "") or "") / "index.html"
+        assert html.parent.joinpath("index.html").is_file(), page
+    assert len(list((root / "docs" / "transcripts").glob("*.md"))) == 10  # 9 tests + index
+    assert (result.site_dir / "store" / "index.html").is_file()
+
+
+def test_the_site_references_no_network_resource(quick: tuple[Path, Path, BuildResult]) -> None:
+    _, _, result = quick
+    for html in result.site_dir.rglob("*.html"):
+        text = html.read_text(encoding="utf-8")
+        assert "fonts.googleapis" not in text and "fonts.gstatic" not in text
+        assert not re.search(r'<script[^>]+src="(https?:)?//', text), html
+        assert not re.search(r'<link[^>]+href="(https?:)?//', text), html
+    assert (result.site_dir / "assets" / "vendor" / "vega-bundle.js").stat().st_size > 500_000
+
+
+def test_charts_have_spec_and_static_svg(quick: tuple[Path, Path, BuildResult]) -> None:
+    _, root, _ = quick
+    charts = root / "docs" / "assets" / "charts"
+    svgs = sorted(p.stem for p in charts.glob("*.svg"))
+    assert "perf-ttft_ms" in svgs or "perf-ttft-ms" in svgs
+    for name in svgs:
+        assert (charts / f"{name}.vl.json").is_file()
+        assert (charts / f"{name}.svg").read_text().lstrip().startswith("<svg")
+
+
+def test_tables_are_exported_as_parquet(quick: tuple[Path, Path, BuildResult]) -> None:
+    db, root, _ = quick
+    data = root / "docs" / "data"
+    with duckdb.connect() as con:
+        n = con.execute(f"SELECT count(*) FROM '{data / 'chunks.parquet'}'").fetchone()
+        with open_store(db, read_only=True) as store:
+            want = store.execute("SELECT count(*) FROM chunks").fetchone()
+        assert n == want
+        cols = {
+            r[0]
+            for r in con.execute(
+                f"DESCRIBE SELECT * FROM '{data / 'request_metrics.parquet'}'"
+            ).fetchall()
+        }
+    assert {"ttft_ms", "decode_tps", "avg_tps", "e2e_s"} <= cols
+
+
+def test_hostile_output_is_escaped_in_the_markdown(quick: tuple[Path, Path, BuildResult]) -> None:
+    _, root, _ = quick
+    text = "".join(p.read_text() for p in (root / "docs" / "transcripts").glob("*.md"))
+    assert "<script>" not in text and "<img" not in text and "{{ 7" not in text
+    assert "&#60;script&#62;" in text
+    html = "".join(p.read_text() for p in (root / "site" / "transcripts").rglob("*.html"))
+    assert "<script>window.__pwned" not in html and "&#60;script&#62;window" in html
+
+
+def _normalise(text: str) -> str:
+    # The store file's digest, id and size change with every store written.
+    text = re.sub(r"(\| (?:SHA-256|Store id|Size) \| ).*\|", r"\1(varies) |", text)
+    text = re.sub(r'(data-chart="[^"]+">)[^<]*(</script>)', r"\1(spec)\2", text)
+    return re.sub(r"(\| \d[\d,]* \| )[\d.,]+&nbsp;[KMG]?i?B( \| \[)", r"\1(size)\2", text)
+
+
+def test_snapshot_of_the_rendered_markdown(quick: tuple[Path, Path, BuildResult]) -> None:
+    _, root, _ = quick
+    # The methodology page quotes evidence.metrics and scoring verbatim; it is
+    # checked against them below rather than frozen here.
+    pages = [page for _, page in PAGES if page != "methodology.md"]
+    pages.append("transcripts/simple-response.md")
+    if UPDATE:
+        shutil.rmtree(SNAPSHOT, ignore_errors=True)
+    for page in pages:
+        got = _normalise((root / "docs" / page).read_text(encoding="utf-8"))
+        path = SNAPSHOT / page
+        if UPDATE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(got, encoding="utf-8")
+            continue
+        assert path.is_file(), f"no snapshot for {page}; run with UPDATE_SNAPSHOTS=1"
+        assert got == path.read_text(encoding="utf-8"), (
+            f"{page} changed; review, then UPDATE_SNAPSHOTS=1"
+        )
+
+
+def test_methodology_renders_every_metric_definition(
+    quick: tuple[Path, Path, BuildResult],
+) -> None:
+    from evidence.metrics import METRICS
+
+    _, root, _ = quick
+    text = (root / "docs" / "methodology.md").read_text(encoding="utf-8")
+    for metric in METRICS.values():
+        assert f"{{ #metric-{metric.name} }}" in text, metric.name
+        assert metric.definition in text, metric.name
+
+
+def test_same_store_same_site(quick: tuple[Path, Path, BuildResult], tmp_path: Path) -> None:
+    db, root, _ = quick
+    again = project(tmp_path)
+    build(db, again, run_mkdocs=False)
+    for _, page in PAGES:
+        assert (again / "docs" / page).read_text() == (root / "docs" / page).read_text(), page
+
+
+def test_an_empty_store_builds_and_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "empty.duckdb"
+    with open_store(db):
+        pass
+    root = project(tmp_path)
+    result = build(db, root)
+    assert result.campaign_ids == ()
+    index = (root / "docs" / "index.md").read_text()
+    assert "No evidence yet" in index
+    assert "not measured yet" in (root / "docs" / "validation.md").read_text()
+
+
+def test_a_store_without_scores_or_gpu_builds_and_says_what_is_missing(tmp_path: Path) -> None:
+    db = tmp_path / "bare.duckdb"
+    synthetic_store(db, scores=False, gates=False, reviews=False, gpu=False)
+    root = project(tmp_path)
+    build(db, root)
+    index = (root / "docs" / "index.md").read_text()
+    assert "NO VERDICT" in index
+    quality = (root / "docs" / "quality.md").read_text()
+    assert "scoring has not run" in quality
+    memory = (root / "docs" / "memory.md").read_text()
+    assert "no NVIDIA GPU on this host" in memory
+
+
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        ("\nThroughput: XX tokens/s\n", r"docs/models\.md:\d+: unresolved placeholder 'XX'"),
+        ("\nSaved X.X GB\n", r"docs/models\.md:\d+: unresolved placeholder 'X\.X'"),
+        ("\nTODO write this\n", r"docs/models\.md:\d+: unresolved placeholder 'TODO'"),
+        ("\n=======\n", r"docs/models\.md:\d+: merge-conflict marker"),
+        ("\n{{ none if page.models else 1 }}\n", r"templates/models\.md\.j2:\d+: None"),
+        (
+            "\n{{ page.models | length / 3 }}\n",
+            r"templates/models\.md\.j2:\d+: an unformatted float",
+        ),
+        ("\n{{ none }}\n", r"docs/models\.md:\d+: missing value printed as a figure 'None'"),
+        ("\n{{ no_such_name }}\n", r"templates/models\.md\.j2:\d+: .*no_such_name"),
+    ],
+)
+def test_hygiene_failures_name_file_and_line(tmp_path: Path, addition: str, message: str) -> None:
+    db = tmp_path / "q.duckdb"
+    synthetic_store(db)
+    root = project(tmp_path)
+    template = root / "templates" / "models.md.j2"
+    template.write_text(template.read_text() + addition)
+    with pytest.raises(BuildError, match=message):
+        build(db, root, run_mkdocs=False)
+
+
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        ("\n[nowhere](nowhere.md)\n", r"docs/models\.md:\d+: .*nowhere\.md"),
+        ("\n[bad anchor](memory.md#no-such-section)\n", r"docs/models\.md:\d+: .*no-such-section"),
+    ],
+)
+def test_broken_links_and_anchors_fail_the_build(
+    tmp_path: Path, addition: str, message: str
+) -> None:
+    db = tmp_path / "q.duckdb"
+    synthetic_store(db)
+    root = project(tmp_path)
+    template = root / "templates" / "models.md.j2"
+    template.write_text(template.read_text() + addition)
+    with pytest.raises(BuildError, match=message):
+        build(db, root)
+
+
+def test_cli_reports_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(
+        ["build", "--db", str(tmp_path / "missing.duckdb"), "--root", str(project(tmp_path))]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: no evidence store at") and err.count("\n") == 1
+
+
+def test_unknown_campaign_is_an_error(
+    quick: tuple[Path, Path, BuildResult], tmp_path: Path
+) -> None:
+    db, _, _ = quick
+    with pytest.raises(BuildError, match="no campaign nope in this store"):
+        build(db, project(tmp_path), campaigns=("nope",), run_mkdocs=False)
+
+
+def test_the_build_never_imports_the_capture_side() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, report, report.build, report.cli, report.publish; "
+        "from report.context import methodology; methodology._scoring_docs(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'collector'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,49 @@
+"""The hygiene check refuses what made the last whitepaper need corrections."""
+
+from __future__ import annotations
+
+import pytest
+
+from evidence.errors import BuildError
+from report.hygiene import check_text
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "what"),
+    [
+        ("ok\nspeed: XX tok/s", 2, "placeholder 'XX'"),
+        ("ok\n\nX.X GB saved", 3, "placeholder 'X.X'"),
+        ("TODO: fill in", 1, "placeholder 'TODO'"),
+        ("| a | None |", 1, "'None'"),
+        ("mean NaN ms", 1, "'NaN'"),
+        ("a\n<<<<<<< HEAD\nb\n=======\nc\n>>>>>>> other", 2, "merge-conflict"),
+    ],
+)
+def test_problems_are_named_with_file_and_line(text: str, line: int, what: str) -> None:
+    with pytest.raises(BuildError) as err:
+        check_text(text, "docs/memory.md")
+    assert str(err.value).startswith(f"docs/memory.md:{line}: ")
+    assert what in str(err.value)
+
+
+def test_untrusted_text_may_say_anything() -> None:
+    check_text(
+        'before\n<pre class="untrusted transcript">return None\nTODO XX\n=======\n</pre>\n'
+        'a <span class="untrusted">NaN</span> b',
+        "x.md",
+    )
+
+
+def test_untrusted_regions_do_not_hide_what_follows() -> None:
+    with pytest.raises(BuildError, match=r"x\.md:3:"):
+        check_text('<span class="untrusted">None</span>\n\nNone', "x.md")
+
+
+def test_docstrings_from_code_may_mention_none_but_not_placeholders() -> None:
+    check_text('<div class="from-code" markdown>\nreturns None\n</div><!-- from-code -->', "m.md")
+    with pytest.raises(BuildError, match="TODO"):
+        check_text('<div class="from-code" markdown>\nTODO\n</div><!-- from-code -->', "m.md")
+
+
+def test_words_that_merely_contain_the_patterns_pass() -> None:
+    check_text("XXL Nonetheless nano Q4_K_M x86_64 informal ========", "x.md")

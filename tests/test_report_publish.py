@@ -1,0 +1,78 @@
+"""`nox -s publish -- VERSION`: mike deploys each version beside the earlier ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from evidence.errors import BuildError
+from report.publish import publish
+from tests.fixtures.report.support import project, synthetic_store
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="publishing needs git")
+
+
+def _git(root: Path, *args: str) -> str:
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.invalid",
+    )
+    return subprocess.run(
+        ["git", *args], cwd=root, check=True, capture_output=True, text=True, env=env
+    ).stdout
+
+
+def test_two_versions_side_by_side_with_their_campaigns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in (
+        ("GIT_AUTHOR_NAME", "test"),
+        ("GIT_AUTHOR_EMAIL", "t@example.invalid"),
+        ("GIT_COMMITTER_NAME", "test"),
+        ("GIT_COMMITTER_EMAIL", "t@example.invalid"),
+    ):
+        monkeypatch.setenv(key, value)
+    root = project(tmp_path)
+    _git(root, "init", "-q", "-b", "main")
+    old_db, new_db = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
+    old_id = synthetic_store(old_db)
+    new_id = synthetic_store(new_db, seed=7)
+
+    publish("1.6.0", db=old_db, root=root)
+    publish("1.7.0", db=new_db, root=root)
+
+    versions = json.loads(_git(root, "show", "gh-pages:versions.json"))
+    by_version = {v["version"]: v for v in versions}
+    assert set(by_version) == {"1.6.0", "1.7.0"}
+    assert by_version["1.7.0"]["aliases"] == ["latest"]
+    assert by_version["1.6.0"]["aliases"] == []
+    assert by_version["1.6.0"]["properties"] == {"campaigns": [old_id]}
+    assert by_version["1.7.0"]["properties"] == {"campaigns": [new_id]}
+    files = _git(root, "ls-tree", "-r", "--name-only", "gh-pages").splitlines()
+    assert "1.6.0/index.html" in files and "1.7.0/index.html" in files
+    page = _git(root, "show", "gh-pages:1.7.0/index.html")
+    assert new_id in page and "whitepaper version 1.7.0" in page
+    log = _git(root, "log", "--format=%s", "gh-pages")
+    assert f"campaign(s) {new_id}" in log and f"campaign(s) {old_id}" in log
+    redirect = _git(root, "show", "gh-pages:index.html")
+    assert "latest" in redirect
+
+
+def test_publishing_an_empty_store_is_refused(tmp_path: Path) -> None:
+    from evidence.store import open_store
+
+    root = project(tmp_path)
+    _git(root, "init", "-q")
+    db = tmp_path / "empty.duckdb"
+    with open_store(db):
+        pass
+    with pytest.raises(BuildError, match="holds no campaign"):
+        publish("1.7.0", db=db, root=root)
