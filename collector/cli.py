@@ -8,6 +8,7 @@ has been left consistent.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -150,6 +151,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _interrupt_on_termination() -> None:
+    """Treat SIGTERM (and SIGHUP where it exists) like Ctrl-C, so a campaign
+    killed by a job runner still stops its server and marks itself interrupted
+    instead of leaving an orphaned server behind (servers run in their own
+    process group and would not get the signal)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -160,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     handler = COMMANDS[name][0]
+    _interrupt_on_termination()
     try:
         return handler(rest)
     except EvidenceError as exc:

@@ -73,13 +73,16 @@ def _source_tables(con: duckdb.DuckDBPyConnection, schema: str) -> set[str]:
 
 def _source_version(con: duckdb.DuckDBPyConnection, schema: str, label: str) -> int:
     if "schema_migrations" not in _source_tables(con, schema):
-        raise StoreError(f"{label} is not an evidence store (no schema_migrations table); "
-                         f"nothing merged")
+        raise StoreError(
+            f"{label} is not an evidence store (no schema_migrations table); nothing merged"
+        )
     row = con.execute(f"SELECT max(version) FROM {schema}.schema_migrations").fetchone()
     version = int(row[0]) if row and row[0] is not None else 0
     if version > SCHEMA_VERSION:
-        raise SchemaTooNew(f"{label} has schema version {version}, newer than this tool's "
-                           f"{SCHEMA_VERSION}; upgrade moe-evidence to merge it")
+        raise SchemaTooNew(
+            f"{label} has schema version {version}, newer than this tool's "
+            f"{SCHEMA_VERSION}; upgrade moe-evidence to merge it"
+        )
     return version
 
 
@@ -89,6 +92,7 @@ def merge_schema(con: duckdb.DuckDBPyConnection, schema: str, label: str) -> Mer
     _source_version(con, schema, label)
     present = _source_tables(con, schema)
     report = MergeReport(label)
+    parents = {parent: link for _, parent, link in CHILD_TABLES}
     for table, key in KEYED_TABLES:
         if table not in present:
             continue  # an older source without this table
@@ -96,50 +100,46 @@ def merge_schema(con: duckdb.DuckDBPyConnection, schema: str, label: str) -> Mer
         common = [c for c in _columns(con, f"main.{table}") if c in src_cols]
         cols = ", ".join(common)
         on = " AND ".join(f"t.{k} = s.{k}" for k in key)
-        # Conflicts: same key, different content (compared as JSON text of the
-        # columns both sides have).
-        row_json = ", ".join(f"'{c}', {{alias}}.{c}" for c in common)
+        # Conflicts: same key, different content in the columns both sides have
+        # (a row comparison: no per-row text is built, so re-merging is cheap).
+        src_row = ", ".join(f"s.{c}" for c in common)
+        dst_row = ", ".join(f"t.{c}" for c in common)
         key_text = " || '/' || ".join(f"s.{k}::VARCHAR" for k in key)
         conflicts = con.execute(
-            f"SELECT {key_text} "
-            f"FROM {schema}.{table} s JOIN main.{table} t ON {on} "
-            f"WHERE json_object({row_json.format(alias='s')})::VARCHAR "
-            f"<> json_object({row_json.format(alias='t')})::VARCHAR"
+            f"SELECT {key_text} FROM {schema}.{table} s JOIN main.{table} t ON {on} "
+            f"WHERE ({src_row}) IS DISTINCT FROM ({dst_row})"
         ).fetchall()
         if conflicts:
             report.conflicts[table] = [str(c[0]) for c in conflicts]
+        new_rows = (
+            f"FROM {schema}.{table} s WHERE NOT EXISTS (SELECT 1 FROM main.{table} t WHERE {on})"
+        )
+        if table in parents:
+            # The rows this merge adds: only their children come along.
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _new_{table} AS "
+                f"SELECT s.{parents[table]} AS k {new_rows}"
+            )
         before = _count(con, f"main.{table}")
         con.execute(
-            f"INSERT INTO main.{table} ({cols}) SELECT {', '.join('s.' + c for c in common)} "
-            f"FROM {schema}.{table} s WHERE NOT EXISTS "
-            f"(SELECT 1 FROM main.{table} t WHERE {on})"
+            f"INSERT INTO main.{table} ({cols}) "
+            f"SELECT {', '.join('s.' + c for c in common)} {new_rows}"
         )
         report.added[table] = _count(con, f"main.{table}") - before
     for child, parent, link in CHILD_TABLES:
-        if child not in present:
+        if child not in present or parent not in present:
             continue
         src_cols = _columns(con, f"{schema}.{child}")
         common = [c for c in _columns(con, f"main.{child}") if c in src_cols]
-        cols = ", ".join(common)
         before = _count(con, f"main.{child}")
-        # Children of parents the target did not have before this merge: the
-        # target has no child rows for them yet.
         con.execute(
-            f"INSERT INTO main.{child} ({cols}) SELECT {', '.join('s.' + c for c in common)} "
-            f"FROM {schema}.{child} s "
-            f"WHERE s.{link} IN (SELECT {link} FROM main.{parent}) "
-            f"AND s.{link} NOT IN (SELECT DISTINCT {link} FROM main.{child})"
-            + _excluding(link, report.conflicts.get(parent, []))
+            f"INSERT INTO main.{child} ({', '.join(common)}) "
+            f"SELECT {', '.join('s.' + c for c in common)} FROM {schema}.{child} s "
+            f"WHERE s.{link} IN (SELECT k FROM _new_{parent})"
         )
         report.added[child] = _count(con, f"main.{child}") - before
+        con.execute(f"DROP TABLE _new_{parent}")
     return report
-
-
-def _excluding(key: str, values: list[str]) -> str:
-    if not values:
-        return ""
-    listed = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-    return f" AND s.{key} NOT IN ({listed})"
 
 
 def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
@@ -147,13 +147,18 @@ def _count(con: duckdb.DuckDBPyConnection, relation: str) -> int:
     return int(row[0]) if row else 0
 
 
-def record_merge(con: duckdb.DuckDBPyConnection, source_store_id: str | None, report: MergeReport
-            ) -> None:
+def record_merge(
+    con: duckdb.DuckDBPyConnection, source_store_id: str | None, report: MergeReport
+) -> None:
     con.execute(
         "INSERT INTO merge_log VALUES (?, ?, ?, ?, ?)",
-        [source_store_id, report.source, datetime.now(UTC),
-         json.dumps(report.added, sort_keys=True),
-         json.dumps({k: len(v) for k, v in report.conflicts.items()}, sort_keys=True)],
+        [
+            source_store_id,
+            report.source,
+            datetime.now(UTC),
+            json.dumps(report.added, sort_keys=True),
+            json.dumps({k: len(v) for k, v in report.conflicts.items()}, sort_keys=True),
+        ],
     )
 
 

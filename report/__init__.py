@@ -1,6 +1,7 @@
 """The report side: the whitepaper site, built from the evidence store alone.
 
-    evidence store (DuckDB, read-only)
+    evidence store (DuckDB, read-only), or a fleet directory of Parquet
+    bundles read in place (report.source)
       -> report.queries     the chosen campaigns and evidence.metrics' views
       -> report.context.*   one typed context per page (SQL aggregates)
       -> report.charts      Altair specs + static SVGs (vl-convert)

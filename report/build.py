@@ -1,7 +1,7 @@
 """The build: evidence store -> page contexts -> Markdown + charts + Parquet -> site.
 
     open the source read-only (a store file, or a fleet directory of Parquet
-    bundles read in place by `evidence.bundle.open_source`)
+    bundles read in place: report.source)
       -> select campaigns, create the metric views and TEMP working tables
       -> one context per page (SQL; nothing loops over chunks in Python)
       -> charts (Altair specs, static SVGs), Parquet exports
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evidence.bundle import MANIFEST, find_bundles, open_source
+from evidence.bundle import MANIFEST, find_bundles
 from evidence.errors import BuildError
 from report import charts as charts_mod
 from report import hygiene, site, vendor
@@ -45,6 +45,7 @@ from report.context import (
 from report.export import export_tables
 from report.queries import Selection, prepare, rows, select_campaigns
 from report.render import chart_markup, environment, render_page
+from report.source import open_evidence
 
 # The generated part of docs/: pages (template -> page) and asset folders. The
 # build deletes and rewrites all of it; everything else in docs/ is hand-written.
@@ -191,7 +192,7 @@ def build_site(options: BuildOptions) -> BuildResult:
     with timer.step("vega bundle (start)"):
         bundle = vendor.start_bundle(charts_mod.vega_lite_version())
     clean_generated(docs)
-    with open_source(options.db) as con:
+    with open_evidence(options.db) as con:
         facts = source_facts(options.db)
         with timer.step("select + views"):
             sel = select_campaigns(con, options.campaigns, options.all_campaigns)

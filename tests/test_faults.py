@@ -11,20 +11,21 @@ The tool's own errors (missing binary, missing model, port in use) end in one
 
 from __future__ import annotations
 
-import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import httpx
 import numpy as np
+import psutil
 import pytest
 from gguf import GGUFWriter
 
@@ -104,20 +105,6 @@ KEPT = {
     "technical-documentation": 3,
     "research-analysis": 3,
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _resource_tracker_stopped() -> Iterator[None]:
-    """The in-process campaigns start telemetry samplers (spawned processes), and
-    with them multiprocessing's resource tracker, a child that would outlive this
-    module; other modules check that pytest is left with no child process."""
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    was_running = getattr(tracker, "_pid", None) is not None
-    yield
-    stop = getattr(tracker, "_stop", None)
-    if not was_running and stop is not None:
-        gc.collect()  # finalizes the samplers' semaphores, so none is reported leaked
-        stop()
 
 
 class _FaultPerTest(CampaignProgress):
@@ -599,3 +586,47 @@ def _build_site(db: Path, root: Path) -> Path | None:
         return None
     build_site(BuildOptions(db=db, root=stage_project(ROOT, root)))
     return root
+
+
+def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: Path) -> None:
+    """A job runner's SIGTERM must not orphan the server (it runs in its own
+    process group, so the signal never reaches it): the collector stops it,
+    and the campaign is left resumable."""
+    db = tmp_path / "term.duckdb"
+    slow = _scenario_file(tmp_path, Scenario(tokens=400, gap_s=0.05))
+    server = {"command": [*SERVER, "--scenario", str(slow)], "env": SERVER_ENV}
+    config = _write_config(
+        tmp_path / "c.toml",
+        {"campaign": CAMPAIGN_TOML, "server": server},
+        _tiny_gguf(tmp_path / "m.gguf"),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "run", "--config", str(config), "--db", str(db)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "ready in" in line:  # the server is up and the stream is about to start
+            break
+    time.sleep(1.0)
+    servers = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "calibration.stream_server" in " ".join(p.cmdline())
+    ]
+    assert servers
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "--resume" in rest
+    _, alive = psutil.wait_procs(servers, timeout=10)
+    assert not alive
+    assert _query(db, "SELECT status FROM campaigns") == [("interrupted",)]
+    assert _query(db, "SELECT status, error FROM server_runs") == [
+        ("stopped", "campaign interrupted (Ctrl-C)")
+    ]

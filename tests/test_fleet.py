@@ -10,8 +10,8 @@ two repeats, 16 tokens, baseline and --cpu-moe) to stay near a minute in all.
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from collector.campaign import run_campaign
+from collector import campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.defaults import LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
@@ -106,19 +106,18 @@ def stores(
     engine: EngineBuild,
     moe_model: Path,
     machines: tuple[Machine, ...],
-) -> Iterator[list[Path]]:
+) -> list[Path]:
     tmp = tmp_path_factory.mktemp("fleet")
+    # The inventory is read where the campaign row is created.
+    recording = importlib.import_module(campaign.create_campaign.__module__)
     paths = []
-    with pytest.MonkeyPatch.context() as mp:
-        for m in machines:
+    for m in machines:
+        db = tmp / m.store
+        with pytest.MonkeyPatch.context() as mp:
             if m.host is not None:
-                fake = m.host
-                mp.setattr("collector.campaign.collect_host", lambda nvml=None, h=fake: h)
-            else:
-                mp.setattr("collector.campaign.collect_host", collect_host)
-            db = tmp / m.store
+                mp.setattr(recording, "collect_host", lambda nvml=None, h=m.host: h)
             with open_store(db) as con, CampaignProgress() as progress:
-                run_campaign(
+                campaign.run_campaign(
                     con,
                     _config(moe_model, engine, m.release),
                     profile="quick",
@@ -129,8 +128,8 @@ def stores(
                     progress=progress,
                     data_dir=tmp,
                 )
-            paths.append(db)
-    yield paths
+        paths.append(db)
+    return paths
 
 
 def _count(db: Path, sql: str) -> Any:

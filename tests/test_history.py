@@ -4,11 +4,14 @@ timings, so the expected verdicts are known."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from collector.protocol import PROTOCOL
+from evidence.bundle import export_bundle
+from evidence.errors import BuildError
 from evidence.metrics import summarize
 from evidence.store import open_store
 from evidence.writer import insert_row
@@ -180,3 +183,29 @@ def test_the_decision_rule(
     change = judge(_stat(before), _stat(after), higher_is_better, since)
     assert (change.verdict, change.higher) == (verdict, higher)
     assert change.previous is since
+
+
+def test_the_same_history_from_a_fleet_directory_one_bundle_per_release(
+    tmp_path: Path, two_releases: tuple[Path, BuildResult]
+) -> None:
+    fleet = tmp_path / "fleet"
+    for release, gaps in RELEASES.items():
+        db = tmp_path / f"{release}.duckdb"
+        _store(db, {release: gaps})
+        with open_store(db, read_only=True) as con:
+            export_bundle(con, fleet / "host=host-history" / f"release={release}", str(db))
+    root = project(tmp_path)
+    build(fleet, root, all_campaigns=True, run_mkdocs=False)
+    # Both bundles carry the host's row: it is still one host, joined once.
+    hosts = (root / "docs" / "hosts.md").read_text(encoding="utf-8")
+    assert "All shown campaigns ran on **one host**" in hosts
+    page = (root / "docs" / "history.md").read_text(encoding="utf-8")
+    merged = (two_releases[0] / "docs" / "history.md").read_text(encoding="utf-8")
+    assert _section(page, "Flagged changes") == _section(merged, "Flagged changes")
+    assert _section(page, "Decode tokens/s").count("| 4 |") == 4
+
+    # A campaign in two bundles would count twice: the build says so and what to do.
+    copy = fleet / "host=host-history" / "copy"
+    shutil.copytree(fleet / "host=host-history" / "release=1.7.0", copy)
+    with pytest.raises(BuildError, match=r"is in 2 bundles under .*collector import"):
+        build(fleet, project(tmp_path / "again"), all_campaigns=True, run_mkdocs=False)

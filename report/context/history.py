@@ -117,52 +117,63 @@ class HistoryContext:
         return sum(p.change is not None for m in self.metrics for s in m.series for p in s.points)
 
 
-# (column, title, unit, higher is better, anchor, population, where)
-_REQUEST_METRICS: tuple[tuple[str, str, str, bool, str, str, str], ...] = (
-    (
-        "decode_tps",
-        metric("decode_tps").title,
-        metric("decode_tps").unit,
-        True,
-        "methodology.md#metric-decode_tps",
-        "successful streamed requests; N requests",
+@dataclass(frozen=True)
+class _RequestMetric:
+    """A headline metric summarised over requests (`hist` rows matching `where`)."""
+
+    name: str
+    title: str
+    unit: str
+    higher_is_better: bool
+    anchor: str
+    population: str
+    where: str
+    missing: str
+
+
+_STREAMED = "successful streamed requests; N requests"
+_SCORED = "every scored request, streamed or not; N requests"
+_NO_STREAM = "no successful streamed request in this release"
+_NO_SCORE = "no score for these requests (scoring has not run)"
+
+
+def _timing(name: str, higher_is_better: bool) -> _RequestMetric:
+    m = metric(name)
+    return _RequestMetric(
+        name,
+        m.title,
+        m.unit,
+        higher_is_better,
+        f"methodology.md#metric-{name}",
+        _STREAMED,
         OK_STREAMED,
-    ),
-    (
-        "avg_tps",
-        metric("avg_tps").title,
-        metric("avg_tps").unit,
-        True,
-        "methodology.md#metric-avg_tps",
-        "successful streamed requests; N requests",
-        OK_STREAMED,
-    ),
-    (
-        "ttft_ms",
-        metric("ttft_ms").title,
-        metric("ttft_ms").unit,
-        False,
-        "methodology.md#metric-ttft_ms",
-        "successful streamed requests; N requests",
-        OK_STREAMED,
-    ),
-    (
+        _NO_STREAM,
+    )
+
+
+_REQUEST_METRICS: tuple[_RequestMetric, ...] = (
+    _timing("decode_tps", True),
+    _timing("avg_tps", True),
+    _timing("ttft_ms", False),
+    _RequestMetric(
         "quality",
         "Quality score (1–5)",
         "",
         True,
         "methodology.md#scoring",
-        "every scored request, streamed or not; N requests",
+        _SCORED,
         "TRUE",
+        _NO_SCORE,
     ),
-    (
+    _RequestMetric(
         "repetition",
         "Repetition score (0–1)",
         "",
         False,
         "methodology.md#scoring",
-        "every scored request, streamed or not; N requests",
+        _SCORED,
         "TRUE",
+        _NO_SCORE,
     ),
 )
 
@@ -234,7 +245,6 @@ def _series(
     keys: Sequence[tuple[str, str, str, Source | None]],
     values: dict[tuple[Any, ...], Stat],
     releases: tuple[Release, ...],
-    unit: str,
     higher_is_better: bool,
 ) -> tuple[Series, ...]:
     out = []
@@ -256,18 +266,13 @@ def _series(
 
 
 def _request_metric(
-    con: duckdb.DuckDBPyConnection,
-    releases: tuple[Release, ...],
-    spec: tuple[str, str, str, bool, str, str, str],
+    con: duckdb.DuckDBPyConnection, releases: tuple[Release, ...], spec: _RequestMetric
 ) -> HistoryMetric:
-    name, title, unit, higher, anchor, population, where = spec
     groups = ["model_label", "config_label", "host", "release_key"]
-    missing = (
-        "no successful streamed request in this release"
-        if where == OK_STREAMED
-        else "no score for these requests (scoring has not run)"
+    unit, missing = spec.unit, spec.missing
+    table = stats_by(
+        con, spec.name, groups, where=spec.where, source="hist", unit=unit, missing=missing
     )
-    table = stats_by(con, name, groups, where=where, source="hist", unit=unit, missing=missing)
     present = rows(
         con,
         """
@@ -295,8 +300,16 @@ def _request_metric(
             """,
         )
     ]
-    series = _series(keys, values, releases, unit, higher)
-    return HistoryMetric(name, title, unit, higher, anchor, population, series)
+    series = _series(keys, values, releases, spec.higher_is_better)
+    return HistoryMetric(
+        spec.name,
+        spec.title,
+        unit,
+        spec.higher_is_better,
+        spec.anchor,
+        spec.population,
+        series,
+    )
 
 
 def _vram_metric(
@@ -337,7 +350,7 @@ def _vram_metric(
         values[key] = Stat.of(summary, "%")
     keys = sorted(order, key=lambda k: (order[k], k[2] or "", k[3] or ""))
     vram = metric("vram_saved_pct")
-    series = _series(keys, values, releases, "%", True)
+    series = _series(keys, values, releases, True)
     return HistoryMetric(
         "vram_saved_pct",
         vram.title,

@@ -1,0 +1,230 @@
+"""What a campaign writes to the store: the campaign and its host, the
+protocol as run, the models, and each request with its chunks and the
+telemetry sampled since the request before (one transaction each)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from collector import client as http_client
+from collector.config import Config
+from collector.engine import EngineBuild
+from collector.inventory import (
+    allowlisted_environment,
+    collect_host,
+    measure_memory_bandwidth,
+    package_versions,
+    redact_argv,
+    redact_env,
+)
+from collector.nvml import Nvml
+from collector.plan import CampaignContext, Cell, test_max_tokens
+from collector.protocol import PROTOCOL
+from collector.session import ServerRunHandle
+from collector.telemetry import Sample
+from evidence.writer import (
+    Transaction,
+    chunk_table,
+    insert_arrow,
+    insert_row,
+    telemetry_table,
+    to_json,
+    update_row,
+)
+
+TOOL_VERSION = "0.1.0"
+
+
+def stored_config(config: Config) -> dict[str, Any]:
+    """The config as the store keeps it: secret values (an `--api-key` argument, a
+    server environment variable outside the allowlist) replaced."""
+    data: dict[str, Any] = config.model_dump(mode="json")
+    server = data["server"]
+    server["env"] = redact_env(server["env"])
+    if server["command"]:
+        server["command"] = redact_argv(server["command"])
+    for configuration in data["configurations"]:
+        configuration["args"] = redact_argv(configuration["args"])
+    if data["sweep"]:
+        data["sweep"]["args"] = redact_argv(data["sweep"]["args"])
+    return data
+
+
+def create_campaign(
+    con: duckdb.DuckDBPyConnection,
+    config: Config,
+    profile: str,
+    command: list[str],
+    engine: EngineBuild | None,
+) -> str:
+    """Insert the campaign, its host, and its protocol; return the campaign id."""
+    campaign_id = str(uuid.uuid4())
+    nvml = Nvml()
+    host = collect_host(nvml)
+    nvml.close()
+    bandwidth = measure_memory_bandwidth()
+    with Transaction(con):
+        exists = con.execute("SELECT 1 FROM hosts WHERE host_id = ?", [host.host_id]).fetchone()
+        if not exists:
+            facts = dict(host.facts)
+            facts["gpus"] = to_json(facts["gpus"])
+            insert_row(con, "hosts", {"host_id": host.host_id, **facts})
+        origin_ns = time.perf_counter_ns()
+        origin_utc = datetime.now(UTC)
+        camp = config.campaign
+        insert_row(
+            con,
+            "campaigns",
+            {
+                "campaign_id": campaign_id,
+                "host_id": host.host_id,
+                "name": camp.name,
+                "release_label": camp.release,
+                "profile": profile,
+                "protocol_version": PROTOCOL.version,
+                "status": "running",
+                "started_utc": origin_utc,
+                "clock_origin_ns": origin_ns,
+                "clock_origin_utc": origin_utc,
+                "repeats": camp.repeats,
+                "temperature": camp.temperature,
+                "seed": camp.seed,
+                "pause_s": camp.pause_s,
+                "config": to_json(stored_config(config)),
+                "command": to_json(command),
+                "tool_version": TOOL_VERSION,
+                "packages": to_json(package_versions()),
+                "environment": to_json(allowlisted_environment()),
+                "engine": to_json(engine.identity() if engine else None),
+                "mem_bandwidth_bytes_per_s": bandwidth,
+            },
+        )
+        for test in PROTOCOL.tests:
+            insert_row(
+                con,
+                "tests",
+                {
+                    "campaign_id": campaign_id,
+                    "test_id": test.test_id,
+                    "ordinal": test.ordinal,
+                    "category": test.category,
+                    "prompt": test.prompt,
+                    "max_tokens": test_max_tokens(config, test),
+                    "protocol_max_tokens": test.max_tokens,
+                    "success_criteria": test.success_criteria,
+                },
+            )
+    return campaign_id
+
+
+def register_models(ctx: CampaignContext, inspect: Callable[[Path], dict[str, Any]]) -> None:
+    """Insert (or, on resume, find) a `models` row per configured model."""
+    for model in ctx.config.models:
+        row = ctx.con.execute(
+            "SELECT model_id FROM models WHERE campaign_id = ? AND label = ?",
+            [ctx.campaign_id, model.label],
+        ).fetchone()
+        if row is not None:
+            ctx.model_ids[model.label] = str(row[0])
+            continue
+        model_id = str(uuid.uuid4())
+        path = ctx.model_paths.get(model.label)
+        spec: dict[str, Any] = inspect(path) if path is not None else {}
+        insert_row(
+            ctx.con,
+            "models",
+            {
+                "model_id": model_id,
+                "campaign_id": ctx.campaign_id,
+                "label": model.label,
+                "path": str(path) if path else f"(served at {ctx.config.server.endpoint})",
+                "sha256": spec.get("sha256"),
+                "file_bytes": spec.get("file_bytes"),
+                "architecture": spec.get("architecture"),
+                "name": spec.get("name") or model.request_name,
+                "parameter_count": spec.get("parameter_count"),
+                "block_count": spec.get("block_count"),
+                "context_length": spec.get("context_length"),
+                "expert_count": spec.get("expert_count"),
+                "expert_used_count": spec.get("expert_used_count"),
+                "expert_shared_count": spec.get("expert_shared_count"),
+                "tensor_bytes_total": spec.get("tensor_bytes_total"),
+                "expert_tensor_count": spec.get("expert_tensor_count"),
+                "expert_tensor_bytes": spec.get("expert_tensor_bytes"),
+                "expected_vram_saved_pct": model.expected_vram_saved_pct,
+                "spec": to_json(spec or None),
+            },
+        )
+        ctx.model_ids[model.label] = model_id
+
+
+def store_request(
+    ctx: CampaignContext,
+    run: ServerRunHandle,
+    cell: Cell,
+    result: http_client.RequestResult,
+    tokenized: int | None,
+    samples: list[Sample],
+) -> str:
+    request_id = str(uuid.uuid4())
+    usage = result.usage or {}
+    with Transaction(ctx.con):
+        insert_row(
+            ctx.con,
+            "requests",
+            {
+                "request_id": request_id,
+                "server_run_id": run.server_run_id,
+                "campaign_id": ctx.campaign_id,
+                "test_id": cell.test_id,
+                "repeat": cell.repeat,
+                "stream": cell.stream,
+                "api": result.api,
+                "prompt": result.params.prompt,
+                "max_tokens": result.params.max_tokens,
+                "temperature": result.params.temperature,
+                "seed": result.params.seed,
+                "started_utc": result.started_utc,
+                "status": result.status,
+                "http_status": result.http_status,
+                "error": result.error,
+                "finish_reason": result.finish_reason,
+                "output_text": result.output_text,
+                "sent_ns": result.sent_ns,
+                "first_token_ns": result.first_token_ns,
+                "done_ns": result.done_ns,
+                "usage_prompt_tokens": _int(usage.get("prompt_tokens")),
+                "usage_completion_tokens": _int(usage.get("completion_tokens")),
+                "server_timings": to_json(result.timings),
+                "tokenized_output_tokens": tokenized,
+                "event_count": len(result.chunk_t_ns),
+            },
+        )
+        insert_arrow(
+            ctx.con,
+            "chunks",
+            chunk_table(request_id, result.chunk_t_ns, result.chunk_text, result.chunk_kind),
+        )
+        insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
+    return request_id
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def finish_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str, status: str) -> None:
+    update_row(
+        con,
+        "campaigns",
+        "campaign_id",
+        campaign_id,
+        {"status": status, "finished_utc": datetime.now(UTC)},
+    )

@@ -1,0 +1,300 @@
+"""One server's life in a campaign: start it (or attach), sample it, stop it,
+and record all of that in `server_runs` and `telemetry`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from collector.inventory import redact_argv
+from collector.nvml import Nvml
+from collector.plan import CampaignContext, ServerPlan
+from collector.server import (
+    LaunchSpec,
+    RunningServer,
+    check_endpoint,
+    free_port,
+    launch,
+    server_version,
+)
+from collector.telemetry import Sample, TelemetrySampler
+from evidence.errors import EngineError, ServerError
+from evidence.writer import (
+    Transaction,
+    insert_arrow,
+    insert_row,
+    telemetry_table,
+    to_json,
+    update_row,
+)
+
+
+def _fill(template: list[str], values: dict[str, str]) -> list[str]:
+    out = []
+    for part in template:
+        for key, value in values.items():
+            part = part.replace("{" + key + "}", value)
+        out.append(part)
+    return out
+
+
+def _launch_spec(ctx: CampaignContext, plan: ServerPlan) -> LaunchSpec:
+    srv = ctx.config.server
+    assert srv.command is not None
+    port = srv.port or free_port(srv.host)
+    path = ctx.model_paths.get(plan.model.label)
+    values = {
+        "llama_server": str(ctx.engine.server) if ctx.engine else "llama-server",
+        "model_path": str(path) if path else "",
+        "model_dir": str(path.parent) if path else "",
+        "model_name": plan.model.request_name,
+        "host": srv.host,
+        "port": str(port),
+    }
+    argv = _fill(srv.command, values) + _fill(plan.configuration.args, values)
+    env = {**os.environ, **srv.env} if srv.env else None
+    return LaunchSpec(
+        argv=argv,
+        host=srv.host,
+        port=port,
+        health_path=srv.health_path,
+        startup_timeout_s=srv.startup_timeout_s,
+        env=env,
+    )
+
+
+class ServerTelemetry:
+    """The sampler of the current server run, drained into each request's transaction."""
+
+    def __init__(self, hz: float) -> None:
+        self.hz = hz
+        self.sampler: TelemetrySampler | None = None
+
+    def start(self, pid: int | None) -> None:
+        self.sampler = TelemetrySampler(pid, self.hz)
+        self.sampler.start()
+
+    def drain(self) -> list[Sample]:
+        return self.sampler.drain() if self.sampler else []
+
+    def stop(self) -> list[Sample]:
+        sampler, self.sampler = self.sampler, None
+        return sampler.stop() if sampler else []
+
+
+def _gpu_before() -> dict[str, Any] | None:
+    nv = Nvml()
+    try:
+        sample = nv.sample(set())
+        if sample is None:
+            return {"available": False, "reason": nv.reason}
+        return {
+            "available": True,
+            "mem_used_bytes": sample.mem_used_bytes,
+            "devices": [d.__dict__ for d in nv.devices()],
+        }
+    finally:
+        nv.close()
+
+
+@dataclass
+class ServerRunHandle:
+    server_run_id: str
+    server: RunningServer | None
+    base_url: str
+
+
+def _start_server(
+    ctx: CampaignContext, plan: ServerPlan, telemetry: ServerTelemetry, restart_of: str | None
+) -> ServerRunHandle:
+    srv = ctx.config.server
+    run_id = str(uuid.uuid4())
+    model_id = ctx.model_ids[plan.model.label]
+    base_row: dict[str, Any] = {
+        "server_run_id": run_id,
+        "campaign_id": ctx.campaign_id,
+        "model_id": model_id,
+        "config_label": plan.configuration.label,
+        "n_cpu_moe": plan.configuration.n_cpu_moe,
+        "mode": srv.mode,
+        "api": srv.api,
+        "restart_of": restart_of,
+        "started_utc": datetime.now(UTC),
+    }
+    if srv.mode == "attach":
+        assert srv.endpoint is not None
+        try:
+            check_endpoint(srv.endpoint)
+        except ServerError as exc:
+            row = {**base_row, "endpoint": srv.endpoint, "status": "failed_start"}
+            insert_row(ctx.con, "server_runs", {**row, "error": str(exc)})
+            raise
+        telemetry.start(None)
+        insert_row(
+            ctx.con, "server_runs", {**base_row, "endpoint": srv.endpoint, "status": "running"}
+        )
+        return ServerRunHandle(run_id, None, srv.endpoint)
+    spec = _launch_spec(ctx, plan)
+    version = server_version(spec.argv[0])
+    gpu_before = _gpu_before()
+    log_path = ctx.data_dir / "logs" / f"{run_id}.log"
+    endpoint = f"http://{spec.host}:{spec.port}"
+    insert_row(
+        ctx.con,
+        "server_runs",
+        {
+            **base_row,
+            "endpoint": endpoint,
+            "argv": to_json(redact_argv(spec.argv)),
+            "version": version,
+            "status": "starting",
+            "gpu_before": to_json(gpu_before),
+        },
+    )
+    try:
+        server = launch(
+            spec,
+            log_path,
+            clock=ctx.clock,
+            on_started=lambda s: telemetry.start(s.pid),
+        )
+    except (ServerError, EngineError) as exc:
+        samples = telemetry.stop()
+        _finish_failed_start(ctx, run_id, log_path, str(exc), samples)
+        raise
+    assert server.ready_ns is not None
+    update_row(
+        ctx.con,
+        "server_runs",
+        "server_run_id",
+        run_id,
+        {
+            "pid": server.pid,
+            "launch_ns": server.launch_ns,
+            "ready_ns": server.ready_ns,
+            "load_ms": (server.ready_ns - server.launch_ns) / 1e6,
+            "status": "running",
+        },
+    )
+    ctx.progress.server(
+        plan.model.label,
+        plan.configuration.label,
+        f"ready in {(server.ready_ns - server.launch_ns) / 1e9:.2f} s "
+        f"(pid {server.pid}, {endpoint})",
+    )
+    return ServerRunHandle(run_id, server, server.base_url)
+
+
+def _log_summary(text: str) -> tuple[dict[str, Any] | None, str | None]:
+    from collector.loader_log import parse_loader_log
+    from evidence.errors import LogParseError
+
+    try:
+        return parse_loader_log(text).to_json(), None
+    except LogParseError as exc:
+        return None, str(exc)
+
+
+def _finish_failed_start(
+    ctx: CampaignContext, run_id: str, log_path: Path, error: str, samples: list[Sample]
+) -> None:
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+    summary, _ = _log_summary(text) if text else (None, None)
+    with Transaction(ctx.con):
+        insert_arrow(ctx.con, "telemetry", telemetry_table(run_id, samples))
+        update_row(
+            ctx.con,
+            "server_runs",
+            "server_run_id",
+            run_id,
+            {
+                "status": "failed_start",
+                "error": error,
+                "log_text": text,
+                "log_summary": to_json(summary),
+                "stopped_ns": ctx.clock(),
+            },
+        )
+
+
+def _stop_server(
+    ctx: CampaignContext,
+    run: ServerRunHandle,
+    telemetry: ServerTelemetry,
+    status: str,
+    error: str | None = None,
+) -> None:
+    exit_code = None
+    text = None
+    summary = None
+    if run.server is not None:
+        # After our own stop this is the terminate signal's code (-15 on POSIX):
+        # stored as the fact it is; `status` says whether the server crashed.
+        exit_code = run.server.stop(clock=ctx.clock)
+        text = run.server.log_text()
+        summary, parse_error = _log_summary(text)
+        if parse_error and error is None and status == "stopped":
+            error = f"loader log not parsed: {parse_error}"
+    samples = telemetry.stop()
+    with Transaction(ctx.con):
+        insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
+        update_row(
+            ctx.con,
+            "server_runs",
+            "server_run_id",
+            run.server_run_id,
+            {
+                "status": status,
+                "exit_code": exit_code,
+                "stopped_ns": ctx.clock(),
+                "log_text": text,
+                "log_summary": to_json(summary),
+                "error": error,
+            },
+        )
+
+
+def tokenize(base_url: str, text: str, headers: dict[str, str]) -> int | None:
+    """llama-server's /tokenize count of the output: the tokenizer-accurate figure."""
+    if not text:
+        return 0
+    try:
+        with httpx.Client(timeout=30.0, trust_env=False) as http:
+            response = http.post(
+                base_url.rstrip("/") + "/tokenize",
+                json={"content": text, "add_special": False},
+                headers=headers,
+            )
+        if response.status_code != 200:
+            return None
+        tokens = response.json().get("tokens")
+        return len(tokens) if isinstance(tokens, list) else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def server_session(
+    ctx: CampaignContext, plan: ServerPlan, restart_of: str | None = None
+) -> Iterator[tuple[ServerRunHandle, ServerTelemetry]]:
+    telemetry = ServerTelemetry(ctx.config.campaign.telemetry_hz)
+    run = _start_server(ctx, plan, telemetry, restart_of)
+    status, error = "stopped", None
+    try:
+        yield run, telemetry
+    except KeyboardInterrupt:
+        status, error = "stopped", "campaign interrupted (Ctrl-C)"
+        raise
+    finally:
+        if run.server is not None and not run.server.alive() and status == "stopped":
+            status = "crashed"
+            error = error or f"server exited with code {run.server.process.returncode}"
+        _stop_server(ctx, run, telemetry, status, error)
