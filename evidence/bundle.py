@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 
 from evidence.errors import SchemaTooNew, StoreError
-from evidence.merge import ALL_TABLES, MergeReport, record_merge, merge_schema
+from evidence.merge import ALL_TABLES, MergeReport, merge_schema, record_merge
 from evidence.migrations import SCHEMA_VERSION
 from evidence.store import check_version, open_store
 from evidence.writer import Transaction
@@ -79,30 +79,39 @@ def read_manifest(directory: Path) -> dict[str, object]:
     """The bundle's manifest, with every file's checksum verified."""
     path = directory / MANIFEST
     if not path.is_file():
-        raise StoreError(f"{directory} has no {MANIFEST}; is it a bundle written by "
-                         f"`python -m collector export`?")
+        raise StoreError(
+            f"{directory} has no {MANIFEST}; is it a bundle written by "
+            f"`python -m collector export`?"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
-        raise SchemaTooNew(f"bundle {directory} has schema version "
-                           f"{manifest['schema_version']}, newer than this tool's "
-                           f"{SCHEMA_VERSION}; upgrade moe-evidence to import it")
+        raise SchemaTooNew(
+            f"bundle {directory} has schema version "
+            f"{manifest['schema_version']}, newer than this tool's "
+            f"{SCHEMA_VERSION}; upgrade moe-evidence to import it"
+        )
     for table, info in manifest["tables"].items():
         file = directory / f"{table}.parquet"
         if not file.is_file():
             raise StoreError(f"bundle {directory} lacks {file.name}; copy the whole bundle")
         if _sha256(file) != info["sha256"]:
-            raise StoreError(f"{file} does not match its checksum in {MANIFEST}; the bundle "
-                             f"is damaged, export it again")
+            raise StoreError(
+                f"{file} does not match its checksum in {MANIFEST}; the bundle "
+                f"is damaged, export it again"
+            )
     return dict(manifest)
 
 
-def _bundle_views(con: duckdb.DuckDBPyConnection, schema: str, files: dict[str, list[Path]]
-                  ) -> None:
+def _bundle_views(
+    con: duckdb.DuckDBPyConnection, schema: str, files: dict[str, list[Path]]
+) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     for table, paths in files.items():
         listed = ", ".join(f"'{_sql(p)}'" for p in paths)
-        con.execute(f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM "
-                    f"read_parquet([{listed}], union_by_name = true)")
+        con.execute(
+            f"CREATE OR REPLACE VIEW {schema}.{table} AS SELECT * FROM "
+            f"read_parquet([{listed}], union_by_name = true)"
+        )
 
 
 def import_bundle(con: duckdb.DuckDBPyConnection, directory: Path) -> MergeReport:

@@ -197,7 +197,9 @@ _DEFS: tuple[Metric, ...] = (
         higher_is_better=True,
     ),
     Metric(
-        "host_bytes_per_token", "Host weight bytes per token (estimated)", "bytes",
+        "host_bytes_per_token",
+        "Host weight bytes per token (estimated)",
+        "bytes",
         "The weight bytes one decode step reads from host memory, from the GGUF file: with "
         "every weight in host memory (no GPU), the non-expert weights plus the active experts' "
         "share (expert tensor bytes x experts used / experts); with --cpu-moe on a GPU host, "
@@ -205,7 +207,9 @@ _DEFS: tuple[Metric, ...] = (
         view="report",
     ),
     Metric(
-        "implied_host_traffic", "Implied host memory traffic (estimated)", "bytes/s",
+        "implied_host_traffic",
+        "Implied host memory traffic (estimated)",
+        "bytes/s",
         "Mean decode tokens/s x host weight bytes per token. Compared with the host copy "
         "bandwidth the collector measured at campaign start (best of 5 numpy copies of a "
         "256 MiB buffer, bytes read + written), it shows whether decoding is bound by memory "
@@ -214,7 +218,9 @@ _DEFS: tuple[Metric, ...] = (
         view="report",
     ),
     Metric(
-        "decode_rate_along_generation", "Decode rate along the generation", "tokens/s",
+        "decode_rate_along_generation",
+        "Decode rate along the generation",
+        "tokens/s",
         "Long tests (category 'extended generation') only: each request's tokens are cut into "
         "tenths; the rate in a tenth is (tokens in it - 1) / the time between its first and "
         "last token. The chart shows the mean over requests per tenth.",

@@ -36,8 +36,9 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def quick_store(tmp_path_factory: pytest.TempPathFactory, engine: EngineBuild,
-                moe_model: Path) -> Path:
+def quick_store(
+    tmp_path_factory: pytest.TempPathFactory, engine: EngineBuild, moe_model: Path
+) -> Path:
     """A real quick campaign (`python -m collector run --quick`), run once per session."""
     import subprocess
     import sys
@@ -46,7 +47,10 @@ def quick_store(tmp_path_factory: pytest.TempPathFactory, engine: EngineBuild,
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run(
         [sys.executable, "-m", "collector", "run", "--quick", "--db", str(db)],
-        capture_output=True, text=True, env=env, timeout=1500,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1500,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return db

@@ -30,32 +30,80 @@ class StoreFactory:
 
     def campaign(self, config: dict[str, Any] | None = None) -> StoreFactory:
         now = datetime.now(UTC)
-        if not self.con.execute("SELECT 1 FROM hosts WHERE host_id = ?",
-                                [self.host_id]).fetchone():
-            insert_row(self.con, "hosts", {"host_id": self.host_id, "cpu_model": "test cpu",
-                                           "gpus": "[]", "gpu_status": "no GPU (test)"})
-        insert_row(self.con, "campaigns", {
-            "campaign_id": self.campaign_id, "host_id": self.host_id, "name": "test",
-            "profile": "quick", "protocol_version": "test", "status": "complete",
-            "started_utc": now, "clock_origin_ns": 0, "clock_origin_utc": now, "repeats": 1,
-            "temperature": 0.3, "seed": 1, "pause_s": 0.0,
-            "config": json.dumps(config or {}), "command": "[]", "tool_version": "test",
-            "packages": "{}", "environment": "{}",
-        })
-        insert_row(self.con, "models", {"model_id": self.model_id, "campaign_id":
-                                        self.campaign_id, "label": "m", "path": "m.gguf"})
+        if not self.con.execute("SELECT 1 FROM hosts WHERE host_id = ?", [self.host_id]).fetchone():
+            insert_row(
+                self.con,
+                "hosts",
+                {
+                    "host_id": self.host_id,
+                    "cpu_model": "test cpu",
+                    "gpus": "[]",
+                    "gpu_status": "no GPU (test)",
+                },
+            )
+        insert_row(
+            self.con,
+            "campaigns",
+            {
+                "campaign_id": self.campaign_id,
+                "host_id": self.host_id,
+                "name": "test",
+                "profile": "quick",
+                "protocol_version": "test",
+                "status": "complete",
+                "started_utc": now,
+                "clock_origin_ns": 0,
+                "clock_origin_utc": now,
+                "repeats": 1,
+                "temperature": 0.3,
+                "seed": 1,
+                "pause_s": 0.0,
+                "config": json.dumps(config or {}),
+                "command": "[]",
+                "tool_version": "test",
+                "packages": "{}",
+                "environment": "{}",
+            },
+        )
+        insert_row(
+            self.con,
+            "models",
+            {
+                "model_id": self.model_id,
+                "campaign_id": self.campaign_id,
+                "label": "m",
+                "path": "m.gguf",
+            },
+        )
         return self
 
-    def server_run(self, label: str, ready_ns: int = 0, n_cpu_moe: int | None = None,
-                   gpu_before: dict[str, Any] | None = None) -> str:
+    def server_run(
+        self,
+        label: str,
+        ready_ns: int = 0,
+        n_cpu_moe: int | None = None,
+        gpu_before: dict[str, Any] | None = None,
+    ) -> str:
         run_id = str(uuid.uuid4())
-        insert_row(self.con, "server_runs", {
-            "server_run_id": run_id, "campaign_id": self.campaign_id,
-            "model_id": self.model_id, "config_label": label, "n_cpu_moe": n_cpu_moe,
-            "mode": "launch", "api": "openai-chat", "endpoint": "http://x",
-            "started_utc": datetime.now(UTC), "launch_ns": 0, "ready_ns": ready_ns,
-            "status": "stopped", "gpu_before": to_json(gpu_before),
-        })
+        insert_row(
+            self.con,
+            "server_runs",
+            {
+                "server_run_id": run_id,
+                "campaign_id": self.campaign_id,
+                "model_id": self.model_id,
+                "config_label": label,
+                "n_cpu_moe": n_cpu_moe,
+                "mode": "launch",
+                "api": "openai-chat",
+                "endpoint": "http://x",
+                "started_utc": datetime.now(UTC),
+                "launch_ns": 0,
+                "ready_ns": ready_ns,
+                "status": "stopped",
+                "gpu_before": to_json(gpu_before),
+            },
+        )
         self.runs[label] = run_id
         return run_id
 
@@ -79,24 +127,41 @@ class StoreFactory:
         times = [t for t, _ in chunks]
         texts = [x for _, x in chunks]
         first = next((t for t, x in chunks if x), None)
-        insert_row(self.con, "requests", {
-            "request_id": request_id, "server_run_id": self.runs[run_label],
-            "campaign_id": self.campaign_id, "test_id": test_id, "repeat": repeat,
-            "stream": stream, "api": "openai-chat", "prompt": "p", "max_tokens": 50,
-            "temperature": 0.3, "seed": 1, "started_utc": datetime.now(UTC),
-            "status": status, "finish_reason": finish_reason, "output_text": "".join(texts),
-            "sent_ns": sent_ns, "first_token_ns": first if stream else None,
-            "done_ns": done_ns if done_ns is not None else (times[-1] if times else sent_ns),
-            "usage_completion_tokens": usage_tokens, "server_timings": to_json(timings),
-            "tokenized_output_tokens": tokenized, "event_count": len(chunks),
-        })
-        insert_arrow(self.con, "chunks",
-                     chunk_table(request_id, times, texts, ["content"] * len(chunks)))
+        insert_row(
+            self.con,
+            "requests",
+            {
+                "request_id": request_id,
+                "server_run_id": self.runs[run_label],
+                "campaign_id": self.campaign_id,
+                "test_id": test_id,
+                "repeat": repeat,
+                "stream": stream,
+                "api": "openai-chat",
+                "prompt": "p",
+                "max_tokens": 50,
+                "temperature": 0.3,
+                "seed": 1,
+                "started_utc": datetime.now(UTC),
+                "status": status,
+                "finish_reason": finish_reason,
+                "output_text": "".join(texts),
+                "sent_ns": sent_ns,
+                "first_token_ns": first if stream else None,
+                "done_ns": done_ns if done_ns is not None else (times[-1] if times else sent_ns),
+                "usage_completion_tokens": usage_tokens,
+                "server_timings": to_json(timings),
+                "tokenized_output_tokens": tokenized,
+                "event_count": len(chunks),
+            },
+        )
+        insert_arrow(
+            self.con, "chunks", chunk_table(request_id, times, texts, ["content"] * len(chunks))
+        )
         return request_id
 
     def metrics(self, request_id: str) -> dict[str, Any]:
-        cur = self.con.execute("SELECT * FROM request_metrics WHERE request_id = ?",
-                               [request_id])
+        cur = self.con.execute("SELECT * FROM request_metrics WHERE request_id = ?", [request_id])
         names = [d[0] for d in cur.description]
         row = cur.fetchone()
         assert row is not None

@@ -25,8 +25,7 @@ def test_shipped_configs_validate(name: str) -> None:
 
 def test_shimmy_config_has_the_three_seed_models() -> None:
     config = load_config(ROOT / "configs" / "shimmy-1.7.0.toml")
-    assert [m.label for m in config.models] == ["deepseek-moe-16b", "gpt-oss-20b",
-                                                 "phi-3.5-moe"]
+    assert [m.label for m in config.models] == ["deepseek-moe-16b", "gpt-oss-20b", "phi-3.5-moe"]
     assert all(m.expected_vram_saved_pct for m in config.models)
     assert config.server.command is not None and config.server.command[0] == "shimmy"
 
@@ -89,7 +88,13 @@ def test_duplicate_labels(tmp_path: Path) -> None:
 def test_default_plan_is_the_protocol() -> None:
     plans = server_plans(embedded_config())
     assert [p.configuration.label for p in plans] == [
-        "baseline", "cpu-moe", "n-cpu-moe-0", "n-cpu-moe-10", "n-cpu-moe-20", "n-cpu-moe-30"]
+        "baseline",
+        "cpu-moe",
+        "n-cpu-moe-0",
+        "n-cpu-moe-10",
+        "n-cpu-moe-20",
+        "n-cpu-moe-30",
+    ]
     cells = plans[0].cells
     assert len([c for c in cells if c.stream]) == 9 * 3
     assert len([c for c in cells if not c.stream]) == 9

@@ -24,15 +24,19 @@ def _store(path: Path, host: str, requests: int = 2) -> str:
         f.server_run("baseline")
         for i in range(requests):
             f.request("baseline", [(10 * MS, "a"), (20 * MS, "b")], usage_tokens=2, repeat=i)
-        con.execute("INSERT INTO telemetry (server_run_id, t_ns, rss_bytes) VALUES (?, 1, 5)",
-                    [f.runs["baseline"]])
+        con.execute(
+            "INSERT INTO telemetry (server_run_id, t_ns, rss_bytes) VALUES (?, 1, 5)",
+            [f.runs["baseline"]],
+        )
         return f.campaign_id
 
 
 def _counts(path: Path) -> dict[str, int]:
     with open_store(path, read_only=True) as con:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
-                for t in ("hosts", "campaigns", "requests", "chunks", "telemetry")}
+        return {
+            t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+            for t in ("hosts", "campaigns", "requests", "chunks", "telemetry")
+        }
 
 
 def _digest(path: Path) -> str:
@@ -48,8 +52,13 @@ def test_merge_three_hosts_idempotently(tmp_path: Path) -> None:
     with open_store(target) as con:
         reports = [merge_store(con, s) for s in sources]
     assert all(not r.conflicts for r in reports)
-    assert _counts(target) == {"hosts": 2, "campaigns": 3, "requests": 6, "chunks": 12,
-                               "telemetry": 3}
+    assert _counts(target) == {
+        "hosts": 2,
+        "campaigns": 3,
+        "requests": 6,
+        "chunks": 12,
+        "telemetry": 3,
+    }
     with open_store(target) as con:
         again = [merge_store(con, s) for s in sources]
         log = con.execute("SELECT count(*) FROM merge_log").fetchone()
@@ -129,8 +138,9 @@ def test_cli_merge_export_import(tmp_path: Path) -> None:
     _store(src, "h")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "collector", *args], capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "collector", *args], capture_output=True, text=True, timeout=120
+        )
 
     merged = cli("merge", str(src), "--into", str(tmp_path / "m.duckdb"))
     assert merged.returncode == 0 and "requests 2" in merged.stdout

@@ -33,8 +33,12 @@ def store(tmp_path: Path) -> Iterator[StoreFactory]:
 
 def test_single_token_events(store: StoreFactory) -> None:
     # sent at 0; tokens at 100, 150, 200, 250, 300 ms; [DONE] at 310 ms.
-    rid = store.request("baseline", [(t * MS, "w ") for t in (100, 150, 200, 250, 300)],
-                        done_ns=310 * MS, usage_tokens=5)
+    rid = store.request(
+        "baseline",
+        [(t * MS, "w ") for t in (100, 150, 200, 250, 300)],
+        done_ns=310 * MS,
+        usage_tokens=5,
+    )
     m = store.metrics(rid)
     assert m["ttft_ms"] == pytest.approx(100.0)
     assert m["e2e_s"] == pytest.approx(0.31)
@@ -51,12 +55,13 @@ def test_single_token_events(store: StoreFactory) -> None:
 def test_multi_token_events_split_the_gap(store: StoreFactory) -> None:
     # 6 tokens in 3 events: "aa" (2 tokens?) — chars decide the split when the
     # server counted more tokens than events: 2 + 2 + 2 chars -> 2 tokens each.
-    rid = store.request("baseline", [(100 * MS, "ab"), (160 * MS, "cd"), (220 * MS, "ef")],
-                        usage_tokens=6)
+    rid = store.request(
+        "baseline", [(100 * MS, "ab"), (160 * MS, "cd"), (220 * MS, "ef")], usage_tokens=6
+    )
     m = store.metrics(rid)
     gaps = store.con.execute(
-        "SELECT gap_ms, event_tokens FROM token_gaps WHERE request_id = ? ORDER BY event_idx",
-        [rid]).fetchall()
+        "SELECT gap_ms, event_tokens FROM token_gaps WHERE request_id = ? ORDER BY event_idx", [rid]
+    ).fetchall()
     # Two gaps of 60 ms, each carried by an event of 2 tokens -> 4 rows of 30 ms.
     assert [g for g, _ in gaps] == pytest.approx([30.0] * 4)
     assert m["itl_p50_ms"] == pytest.approx(30.0)
@@ -66,19 +71,23 @@ def test_multi_token_events_split_the_gap(store: StoreFactory) -> None:
 
 def test_uneven_multi_token_events(store: StoreFactory) -> None:
     # 8 tokens, chars 1 + 3 + 4 -> shares 1, 3, 4 tokens of the 8.
-    rid = store.request("baseline", [(10 * MS, "a"), (50 * MS, "bcd"), (90 * MS, "efgh")],
-                        usage_tokens=8)
+    rid = store.request(
+        "baseline", [(10 * MS, "a"), (50 * MS, "bcd"), (90 * MS, "efgh")], usage_tokens=8
+    )
     rows = store.con.execute(
         "SELECT event_idx, event_tokens, gap_ms FROM token_gaps WHERE request_id = ? "
-        "ORDER BY event_idx, token_in_event", [rid]).fetchall()
+        "ORDER BY event_idx, token_in_event",
+        [rid],
+    ).fetchall()
     assert [(e, k) for e, k, _ in rows] == [(1, 3)] * 3 + [(2, 4)] * 4
     assert [g for _, _, g in rows] == pytest.approx([40 / 3] * 3 + [10.0] * 4)
 
 
 def test_token_source_fallbacks(store: StoreFactory) -> None:
     chunks = [(t * MS, "x") for t in (10, 20, 30)]
-    timings = store.request("baseline", chunks, timings={"predicted_n": 3,
-                                                         "predicted_per_second": 100.0})
+    timings = store.request(
+        "baseline", chunks, timings={"predicted_n": 3, "predicted_per_second": 100.0}
+    )
     tokenized = store.request("baseline", chunks, tokenized=3)
     counted = store.request("baseline", chunks)
     assert store.metrics(timings)["token_source"] == "timings"
@@ -110,33 +119,35 @@ def test_consistency_ratio_detects_slowdown(store: StoreFactory) -> None:
 
 
 def test_non_streamed_request_has_no_ttft(store: StoreFactory) -> None:
-    rid = store.request("baseline", [(500 * MS, "whole answer")], stream=False,
-                        usage_tokens=2)
+    rid = store.request("baseline", [(500 * MS, "whole answer")], stream=False, usage_tokens=2)
     m = store.metrics(rid)
     assert m["ttft_ms"] is None and m["decode_tps"] is None
     assert m["avg_tps"] == pytest.approx(4.0)
 
 
 def test_incomplete_request(store: StoreFactory) -> None:
-    rid = store.request("baseline", [(10 * MS, "a")], status="disconnected",
-                        finish_reason=None)
+    rid = store.request("baseline", [(10 * MS, "a")], status="disconnected", finish_reason=None)
     assert not store.metrics(rid)["completed"]
 
 
 def test_memory_windows(tmp_path: Path) -> None:
     with open_store(tmp_path / "mem.duckdb") as con:
         f = StoreFactory(con).campaign({"campaign": {"idle_window_s": 1.0}})
-        run = f.server_run("baseline", ready_ns=1000 * MS,
-                           gpu_before={"mem_used_bytes": 100})
+        run = f.server_run("baseline", ready_ns=1000 * MS, gpu_before={"mem_used_bytes": 100})
         for i, rss in enumerate([10, 12, 11, 50, 80, 60]):
             # samples at 1.0, 1.4, 1.8 (idle window), 3.0, 3.4, 3.8 s (generation)
             t = (1000 + 400 * (i % 3) + (2000 if i >= 3 else 0)) * MS
-            con.execute("INSERT INTO telemetry (server_run_id, t_ns, rss_bytes, "
-                        "gpu_mem_used_bytes) VALUES (?, ?, ?, ?)", [run, t, rss, rss + 100])
+            con.execute(
+                "INSERT INTO telemetry (server_run_id, t_ns, rss_bytes, "
+                "gpu_mem_used_bytes) VALUES (?, ?, ?, ?)",
+                [run, t, rss, rss + 100],
+            )
         f.request("baseline", [(3500 * MS, "x")], sent_ns=2900 * MS, done_ns=4000 * MS)
         create_views(con)
-        row = con.execute("SELECT rss_idle_bytes, rss_peak_bytes, gpu_idle_delta_bytes, "
-                          "gpu_peak_delta_bytes FROM server_run_memory").fetchone()
+        row = con.execute(
+            "SELECT rss_idle_bytes, rss_peak_bytes, gpu_idle_delta_bytes, "
+            "gpu_peak_delta_bytes FROM server_run_memory"
+        ).fetchone()
     assert row == (11, 80, 11, 80)
 
 
@@ -171,8 +182,9 @@ def test_summary_ci_and_ratio() -> None:
     half = 4.303 * 1.0 / math.sqrt(3)
     assert (s.ci_low, s.ci_high) == pytest.approx((10 - half, 10 + half))
     assert summarize(1, 10.0, None, 10.0, 10.0).ci_low is None
-    r = ratio_of_means(Summary(3, 5.0, 0.5, None, None, 4.5, 5.5),
-                       Summary(3, 10.0, 1.0, None, None, 9, 11))
+    r = ratio_of_means(
+        Summary(3, 5.0, 0.5, None, None, 4.5, 5.5), Summary(3, 10.0, 1.0, None, None, 9, 11)
+    )
     assert r.ratio == pytest.approx(0.5)
     assert r.ci_low is not None and r.ci_low < 0.5 < r.ci_high  # type: ignore[operator]
     assert t95(1) == 12.706 and t95(100) == 1.96

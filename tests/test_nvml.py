@@ -63,7 +63,8 @@ def fake_nvml(devices: list[dict[str, Any]], fail_init: bool = False) -> types.M
     mod.nvmlDeviceGetName = lambda h: h["name"].encode()  # type: ignore[attr-defined]
     mod.nvmlDeviceGetUUID = lambda h: h["uuid"]  # type: ignore[attr-defined]
     mod.nvmlDeviceGetMemoryInfo = (  # type: ignore[attr-defined]
-        lambda h: _Mem(h["total"], h["used"], h["total"] - h["used"]))
+        lambda h: _Mem(h["total"], h["used"], h["total"] - h["used"])
+    )
     mod.nvmlDeviceGetUtilizationRates = lambda h: _Util(h["util"], 0)  # type: ignore[attr-defined]
 
     def procs(h: dict[str, Any]) -> list[_Proc]:
@@ -76,8 +77,14 @@ def fake_nvml(devices: list[dict[str, Any]], fail_init: bool = False) -> types.M
     return mod
 
 
-H200 = {"name": "NVIDIA H200", "uuid": "GPU-1234", "total": 141 * GIB, "used": 9 * GIB,
-        "util": 40, "procs": [(100, 6 * GIB), (200, 2 * GIB)]}
+H200 = {
+    "name": "NVIDIA H200",
+    "uuid": "GPU-1234",
+    "total": 141 * GIB,
+    "used": 9 * GIB,
+    "util": 40,
+    "procs": [(100, 6 * GIB), (200, 2 * GIB)],
+}
 
 
 def test_devices_and_driver() -> None:

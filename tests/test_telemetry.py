@@ -12,9 +12,11 @@ from collector.telemetry import TelemetrySampler
 
 def test_sampler_watches_a_process_tree_on_our_clock() -> None:
     # A parent with a child that holds ~50 MB: the tree's RSS must include it.
-    script = ("import subprocess, sys, time; "
-              "c = subprocess.Popen([sys.executable, '-c', "
-              "'import time; x = bytearray(50_000_000); time.sleep(30)']); time.sleep(30)")
+    script = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', "
+        "'import time; x = bytearray(50_000_000); time.sleep(30)']); time.sleep(30)"
+    )
     tree = subprocess.Popen([sys.executable, "-c", script])
     try:
         time.sleep(1.0)  # let the child allocate
