@@ -28,6 +28,10 @@ from collector.session import server_session, tokenize
 from evidence.errors import ServerError, StoreError
 from evidence.writer import update_row
 
+# How long a failed request waits for the server to finish dying before the
+# campaign decides whether to restart it (see RunningServer.exits_within).
+DEATH_GRACE_S = 2.0
+
 __all__ = ["Cell", "ServerPlan", "done_cells", "run_campaign", "server_plans"]
 
 
@@ -142,7 +146,11 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     headers=auth_headers(ctx),
                     on_content=ctx.progress.on_content,
                 )
-                server_died = run.server is not None and not run.server.alive()
+                server_died = run.server is not None and (
+                    not run.server.alive()
+                    if result.status == "ok"
+                    else run.server.exits_within(DEATH_GRACE_S)
+                )
                 tokenized = None
                 if camp.tokenize and not server_died and ctx.config.server.api != "shimmy":
                     tokenized = tokenize(run.base_url, result.output_text, auth_headers(ctx))

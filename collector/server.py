@@ -63,6 +63,17 @@ class RunningServer:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def exits_within(self, seconds: float) -> bool:
+        """True if the server has exited or exits within `seconds`.
+
+        A killed server closes its sockets before the OS lets us reap it, so a
+        client can see the connection drop while `alive()` still says True."""
+        try:
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")

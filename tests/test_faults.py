@@ -40,7 +40,7 @@ from collector.campaign import run_campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.progress import CampaignProgress
 from collector.protocol import TEST_IDS
-from collector.server import free_port
+from collector.server import LaunchSpec, RunningServer, free_port
 from evidence.store import open_store
 from tests.storefactory import StoreFactory
 
@@ -630,3 +630,16 @@ def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: P
     assert _query(db, "SELECT status, error FROM server_runs") == [
         ("stopped", "campaign interrupted (Ctrl-C)")
     ]
+
+
+def test_a_server_that_is_still_dying_is_waited_for(tmp_path: Path) -> None:
+    # A killed llama-server drops its connections a moment before it can be reaped;
+    # the campaign waits for the exit instead of trusting one poll (else no restart).
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    server = RunningServer(
+        LaunchSpec([sys.executable], "127.0.0.1", 0), process, tmp_path / "log", 0
+    )
+    assert server.alive()
+    assert not server.exits_within(0.05)
+    assert server.exits_within(30)
+    assert not server.alive()
