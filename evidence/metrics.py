@@ -411,6 +411,9 @@ SELECT c.campaign_id, c.model_id, c.config_label,
            WHEN c.n_cpu_moe IS NULL OR c.n_cpu_moe = 0 THEN 0
            WHEN c.n_cpu_moe < 0 THEN TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes')
                                               AS BIGINT)
+           -- --n-cpu-moe K: the experts of layers 0..K-1; unknown (NULL) when the
+           -- inspection recorded no per-layer breakdown, 0 when no MoE layer is < K.
+           WHEN json_extract(md.spec, '$.expert_bytes_by_layer') IS NULL THEN NULL
            ELSE coalesce(list_sum(list_transform(list_filter(
                     TRY_CAST(json_extract(md.spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
                     lambda x: x[1] < c.n_cpu_moe), lambda x: x[2])), 0)

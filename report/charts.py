@@ -206,8 +206,10 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
             color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             tooltip=["series:N", "config:N", alt.Tooltip("gib:Q", format=".2f")],
         )
-        .properties(width=WIDTH - 120, height=60)
+        .properties(width=WIDTH - 120, height=40)
         .facet(row=alt.Row("series:N", title=None, header=_HEADER))
+        # Each row compares two configurations; a shared y scale would list all.
+        .resolve_scale(y="independent")
     )
     title = "GPU memory, baseline vs offload (source in each row's label)"
     return Chart("memory-vram", title, title, _finish(chart, title, {"data": data}))

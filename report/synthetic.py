@@ -447,6 +447,9 @@ def _write_model(con: Any, campaign_id: str, p: ModelPreset, ids: _Ids) -> str:
         "moe_layer_count": len(_moe_layers(p)),
         "moe_layers": _moe_layers(p),
         "expert_tensor_names": names,
+        "expert_bytes_by_layer": [
+            [layer, experts // len(_moe_layers(p))] for layer in _moe_layers(p)
+        ],
         "weights_gpu_bytes_baseline": total,
         "weights_gpu_bytes_cpu_moe": total - experts,
         "predicted_vram_saved_pct": 100.0 * experts / total,

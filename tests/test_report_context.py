@@ -72,7 +72,10 @@ def test_measured_gpu_memory_wins_and_the_log_is_shown_beside_it(gpu: Opened) ->
     assert isinstance(cpu_moe.log, Quantity) and cpu_moe.log.source == "log"
     assert isinstance(cpu_moe.estimated, Quantity)
     sweep = next(c for c in ctx.comparisons if c.config == "n-cpu-moe-8")
-    assert isinstance(sweep.estimated, Missing)  # the GGUF estimate covers --cpu-moe only
+    # --n-cpu-moe 8 on DeepSeek (block 0 dense, MoE blocks 1-27): the experts of
+    # blocks 1-7 leave the GPU, 7 of the 27 MoE blocks' share of --cpu-moe's saving.
+    assert isinstance(sweep.estimated, Quantity) and isinstance(cpu_moe.estimated, Quantity)
+    assert sweep.estimated.value == pytest.approx(cpu_moe.estimated.value * 7 / 27, rel=1e-6)
     assert 0 < cpu_moe.headline.value < 100
 
 

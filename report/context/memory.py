@@ -147,12 +147,15 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
                mem.rss_idle_bytes, mem.rss_peak_bytes, mem.gpu_idle_delta_bytes,
                mem.gpu_peak_delta_bytes, mem.cpu_percent_avg_generating, mem.telemetry_samples,
                (SELECT count(gpu_mem_used_bytes) FROM telemetry t
-                 WHERE t.server_run_id = r.server_run_id) AS gpu_samples
+                 WHERE t.server_run_id = r.server_run_id) AS gpu_samples,
+               est.weights_gpu_bytes
         FROM sel_runs r
         JOIN campaigns c USING (campaign_id)
         JOIN hosts h ON h.host_id = c.host_id
         JOIN sel_models m USING (model_id)
         LEFT JOIN server_run_memory mem USING (server_run_id)
+        LEFT JOIN config_weight_estimate est ON est.campaign_id = r.campaign_id
+             AND est.model_id = r.model_id AND est.config_label = r.config_label
         WHERE r.attempt = 1
         ORDER BY r.model_order, r.config_order
         """,
@@ -219,7 +222,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
             if mapped is not None
             else Missing("the loader log printed no CPU_Mapped buffer")
         )
-    gpu_estimated = _estimate(spec, k)
+    gpu_estimated = _estimate(spec, f["weights_gpu_bytes"])
     buffers = tuple(
         BufferRow(str(device), str(kind), float(mib), not _HOST_DEVICE.match(str(device)))
         for device, kinds in as_dict(log.get("buffers")).items()
@@ -262,20 +265,15 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
     )
 
 
-def _estimate(spec: dict[str, Any], k: int | None) -> Figure:
-    """The GGUF weights-only estimate of GPU memory for this configuration."""
+def _estimate(spec: dict[str, Any], weights_gpu_bytes: Any) -> Figure:
+    """The GGUF weights-only estimate of GPU memory for this configuration
+    (defined once, in the `config_weight_estimate` view)."""
     note = "GGUF weight bytes only; no KV cache or compute buffers"
     if not spec:
         return Missing("the model file was not inspected (attached server)")
-    if k is None or k == 0:
-        value = spec.get("weights_gpu_bytes_baseline")
-    elif k == -1:
-        value = spec.get("weights_gpu_bytes_cpu_moe")
-    else:
-        return Missing(f"no GGUF estimate for --n-cpu-moe {k}", not_applicable=True)
-    if value is None:
+    if weights_gpu_bytes is None:
         return Missing("the GGUF inspection recorded no weight split")
-    return Quantity(float(value), "bytes", "estimated", note)
+    return Quantity(float(weights_gpu_bytes), "bytes", "estimated", note)
 
 
 def _placement(
@@ -382,7 +380,7 @@ def _compare(base: RunMemory | None, off: RunMemory, expected_pct: float | None)
             _pct(base.gpu_estimated.value, off.gpu_estimated.value),
             "%",
             "estimated",
-            "GGUF non-expert weight bytes / all weight bytes",
+            "GGUF weight bytes left on the GPU / all weight bytes",
         )
     else:
         estimated = (
