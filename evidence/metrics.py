@@ -399,6 +399,8 @@ SELECT s.campaign_id, s.model_id, s.config_label, any_value(s.n_cpu_moe) AS n_cp
        avg(TRY_CAST(json_extract(s.log_summary, '$.cpu_mapped_mib') AS DOUBLE))
            AS cpu_mapped_mib,
        avg(m.rss_idle_bytes) AS rss_idle_bytes, max(m.rss_peak_bytes) AS rss_peak_bytes,
+       -- NULL when the configuration's runs report different server builds.
+       CASE WHEN count(DISTINCT s.version) <= 1 THEN any_value(s.version) END AS version,
        count(*) AS server_runs
 FROM server_runs s JOIN server_run_memory m USING (server_run_id)
 WHERE s.ready_ns IS NOT NULL
@@ -420,37 +422,53 @@ SELECT c.campaign_id, c.model_id, c.config_label,
        END AS weights_gpu_bytes
 FROM config_memory c JOIN models md USING (model_id);
 
--- VRAM saved per offload configuration against the same model's baseline, from
--- the best source both sides have: measured > log > estimated.
+-- VRAM saved per offload configuration (n_cpu_moe -1 or K > 0) against the same
+-- model's reference run in the same campaign: the configuration labelled
+-- 'baseline', else the first (by label) without offload. Each source's saving
+-- where both sides have it; the headline (`source`, `vram_saved_pct`) is the
+-- best of them: measured > log > estimated. Measured figures compare only runs
+-- of one server build (one campaign is one host by construction).
 CREATE OR REPLACE TEMP VIEW vram_saved AS
-WITH pairs AS (
+WITH sized AS (
+    SELECT c.*, e.weights_gpu_bytes
+    FROM config_memory c JOIN config_weight_estimate e USING (campaign_id, model_id, config_label)
+), reference AS (
+    SELECT * FROM sized
+    WHERE n_cpu_moe IS NULL OR n_cpu_moe = 0
+    QUALIFY row_number() OVER (PARTITION BY campaign_id, model_id
+                               ORDER BY config_label <> 'baseline', config_label) = 1
+), pairs AS (
     SELECT o.campaign_id, o.model_id, o.config_label, o.n_cpu_moe,
+           b.config_label AS baseline_label,
            b.gpu_measured_bytes AS b_measured, o.gpu_measured_bytes AS o_measured,
            b.gpu_log_mib * 1048576 AS b_log, o.gpu_log_mib * 1048576 AS o_log,
-           be.weights_gpu_bytes AS b_est, oe.weights_gpu_bytes AS o_est
-    FROM config_memory o
-    JOIN config_memory b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
-                        AND b.config_label = 'baseline'
-    JOIN config_weight_estimate oe ON oe.campaign_id = o.campaign_id
-         AND oe.model_id = o.model_id AND oe.config_label = o.config_label
-    JOIN config_weight_estimate be ON be.campaign_id = b.campaign_id
-         AND be.model_id = b.model_id AND be.config_label = 'baseline'
-    WHERE o.config_label <> 'baseline'
+           b.weights_gpu_bytes AS b_est, o.weights_gpu_bytes AS o_est,
+           b.version IS NOT NULL AND b.version = o.version AS same_build
+    FROM sized o JOIN reference b USING (campaign_id, model_id)
+    WHERE o.n_cpu_moe <> 0
+), pcts AS (
+    SELECT *,
+           CASE WHEN b_measured > 0 AND o_measured IS NOT NULL AND same_build
+                THEN 100 * (1 - o_measured / b_measured) END AS measured_pct,
+           CASE WHEN b_log > 0 AND o_log IS NOT NULL
+                THEN 100 * (1 - o_log / b_log) END AS log_pct,
+           CASE WHEN b_est > 0 AND o_est IS NOT NULL
+                THEN 100 * (1 - o_est / b_est) END AS estimated_pct
+    FROM pairs
 ), chosen AS (
     SELECT *,
-           CASE WHEN b_measured > 0 AND o_measured IS NOT NULL THEN 'measured'
-                WHEN b_log > 0 AND o_log IS NOT NULL THEN 'log'
-                WHEN b_est > 0 AND o_est IS NOT NULL THEN 'estimated' END AS source
-    FROM pairs
+           CASE WHEN measured_pct IS NOT NULL THEN 'measured'
+                WHEN log_pct IS NOT NULL THEN 'log'
+                WHEN estimated_pct IS NOT NULL THEN 'estimated' END AS source
+    FROM pcts
 )
-SELECT campaign_id, model_id, config_label, n_cpu_moe, source,
+SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
        CASE source WHEN 'measured' THEN b_measured WHEN 'log' THEN b_log
                    WHEN 'estimated' THEN b_est END AS baseline_bytes,
        CASE source WHEN 'measured' THEN o_measured WHEN 'log' THEN o_log
                    WHEN 'estimated' THEN o_est END AS offload_bytes,
-       100 * (1 - CASE source WHEN 'measured' THEN o_measured / b_measured
-                              WHEN 'log' THEN o_log / b_log
-                              WHEN 'estimated' THEN o_est / b_est END) AS vram_saved_pct,
+       coalesce(measured_pct, log_pct, estimated_pct) AS vram_saved_pct,
+       measured_pct, log_pct, estimated_pct, same_build,
        b_measured, o_measured, b_log, o_log, b_est, o_est
 FROM chosen;
 """

@@ -13,6 +13,7 @@ from evidence.store import open_store
 from report.context import memory, performance, quality, streaming, summary
 from report.queries import Selection, prepare, select_campaigns
 from report.values import Missing, Quantity
+from scoring.gates import evaluate_gates
 from tests.fixtures.report.support import synthetic_store
 
 Opened = tuple[duckdb.DuckDBPyConnection, Selection]
@@ -77,13 +78,25 @@ def test_measured_gpu_memory_wins_and_the_log_is_shown_beside_it(gpu: Opened) ->
     assert isinstance(sweep.estimated, Quantity) and isinstance(cpu_moe.estimated, Quantity)
     assert sweep.estimated.value == pytest.approx(cpu_moe.estimated.value * 7 / 27, rel=1e-6)
     assert 0 < cpu_moe.headline.value < 100
+    # VRAM saved compares GPU memory after load (the one definition, which the
+    # memory-savings gate reads too), not the peak during generation.
+    runs = {r.config: r for r in ctx.runs}
+    b, o = runs["baseline"].gpu_idle_measured, runs["cpu-moe"].gpu_idle_measured
+    assert isinstance(b, Quantity) and isinstance(o, Quantity)
+    assert cpu_moe.headline.value == pytest.approx(100 * (1 - o.value / b.value))
 
 
 def test_the_log_is_the_fallback_when_nvml_was_unavailable(gpu_store: Path, tmp_path: Path) -> None:
     copy = tmp_path / "nvml-off.duckdb"
     copy.write_bytes(gpu_store.read_bytes())
     with duckdb.connect(str(copy)) as con:
+        # What the collector stores when NVML is unavailable: the host's status,
+        # and telemetry without GPU figures.
         con.execute("UPDATE hosts SET gpu_status = 'NVML: driver not loaded'")
+        con.execute(
+            "UPDATE telemetry SET gpu_mem_used_bytes = NULL, gpu_proc_mem_bytes = NULL, "
+            "gpu_util_percent = NULL"
+        )
     for con, sel in _open(copy):
         ctx = memory.build(con, sel)
         cpu_moe = next(c for c in ctx.comparisons if c.config == "cpu-moe")
@@ -196,3 +209,16 @@ def test_instrument_validation_lists_each_run_with_its_host(tmp_path: Path) -> N
         assert run.host.startswith("AMD Ryzen") and "no NVIDIA GPU" in run.host
         assert {r.name for r in run.results} >= {"ttft_accuracy_ms"}
         assert all(isinstance(r.value, Quantity) for r in run.results)
+
+
+def test_the_memory_gate_and_the_site_quote_the_same_saving(gpu: Opened) -> None:
+    # One definition: the memory-savings gate and the Memory page both read the
+    # `vram_saved` view, so they cannot publish two different figures.
+    con, sel = gpu
+    cpu_moe = next(c for c in memory.build(con, sel).comparisons if c.config == "cpu-moe")
+    assert isinstance(cpu_moe.headline, Quantity)
+    (campaign_id,) = sel.ids
+    gate = next(g for g in evaluate_gates(con, campaign_id) if g.gate_id == "memory-savings")
+    ((_, config, source, pct, _expected),) = gate.evidence["comparisons"]
+    assert (config, source) == ("cpu-moe", cpu_moe.headline.source)
+    assert pct == pytest.approx(cpu_moe.headline.value)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
 from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
-from report.values import Figure, Missing, Quantity, Stat
+from report.values import Figure, Missing, Quantity, Source, Stat
 from scoring.placement import check_placement
 
 _HOST_DEVICE = re.compile(r"^(CPU.*|.*_Host|AMX)$")
@@ -162,7 +162,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
     )
     runs = tuple(_run_memory(f) for f in facts)
     expected = {f["model_id"]: f["expected_vram_saved_pct"] for f in facts}
-    comparisons = tuple(_comparisons(runs, expected))
+    comparisons = tuple(_comparisons(con, runs, expected))
     tradeoff, source, tests = _tradeoff(con, runs, comparisons)
     reasons = {r.gpu_measured.reason for r in runs if isinstance(r.gpu_measured, Missing)}
     return MemoryContext(
@@ -307,34 +307,69 @@ def _placement(
     )
 
 
-def _pct(base: float, off: float) -> float:
-    return 100.0 * (1.0 - off / base)
+_SOURCE_NOTES = {
+    "measured": "device memory after load minus the figure before launch",
+    "log": "model + KV + compute buffers on GPU devices",
+    "estimated": "GGUF weight bytes left on the GPU / all weight bytes",
+}
 
 
-def _comparisons(runs: tuple[RunMemory, ...], expected: dict[str, Any]) -> list[VramComparison]:
+def _comparisons(
+    con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...], expected: dict[str, Any]
+) -> list[VramComparison]:
+    """One row per offload configuration. The savings, their source and the
+    reference run come from the `vram_saved` view (the one definition, which the
+    memory-savings gate reads too); the runs only explain a missing figure."""
+    saved = {
+        (v["model_id"], v["config_label"]): v
+        for v in rows(
+            con,
+            "SELECT v.* FROM vram_saved v JOIN sel_models m USING (campaign_id, model_id)",
+        )
+    }
     out: list[VramComparison] = []
     for model_id in dict.fromkeys(r.model_id for r in runs):
         model_runs = [r for r in runs if r.model_id == model_id]
-        baselines = [r for r in model_runs if not r.offloaded]
-        baseline = next((r for r in baselines if r.config == "baseline"), None) or (
-            baselines[0] if baselines else None
-        )
         for run in model_runs:
             if not run.offloaded:
                 continue
-            out.append(_compare(baseline, run, expected.get(model_id)))
+            view = saved.get((model_id, run.config))
+            label = view["baseline_label"] if view else None
+            references = [r for r in model_runs if not r.offloaded]
+            base = next((r for r in references if r.config == label), None) or next(
+                (r for r in references if r.config == "baseline"),
+                references[0] if references else None,
+            )
+            out.append(_compare(view, base, run, expected.get(model_id)))
     return out
 
 
-def _compare(base: RunMemory | None, off: RunMemory, expected_pct: float | None) -> VramComparison:
-    if base is None:
-        none = Missing("this model has no baseline run to compare with")
+def _side_reason(base: Figure, off: Figure) -> Missing | None:
+    """Why a source has no saving: the side that lacks the figure, base first."""
+    for fig in (base, off):
+        if isinstance(fig, Missing):
+            return fig
+    return None
+
+
+def _compare(
+    view: dict[str, Any] | None,
+    base: RunMemory | None,
+    off: RunMemory,
+    expected_pct: float | None,
+) -> VramComparison:
+    if base is None or view is None:
+        none = Missing(
+            "this model has no baseline run to compare with"
+            if base is None
+            else "the baseline or this configuration never became ready"
+        )
         return VramComparison(
             off.model_id,
             off.model,
             off.config,
             off.n_cpu_moe,
-            "none",
+            base.config if base else "none",
             none,
             none,
             none,
@@ -344,57 +379,32 @@ def _compare(base: RunMemory | None, off: RunMemory, expected_pct: float | None)
             none,
             none,
         )
-    measured: Figure
-    if isinstance(base.gpu_measured, Quantity) and isinstance(off.gpu_measured, Quantity):
-        if base.version != off.version or base.host_id != off.host_id:
-            measured = Missing("baseline and offload ran on different hosts or server builds")
-        elif base.gpu_measured.value <= 0:
-            measured = Missing("the baseline's measured GPU memory is not positive")
+    sides: dict[str, tuple[Figure, Figure]] = {
+        "measured": (base.gpu_idle_measured, off.gpu_idle_measured),
+        "log": (base.gpu_log, off.gpu_log),
+        "estimated": (base.gpu_estimated, off.gpu_estimated),
+    }
+    by_source: dict[str, Figure] = {}
+    for source, (b, o) in sides.items():
+        pct = view[f"{source}_pct"]
+        if pct is not None:
+            by_source[source] = Quantity(
+                float(pct), "%", cast(Source, source), _SOURCE_NOTES[source]
+            )
+        elif (reason := _side_reason(b, o)) is not None:
+            by_source[source] = reason
+        elif source == "measured" and not view["same_build"]:
+            by_source[source] = Missing("baseline and offload ran different server builds")
         else:
-            measured = Quantity(
-                _pct(base.gpu_measured.value, off.gpu_measured.value),
-                "%",
-                "measured",
-                "peak device memory during generation minus the figure before launch",
-            )
-    else:
-        missing = base.gpu_measured if isinstance(base.gpu_measured, Missing) else off.gpu_measured
-        measured = missing
-    log: Figure
-    if isinstance(base.gpu_log, Quantity) and isinstance(off.gpu_log, Quantity):
-        log = (
-            Quantity(
-                _pct(base.gpu_log.value, off.gpu_log.value),
-                "%",
-                "log",
-                "model + KV + compute buffers on GPU devices",
-            )
-            if base.gpu_log.value > 0
-            else Missing("the baseline's log shows no GPU buffers")
-        )
-    else:
-        log = base.gpu_log if isinstance(base.gpu_log, Missing) else off.gpu_log
-    estimated: Figure
-    if isinstance(base.gpu_estimated, Quantity) and isinstance(off.gpu_estimated, Quantity):
-        estimated = Quantity(
-            _pct(base.gpu_estimated.value, off.gpu_estimated.value),
-            "%",
-            "estimated",
-            "GGUF weight bytes left on the GPU / all weight bytes",
-        )
-    else:
-        estimated = (
-            base.gpu_estimated if isinstance(base.gpu_estimated, Missing) else off.gpu_estimated
-        )
-    pairs: list[tuple[Figure, Figure, Figure]] = [
-        (measured, base.gpu_measured, off.gpu_measured),
-        (log, base.gpu_log, off.gpu_log),
-        (estimated, base.gpu_estimated, off.gpu_estimated),
-    ]
+            by_source[source] = Missing(f"the baseline's {source} GPU memory is not positive")
     headline: Figure
-    chosen = next((p for p in pairs if isinstance(p[0], Quantity)), None)
-    if chosen is not None:
-        headline, base_gpu, off_gpu = chosen
+    base_gpu: Figure
+    off_gpu: Figure
+    source = view["source"]
+    if source is not None:
+        headline = by_source[source]
+        base_gpu = Quantity(float(view["baseline_bytes"]), "bytes", cast(Source, source))
+        off_gpu = Quantity(float(view["offload_bytes"]), "bytes", cast(Source, source))
     else:
         headline = base_gpu = off_gpu = Missing(
             "no source (measured, loader log, GGUF estimate) has a figure for both runs"
@@ -418,10 +428,10 @@ def _compare(base: RunMemory | None, off: RunMemory, expected_pct: float | None)
         model=off.model,
         config=off.config,
         n_cpu_moe=off.n_cpu_moe,
-        baseline_config=base.config,
-        measured=measured,
-        log=log,
-        estimated=estimated,
+        baseline_config=view["baseline_label"],
+        measured=by_source["measured"],
+        log=by_source["log"],
+        estimated=by_source["estimated"],
         headline=headline,
         baseline_gpu=base_gpu,
         offload_gpu=off_gpu,
@@ -494,7 +504,8 @@ def _tradeoff(
 
 
 def _gpu(r: RunMemory, source: str) -> Figure:
-    return {"measured": r.gpu_measured, "log": r.gpu_log, "estimated": r.gpu_estimated}[source]
+    """A run's GPU memory from one source; measured is after load, as VRAM saved uses it."""
+    return {"measured": r.gpu_idle_measured, "log": r.gpu_log, "estimated": r.gpu_estimated}[source]
 
 
 def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[TimelinePoint, ...]:
