@@ -423,8 +423,8 @@ SELECT c.campaign_id, c.model_id, c.config_label,
 FROM config_memory c JOIN models md USING (model_id);
 
 -- VRAM saved per offload configuration (n_cpu_moe -1 or K > 0) against the same
--- model's reference run in the same campaign: the configuration labelled
--- 'baseline', else the first (by label) without offload. Each source's saving
+-- model's configuration labelled 'baseline' in the same campaign (the reference
+-- of every comparison in the report). Each source's saving
 -- where both sides have it; the headline (`source`, `vram_saved_pct`) is the
 -- best of them: measured > log > estimated. Measured figures compare only runs
 -- of one server build (one campaign is one host by construction).
@@ -433,10 +433,7 @@ WITH sized AS (
     SELECT c.*, e.weights_gpu_bytes
     FROM config_memory c JOIN config_weight_estimate e USING (campaign_id, model_id, config_label)
 ), reference AS (
-    SELECT * FROM sized
-    WHERE n_cpu_moe IS NULL OR n_cpu_moe = 0
-    QUALIFY row_number() OVER (PARTITION BY campaign_id, model_id
-                               ORDER BY config_label <> 'baseline', config_label) = 1
+    SELECT * FROM sized WHERE config_label = 'baseline'
 ), pairs AS (
     SELECT o.campaign_id, o.model_id, o.config_label, o.n_cpu_moe,
            b.config_label AS baseline_label,

@@ -222,3 +222,20 @@ def test_the_memory_gate_and_the_site_quote_the_same_saving(gpu: Opened) -> None
     ((_, config, source, pct, _expected),) = gate.evidence["comparisons"]
     assert (config, source) == ("cpu-moe", cpu_moe.headline.source)
     assert pct == pytest.approx(cpu_moe.headline.value)
+
+
+def test_without_a_baseline_label_nothing_is_compared(gpu_store: Path, tmp_path: Path) -> None:
+    # Every comparison in the report (VRAM, speed, quality preservation) is against
+    # the configuration labelled "baseline"; without one, the page says so and the
+    # memory gate has nothing to judge.
+    copy = tmp_path / "dense.duckdb"
+    copy.write_bytes(gpu_store.read_bytes())
+    with duckdb.connect(str(copy)) as con:
+        con.execute("UPDATE server_runs SET config_label = 'dense' WHERE config_label = 'baseline'")
+    for con, sel in _open(copy):
+        cpu_moe = next(c for c in memory.build(con, sel).comparisons if c.config == "cpu-moe")
+        assert isinstance(cpu_moe.headline, Missing)
+        assert "labelled 'baseline'" in cpu_moe.headline.reason
+        (campaign_id,) = sel.ids
+        gate = next(g for g in evaluate_gates(con, campaign_id) if g.gate_id == "memory-savings")
+        assert gate.status == "NOT MEASURED"

@@ -333,13 +333,8 @@ def _comparisons(
         for run in model_runs:
             if not run.offloaded:
                 continue
+            base = next((r for r in model_runs if r.config == "baseline"), None)
             view = saved.get((model_id, run.config))
-            label = view["baseline_label"] if view else None
-            references = [r for r in model_runs if not r.offloaded]
-            base = next((r for r in references if r.config == label), None) or next(
-                (r for r in references if r.config == "baseline"),
-                references[0] if references else None,
-            )
             out.append(_compare(view, base, run, expected.get(model_id)))
     return out
 
@@ -360,7 +355,7 @@ def _compare(
 ) -> VramComparison:
     if base is None or view is None:
         none = Missing(
-            "this model has no baseline run to compare with"
+            "this model has no configuration labelled 'baseline' to compare with"
             if base is None
             else "the baseline or this configuration never became ready"
         )
