@@ -102,6 +102,10 @@ def _sample(procs: dict[int, psutil.Process], nvml: Nvml, watching: bool) -> Sam
         for p in list(procs.values()):
             try:
                 with p.oneshot():
+                    if p.status() == psutil.STATUS_ZOMBIE:
+                        # Exited, not yet reaped: it has no memory left and would
+                        # report an RSS of 0 as if measured.
+                        continue
                     rss += p.memory_info().rss
                     cpu += p.cpu_percent(None)
                 alive += 1

@@ -7,7 +7,10 @@ import subprocess
 import sys
 import time
 
-from collector.telemetry import TelemetrySampler
+import psutil
+
+from collector.nvml import Nvml
+from collector.telemetry import TelemetrySampler, _sample
 
 
 def test_sampler_watches_a_process_tree_on_our_clock() -> None:
@@ -51,3 +54,17 @@ def test_sampler_of_a_dead_process_records_absence() -> None:
     time.sleep(0.5)
     samples = sampler.stop()
     assert samples and all(s.rss_bytes is None for s in samples)
+
+
+def test_an_exited_unreaped_server_is_absent_not_zero() -> None:
+    # Between a server's exit and its reaping it is a zombie, whose RSS reads 0:
+    # that must be recorded as "no process", never as 0 bytes measured.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    try:
+        target = psutil.Process(proc.pid)
+        time.sleep(0.8)  # exited; not waited for, so still a zombie
+        assert target.status() == psutil.STATUS_ZOMBIE
+        sample = _sample({proc.pid: target}, Nvml(), watching=True)
+        assert sample.proc_count == 0 and sample.rss_bytes is None
+    finally:
+        proc.wait()
