@@ -120,6 +120,23 @@ class _FaultPerTest(CampaignProgress):
         httpx.post(f"{self.base_url}/_calibration/scenario", json=scenario, trust_env=False)
 
 
+def _run_attached(
+    con: duckdb.DuckDBPyConnection, config: Config, progress: CampaignProgress, data_dir: Path
+) -> None:
+    """A campaign against a server the test runs itself (attach mode: no model, no engine)."""
+    run_campaign(
+        con,
+        config,
+        profile="test",
+        command=["test"],
+        model_paths={},
+        engine=None,
+        inspect=lambda _: {},
+        progress=progress,
+        data_dir=data_dir,
+    )
+
+
 def _campaign(**changes: Any) -> CampaignSection:
     settings: dict[str, Any] = {
         "name": "fault test",
@@ -175,17 +192,7 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     progress = _FaultPerTest(f"http://127.0.0.1:{port}")
     with open_store(db) as con, progress:
-        run_campaign(
-            con,
-            config,
-            profile="test",
-            command=["test"],
-            model_paths={},
-            engine=None,
-            inspect=lambda _: {},
-            progress=progress,
-            data_dir=tmp,
-        )
+        _run_attached(con, config, progress, tmp)
     return db
 
 
@@ -282,17 +289,7 @@ def test_attached_server_that_goes_away_mid_campaign(tmp_path: Path) -> None:
     tests = ["simple-response", "code-generation", "technical-explanation"]
     try:
         with open_store(db) as con, progress:
-            run_campaign(
-                con,
-                _attach_config(server.base_url, tests),
-                profile="test",
-                command=["test"],
-                model_paths={},
-                engine=None,
-                inspect=lambda _: {},
-                progress=progress,
-                data_dir=tmp_path,
-            )
+            _run_attached(con, _attach_config(server.base_url, tests), progress, tmp_path)
     finally:
         server.close()
     rows = _query(
@@ -312,17 +309,7 @@ def test_attaching_to_nothing_is_recorded(tmp_path: Path) -> None:
     db = tmp_path / "nothing.duckdb"
     endpoint = f"http://127.0.0.1:{free_port()}"
     with open_store(db) as con, CampaignProgress() as progress:
-        run_campaign(
-            con,
-            _attach_config(endpoint, ["simple-response"]),
-            profile="test",
-            command=["test"],
-            model_paths={},
-            engine=None,
-            inspect=lambda _: {},
-            progress=progress,
-            data_dir=tmp_path,
-        )
+        _run_attached(con, _attach_config(endpoint, ["simple-response"]), progress, tmp_path)
     ((status, error),) = _query(db, "SELECT status, error FROM server_runs")
     assert status == "failed_start" and f"nothing healthy answers at {endpoint}" in error
     assert _query(db, "SELECT count(*) FROM requests") == [(0,)]
