@@ -1,43 +1,61 @@
 """Run untrusted, model-generated Python and call one of its functions.
 
 The code runs in a separate process, `python -I -S` (no site-packages, no
-user environment), with layers that each stop a misbehaving program on their
-own; which layers were in effect is recorded with every result:
+user environment). Containment comes from the operating system; each layer
+below holds on its own, and which were in effect is recorded with every
+result (`Isolation.mechanisms`), with the ones this machine could not give
+listed in `Isolation.missing`, never dropped silently:
 
-- **Time**: a wall-clock timeout (5 s by default) after which the whole
-  process tree is killed, and a CPU-time limit (RLIMIT_CPU).
-- **Memory and output**: an address-space limit (RLIMIT_AS), no core dumps,
-  a size limit on every file it writes (RLIMIT_FSIZE) including its
-  captured stdout and stderr, and at most 64 open files.
-- **Processes**: a process-count limit (RLIMIT_NPROC). The kernel does not
-  apply it to uid 0, so when the caller is root the code runs as the
-  unprivileged user `nobody` (which also keeps it from writing the caller's
-  files). If the caller's interpreter is not reachable for `nobody` (say it
-  lives under /root), the system `python3` runs the harness instead.
-- **Namespaces** (Linux, when `unshare` works here): a private network
-  namespace with only a downed loopback, so no connection can leave, and a
-  private PID namespace, so killing its first process kills every process the
-  code started, however it detached.
-- **Python guards**: an audit hook installed before the code runs refuses
-  process creation, sockets, ctypes, and writes outside the sandbox directory.
-  It is the only network guard where namespaces are unavailable. It stops
-  careless code, not a determined attacker inside the interpreter.
-- **Files and environment**: a fresh temporary directory as the working
-  directory, deleted afterwards, and an environment holding only PATH, HOME
-  and TMPDIR (both pointing at that directory). Running as `nobody` keeps the
-  code out of the caller's files, but not out of world-writable directories
-  such as /tmp: there only the Python guard refuses the write.
+- **Private root** (Linux, root or unprivileged user namespaces): `unshare`
+  makes fresh mount, PID, network and IPC namespaces, and the harness, as their
+  root, builds a new root and `pivot_root`s into it, unmounting the host's
+  (`mount-namespace`, `minimal-root`). The code sees only what the
+  interpreter needs, read-only (/usr, /bin, /lib*, /etc/ld.so.cache, and the
+  interpreter's prefix when it lives elsewhere; an interpreter under the
+  user's home or the project checkout is not offered): no home, no checkout,
+  no evidence store, no host /tmp. /proc is mounted fresh for the new PID
+  namespace, so it lists only the sandbox's processes (`fresh-proc`). /tmp,
+  /var/tmp, /dev/shm and the working directory /sandbox are empty, private,
+  size- and inode-limited tmpfs mounts that vanish with the run
+  (`private-tmp`); /dev holds only null, zero, full, random and urandom.
+  Then every privilege goes: the code runs as `nobody` when the caller is
+  root (`uid-nobody`), with no capabilities and no way to regain any by exec
+  (`no-capabilities`, `no-new-privs`); the mounts are nosuid.
+- **Network and IPC**: the network namespace has only a downed loopback, so
+  no connection can leave, not even to the host's abstract Unix sockets
+  (`network-namespace`); System V IPC objects live in a namespace of their
+  own and vanish with the run (`ipc-namespace`).
+- **Processes**: the PID namespace's first process is the harness, so
+  killing it kills every process the code started, however it detached
+  (`pid-namespace`); a process-count limit (RLIMIT_NPROC) caps forks.
+- **Time, memory, files**: a wall-clock timeout (5 s by default) after which
+  the whole process tree is killed, a CPU-time limit (RLIMIT_CPU), an
+  address-space limit (RLIMIT_AS), no core dumps, at most 64 open files, and
+  a size limit on every file it writes (RLIMIT_FSIZE), its captured stdout
+  and stderr included.
+- **Python guards**: an audit hook refuses process creation, sockets, ctypes,
+  and writes outside the working directory. It stops careless code, not a
+  determined one (`dir_fd`, `_imp.create_builtin` and the like go round it),
+  which is why nothing above relies on it; it is the only guard left where
+  the OS layers are missing.
 
-On Windows there is no `resource` module and no namespaces: only the timeout,
-the process-tree kill and the Python guards apply, and the result says so.
+Where a layer is missing, the next strongest combination that demonstrably
+works is used (`launch_plan` probes each): without a mount namespace the
+code sees the host's files (readable where `nobody` may read them) and its
+/proc; as root without namespaces it runs as `nobody` only; on Windows only
+the timeout, the process-tree kill and the Python guards apply.
+
+**Verdicts.** The expected values never enter the sandbox. The caller asks
+the harness over a pipe to load the code and then to call the function on
+each case, one request at a time, each with a fresh random nonce; only the
+answer echoing the nonce counts. Output the code prints, and lines it writes
+to any descriptor or file, cannot answer a request that has not been sent,
+so the most a forged line can claim is what the function could have
+returned for the case being asked.
 
 Misbehaviour of the code (timeouts, crashes, limits hit) is reported in the
 result as a failed run. `SandboxError` is raised only when the sandbox itself
 cannot run: no working interpreter, or the harness never started.
-
-The threat model is a model that writes broken or runaway code, not an
-adversary gaming the score: code that knows this harness could forge its own
-results, but it cannot get out.
 """
 
 from __future__ import annotations
@@ -46,14 +64,17 @@ import contextlib
 import functools
 import json
 import os
+import queue
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +85,57 @@ from scoring.sandbox_harness import EXIT_CPU_LIMIT
 from scoring.score import JSONObject
 
 _HARNESS_SOURCE = Path(__file__).with_name("sandbox_harness.py")
+_CHECKOUT = Path(__file__).resolve().parents[1]
 _TAIL_BYTES = 2000
 _PROBE_TIMEOUT_S = 10.0
+_EXIT_GRACE_S = 0.5
+_ANSWERS_LIMIT = 1 << 20
 _NOBODY_FALLBACK_ID = 65534
+# The working directory inside a private root.
+_PRIVATE_WORKDIR = "/sandbox"
+# What a private root shows the interpreter, read-only, where the host has it.
+_SYSTEM_PATHS = ("/usr", "/bin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache")
+# The namespaces a plan may claim, by their name under /proc/self/ns.
+_NAMESPACES = {
+    "mnt": "mount-namespace",
+    "pid": "pid-namespace",
+    "net": "network-namespace",
+    "ipc": "ipc-namespace",
+}
+# Every layer this module can give; those not in effect are listed as missing.
+_LAYERS = (
+    "mount-namespace",
+    "minimal-root",
+    "fresh-proc",
+    "private-tmp",
+    "pid-namespace",
+    "network-namespace",
+    "ipc-namespace",
+    "uid-nobody",
+    "no-capabilities",
+    "no-new-privs",
+    "RLIMIT_AS",
+    "RLIMIT_CPU",
+    "RLIMIT_NPROC",
+    "RLIMIT_FSIZE",
+    "RLIMIT_NOFILE",
+    "RLIMIT_CORE",
+)
 
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """How much the untrusted code may use. `python_guards=False` leaves only
-    the operating-system layers, which the tests use to prove those hold alone."""
+    """How much the untrusted code may use. `scratch_bytes` sizes each private
+    tmpfs (/tmp, /var/tmp, /dev/shm, the working directory). `python_guards=False`
+    leaves only the operating-system layers, which the tests use to prove those
+    hold alone."""
 
     wall_timeout_s: float = 5.0
     cpu_time_s: int = 5
     memory_bytes: int = 512 * 1024 * 1024
     max_processes: int = 32
     max_output_bytes: int = 256 * 1024
+    scratch_bytes: int = 8 * 1024 * 1024
     python_guards: bool = True
 
 
@@ -113,10 +170,17 @@ class CaseOutcome:
 
 @dataclass(frozen=True)
 class Isolation:
-    """Which protections were in effect for one run."""
+    """Which protections were in effect for one run.
+
+    `missing` names the layers of the full set (`mount-namespace`, `fresh-proc`,
+    `private-tmp`, `uid-nobody`, the rlimits...) this machine could not give;
+    `filesystem` is "private-root", "host-as-nobody" or "host-as-caller".
+    """
 
     mechanisms: tuple[str, ...]
+    missing: tuple[str, ...]
     network: str
+    filesystem: str
     user: str
     interpreter: str
 
@@ -124,7 +188,9 @@ class Isolation:
         """The isolation as a JSON-able dict."""
         return {
             "mechanisms": list(self.mechanisms),
+            "missing": list(self.missing),
             "network": self.network,
+            "filesystem": self.filesystem,
             "user": self.user,
             "interpreter": self.interpreter,
         }
@@ -179,6 +245,9 @@ class LaunchPlan:
     `prefix` wraps the command (the `unshare` call, if any); `run_as` is the
     (uid, gid) the process switches to before exec; `clear_groups` drops
     root's supplementary groups; `expect_uid` is the uid the code ends up with.
+    With `read_only` set, the harness builds a private root showing only those
+    paths and then switches to `become` (or, in a user namespace, just drops
+    its capabilities).
     """
 
     prefix: tuple[str, ...]
@@ -188,6 +257,8 @@ class LaunchPlan:
     expect_uid: int | None
     mechanisms: tuple[str, ...]
     network_namespace: bool
+    read_only: tuple[str, ...] | None = None
+    become: tuple[int, int] | None = None
 
 
 def run_function_cases(
@@ -222,89 +293,263 @@ def _run_in(
     function_hint: str,
     limits: SandboxLimits,
 ) -> SandboxResult:
-    workdir = root / "work"
-    workdir.mkdir()
-    harness = root / "harness.py"
-    shutil.copyfile(_HARNESS_SOURCE, harness)
-    result_path = root / "result.jsonl"
-    result_path.touch()
-    spec_path = root / "spec.json"
-    spec: dict[str, Any] = {
-        "code": code,
-        "cases": [{"args": list(case.args)} for case in cases],
-        "function_hint": function_hint,
-        "workdir": str(workdir),
-        "result_path": str(result_path),
-        "python_guards": limits.python_guards,
-        "limits": {
-            "memory_bytes": limits.memory_bytes,
-            "cpu_time_s": limits.cpu_time_s,
-            "max_processes": limits.max_processes,
-            "max_output_bytes": limits.max_output_bytes,
-        },
-    }
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    if plan.expect_uid is not None and plan.expect_uid != _current_uid():
-        # The unprivileged user may pass through the root (not list it), read
-        # the harness and spec, and write only its working dir and result file.
-        root.chmod(0o711)
-        harness.chmod(0o644)
-        spec_path.chmod(0o644)
-        for owned in (workdir, result_path):
-            os.chown(owned, plan.expect_uid, _nobody_ids()[1])
-    command = [*plan.prefix, plan.interpreter, "-I", "-S", str(harness), str(spec_path)]
+    spec: dict[str, Any] = {"code": code, "function_hint": function_hint}
     started = time.monotonic()
-    with (root / "stdout").open("wb") as out, (root / "stderr").open("wb") as err:
-        try:
-            proc = subprocess.Popen(
-                command,
-                cwd=workdir,
-                env=_scrubbed_env(workdir),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                close_fds=True,
-                start_new_session=os.name == "posix",
-                user=None if plan.run_as is None else plan.run_as[0],
-                group=None if plan.run_as is None else plan.run_as[1],
-                extra_groups=[] if plan.clear_groups else None,
-            )
-        except OSError as exc:
-            raise SandboxError(
-                f"cannot start the code sandbox ({exc}); check that {plan.interpreter} runs"
-            ) from exc
-        timed_out = not _wait_unreaped(proc, limits.wall_timeout_s)
-        _kill_tree(proc)
-        exit_code = proc.wait()
+    deadline = started + limits.wall_timeout_s
+    with _Harness(root, plan, spec, limits) as harness:
+        ready = harness.channel.first(deadline)
+        if ready is None or ready.get("event") != "ready":
+            harness.stop()
+            raise _not_started(root, plan, limits, ready, harness)
+        loaded = harness.channel.ask({"op": "load"}, deadline)
+        calls: list[dict[str, Any]] = []
+        if loaded is not None and loaded.get("function") is not None:
+            for case in cases:
+                answer = harness.channel.ask({"op": "call", "args": list(case.args)}, deadline)
+                if answer is None:
+                    break
+                calls.append(answer)
+        harness.channel.close_requests()
+        # The harness exits as soon as its requests end; a moment's grace
+        # keeps an answer that came just before the deadline from timing out.
+        grace = 0.0 if harness.channel.timed_out else _EXIT_GRACE_S
+        exited = _wait_unreaped(harness.proc, max(deadline - time.monotonic(), grace))
+        timed_out = harness.channel.timed_out or not exited
+        exit_code = harness.stop()
     wall_s = time.monotonic() - started
-    records = _read_records(result_path)
-    stderr_tail = _tail(root / "stderr")
-    ready = next((r for r in records if r.get("event") == "ready"), None)
-    if ready is None:
-        hint = (
-            f"; the sandbox user needs to enter {root.parent} (set TMPDIR elsewhere if it cannot)"
-            if plan.expect_uid is not None
-            else ""
-        )
-        raise SandboxError(
-            "the code sandbox did not start (no harness report"
-            + (f" within {limits.wall_timeout_s:g} s" if timed_out else "")
-            + f"; exit code {exit_code}): {stderr_tail[-300:] or 'no output'}{hint}"
-        )
-    loaded = next((r for r in records if r.get("event") == "loaded"), {})
-    calls = [r for r in records if r.get("event") == "call"]
+    loaded = loaded or {}
     return SandboxResult(
         function_name=_opt_str(loaded.get("function")),
         load_error=_opt_str(loaded.get("error")),
         cases=_outcomes(cases, calls, timed_out, exit_code, bool(loaded)),
         stdout_tail=_tail(root / "stdout"),
-        stderr_tail=stderr_tail,
+        stderr_tail=_tail(root / "stderr"),
         timed_out=timed_out,
         killed_by=_killed_by(timed_out, exit_code),
         exit_code=None if timed_out else exit_code,
         isolation=_isolation(plan, ready),
         wall_s=wall_s,
     )
+
+
+def _not_started(
+    root: Path,
+    plan: LaunchPlan,
+    limits: SandboxLimits,
+    first: dict[str, Any] | None,
+    harness: _Harness,
+) -> SandboxError:
+    if first is not None and first.get("event") == "setup-failed":
+        return SandboxError(
+            f"the code sandbox could not build its private root ({first.get('error')}); "
+            "it worked when probed, so check what changed on this machine"
+        )
+    hint = (
+        f"; the sandbox user needs to enter {root.parent} (set TMPDIR elsewhere if it cannot)"
+        if plan.expect_uid is not None and plan.read_only is None
+        else ""
+    )
+    return SandboxError(
+        "the code sandbox did not start (no harness report"
+        + (f" within {limits.wall_timeout_s:g} s" if harness.channel.timed_out else "")
+        + f"; exit code {harness.proc.returncode}): "
+        + f"{_tail(root / 'stderr')[-300:] or 'no output'}{hint}"
+    )
+
+
+class _Harness:
+    """The harness process with its request and answer pipes.
+
+    Writes the spec (adding what the plan needs) next to a copy of the
+    harness in `root`, starts it, and on `stop` kills whatever is left of it.
+    """
+
+    def __init__(
+        self, root: Path, plan: LaunchPlan, spec: dict[str, Any], limits: SandboxLimits
+    ) -> None:
+        harness = root / "harness.py"
+        shutil.copyfile(_HARNESS_SOURCE, harness)
+        spec_path = root / "spec.json"
+        spec = spec | {
+            "python_guards": limits.python_guards,
+            "limits": {
+                "memory_bytes": limits.memory_bytes,
+                "cpu_time_s": limits.cpu_time_s,
+                "max_processes": limits.max_processes,
+                "max_output_bytes": limits.max_output_bytes,
+            },
+        }
+        if plan.read_only is not None:
+            (root / "fs").mkdir()
+            cwd = root
+            spec["workdir"] = _PRIVATE_WORKDIR
+            spec["filesystem"] = {
+                "root": str(root / "fs"),
+                "read_only": list(plan.read_only),
+                "workdir": _PRIVATE_WORKDIR,
+                "scratch_bytes": limits.scratch_bytes,
+                "scratch_inodes": 1024,
+                "become": None if plan.become is None else list(plan.become),
+                # The harness refuses to mount anything in the caller's namespace.
+                "outer_mount_ns": os.readlink("/proc/self/ns/mnt"),
+            }
+        else:
+            cwd = root / "work"
+            cwd.mkdir()
+            spec["workdir"] = str(cwd)
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        if plan.read_only is None and plan.expect_uid not in (None, _current_uid()):
+            # The unprivileged user may pass through the root (not list it),
+            # read the harness and spec, and write only its working dir.
+            root.chmod(0o711)
+            harness.chmod(0o644)
+            spec_path.chmod(0o644)
+            os.chown(cwd, plan.expect_uid, _nobody_ids()[1])
+        requests_read, requests_write = os.pipe()
+        answers_read, answers_write = os.pipe()
+        passed, ends = _inheritable(requests_read, answers_write)
+        command = [
+            *plan.prefix,
+            plan.interpreter,
+            "-I",
+            "-S",
+            str(harness),
+            str(spec_path),
+            *ends,
+        ]
+        try:
+            with (root / "stdout").open("wb") as out, (root / "stderr").open("wb") as err:
+                self.proc = subprocess.Popen(
+                    command,
+                    cwd=cwd,
+                    env=_scrubbed_env(spec["workdir"]),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    close_fds=True,
+                    start_new_session=os.name == "posix",
+                    user=None if plan.run_as is None else plan.run_as[0],
+                    group=None if plan.run_as is None else plan.run_as[1],
+                    extra_groups=[] if plan.clear_groups else None,
+                    **passed,
+                )
+        except OSError as exc:
+            for fd in (requests_read, requests_write, answers_read, answers_write):
+                os.close(fd)
+            raise SandboxError(
+                f"cannot start the code sandbox ({exc}); check that {plan.interpreter} runs"
+            ) from exc
+        os.close(requests_read)
+        os.close(answers_write)
+        self.channel = _Channel(answers_read, requests_write)
+        self._exit_code: int | None = None
+
+    def __enter__(self) -> _Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> int:
+        """Kill the harness and everything it started; its exit code."""
+        if self._exit_code is None:
+            self.channel.close_requests()
+            _kill_tree(self.proc)
+            self._exit_code = self.proc.wait()
+            self.channel.join()
+        return self._exit_code
+
+
+def _inheritable(*fds: int) -> tuple[dict[str, Any], list[str]]:
+    """Popen arguments that hand `fds` to the child, and how the child names them."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        handles = [msvcrt.get_osfhandle(fd) for fd in fds]
+        for handle in handles:
+            os.set_handle_inheritable(handle, True)
+        info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": handles})
+        return {"startupinfo": info}, [str(handle) for handle in handles]
+    return {"pass_fds": fds}, [str(fd) for fd in fds]
+
+
+class _Channel:
+    """Requests to the harness and its JSON-line answers.
+
+    A thread reads the answers so that every wait can time out, pipes on
+    Windows included. At most `_ANSWERS_LIMIT` bytes are read: code that
+    floods the pipe only stalls its own run until the deadline.
+    """
+
+    def __init__(self, answers: int, requests: int) -> None:
+        self._requests: int | None = requests
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        self._ended = False
+        self.timed_out = False
+        self._reader = threading.Thread(target=self._read, args=(answers,), daemon=True)
+        self._reader.start()
+
+    def _read(self, fd: int) -> None:
+        buffered = b""
+        total = 0
+        with open(fd, "rb", buffering=0) as answers:
+            while total < _ANSWERS_LIMIT:
+                chunk = answers.read(65536)
+                if not chunk:
+                    break
+                total += len(chunk)
+                *lines, buffered = (buffered + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._lines.put(line)
+        self._lines.put(None)
+
+    def _next(self, deadline: float) -> dict[str, Any] | None:
+        """The next answer that parses, or None at the deadline or the pipe's end."""
+        while not self._ended:
+            try:
+                line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                self.timed_out = True
+                return None
+            if line is None:
+                self._ended = True
+                return None
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                return record
+        return None
+
+    def first(self, deadline: float) -> dict[str, Any] | None:
+        """The harness's first line, written before any untrusted code runs."""
+        return self._next(deadline)
+
+    def ask(self, request: dict[str, Any], deadline: float) -> dict[str, Any] | None:
+        """Send `request` with a fresh nonce; the answer that echoes it, else None."""
+        if self._requests is None or self.timed_out:
+            return None
+        nonce = secrets.token_hex(16)
+        try:
+            os.write(self._requests, json.dumps(request | {"nonce": nonce}).encode() + b"\n")
+        except OSError:  # the harness is gone
+            return None
+        while (record := self._next(deadline)) is not None:
+            if record.get("nonce") == nonce:
+                return record
+        return None
+
+    def close_requests(self) -> None:
+        """Tell the harness there is nothing more to do."""
+        if self._requests is not None:
+            os.close(self._requests)
+            self._requests = None
+
+    def join(self) -> None:
+        """Wait briefly for the reader: a process that escaped the kill may hold the pipe."""
+        self._reader.join(timeout=1.0)
 
 
 def _outcomes(
@@ -354,21 +599,28 @@ def _killed_by(timed_out: bool, exit_code: int) -> str | None:
 
 def _isolation(plan: LaunchPlan, ready: dict[str, Any]) -> Isolation:
     reported = [str(m) for m in ready.get("mechanisms", [])]
-    guards = "audit-hook" in reported
+    mechanisms = (*plan.mechanisms, *reported)
     if plan.network_namespace:
         network = "network-namespace"
-    elif guards:
+    elif "audit-hook" in reported:
         network = "audit-hook"
     else:
         network = "none"
     uid = _current_uid()
-    if plan.expect_uid is not None and plan.expect_uid != uid:
+    nobody = plan.expect_uid is not None and plan.expect_uid != uid
+    if "minimal-root" in mechanisms:
+        filesystem = "private-root"
+    else:
+        filesystem = "host-as-nobody" if nobody else "host-as-caller"
+    if nobody:
         user = f"nobody (uid {plan.expect_uid})"
     else:
         user = "caller" if uid is None else f"caller (uid {uid})"
     return Isolation(
-        mechanisms=(*plan.mechanisms, *reported),
+        mechanisms=mechanisms,
+        missing=tuple(layer for layer in _LAYERS if layer not in mechanisms),
         network=network,
+        filesystem=filesystem,
         user=user,
         interpreter=plan.interpreter,
     )
@@ -438,18 +690,6 @@ def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> None:
             time.sleep(0.01)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    records = []
-    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
 def _tail(path: Path) -> str:
     with path.open("rb") as f:
         f.seek(0, os.SEEK_END)
@@ -461,8 +701,8 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _scrubbed_env(workdir: Path) -> dict[str, str]:
-    env = {"PATH": os.defpath, "HOME": str(workdir), "TMPDIR": str(workdir)}
+def _scrubbed_env(workdir: str) -> dict[str, str]:
+    env = {"PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir}
     if os.name == "nt":
         # Python on Windows cannot initialise without SYSTEMROOT.
         env["SYSTEMROOT"] = os.environ.get("SYSTEMROOT", r"C:\Windows")
@@ -485,86 +725,134 @@ def _remove_tree(root: Path) -> None:
 def launch_plan() -> LaunchPlan:
     """Find, once per process, the strongest isolation that works on this machine.
 
-    Each candidate (namespaces via `unshare`, dropping to `nobody`, the
-    caller's or the system interpreter) is tried with a tiny probe that
-    reports its uid and network interfaces, so a layer counts only if it
-    demonstrably took effect.
+    Each candidate (a private root in mount, PID and network namespaces;
+    namespaces without it; dropping to `nobody`; the caller's or the system
+    interpreter) starts the real harness in probe mode, which reports what
+    the code would see, so a layer counts only if it demonstrably took effect.
     """
-    interpreters = _interpreter_candidates()
-    for layers in _candidate_layers():
-        for interpreter in interpreters:
-            plan = LaunchPlan(interpreter=interpreter, **layers)
-            if _probe(plan):
-                return plan
+    tried = []
+    for plan in _candidate_plans():
+        tried.append(plan.interpreter)
+        if _probe(plan):
+            return plan
     raise SandboxError(
         f"no Python interpreter could be started for the code sandbox (tried "
-        f"{', '.join(interpreters)}); check that {sys.executable} runs"
+        f"{', '.join(dict.fromkeys(tried))}); check that {sys.executable} runs"
     )
 
 
-def _candidate_layers() -> list[dict[str, Any]]:
-    """Layer combinations, strongest first."""
+def _candidate_plans() -> Iterator[LaunchPlan]:
+    """Layer combinations, strongest first, each with every interpreter that suits it."""
+    interpreters = _interpreter_candidates()
     common = ("fresh-temp-cwd", "scrubbed-env", "process-tree-kill")
-    none: dict[str, Any] = {
-        "prefix": (),
-        "run_as": None,
-        "clear_groups": False,
-        "expect_uid": None,
-        "mechanisms": common,
-        "network_namespace": False,
-    }
-    if os.name != "posix":
-        return [none]
+    none = LaunchPlan(
+        prefix=(),
+        interpreter="",
+        run_as=None,
+        clear_groups=False,
+        expect_uid=None,
+        mechanisms=common,
+        network_namespace=False,
+    )
     unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
-    namespaces = ("network-namespace", "pid-namespace")
-    ns_flags = ("--net", "--pid", "--fork", "--kill-child")
-    layers: list[dict[str, Any]] = []
-    if os.geteuid() == 0:
+    namespaces = ("ipc-namespace", "network-namespace", "pid-namespace")
+    ns_flags = ("--ipc", "--net", "--pid", "--fork", "--kill-child")
+    private = ("--mount", *ns_flags)
+    layers: list[LaunchPlan] = []
+    if os.name == "posix" and os.geteuid() == 0:
         uid, gid = _nobody_ids()
-        nobody = {"expect_uid": uid, "clear_groups": True}
+        nobody = replace(none, expect_uid=uid, clear_groups=True)
         if unshare is not None:
             layers.append(
-                none
-                | nobody
-                | {
-                    "prefix": (unshare, "--map-current-user", *ns_flags),
-                    "run_as": (uid, gid),
-                    "mechanisms": (*common, "uid-nobody", "user-namespace", *namespaces),
-                    "network_namespace": True,
-                }
+                replace(
+                    none,
+                    prefix=(unshare, *private),
+                    expect_uid=uid,
+                    become=(uid, gid),
+                    read_only=(),
+                    mechanisms=(*common, "uid-nobody", "mount-namespace", *namespaces),
+                    network_namespace=True,
+                )
+            )
+            layers.append(
+                replace(
+                    nobody,
+                    prefix=(unshare, "--map-current-user", *ns_flags),
+                    run_as=(uid, gid),
+                    mechanisms=(*common, "uid-nobody", "user-namespace", *namespaces),
+                    network_namespace=True,
+                )
             )
             # Without user namespaces, root can still make the namespaces
             # and switch to nobody inside them.
             layers.append(
-                none
-                | nobody
-                | {
-                    "prefix": (unshare, *ns_flags, f"--setuid={uid}", f"--setgid={gid}"),
-                    "mechanisms": (*common, "uid-nobody", *namespaces),
-                    "network_namespace": True,
-                }
+                replace(
+                    nobody,
+                    prefix=(unshare, *ns_flags, f"--setuid={uid}", f"--setgid={gid}"),
+                    mechanisms=(*common, "uid-nobody", *namespaces),
+                    network_namespace=True,
+                )
             )
-        layers.append(none | nobody | {"run_as": (uid, gid), "mechanisms": (*common, "uid-nobody")})
+        layers.append(replace(nobody, run_as=(uid, gid), mechanisms=(*common, "uid-nobody")))
         if unshare is not None:
             layers.append(
-                none
-                | {
-                    "prefix": (unshare, *ns_flags),
-                    "mechanisms": (*common, *namespaces),
-                    "network_namespace": True,
-                }
+                replace(
+                    none,
+                    prefix=(unshare, *ns_flags),
+                    mechanisms=(*common, *namespaces),
+                    network_namespace=True,
+                )
             )
     elif unshare is not None:
         layers.append(
-            none
-            | {
-                "prefix": (unshare, "--map-current-user", *ns_flags),
-                "mechanisms": (*common, "user-namespace", *namespaces),
-                "network_namespace": True,
-            }
+            replace(
+                none,
+                prefix=(unshare, "--map-root-user", *private),
+                read_only=(),
+                mechanisms=(*common, "user-namespace", "mount-namespace", *namespaces),
+                network_namespace=True,
+            )
+        )
+        layers.append(
+            replace(
+                none,
+                prefix=(unshare, "--map-current-user", *ns_flags),
+                mechanisms=(*common, "user-namespace", *namespaces),
+                network_namespace=True,
+            )
         )
     layers.append(none)
-    return layers
+    for layer in layers:
+        for interpreter in interpreters:
+            if layer.read_only is None:
+                yield replace(layer, interpreter=interpreter)
+                continue
+            read_only = _read_only_paths(interpreter)
+            if read_only is not None:
+                real = os.path.realpath(interpreter)
+                yield replace(layer, interpreter=real, read_only=read_only)
+
+
+def _read_only_paths(interpreter: str) -> tuple[str, ...] | None:
+    """What a private root must show for `interpreter` to run, or None when that
+    would expose the user's home or the project checkout."""
+    real = Path(os.path.realpath(interpreter))
+    system = tuple(path for path in _SYSTEM_PATHS if os.path.lexists(path))
+    if any(real.is_relative_to(os.path.realpath(path)) for path in system):
+        return system
+    # A prefix/bin/python layout: the prefix holds the standard library too.
+    prefix = real.parent.parent
+    for private in _private_places():
+        if prefix.is_relative_to(private) or private.is_relative_to(prefix):
+            return None
+    return (*system, str(prefix))
+
+
+def _private_places() -> list[Path]:
+    places = [_CHECKOUT]
+    with contextlib.suppress(RuntimeError, KeyError):
+        places.append(Path.home().resolve())
+    return places
 
 
 def _current_uid() -> int | None:
@@ -593,33 +881,60 @@ def _interpreter_candidates() -> list[str]:
     return unique
 
 
-_PROBE = (
-    "import os, socket, sys\n"
-    "names = [n for _, n in socket.if_nameindex()] if hasattr(socket, 'if_nameindex') else []\n"
-    "uid = os.getuid() if hasattr(os, 'getuid') else -1\n"
-    "print(uid, sys.version_info >= (3, 8), ','.join(names) or '-')\n"
-)
-
-
 def _probe(plan: LaunchPlan) -> bool:
-    """Start the plan's interpreter once and check that every layer took effect."""
+    """Start the harness once under `plan` and check that every layer took effect."""
+    root = Path(tempfile.mkdtemp(prefix="moe-sandbox-probe-"))
     try:
-        completed = subprocess.run(
-            [*plan.prefix, plan.interpreter, "-I", "-S", "-c", _PROBE],
-            cwd=os.sep,
-            env=_scrubbed_env(Path(tempfile.gettempdir())),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_PROBE_TIMEOUT_S,
-            user=None if plan.run_as is None else plan.run_as[0],
-            group=None if plan.run_as is None else plan.run_as[1],
-            extra_groups=[] if plan.clear_groups else None,
-        )
-    except (OSError, subprocess.SubprocessError):
+        # A file the private root must hide, readable by anyone on the host.
+        canary = root / "canary"
+        canary.write_text("", encoding="utf-8")
+        canary.chmod(0o644)
+        spec = {"code": "", "function_hint": "", "probe": {"canary": str(canary)}}
+        limits = SandboxLimits(python_guards=False)
+        try:
+            harness = _Harness(root, plan, spec, limits)
+        except (SandboxError, OSError):  # this plan cannot even be prepared here
+            return False
+        with harness:
+            ready = harness.channel.first(time.monotonic() + _PROBE_TIMEOUT_S)
+        return ready is not None and _layers_hold(plan, ready)
+    finally:
+        _remove_tree(root)
+
+
+def _namespace_differs(name: str, facts: dict[str, Any]) -> bool:
+    """Whether the probe ran in a namespace of kind `name` other than the caller's."""
+    theirs = facts.get("namespaces", {}).get(name)
+    try:
+        ours = os.readlink(f"/proc/self/ns/{name}")
+    except OSError:
         return False
-    fields = completed.stdout.decode("utf-8", "replace").split()
-    if completed.returncode != 0 or len(fields) != 3 or fields[1] != "True":
+    return isinstance(theirs, str) and theirs != ours
+
+
+def _layers_hold(plan: LaunchPlan, ready: dict[str, Any]) -> bool:
+    facts = ready.get("facts")
+    python = ready.get("python")
+    if ready.get("event") != "ready" or not isinstance(facts, dict) or not python:
         return False
-    if plan.expect_uid is not None and fields[0] != str(plan.expect_uid):
+    if tuple(python) < (3, 8):
         return False
-    return not plan.network_namespace or fields[2] == "lo"
+    if plan.expect_uid is not None and facts.get("uid") != plan.expect_uid:
+        return False
+    if plan.network_namespace and facts.get("interfaces") != ["lo"]:
+        return False
+    for name, layer in _NAMESPACES.items():
+        if layer in plan.mechanisms and not _namespace_differs(name, facts):
+            return False
+    if plan.read_only is None:
+        return True
+    no_caps = "0" * 16
+    return (
+        facts.get("pids") == ["1"]
+        and facts.get("canary_visible") is False
+        and facts.get("scratch_empty_and_writable") is True
+        and facts.get("CapEff") == no_caps
+        and facts.get("CapPrm") == no_caps
+        and facts.get("CapBnd") == no_caps
+        and facts.get("NoNewPrivs") == "1"
+    )
