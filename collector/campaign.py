@@ -25,12 +25,8 @@ from collector.progress import CampaignProgress
 from collector.protocol import PROTOCOL, ProtocolTest
 from collector.recording import create_campaign, finish_campaign, register_models, store_request
 from collector.session import server_session, tokenize
-from evidence.errors import ServerError, StoreError
+from evidence.errors import CampaignFailed, ServerError, StoreError
 from evidence.writer import update_row
-
-# How long a failed request waits for the server to finish dying before the
-# campaign decides whether to restart it (see RunningServer.exits_within).
-DEATH_GRACE_S = 2.0
 
 __all__ = ["Cell", "ServerPlan", "done_cells", "run_campaign", "server_plans"]
 
@@ -146,11 +142,7 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     headers=auth_headers(ctx),
                     on_content=ctx.progress.on_content,
                 )
-                server_died = run.server is not None and (
-                    not run.server.alive()
-                    if result.status == "ok"
-                    else run.server.exits_within(DEATH_GRACE_S)
-                )
+                server_died = run.died(request_failed=result.status != "ok")
                 tokenized = None
                 if camp.tokenize and not server_died and ctx.config.server.api != "shimmy":
                     tokenized = tokenize(run.base_url, result.output_text, auth_headers(ctx))
@@ -161,9 +153,9 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     restarts += 1
                     restart_of = run.server_run_id
                     ctx.progress.message(
-                        f"server died during {cell.test_id} (exit "
-                        f"{run.server.process.returncode if run.server else '?'}); "
-                        f"request stored as {result.status}"
+                        f"{run.death()} during {cell.test_id}; request stored as "
+                        f"{result.status}; restarting the server"
+                        + (" and its device" if run.devices else "")
                     )
                     if restarts > camp.max_restarts:
                         raise ServerError(
@@ -237,10 +229,14 @@ def run_campaign(
         finish_campaign(con, campaign_id, "failed")
         raise
     score_campaign(con, campaign_id, progress)
-    finish_campaign(con, campaign_id, "complete")
     if failures:
-        progress.message(
-            f"{len(failures)} server configuration(s) failed; they are recorded "
-            f"in server_runs and the gates"
+        # Not "complete": cells are missing, so the build never shows this campaign
+        # by default, and `--resume` runs what is missing once the cause is fixed.
+        finish_campaign(con, campaign_id, "failed")
+        raise CampaignFailed(
+            f"{len(failures)} server configuration(s) failed ({'; '.join(failures)}); "
+            f"what ran is stored in campaign {campaign_id}: fix the cause, then continue "
+            f"with --resume"
         )
+    finish_campaign(con, campaign_id, "complete")
     return campaign_id

@@ -33,6 +33,13 @@ def _run(argv: list[str]) -> int:
         choices=["openai-chat", "openai-completions", "shimmy"],
         help="API of --endpoint (default: openai-chat)",
     )
+    parser.add_argument(
+        "--device",
+        choices=["rpc", "none"],
+        default=None,
+        help="offload device: llama.cpp's RPC device (a second process standing in for "
+        "the GPU; the embedded default) or none (the server's CPU only)",
+    )
     parser.add_argument("--model", help="model name to send to --endpoint")
     parser.add_argument(
         "--label", default="attached", help="configuration label for --endpoint runs (e.g. cpu-moe)"

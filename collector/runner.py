@@ -39,8 +39,8 @@ def engine_with_progress() -> EngineBuild:
         return found
     console = Console(stderr=True)
     console.print(
-        "building llama.cpp b11434 (llama-server, llama-bench) once for this "
-        "machine; this takes several minutes"
+        "building llama.cpp b11434 (llama-server, llama-bench, ggml-rpc-server, "
+        "llama-tokenize) once for this machine; this takes several minutes"
     )
     started = time.monotonic()
     if console.is_terminal:
@@ -90,7 +90,12 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
     elif args.endpoint is not None:
         config, profile = _attach_config(args), "attach"
     else:
-        config, profile = embedded_config(), "default"
+        config, profile = embedded_config(device=args.device or "rpc"), "default"
+        args.device = None  # applied
+    if args.device is not None:
+        config = config.model_copy(
+            update={"device": config.device.model_copy(update={"kind": args.device})}
+        )
     updates: dict[str, Any] = {}
     if args.repeats is not None:
         if args.repeats < 1:
@@ -162,8 +167,10 @@ def env_api_key(name: str | None) -> str | None:
 def run_command(args: argparse.Namespace, command: list[str]) -> int:
     config, profile = build_config(args)
     embedded = args.config is None and args.endpoint is None
-    uses_engine = embedded or any(
-        "{llama_server}" in part for part in (config.server.command or [])
+    uses_engine = (
+        embedded
+        or any("{llama_server}" in part for part in (config.server.command or []))
+        or (config.device.kind == "rpc" and config.device.launch > 0 and not config.device.command)
     )
     engine = engine_with_progress() if uses_engine else None
     model_paths = _model_paths(config, embedded)

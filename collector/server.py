@@ -83,7 +83,7 @@ class RunningServer:
     def stop(self, grace_s: float = 10.0, clock: Callable[[], int] = time.perf_counter_ns) -> int:
         """Terminate the server and its children; return the exit code."""
         if self.alive():
-            _terminate_tree(self.process.pid, grace_s)
+            terminate_tree(self.process.pid, grace_s)
         try:
             code = self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -110,10 +110,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def fill_placeholders(template: Sequence[str], values: dict[str, str]) -> list[str]:
+    """`template` with every `{name}` of `values` replaced (a command line)."""
+    out = []
+    for part in template:
+        for key, value in values.items():
+            part = part.replace("{" + key + "}", value)
+        out.append(part)
+    return out
+
+
 def check_port_free(host: str, port: int) -> None:
     """Raise PortInUse (naming the holder when we can see it) if `port` is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if sys.platform != "win32":
+            # Bind the way servers do: llama-server and Shimmy set SO_REUSEADDR, so
+            # TIME_WAIT sockets left by the previous server's closed connections do
+            # not keep them from the port, and must not make us call it taken.
+            # (On Windows the option means something else: it lets a bind steal.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
             return
@@ -255,7 +271,7 @@ def _tail(text: str) -> str:
     return lines[-1][:300] if lines else "(empty log)"
 
 
-def _terminate_tree(pid: int, grace_s: float) -> None:
+def terminate_tree(pid: int, grace_s: float) -> None:
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]

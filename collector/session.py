@@ -7,13 +7,20 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from collector.device import (
+    DEVICE_SOURCE,
+    RpcServer,
+    failure_hint,
+    launch_rpc_servers,
+    rss_bytes,
+)
 from collector.inventory import redact_argv
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, ServerPlan
@@ -21,6 +28,7 @@ from collector.server import (
     LaunchSpec,
     RunningServer,
     check_endpoint,
+    fill_placeholders,
     free_port,
     launch,
     server_version,
@@ -36,21 +44,17 @@ from evidence.writer import (
     update_row,
 )
 
-
-def _fill(template: list[str], values: dict[str, str]) -> list[str]:
-    out = []
-    for part in template:
-        for key, value in values.items():
-            part = part.replace("{" + key + "}", value)
-        out.append(part)
-    return out
+# How long a failed request waits for the server to finish dying before the
+# campaign decides whether to restart it (see RunningServer.exits_within).
+DEATH_GRACE_S = 2.0
 
 
-def _launch_spec(ctx: CampaignContext, plan: ServerPlan) -> LaunchSpec:
+def _launch_spec(ctx: CampaignContext, plan: ServerPlan, devices: list[RpcServer]) -> LaunchSpec:
     srv = ctx.config.server
     assert srv.command is not None
     port = srv.port or free_port(srv.host)
     path = ctx.model_paths.get(plan.model.label)
+    rpc = ",".join(d.endpoint for d in devices)
     values = {
         "llama_server": str(ctx.engine.server) if ctx.engine else "llama-server",
         "model_path": str(path) if path else "",
@@ -58,8 +62,12 @@ def _launch_spec(ctx: CampaignContext, plan: ServerPlan) -> LaunchSpec:
         "model_name": plan.model.request_name,
         "host": srv.host,
         "port": str(port),
+        "rpc": rpc,
     }
-    argv = _fill(srv.command, values) + _fill(plan.configuration.args, values)
+    argv = fill_placeholders(srv.command, values)
+    if devices and not any("{rpc}" in part for part in srv.command):
+        argv += ["--rpc", rpc]
+    argv += fill_placeholders(plan.configuration.args, values)
     env = {**os.environ, **srv.env} if srv.env else None
     return LaunchSpec(
         argv=argv,
@@ -78,8 +86,8 @@ class ServerTelemetry:
         self.hz = hz
         self.sampler: TelemetrySampler | None = None
 
-    def start(self, pid: int | None) -> None:
-        self.sampler = TelemetrySampler(pid, self.hz)
+    def start(self, pid: int | None, device_pids: tuple[int, ...] = ()) -> None:
+        self.sampler = TelemetrySampler(pid, self.hz, device_pids)
         self.sampler.start()
 
     def drain(self) -> list[Sample]:
@@ -110,6 +118,50 @@ class ServerRunHandle:
     server_run_id: str
     server: RunningServer | None
     base_url: str
+    devices: list[RpcServer] = field(default_factory=list)
+
+    def died(self, request_failed: bool) -> bool:
+        """Whether the launched server or one of its launched devices has died.
+
+        After a failed request the server gets DEATH_GRACE_S to finish dying: a
+        killed server closes its sockets before it can be reaped."""
+        if self.server is None:
+            return False
+        if any(not d.alive() for d in self.devices):
+            return True
+        if request_failed:
+            return self.server.exits_within(DEATH_GRACE_S)
+        return not self.server.alive()
+
+    def death(self) -> str:
+        """What died, for the log and the server run's error."""
+        dead = [d for d in self.devices if not d.alive()]
+        if dead:
+            assert dead[0].process is not None
+            return f"RPC device {dead[0].endpoint} exited with code {dead[0].process.returncode}"
+        code = self.server.process.returncode if self.server else None
+        return f"server exited with code {code}"
+
+
+def _device_facts(ctx: CampaignContext, devices: list[RpcServer]) -> dict[str, Any] | None:
+    """`server_runs.device`: what stood in for the GPU, and its memory before the load."""
+    device = ctx.config.device
+    if device.kind == "none":
+        return None
+    return {
+        "kind": device.kind,
+        "source": DEVICE_SOURCE,
+        "rpc_servers": [d.facts() for d in devices],
+        "mem_before_bytes": rss_bytes(devices),
+    }
+
+
+def _start_devices(ctx: CampaignContext, run_id: str) -> list[RpcServer]:
+    device = ctx.config.device
+    if device.kind == "none":
+        return []
+    binary = ctx.engine.rpc_server if ctx.engine else None
+    return launch_rpc_servers(device, binary, ctx.data_dir / "logs", run_id)
 
 
 def _start_server(
@@ -142,33 +194,43 @@ def _start_server(
             ctx.con, "server_runs", {**base_row, "endpoint": srv.endpoint, "status": "running"}
         )
         return ServerRunHandle(run_id, None, srv.endpoint)
-    spec = _launch_spec(ctx, plan)
-    version = server_version(spec.argv[0])
-    gpu_before = _gpu_before()
     log_path = ctx.data_dir / "logs" / f"{run_id}.log"
-    endpoint = f"http://{spec.host}:{spec.port}"
-    insert_row(
-        ctx.con,
-        "server_runs",
-        {
-            **base_row,
-            "endpoint": endpoint,
-            "argv": to_json(redact_argv(spec.argv)),
-            "version": version,
-            "status": "starting",
-            "gpu_before": to_json(gpu_before),
-        },
-    )
+    insert_row(ctx.con, "server_runs", {**base_row, "endpoint": "", "status": "starting"})
+    devices: list[RpcServer] = []
     try:
+        devices = _start_devices(ctx, run_id)
+        spec = _launch_spec(ctx, plan, devices)
+        update_row(
+            ctx.con,
+            "server_runs",
+            "server_run_id",
+            run_id,
+            {
+                "endpoint": f"http://{spec.host}:{spec.port}",
+                "argv": to_json(redact_argv(spec.argv)),
+                "version": server_version(spec.argv[0]),
+                "gpu_before": to_json(_gpu_before()),
+                "device": to_json(_device_facts(ctx, devices)),
+            },
+        )
+        device_pids = tuple(d.pid for d in devices if d.pid is not None)
         server = launch(
             spec,
             log_path,
             clock=ctx.clock,
-            on_started=lambda s: telemetry.start(s.pid),
+            on_started=lambda s: telemetry.start(s.pid, device_pids),
         )
     except (ServerError, EngineError) as exc:
         samples = telemetry.stop()
-        _finish_failed_start(ctx, run_id, log_path, str(exc), samples)
+        hint = failure_hint(devices)
+        error = f"{hint}; {exc}" if hint else str(exc)
+        _finish_failed_start(ctx, run_id, log_path, error, samples, devices)
+        if hint:
+            raise type(exc)(error) from exc
+        raise
+    except BaseException:
+        telemetry.stop()
+        _stop_devices(devices)
         raise
     assert server.ready_ns is not None
     update_row(
@@ -188,9 +250,9 @@ def _start_server(
         plan.model.label,
         plan.configuration.label,
         f"ready in {(server.ready_ns - server.launch_ns) / 1e9:.2f} s "
-        f"(pid {server.pid}, {endpoint})",
+        f"(pid {server.pid}, {server.base_url})",
     )
-    return ServerRunHandle(run_id, server, server.base_url)
+    return ServerRunHandle(run_id, server, server.base_url, devices)
 
 
 def _log_summary(text: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -203,11 +265,30 @@ def _log_summary(text: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, str(exc)
 
 
+def _stop_devices(devices: list[RpcServer]) -> dict[str, Any]:
+    """Stop the launched devices; their exit codes and logs for `server_runs`."""
+    codes = [d.stop() for d in devices]
+    launched = [(d, c) for d, c in zip(devices, codes, strict=True) if d.launched]
+    if not launched:
+        return {}
+    return {
+        "device_log_text": "\n".join(
+            f"=== {d.endpoint} (exit {c}) ===\n{d.log_text()}" for d, c in launched
+        )
+    }
+
+
 def _finish_failed_start(
-    ctx: CampaignContext, run_id: str, log_path: Path, error: str, samples: list[Sample]
+    ctx: CampaignContext,
+    run_id: str,
+    log_path: Path,
+    error: str,
+    samples: list[Sample],
+    devices: list[RpcServer],
 ) -> None:
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     summary, _ = _log_summary(text) if text else (None, None)
+    device_row = _stop_devices(devices)
     with Transaction(ctx.con):
         insert_arrow(ctx.con, "telemetry", telemetry_table(run_id, samples))
         update_row(
@@ -221,6 +302,7 @@ def _finish_failed_start(
                 "log_text": text,
                 "log_summary": to_json(summary),
                 "stopped_ns": ctx.clock(),
+                **device_row,
             },
         )
 
@@ -243,6 +325,9 @@ def _stop_server(
         summary, parse_error = _log_summary(text)
         if parse_error and error is None and status == "stopped":
             error = f"loader log not parsed: {parse_error}"
+    # The server first: it holds the device's connection, and a device stopped
+    # under a live server would make the server abort.
+    device_row = _stop_devices(run.devices)
     samples = telemetry.stop()
     with Transaction(ctx.con):
         insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
@@ -258,6 +343,7 @@ def _stop_server(
                 "log_text": text,
                 "log_summary": to_json(summary),
                 "error": error,
+                **device_row,
             },
         )
 
@@ -294,7 +380,7 @@ def server_session(
         status, error = "stopped", "campaign interrupted (Ctrl-C)"
         raise
     finally:
-        if run.server is not None and not run.server.alive() and status == "stopped":
+        if status == "stopped" and run.died(request_failed=False):
             status = "crashed"
-            error = error or f"server exited with code {run.server.process.returncode}"
+            error = error or run.death()
         _stop_server(ctx, run, telemetry, status, error)

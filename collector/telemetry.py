@@ -42,6 +42,10 @@ class Sample:
     gpu_mem_used_bytes: int | None
     gpu_proc_mem_bytes: int | None
     gpu_util_percent: float | None
+    # The launched RPC device processes (collector.device): their memory is the
+    # device's memory, as NVML's is a GPU's.
+    device_rss_bytes: int | None
+    device_cpu_percent: float | None
 
 
 def _tree(root: psutil.Process, known: dict[int, psutil.Process]) -> dict[int, psutil.Process]:
@@ -53,7 +57,9 @@ def _tree(root: psutil.Process, known: dict[int, psutil.Process]) -> dict[int, p
     return {p.pid: known.get(p.pid, p) for p in members}
 
 
-def _sampler_main(pid: int | None, interval_s: float, out: Any, stop: Any) -> None:
+def _sampler_main(
+    pid: int | None, device_pids: tuple[int, ...], interval_s: float, out: Any, stop: Any
+) -> None:
     """Entry point of the sampler process: sample until `stop` is set."""
     out.put(("clock", time.perf_counter_ns()))
     nvml = Nvml()
@@ -64,6 +70,11 @@ def _sampler_main(pid: int | None, interval_s: float, out: Any, stop: Any) -> No
         except psutil.Error:
             root = None
     procs: dict[int, psutil.Process] = {}
+    devices: list[psutil.Process] = []
+    for device_pid in device_pids:
+        with contextlib.suppress(psutil.Error):
+            devices.append(psutil.Process(device_pid))
+            devices[-1].cpu_percent(None)
     psutil.cpu_percent(None)
     batch: list[Sample] = []
     tick = 0
@@ -75,7 +86,7 @@ def _sampler_main(pid: int | None, interval_s: float, out: Any, stop: Any) -> No
                 for p in procs.values():
                     with contextlib.suppress(psutil.Error):
                         p.cpu_percent(None)
-        batch.append(_sample(procs, nvml, root is not None))
+        batch.append(_sample(procs, devices, nvml, root is not None))
         tick += 1
         if len(batch) >= _BATCH_EVERY:
             out.put(batch)
@@ -92,27 +103,30 @@ def _sampler_main(pid: int | None, interval_s: float, out: Any, stop: Any) -> No
     out.put(("end", time.perf_counter_ns()))
 
 
-def _sample(procs: dict[int, psutil.Process], nvml: Nvml, watching: bool) -> Sample:
+def _measure(procs: list[psutil.Process]) -> tuple[int, int | None, float | None]:
+    """(live processes, their summed RSS, their summed CPU %); None without a live one."""
+    rss, cpu, alive = 0, 0.0, 0
+    for p in procs:
+        try:
+            with p.oneshot():
+                if p.status() == psutil.STATUS_ZOMBIE:
+                    # Exited, not yet reaped: it has no memory left and would
+                    # report an RSS of 0 as if measured.
+                    continue
+                rss += p.memory_info().rss
+                cpu += p.cpu_percent(None)
+            alive += 1
+        except psutil.Error:
+            continue
+    return (alive, rss, cpu) if alive else (0, None, None)
+
+
+def _sample(
+    procs: dict[int, psutil.Process], devices: list[psutil.Process], nvml: Nvml, watching: bool
+) -> Sample:
     t_ns = time.perf_counter_ns()
-    rss: int | None = None
-    cpu: float | None = None
-    alive = 0
-    if watching:
-        rss, cpu = 0, 0.0
-        for p in list(procs.values()):
-            try:
-                with p.oneshot():
-                    if p.status() == psutil.STATUS_ZOMBIE:
-                        # Exited, not yet reaped: it has no memory left and would
-                        # report an RSS of 0 as if measured.
-                        continue
-                    rss += p.memory_info().rss
-                    cpu += p.cpu_percent(None)
-                alive += 1
-            except psutil.Error:
-                continue
-        if alive == 0:
-            rss, cpu = None, None
+    alive, rss, cpu = _measure(list(procs.values())) if watching else (0, None, None)
+    _, device_rss, device_cpu = _measure(devices) if devices else (0, None, None)
     vm = psutil.virtual_memory()
     gpu = nvml.sample(set(procs)) if nvml.available else None
     return Sample(
@@ -125,13 +139,17 @@ def _sample(procs: dict[int, psutil.Process], nvml: Nvml, watching: bool) -> Sam
         gpu_mem_used_bytes=gpu.mem_used_bytes if gpu else None,
         gpu_proc_mem_bytes=gpu.proc_mem_bytes if gpu else None,
         gpu_util_percent=gpu.util_percent if gpu else None,
+        device_rss_bytes=device_rss,
+        device_cpu_percent=device_cpu,
     )
 
 
 class TelemetrySampler:
     """Start with `start()`, collect with `drain()`, end with `stop()`."""
 
-    def __init__(self, pid: int | None, hz: float = 10.0) -> None:
+    def __init__(
+        self, pid: int | None, hz: float = 10.0, device_pids: tuple[int, ...] = ()
+    ) -> None:
         self.pid = pid
         self.interval_s = 1.0 / hz
         ctx = mp.get_context("spawn")
@@ -139,7 +157,7 @@ class TelemetrySampler:
         self._stop = ctx.Event()
         self._proc: SpawnProcess | None = ctx.Process(
             target=_sampler_main,
-            args=(pid, self.interval_s, self._queue, self._stop),
+            args=(pid, device_pids, self.interval_s, self._queue, self._stop),
             name="telemetry-sampler",
             daemon=True,
         )

@@ -10,7 +10,8 @@ EvidenceError                  base: the CLI prints `error: <message>` and exits
 ├── ServerError                the server under test did not start or stay up
 │   ├── PortInUse
 │   ├── ServerExited           died during load (exit code and log tail attached)
-│   └── ServerNotHealthy       never answered /health in time
+│   ├── ServerNotHealthy       never answered /health in time
+│   └── CampaignFailed         configurations failed; the rest of the campaign is stored
 ├── StreamError                a response stream broke the protocol (malformed SSE, bad JSON)
 ├── LogParseError              a file has none of the llama.cpp loader lines we parse
 ├── GGUFError                  a file is not a readable GGUF model
@@ -69,6 +70,10 @@ class ServerExited(ServerError):
 
 
 class ServerNotHealthy(ServerError):
+    pass
+
+
+class CampaignFailed(ServerError):
     pass
 
 

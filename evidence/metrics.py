@@ -184,15 +184,38 @@ _DEFS: tuple[Metric, ...] = (
         higher_is_better=False,
     ),
     Metric(
+        "device_idle_delta_bytes",
+        "Device memory after load (measured)",
+        "bytes",
+        "The offload device's memory, median over the idle window after readiness, minus the "
+        "same figure taken just before the server was launched. The device is a GPU (NVML "
+        "device memory in use, all NVIDIA devices) or llama.cpp's RPC device (the resident "
+        "memory of the ggml-rpc-server processes launched for this server run: the tensors "
+        "and buffers the server placed on the device); `device_source` says which.",
+        view="server_run_memory",
+        higher_is_better=False,
+    ),
+    Metric(
+        "device_peak_delta_bytes",
+        "Device memory peak (measured)",
+        "bytes",
+        "The highest device memory sample during generation (first recorded request's send "
+        "to the last one's end) minus the figure before launch; same sources as after load.",
+        view="server_run_memory",
+        higher_is_better=False,
+    ),
+    Metric(
         "vram_saved_pct",
         "VRAM saved",
         "%",
-        "1 - offload / baseline GPU memory after load, in percent, for the same model in the "
-        "same campaign (same host and build). Source, in order of preference, and the same "
-        "source on both sides: measured (NVML device memory after load minus before launch), "
-        "else log (the GPU buffers, model + KV + compute, the server's loader log printed), "
-        "else estimated (GGUF weight bytes that stay on the GPU; ignores KV and compute "
-        "buffers). The source is always shown with the figure.",
+        "1 - offload / baseline device memory after load, in percent, for the same model in "
+        "the same campaign (same host and build). Source, in order of preference, and the same "
+        "source on both sides: measured (device memory after load minus before launch: NVML "
+        "on a GPU, the RPC device process's resident memory on llama.cpp's RPC device), else "
+        "log (the device buffers, model + KV + compute, the server's loader log printed), "
+        "else estimated (the GGUF weight bytes that stay on the device plus the KV cache and "
+        "compute buffers the log printed; weights only when there is no log). The source is "
+        "always shown with the figure.",
         view="vram_saved",
         higher_is_better=True,
     ),
@@ -216,6 +239,23 @@ _DEFS: tuple[Metric, ...] = (
         "bandwidth: near 100 % it is; far below with the CPU busy, it is compute- or "
         "overhead-bound.",
         view="report",
+    ),
+    Metric(
+        "predicted_decode_tps",
+        "Predicted decode tokens/s (offload speed model)",
+        "tokens/s",
+        "A roofline over the bytes each decode step reads, calibrated on measured rates: per "
+        "token the device reads D(K) bytes (the non-expert weights plus the active share, "
+        "experts used / experts, of the expert tensors left on it) and the host H(K) (the "
+        "active share of the expert tensors of the K blocks kept in CPU memory), both from "
+        "the GGUF file. The device's rate is measured on the runs with no expert on the CPU "
+        "(D(0) x decode tokens/s), the host's on the runs with every expert there; the "
+        "prediction for any K is 1 / (D(K)/device rate + H(K)/host rate). Those two kinds of "
+        "run are the calibration points (error 0 by construction); the error of the others "
+        "(measured / predicted - 1) tests the model. Decode means over the tests every "
+        "configuration of the model ran.",
+        view="decode_prediction",
+        higher_is_better=True,
     ),
     Metric(
         "decode_rate_along_generation",
@@ -358,7 +398,10 @@ WITH win AS (
                TRY_CAST(json_extract(cp.config, '$.campaign.idle_window_s') AS DOUBLE), 1.0)
                AS BIGINT) AS idle_end_ns,
            min(r.sent_ns) AS gen_start_ns, max(r.done_ns) AS gen_end_ns,
-           TRY_CAST(json_extract(s.gpu_before, '$.mem_used_bytes') AS BIGINT) AS gpu_before_bytes
+           TRY_CAST(json_extract(s.gpu_before, '$.mem_used_bytes') AS BIGINT) AS gpu_before_bytes,
+           TRY_CAST(json_extract(s.device, '$.mem_before_bytes') AS BIGINT)
+               AS device_before_bytes,
+           json_extract_string(s.device, '$.source') AS device_process_source
     FROM server_runs s
     JOIN campaigns cp USING (campaign_id)
     LEFT JOIN requests r USING (server_run_id)
@@ -375,8 +418,14 @@ WITH win AS (
            max(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
                AS gpu_peak,
            max(t.gpu_proc_mem_bytes) AS gpu_proc_peak,
+           median(t.device_rss_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
+               AS dev_idle,
+           max(t.device_rss_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+               AS dev_peak,
            avg(t.cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
                AS cpu_generating,
+           avg(t.device_cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+               AS device_cpu_generating,
            count(t.t_ns) AS samples
     FROM win w LEFT JOIN telemetry t ON t.server_run_id = w.server_run_id
     GROUP BY w.server_run_id
@@ -387,17 +436,44 @@ SELECT w.server_run_id,
        a.gpu_idle::BIGINT - w.gpu_before_bytes AS gpu_idle_delta_bytes,
        a.gpu_peak - w.gpu_before_bytes AS gpu_peak_delta_bytes,
        a.gpu_proc_peak AS gpu_proc_peak_bytes,
+       -- The device's memory, one definition for every kind of device: after load
+       -- (median over the idle window) or peak (during generation), minus the
+       -- figure before the server was launched. A launched RPC device is measured
+       -- as its processes' resident memory; a GPU through NVML.
+       CASE WHEN w.device_process_source IS NOT NULL THEN w.device_process_source
+            WHEN a.gpu_idle IS NOT NULL OR a.gpu_peak IS NOT NULL THEN 'NVML' END
+           AS device_source,
+       CASE WHEN w.device_process_source IS NOT NULL
+            THEN a.dev_idle::BIGINT - w.device_before_bytes
+            ELSE a.gpu_idle::BIGINT - w.gpu_before_bytes END AS device_idle_delta_bytes,
+       CASE WHEN w.device_process_source IS NOT NULL
+            THEN a.dev_peak - w.device_before_bytes
+            ELSE a.gpu_peak - w.gpu_before_bytes END AS device_peak_delta_bytes,
+       a.dev_idle::BIGINT AS device_rss_idle_bytes,
+       a.dev_peak AS device_rss_peak_bytes,
+       w.device_before_bytes,
        a.cpu_generating AS cpu_percent_avg_generating,
+       a.device_cpu_generating AS device_cpu_percent_avg_generating,
        a.samples AS telemetry_samples
 FROM win w JOIN agg a USING (server_run_id);
 
 -- Memory per (campaign, model, configuration), over its server runs that loaded.
 CREATE OR REPLACE TEMP VIEW config_memory AS
 SELECT s.campaign_id, s.model_id, s.config_label, any_value(s.n_cpu_moe) AS n_cpu_moe,
-       avg(m.gpu_idle_delta_bytes) AS gpu_measured_bytes,
+       avg(m.device_idle_delta_bytes) AS gpu_measured_bytes,
+       -- NULL when the runs measured their device differently.
+       CASE WHEN count(DISTINCT m.device_source) <= 1 THEN any_value(m.device_source) END
+           AS measured_source,
        avg(TRY_CAST(json_extract(s.log_summary, '$.gpu_total_mib') AS DOUBLE)) AS gpu_log_mib,
        avg(TRY_CAST(json_extract(s.log_summary, '$.cpu_mapped_mib') AS DOUBLE))
            AS cpu_mapped_mib,
+       -- KV cache and compute buffers as the log printed them: on the device where
+       -- the server used one, else on the CPU (which a GPU would hold instead).
+       avg(coalesce(TRY_CAST(json_extract(s.log_summary, '$.gpu_kv_mib') AS DOUBLE),
+                    TRY_CAST(json_extract(s.log_summary, '$.kv_mib') AS DOUBLE))) AS log_kv_mib,
+       avg(coalesce(TRY_CAST(json_extract(s.log_summary, '$.gpu_compute_mib') AS DOUBLE),
+                    TRY_CAST(json_extract(s.log_summary, '$.compute_mib') AS DOUBLE)))
+           AS log_compute_mib,
        avg(m.rss_idle_bytes) AS rss_idle_bytes, max(m.rss_peak_bytes) AS rss_peak_bytes,
        -- NULL when the configuration's runs report different server builds.
        CASE WHEN count(DISTINCT s.version) <= 1 THEN any_value(s.version) END AS version,
@@ -406,21 +482,33 @@ FROM server_runs s JOIN server_run_memory m USING (server_run_id)
 WHERE s.ready_ns IS NOT NULL
 GROUP BY ALL;
 
--- GGUF weights-only estimate of GPU weight bytes per configuration.
+-- The predicted device memory per configuration: the GGUF weight bytes that stay
+-- on the device (the file's, not the log's rounded sizes) plus the KV cache and
+-- compute buffers the loader log printed; weights only when there is no log.
 CREATE OR REPLACE TEMP VIEW config_weight_estimate AS
-SELECT c.campaign_id, c.model_id, c.config_label,
-       TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) - CASE
-           WHEN c.n_cpu_moe IS NULL OR c.n_cpu_moe = 0 THEN 0
-           WHEN c.n_cpu_moe < 0 THEN TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes')
-                                              AS BIGINT)
-           -- --n-cpu-moe K: the experts of layers 0..K-1; unknown (NULL) when the
-           -- inspection recorded no per-layer breakdown, 0 when no MoE layer is < K.
-           WHEN json_extract(md.spec, '$.expert_bytes_by_layer') IS NULL THEN NULL
-           ELSE coalesce(list_sum(list_transform(list_filter(
-                    TRY_CAST(json_extract(md.spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
-                    lambda x: x[1] < c.n_cpu_moe), lambda x: x[2])), 0)
-       END AS weights_gpu_bytes
-FROM config_memory c JOIN models md USING (model_id);
+WITH w AS (
+    SELECT c.campaign_id, c.model_id, c.config_label, c.log_kv_mib, c.log_compute_mib,
+           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) - CASE
+               WHEN c.n_cpu_moe IS NULL OR c.n_cpu_moe = 0 THEN 0
+               WHEN c.n_cpu_moe < 0 THEN TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes')
+                                                  AS BIGINT)
+               -- --n-cpu-moe K: the experts of layers 0..K-1; unknown (NULL) when the
+               -- inspection recorded no per-layer breakdown, 0 when no MoE layer is < K.
+               WHEN json_extract(md.spec, '$.expert_bytes_by_layer') IS NULL THEN NULL
+               ELSE coalesce(list_sum(list_transform(list_filter(
+                        TRY_CAST(json_extract(md.spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
+                        lambda x: x[1] < c.n_cpu_moe), lambda x: x[2])), 0)
+           END AS weights_gpu_bytes
+    FROM config_memory c JOIN models md USING (model_id)
+)
+SELECT campaign_id, model_id, config_label, weights_gpu_bytes,
+       (log_kv_mib * 1048576)::BIGINT AS kv_bytes,
+       (log_compute_mib * 1048576)::BIGINT AS compute_bytes,
+       weights_gpu_bytes + coalesce((log_kv_mib * 1048576)::BIGINT, 0)
+           + coalesce((log_compute_mib * 1048576)::BIGINT, 0) AS estimated_bytes,
+       CASE WHEN log_kv_mib IS NOT NULL AND log_compute_mib IS NOT NULL
+            THEN 'weights + KV + compute' ELSE 'weights only' END AS estimate_parts
+FROM w;
 
 -- VRAM saved per offload configuration (n_cpu_moe -1 or K > 0) against the same
 -- model's configuration labelled 'baseline' in the same campaign (the reference
@@ -430,7 +518,7 @@ FROM config_memory c JOIN models md USING (model_id);
 -- of one server build (one campaign is one host by construction).
 CREATE OR REPLACE TEMP VIEW vram_saved AS
 WITH sized AS (
-    SELECT c.*, e.weights_gpu_bytes
+    SELECT c.*, e.estimated_bytes, e.estimate_parts
     FROM config_memory c JOIN config_weight_estimate e USING (campaign_id, model_id, config_label)
 ), reference AS (
     SELECT * FROM sized WHERE config_label = 'baseline'
@@ -439,8 +527,11 @@ WITH sized AS (
            b.config_label AS baseline_label,
            b.gpu_measured_bytes AS b_measured, o.gpu_measured_bytes AS o_measured,
            b.gpu_log_mib * 1048576 AS b_log, o.gpu_log_mib * 1048576 AS o_log,
-           b.weights_gpu_bytes AS b_est, o.weights_gpu_bytes AS o_est,
-           b.version IS NOT NULL AND b.version = o.version AS same_build
+           b.estimated_bytes AS b_est, o.estimated_bytes AS o_est,
+           o.estimate_parts,
+           b.version IS NOT NULL AND b.version = o.version
+               AND b.measured_source IS NOT DISTINCT FROM o.measured_source AS same_build,
+           coalesce(o.measured_source, b.measured_source) AS measured_source
     FROM sized o JOIN reference b USING (campaign_id, model_id)
     WHERE o.n_cpu_moe <> 0
 ), pcts AS (
@@ -460,6 +551,7 @@ WITH sized AS (
     FROM pcts
 )
 SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
+       measured_source, estimate_parts,
        CASE source WHEN 'measured' THEN b_measured WHEN 'log' THEN b_log
                    WHEN 'estimated' THEN b_est END AS baseline_bytes,
        CASE source WHEN 'measured' THEN o_measured WHEN 'log' THEN o_log
@@ -468,6 +560,76 @@ SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
        measured_pct, log_pct, estimated_pct, same_build,
        b_measured, o_measured, b_log, o_log, b_est, o_est
 FROM chosen;
+
+-- The offload speed model: per token, decoding streams the weights it reads at
+-- the rate each side achieves. Bytes per token from the GGUF file: D(K) on the
+-- device = the non-expert weights + the active share (experts used / experts) of
+-- the expert tensors left there; H(K) on the host = the active share of the
+-- expert tensors of the K blocks kept in CPU memory. Rates measured, not assumed:
+-- the device's from the runs with no expert on the CPU (r_d = D(0) x decode),
+-- the host's from the runs with every expert there (H / (1/decode - D/r_d)).
+-- Predicted decode for every K: 1 / (D(K)/r_d + H(K)/r_h). Decode means are over
+-- the tests every configuration of the model ran (streamed, status ok).
+-- The tests every configuration of a model ran with at least one completed
+-- streamed request: where configurations (a sweep usually runs a subset) are
+-- compared like for like.
+CREATE OR REPLACE TEMP VIEW common_tests AS
+SELECT campaign_id, model_id, test_id FROM request_metrics
+WHERE stream AND completed
+GROUP BY ALL
+HAVING count(DISTINCT config_label) = (
+    SELECT count(DISTINCT r2.config_label) FROM request_metrics r2
+    WHERE r2.campaign_id = request_metrics.campaign_id
+      AND r2.model_id = request_metrics.model_id);
+
+CREATE OR REPLACE TEMP VIEW decode_prediction AS
+WITH cfg AS (
+    SELECT o.campaign_id, o.model_id, o.config_label, any_value(o.n_cpu_moe) AS n_cpu_moe,
+           avg(o.decode_tps) AS decode_tps, count(o.decode_tps) AS n
+    FROM request_metrics o JOIN common_tests USING (campaign_id, model_id, test_id)
+    WHERE o.stream AND o.completed
+    GROUP BY ALL
+    HAVING count(o.decode_tps) > 0
+), sized AS (
+    SELECT c.*,
+           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) AS total_b,
+           TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT) AS experts_b,
+           md.expert_used_count / nullif(md.expert_count, 0) AS active,
+           CASE WHEN c.n_cpu_moe IS NULL OR c.n_cpu_moe = 0 THEN 0
+                WHEN c.n_cpu_moe < 0
+                    THEN TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT)
+                ELSE coalesce(list_sum(list_transform(list_filter(
+                        TRY_CAST(json_extract(md.spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
+                        lambda x: x[1] < c.n_cpu_moe), lambda x: x[2])), 0)
+           END AS host_experts_b
+    FROM cfg c JOIN models md USING (model_id)
+), per_token AS (
+    SELECT *,
+           (total_b - experts_b) + (experts_b - host_experts_b) * active AS device_bytes,
+           host_experts_b * active AS host_bytes,
+           host_experts_b = experts_b AND experts_b > 0 AS all_on_host
+    FROM sized WHERE active IS NOT NULL AND total_b IS NOT NULL AND experts_b IS NOT NULL
+), device_rate AS (
+    SELECT campaign_id, model_id, avg(device_bytes * decode_tps) AS r_d
+    FROM per_token WHERE host_bytes = 0 GROUP BY ALL
+), host_rate AS (
+    SELECT p.campaign_id, p.model_id,
+           avg(p.host_bytes / nullif(1 / p.decode_tps - p.device_bytes / d.r_d, 0)) AS r_h
+    FROM per_token p JOIN device_rate d USING (campaign_id, model_id)
+    WHERE p.all_on_host GROUP BY ALL
+)
+SELECT p.campaign_id, p.model_id, p.config_label, p.n_cpu_moe, p.n, p.decode_tps,
+       p.device_bytes, p.host_bytes, d.r_d AS device_rate_bytes_per_s,
+       h.r_h AS host_rate_bytes_per_s,
+       (p.host_bytes = 0 OR p.all_on_host) AS calibration_point,
+       CASE WHEN h.r_h > 0 THEN 1 / (p.device_bytes / d.r_d + p.host_bytes / h.r_h) END
+           AS predicted_decode_tps,
+       CASE WHEN h.r_h > 0
+            THEN p.decode_tps * (p.device_bytes / d.r_d + p.host_bytes / h.r_h) - 1 END
+           AS prediction_error
+FROM per_token p
+LEFT JOIN device_rate d USING (campaign_id, model_id)
+LEFT JOIN host_rate h USING (campaign_id, model_id);
 """
 
 

@@ -271,10 +271,27 @@ def _merge_log(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _rpc_device(con: duckdb.DuckDBPyConnection) -> None:
+    # llama.cpp's RPC device stands in for a GPU (collector.device): what it was,
+    # its processes' memory over time, and its log, beside the server's.
+    con.execute(
+        """
+        ALTER TABLE server_runs ADD COLUMN device JSON;
+            -- {kind, source, rpc_servers: [{endpoint, launched, pid, threads, argv,
+            --  exit_code}], mem_before_bytes}; NULL: no device besides what the
+            -- server finds itself (a GPU, measured through NVML)
+        ALTER TABLE server_runs ADD COLUMN device_log_text VARCHAR;
+        ALTER TABLE telemetry ADD COLUMN device_rss_bytes BIGINT;   -- launched RPC devices
+        ALTER TABLE telemetry ADD COLUMN device_cpu_percent DOUBLE; -- 100 = one core
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _initial),
     Migration(2, "placement_checks", _placement_checks),
     Migration(3, "merge_log", _merge_log),
+    Migration(4, "rpc_device", _rpc_device),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

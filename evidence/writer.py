@@ -38,6 +38,8 @@ TELEMETRY_SCHEMA = pa.schema(
         ("gpu_mem_used_bytes", pa.int64()),
         ("gpu_proc_mem_bytes", pa.int64()),
         ("gpu_util_percent", pa.float64()),
+        ("device_rss_bytes", pa.int64()),
+        ("device_cpu_percent", pa.float64()),
     ]
 )
 

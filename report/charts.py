@@ -281,6 +281,11 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
         for p in points
         if p.decode.mean is not None
     ]
+    predicted = [
+        {"model": p.model, "config": p.config, "layers": p.layers_on_cpu, "tps": p.predicted.value}
+        for p in sorted(points, key=lambda p: (p.model, p.layers_on_cpu))
+        if isinstance(p.predicted, Quantity)
+    ]
     x = alt.X("layers:Q", title="MoE layers with experts in CPU memory")
     color = alt.Color("model:N", title="model")
     panels = []
@@ -314,6 +319,22 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
             speed_layers.append(
                 base.mark_rule().encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
             )
+        if predicted:
+            speed_layers.append(
+                alt.Chart(_data("predicted"))
+                .mark_line(strokeDash=[4, 3], opacity=0.8)
+                .encode(
+                    x=x,
+                    y="tps:Q",
+                    color=color,
+                    tooltip=[
+                        "model:N",
+                        "config:N",
+                        "layers:Q",
+                        alt.Tooltip("tps:Q", title="predicted", format=".3~g"),
+                    ],
+                )
+            )
         panels.append(alt.layer(*speed_layers).properties(width=WIDTH // 2 - 20, height=220))
     if not panels:
         return Missing("neither GPU memory nor decode speed was measured for these runs")
@@ -322,7 +343,7 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
         "memory-tradeoff",
         title,
         title,
-        _finish(alt.hconcat(*panels), title, {"gpu": gpu, "speed": speed}),
+        _finish(alt.hconcat(*panels), title, {"gpu": gpu, "speed": speed, "predicted": predicted}),
     )
 
 

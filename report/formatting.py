@@ -116,6 +116,14 @@ def shell_block(argv: Iterable[object]) -> Markup:
     )
 
 
+def fixed(x: float, digits: int) -> str:
+    """`x` to `digits` decimals, never "-0.0": a figure that rounds to zero has no sign
+    (a value of -1e-17, float noise of a parallel aggregate, must print as the same
+    "0.0" its +1e-17 twin does, or two builds of one store differ)."""
+    text = f"{x:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def number(value: float | int | None) -> str:
     """A number with sensible precision: 1,234 / 412 / 46.9 / 3.52 / 0.0312."""
     if value is None:
@@ -131,9 +139,9 @@ def number(value: float | int | None) -> str:
     if a >= 100:
         return f"{x:,.0f}"
     if a >= 10:
-        return f"{x:.1f}"
+        return fixed(x, 1)
     if a >= 1:
-        return f"{x:.2f}"
+        return fixed(x, 2)
     if a == 0:
         return "0"
     return f"{x:.2g}"
@@ -161,7 +169,7 @@ def with_unit(value: float | int | None, unit: str) -> Markup:
     if not unit:
         return Markup(text)
     if unit == "%":
-        return Markup(f"{float(value or 0):.1f}&nbsp;%")
+        return Markup(f"{fixed(float(value or 0), 1)}&nbsp;%")
     return Markup(text) + Markup("&nbsp;") + escape_text(unit)
 
 

@@ -822,6 +822,8 @@ def _telemetry(
     else:
         for name in ("gpu_mem_used_bytes", "gpu_proc_mem_bytes", "gpu_util_percent"):
             columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
+    for name in ("device_rss_bytes", "device_cpu_percent"):
+        columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
     return pa.table(
         {
             name: pa.array(columns[name], TELEMETRY_SCHEMA.field(name).type)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from collector.campaign import server_plans
-from collector.config import load_config
+from collector.config import DeviceSection, load_config
 from collector.defaults import embedded_config, quick_profile
 from evidence.errors import ConfigError
 
@@ -117,3 +117,10 @@ def test_sweep_plans(tmp_path: Path) -> None:
     assert [p.configuration.args for p in sweep] == [[], ["--n-cpu-moe", "8"]]
     assert [p.configuration.n_cpu_moe for p in sweep] == [0, 8]
     assert all(len(p.cells) == 1 for p in sweep)
+
+
+def test_device_section_rejects_a_device_with_nothing_to_run() -> None:
+    with pytest.raises(ValueError, match="launch >= 1 or at least one endpoint"):
+        DeviceSection(kind="rpc", launch=0)
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        DeviceSection(kind="rpc", endpoints=["localhost"])

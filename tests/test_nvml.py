@@ -145,7 +145,7 @@ def test_host_inventory_with_gpu() -> None:
 def test_telemetry_sample_carries_gpu_figures() -> None:
     me = psutil.Process()
     nv = Nvml(fake_nvml([dict(H200, procs=[(me.pid, 5 * GIB)])]))
-    sample = _sample({me.pid: me}, nv, watching=True)
+    sample = _sample({me.pid: me}, [], nv, watching=True)
     assert sample.gpu_mem_used_bytes == 9 * GIB
     assert sample.gpu_proc_mem_bytes == 5 * GIB
     assert sample.rss_bytes is not None and sample.rss_bytes > 0
@@ -154,5 +154,5 @@ def test_telemetry_sample_carries_gpu_figures() -> None:
 
 def test_telemetry_sample_without_gpu() -> None:
     me = psutil.Process()
-    sample = _sample({me.pid: me}, Nvml(fake_nvml([], fail_init=True)), watching=True)
+    sample = _sample({me.pid: me}, [], Nvml(fake_nvml([], fail_init=True)), watching=True)
     assert sample.gpu_mem_used_bytes is None and sample.gpu_proc_mem_bytes is None

@@ -219,9 +219,9 @@ def test_the_memory_gate_and_the_site_quote_the_same_saving(gpu: Opened) -> None
     assert isinstance(cpu_moe.headline, Quantity)
     (campaign_id,) = sel.ids
     gate = next(g for g in evaluate_gates(con, campaign_id) if g.gate_id == "memory-savings")
-    ((_, config, source, pct, _expected),) = gate.evidence["comparisons"]
-    assert (config, source) == ("cpu-moe", cpu_moe.headline.source)
-    assert pct == pytest.approx(cpu_moe.headline.value)
+    (judged,) = gate.evidence["comparisons"]
+    assert (judged["config"], judged["source"]) == ("cpu-moe", cpu_moe.headline.source)
+    assert judged["saved_pct"] == pytest.approx(cpu_moe.headline.value)
 
 
 def test_without_a_baseline_label_nothing_is_compared(gpu_store: Path, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ from evidence.store import open_store, schema_version
 from tests.storefactory import StoreFactory
 
 TABLES = ("hosts", "campaigns", "models", "server_runs", "requests", "chunks", "store_meta")
+# Filled by _version_1_store: each table's columns at schema version 1.
+VERSION_1_COLUMNS: dict[str, list[str]] = {}
 
 
 def _version_1_store(path: Path) -> dict[str, list[tuple[object, ...]]]:
@@ -24,6 +26,9 @@ def _version_1_store(path: Path) -> dict[str, list[tuple[object, ...]]]:
         )
         first = MIGRATIONS[0]
         first.apply(con)
+        for table in TABLES:
+            described = con.execute(f"SELECT * FROM {table} LIMIT 0").description
+            VERSION_1_COLUMNS[table] = [d[0] for d in described]
         con.execute(
             "INSERT INTO schema_migrations VALUES (?, ?, now())", [first.version, first.name]
         )
@@ -38,7 +43,13 @@ def _version_1_store(path: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 def _rows(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
-    return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
+    """Every row of the version-1 tables, in the version-1 columns (migrations only
+    ever add columns, so these must come through unchanged)."""
+    out = {}
+    for table in TABLES:
+        columns = ", ".join(VERSION_1_COLUMNS[table])
+        out[table] = con.execute(f"SELECT {columns} FROM {table} ORDER BY ALL").fetchall()
+    return out
 
 
 def test_a_version_1_store_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:

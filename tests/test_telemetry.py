@@ -64,7 +64,7 @@ def test_an_exited_unreaped_server_is_absent_not_zero() -> None:
         target = psutil.Process(proc.pid)
         time.sleep(0.8)  # exited; not waited for, so still a zombie
         assert target.status() == psutil.STATUS_ZOMBIE
-        sample = _sample({proc.pid: target}, Nvml(), watching=True)
+        sample = _sample({proc.pid: target}, [], Nvml(), watching=True)
         assert sample.proc_count == 0 and sample.rss_bytes is None
     finally:
         proc.wait()

@@ -110,6 +110,9 @@ class TradeoffPoint:
     chart_gpu: Figure  # the figure from the source every point has (for the chart)
     vram_saved: Figure
     decode: Stat
+    predicted: Figure  # the offload speed model's decode tokens/s (`decode_prediction`)
+    prediction_error: Figure  # measured / predicted - 1
+    calibration: bool  # a point the model's rates were measured on
 
 
 @dataclass(frozen=True)
@@ -146,9 +149,10 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
                m.spec, m.expert_tensor_count, m.expert_tensor_bytes, m.expected_vram_saved_pct,
                mem.rss_idle_bytes, mem.rss_peak_bytes, mem.gpu_idle_delta_bytes,
                mem.gpu_peak_delta_bytes, mem.cpu_percent_avg_generating, mem.telemetry_samples,
-               (SELECT count(gpu_mem_used_bytes) FROM telemetry t
+               mem.device_source, mem.device_idle_delta_bytes, mem.device_peak_delta_bytes,
+               (SELECT count(gpu_mem_used_bytes) + count(device_rss_bytes) FROM telemetry t
                  WHERE t.server_run_id = r.server_run_id) AS gpu_samples,
-               est.weights_gpu_bytes
+               est.estimated_bytes, est.estimate_parts
         FROM sel_runs r
         JOIN campaigns c USING (campaign_id)
         JOIN hosts h ON h.host_id = c.host_id
@@ -189,8 +193,11 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
     spec = as_dict(f["spec"])
     gpu_before = as_dict(f["gpu_before"])
     k = f["n_cpu_moe"]
+    device_source = f["device_source"]
     no_gpu: str | None = None
-    if f["gpu_status"] != "ok":
+    if device_source is not None and device_source != "NVML":
+        no_gpu = None if f["gpu_samples"] else "no device memory samples in this run's telemetry"
+    elif f["gpu_status"] != "ok":
         no_gpu = no_gpu_reason(f["gpu_status"])
     elif gpu_before and not gpu_before.get("available", False):
         no_gpu = f"NVML was unavailable before launch ({gpu_before.get('reason', 'no reason')})"
@@ -200,8 +207,9 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
     def measured(value: Any, what: str) -> Figure:
         if no_gpu:
             return Missing(no_gpu)
-        q = _bytes(value)
-        return q if q is not None else Missing(f"no telemetry sample in the {what} window")
+        if value is None:
+            return Missing(f"no telemetry sample in the {what} window")
+        return Quantity(float(value), "bytes", "measured", device_source)
 
     if not log:
         log_reason = "no loader log was parsed for this run" + (
@@ -222,7 +230,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
             if mapped is not None
             else Missing("the loader log printed no CPU_Mapped buffer")
         )
-    gpu_estimated = _estimate(spec, f["weights_gpu_bytes"])
+    gpu_estimated = _estimate(spec, f["estimated_bytes"], f["estimate_parts"])
     buffers = tuple(
         BufferRow(str(device), str(kind), float(mib), not _HOST_DEVICE.match(str(device)))
         for device, kinds in as_dict(log.get("buffers")).items()
@@ -245,8 +253,8 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         status=f["status"],
         version=f["version"],
         host_id=f["host_id"],
-        gpu_measured=measured(f["gpu_peak_delta_bytes"], "generation"),
-        gpu_idle_measured=measured(f["gpu_idle_delta_bytes"], "idle"),
+        gpu_measured=measured(f["device_peak_delta_bytes"], "generation"),
+        gpu_idle_measured=measured(f["device_idle_delta_bytes"], "idle"),
         gpu_log=gpu_log,
         gpu_estimated=gpu_estimated,
         rss_idle=rss_idle or Missing(no_telemetry if not samples else "no sample after load"),
@@ -265,15 +273,20 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
     )
 
 
-def _estimate(spec: dict[str, Any], weights_gpu_bytes: Any) -> Figure:
-    """The GGUF weights-only estimate of GPU memory for this configuration
-    (defined once, in the `config_weight_estimate` view)."""
-    note = "GGUF weight bytes only; no KV cache or compute buffers"
+def _estimate(spec: dict[str, Any], estimated_bytes: Any, parts: Any) -> Figure:
+    """The predicted device memory for this configuration (defined once, in the
+    `config_weight_estimate` view): GGUF weights on the device + the log's KV and
+    compute buffers, or the weights alone when there is no log."""
     if not spec:
         return Missing("the model file was not inspected (attached server)")
-    if weights_gpu_bytes is None:
+    if estimated_bytes is None:
         return Missing("the GGUF inspection recorded no weight split")
-    return Quantity(float(weights_gpu_bytes), "bytes", "estimated", note)
+    note = (
+        "GGUF weights on the device + the log's KV cache and compute buffers"
+        if parts == "weights + KV + compute"
+        else "GGUF weight bytes only; no loader log gave the KV cache and compute buffers"
+    )
+    return Quantity(float(estimated_bytes), "bytes", "estimated", note)
 
 
 def _placement(
@@ -309,8 +322,8 @@ def _placement(
 
 _SOURCE_NOTES = {
     "measured": "device memory after load minus the figure before launch",
-    "log": "model + KV + compute buffers on GPU devices",
-    "estimated": "GGUF weight bytes left on the GPU / all weight bytes",
+    "log": "model + KV + compute buffers on the device",
+    "estimated": "GGUF weights on the device + the log's KV and compute buffers",
 }
 
 
@@ -383,9 +396,12 @@ def _compare(
     for source, (b, o) in sides.items():
         pct = view[f"{source}_pct"]
         if pct is not None:
-            by_source[source] = Quantity(
-                float(pct), "%", cast(Source, source), _SOURCE_NOTES[source]
-            )
+            note = _SOURCE_NOTES[source]
+            if source == "measured" and view["measured_source"]:
+                note = f"{view['measured_source']}: {note}"
+            elif source == "estimated" and view["estimate_parts"] == "weights only":
+                note = "GGUF weight bytes on the device only (no loader log)"
+            by_source[source] = Quantity(float(pct), "%", cast(Source, source), note)
         elif (reason := _side_reason(b, o)) is not None:
             by_source[source] = reason
         elif source == "measured" and not view["same_build"]:
@@ -445,34 +461,32 @@ def _tradeoff(
     Decode speed is compared over the tests every configuration of the model
     ran (a sweep usually runs a subset), so the points are like for like.
     """
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE common_tests AS
-        SELECT model_id, test_id FROM rm WHERE {OK_STREAMED}
-        GROUP BY model_id, test_id
-        HAVING count(DISTINCT config_label) =
-            (SELECT count(DISTINCT r2.config_label) FROM rm r2 WHERE r2.model_id = rm.model_id)
-        """
-    )
     tests = tuple(
         r["test_id"]
         for r in rows(
             con,
             "SELECT DISTINCT test_id, min(test_order) o FROM common_tests "
-            "JOIN rm USING (model_id, test_id) GROUP BY test_id ORDER BY o",
+            "JOIN rm USING (campaign_id, model_id, test_id) GROUP BY test_id ORDER BY o",
         )
     )
     decode = stats_by(
         con,
         "decode_tps",
         ["model_id", "config_label"],
-        where=f"{OK_STREAMED} AND (model_id, test_id) IN (SELECT model_id, test_id "
-        "FROM common_tests)",
+        where=f"{OK_STREAMED} AND (campaign_id, model_id, test_id) IN "
+        "(SELECT campaign_id, model_id, test_id FROM common_tests)",
     )
     sources = ("measured", "log", "estimated")
     usable = {s: all(isinstance(_gpu(r, s), Quantity) for r in runs) for s in sources}
     source = next((s for s in sources if usable[s]), "none")
     saved_by = {(c.model_id, c.config): c.headline for c in comparisons}
+    model = {
+        (d["model_id"], d["config_label"]): d
+        for d in rows(
+            con,
+            "SELECT d.* FROM decode_prediction d JOIN sel_models m USING (campaign_id, model_id)",
+        )
+    }
     points = []
     for r in runs:
         if r.layers_on_cpu is None and r.n_cpu_moe not in (None, 0):
@@ -494,8 +508,33 @@ def _tradeoff(
             (r.model_id, r.config), Missing("no expert layer in CPU memory", not_applicable=True)
         )
         common = _gpu(r, source) if source != "none" else Missing("no common source")
-        points.append(TradeoffPoint(r.model, r.config, layers, gpu, common, saved, stat))
+        predicted, error, calibration = _prediction(model.get((r.model_id, r.config)))
+        points.append(
+            TradeoffPoint(
+                r.model, r.config, layers, gpu, common, saved, stat, predicted, error, calibration
+            )
+        )
     return tuple(points), source, tests
+
+
+def _prediction(row: dict[str, Any] | None) -> tuple[Figure, Figure, bool]:
+    """The offload speed model's figures for one configuration (`decode_prediction`)."""
+    if row is None:
+        why = Missing("no successful streamed request on the common tests")
+        return why, why, False
+    if row["predicted_decode_tps"] is None:
+        why = Missing(
+            "the model needs runs with no expert and with every expert in CPU memory, "
+            "and the GGUF sizes"
+        )
+        return why, why, bool(row["calibration_point"])
+    calibration = bool(row["calibration_point"])
+    note = "calibration point" if calibration else "held out"
+    return (
+        Quantity(float(row["predicted_decode_tps"]), "tokens/s", "estimated", note),
+        Quantity(100.0 * float(row["prediction_error"]), "%", "estimated", note),
+        calibration,
+    )
 
 
 def _gpu(r: RunMemory, source: str) -> Figure:

@@ -74,6 +74,18 @@ class ServerCommand:
 
 
 @dataclass(frozen=True)
+class DeviceMethod:
+    """The offload device of a campaign's server runs, as the store recorded it."""
+
+    kind: str  # rpc
+    launched: bool  # fresh rpc-servers on this host, one set per server run
+    endpoints: int  # rpc-servers per server run
+    device_threads: tuple[int, ...]  # -t of the rpc-servers
+    server_threads: tuple[str, ...]  # -t of the server, as its command line gave it
+    cores: int | None  # logical cores of the host
+
+
+@dataclass(frozen=True)
 class CampaignMethod:
     name: str
     campaign_id: str
@@ -90,6 +102,7 @@ class CampaignMethod:
     config: Any
     servers: tuple[ServerCommand, ...]
     thresholds: tuple[tuple[str, Any, bool], ...]  # (name, value, set by the config)
+    device: DeviceMethod | None
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,42 @@ def _thresholds(config: dict[str, Any]) -> tuple[tuple[str, Any, bool], ...]:
     )
 
 
+def _threads(argv: list[Any]) -> str | None:
+    for flag in ("-t", "--threads"):
+        if flag in argv[:-1]:
+            return str(argv[argv.index(flag) + 1])
+    return None
+
+
+def _device(con: duckdb.DuckDBPyConnection, campaign_id: str) -> DeviceMethod | None:
+    runs = rows(
+        con,
+        "SELECT r.device, r.argv, h.cpu_threads FROM sel_runs r "
+        "JOIN campaigns c USING (campaign_id) JOIN hosts h USING (host_id) "
+        "WHERE r.campaign_id = ? AND r.device IS NOT NULL",
+        [campaign_id],
+    )
+    if not runs:
+        return None
+    servers = [
+        s
+        for r in runs
+        for s in as_list(as_dict(r["device"]).get("rpc_servers"))
+        if isinstance(s, dict)
+    ]
+    per_run = max(len(as_list(as_dict(r["device"]).get("rpc_servers"))) for r in runs)
+    return DeviceMethod(
+        kind=str(as_dict(runs[0]["device"]).get("kind", "rpc")),
+        launched=all(bool(s.get("launched")) for s in servers),
+        endpoints=per_run,
+        device_threads=tuple(sorted({int(s["threads"]) for s in servers if s.get("threads")})),
+        server_threads=tuple(
+            sorted({t for r in runs if (t := _threads(as_list(r["argv"]))) is not None})
+        ),
+        cores=runs[0]["cpu_threads"],
+    )
+
+
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
     """The methodology page's context."""
     campaigns = []
@@ -199,6 +248,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
                     )
                 ),
                 thresholds=_thresholds(config),
+                device=_device(con, cid),
                 command=tuple(str(a) for a in as_list(c["command"])),
                 config=loads(c["config"]),
                 servers=tuple(

@@ -11,6 +11,7 @@ from report.context.common import gate_rank
 from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
 from report.context.quality import QualityContext
+from report.context.scope import ScopeLine, device_line
 from report.queries import Campaign, Selection, rows, scalar, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
 
@@ -79,6 +80,7 @@ class SummaryContext:
     estimated_tokens: int
     sweeps: tuple[str, ...]  # configurations that ran a subset of the tests
     multi_host: bool  # the shown campaigns span several hosts: rows say which
+    scope: tuple[ScopeLine, ...]  # what these runs could and could not show
 
 
 def _verdict(gates: tuple[Gate, ...]) -> Verdict:
@@ -227,4 +229,5 @@ def build(
         estimated_tokens=sum(s.requests for s in performance.token_sources if s.source == "chunks"),
         sweeps=sweeps,
         multi_host=len({c.host_id for c in sel.campaigns}) > 1,
+        scope=(device_line(con),),
     )
