@@ -27,14 +27,14 @@ def _install(session: nox.Session, extras: str = "") -> None:
 def collect(session: nox.Session) -> None:
     """Run the protocol (embedded default, or --config FILE / --endpoint URL)."""
     _install(session)
-    session.run("python", "-m", "collector", "run", *session.posargs)
+    session.run("moe-evidence", "collect", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def build(session: nox.Session) -> None:
     """Render the whitepaper site from the evidence store into site/."""
     session.install("-e", ".[report]")
-    session.run("python", "-m", "report", "build", *session.posargs)
+    session.run("moe-evidence", "build", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -43,7 +43,7 @@ def publish(session: nox.Session) -> None:
     if not session.posargs:
         session.error("give the version: nox -s publish -- 1.7.0")
     session.install("-e", ".[report]")
-    session.run("python", "-m", "report", "publish", *session.posargs)
+    session.run("moe-evidence", "publish", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -62,8 +62,18 @@ def lint(session: nox.Session) -> None:
     session.run("mypy")
 
 
+@nox.session(name="gpu-check", python=PYTHON)
+def gpu_check(session: nox.Session) -> None:
+    """On an NVIDIA machine: NVML vs nvidia-smi vs the loader log, baseline vs --cpu-moe.
+
+    `nox -s gpu-check` builds the CUDA engine and runs the check; `nox -s gpu-check --
+    prepare DIR` packs what an offline GPU box needs (see benchmarks/gpu_check.py)."""
+    _install(session)
+    session.run("python", "-m", "benchmarks.gpu_check", *(session.posargs or ["run"]))
+
+
 @nox.session(python=PYTHON)
 def perf(session: nox.Session) -> None:
     """Instrument benchmarks: print figures and ratios measured side by side."""
     _install(session, "report,test")
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("moe-evidence", "perf", *session.posargs)

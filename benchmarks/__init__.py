@@ -1,6 +1,6 @@
 """Instrument validation (`nox -s perf`): the collector measured against clocks we control.
 
-Each module measures one thing and returns `results.Figure`s; `python -m
+Each module measures one thing and returns `results.Measurement`s; `python -m
 benchmarks` runs them, prints one table with pass/fail against the targets and
 stores it in the evidence store's `perf_results` table, from which the site's
 'Instrument validation' page is built.

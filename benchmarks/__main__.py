@@ -25,13 +25,13 @@ from rich.console import Console
 from benchmarks.accuracy import measure_accuracy, measure_collector_cpu
 from benchmarks.ingest import measure_ingest
 from benchmarks.interference import measure_interference
-from benchmarks.results import Figure, not_measured, print_table, store_figures
+from benchmarks.results import Measurement, not_measured, print_table, store_figures
 from benchmarks.sampler import measure_sampler
 from benchmarks.site_build import measure_site_build
-from evidence.errors import EvidenceError
+from common.errors import EvidenceError
 from evidence.store import default_db_path, open_store
 
-Benchmark = Callable[[bool], list[Figure]]
+Benchmark = Callable[[bool], list[Measurement]]
 
 BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     "accuracy": (measure_accuracy, "TTFT and chunk arrival error vs the calibrated server"),
@@ -47,7 +47,7 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def _run_one(name: str, benchmark: Benchmark, quick: bool, console: Console) -> list[Figure]:
+def _run_one(name: str, benchmark: Benchmark, quick: bool, console: Console) -> list[Measurement]:
     load_before, started = _load(), time.perf_counter()
     try:
         figures = benchmark(quick)
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with open_store(db):  # fail now, not after ten minutes, if the store is locked
             pass
-        figures: list[Figure] = []
+        figures: list[Measurement] = []
         for name in names:
             benchmark, description = BENCHMARKS[name]
             console.print(f"[bold]{name}[/]: {description}")

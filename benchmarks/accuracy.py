@@ -31,8 +31,8 @@ import psutil
 from rich.console import Console
 
 from benchmarks.calibrated import PARAMS, calibrated_server
-from benchmarks.results import Figure, judged, percentile, reference
-from calibration.stream_server import Scenario, StreamRecord
+from benchmarks.results import Measurement, judged, percentile, reference
+from calibration.scenario import Scenario, StreamRecord
 from collector.apis import decode_event
 from collector.client import RequestResult, Timeouts, generate
 from collector.progress import CampaignProgress
@@ -53,7 +53,7 @@ def _first_content_sent(record: StreamRecord) -> int | None:
     return next((e.sent_ns for e in record.events if e.kind == "content"), None)
 
 
-def measure_accuracy(quick: bool) -> list[Figure]:
+def measure_accuracy(quick: bool) -> list[Measurement]:
     """TTFT and per-chunk arrival error over many ~500 events/s streams.
 
     Long streams give the per-chunk errors; TTFT gets short streams too, enough
@@ -128,7 +128,7 @@ def measure_accuracy(quick: bool) -> list[Figure]:
     ]
 
 
-def measure_collector_cpu(quick: bool) -> list[Figure]:
+def measure_collector_cpu(quick: bool) -> list[Measurement]:
     """The collector's CPU while it receives a 1,000 events/s stream (~10 s)."""
     seconds = 3 if quick else 10
     # spin 0: the server sleeps to each deadline instead of spinning, so on a

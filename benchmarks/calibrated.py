@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from calibration.stream_server import Scenario, StreamRecord
+from calibration.scenario import Scenario, StreamRecord
 from collector.apis import GenerationParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ class ServerProcess:
 
 @contextmanager
 def calibrated_server(scenario: Scenario, spin_us: float = 500.0) -> Iterator[ServerProcess]:
-    """`python -m calibration.stream_server` on a free loopback port (the server
+    """`python -m calibration.server` on a free loopback port (the server
     binds port 0 and prints the one it got, so no other process can take it first)."""
     with tempfile.TemporaryDirectory(prefix="moe-perf-") as tmp:
         path = Path(tmp) / "scenario.json"
@@ -54,7 +54,7 @@ def calibrated_server(scenario: Scenario, spin_us: float = 500.0) -> Iterator[Se
         argv = [
             sys.executable,
             "-m",
-            "calibration.stream_server",
+            "calibration.server",
             "--port",
             "0",
             "--scenario",

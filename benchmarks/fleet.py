@@ -4,7 +4,7 @@
 
 The stores are copies of one template store, a quick campaign's size: by
 default a synthetic `--quick` store (`report.synthetic`, 36 requests, 600
-chunks), or with `--template` a real one (`python -m collector run --quick`).
+chunks), or with `--template` a real one (`moe-evidence collect --quick`).
 Each copy gets its own ids: every id column (campaign, model, server run,
 request, review, perf run) is rewritten to a UUID-shaped md5 of the copy's
 number and the old id, the same in every table, so references hold and no two
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from benchmarks.results import Figure, reference
+from benchmarks.results import Measurement, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 # Rewritten per copy; `restart_of` holds a server_run_id.
@@ -137,7 +137,7 @@ def make_stores(template: Path, workdir: Path, n_stores: int, hosts: int) -> lis
 
 
 def _synthetic_template(workdir: Path) -> Path:
-    from report.synthetic import SyntheticSpec, generate
+    from benchmarks.synthetic import SyntheticSpec, generate
 
     path = workdir / "template.duckdb"
     path.unlink(missing_ok=True)
@@ -156,7 +156,7 @@ def _timed_build(db: Path, project: Path) -> tuple[float, dict[str, float]]:
 
 def measure_fleet(
     workdir: Path, n_stores: int, hosts: int = 10, template: Path | None = None
-) -> list[Figure]:
+) -> list[Measurement]:
     """Make `n_stores` stores, merge them, export them as a fleet directory, and
     build the site (every campaign shown) from the merged store and from the
     directory; return the timings as figures."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.results import Figure, judged, reference
+from benchmarks.results import Measurement, judged, reference
 from evidence.store import open_store
 from evidence.writer import Transaction, chunk_table, insert_arrow, insert_row
 
@@ -105,7 +105,7 @@ def _bulk_rate(db: Path, rows: int) -> float:
         return rows / (time.perf_counter() - started)
 
 
-def measure_ingest(quick: bool) -> list[Figure]:
+def measure_ingest(quick: bool) -> list[Measurement]:
     batched_requests = 100 if quick else 500
     row_requests = 10 if quick else 40
     with tempfile.TemporaryDirectory(prefix="moe-perf-") as tmp:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.results import Figure, judged, not_measured, reference
+from benchmarks.results import Measurement, judged, not_measured, reference
 from collector.apis import GenerationParams
 from collector.client import RequestResult, Timeouts, generate
 from collector.defaults import LLAMA_SERVER_COMMAND
@@ -111,6 +111,7 @@ def _serve(engine: EngineBuild, model: Path, log: Path) -> RunningServer:
 
 
 def _llama_bench(engine: EngineBuild, model: Path, repetitions: int) -> dict[str, Any]:
+    assert engine.bench is not None, "the CPU engine always builds llama-bench"
     argv = [
         str(engine.bench),
         "-m",
@@ -132,10 +133,10 @@ def _llama_bench(engine: EngineBuild, model: Path, repetitions: int) -> dict[str
     return dict(tg)
 
 
-def measure_interference(quick: bool) -> list[Figure]:
+def measure_interference(quick: bool) -> list[Measurement]:
     engine = cached_engine()
     if engine is None:
-        reason = "the engine is not built yet; run `python -m collector engine` first"
+        reason = "the engine is not built yet; run `moe-evidence engine` first"
         return [not_measured(name, unit, reason, target) for name, unit, target in NAMES]
     model = ensure_embedded_model()
     max_pairs, budget_s = (2, 60.0) if quick else (8, 240.0)

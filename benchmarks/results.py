@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -19,7 +20,7 @@ from evidence.writer import Transaction, insert_row, to_json
 
 
 @dataclass(frozen=True)
-class Figure:
+class Measurement:
     """A measured value, its unit and its target.
 
     `passed` is None when the figure has no target (a reference figure) or was
@@ -50,29 +51,23 @@ def judged(
     target: str,
     ok: Callable[[float], bool],
     **detail: Any,
-) -> Figure:
+) -> Measurement:
     """A figure with a target, passed when `ok(value)`."""
-    return Figure(name, value, unit, target, ok(value), dict(detail))
+    return Measurement(name, value, unit, target, ok(value), dict(detail))
 
 
-def reference(name: str, value: float, unit: str, **detail: Any) -> Figure:
+def reference(name: str, value: float, unit: str, **detail: Any) -> Measurement:
     """A figure printed for context, with no target of its own."""
-    return Figure(name, value, unit, None, None, dict(detail))
+    return Measurement(name, value, unit, None, None, dict(detail))
 
 
-def not_measured(name: str, unit: str, reason: str, target: str | None = None) -> Figure:
-    return Figure(name, None, unit, target, None, {"not_measured": reason})
+def not_measured(name: str, unit: str, reason: str, target: str | None = None) -> Measurement:
+    return Measurement(name, None, unit, target, None, {"not_measured": reason})
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+    """The q-th percentile (0-100), linear between closest ranks (numpy's default)."""
+    return float(np.percentile(values, q)) if len(values) else math.nan
 
 
 def format_value(value: float | None, unit: str) -> str:
@@ -86,9 +81,9 @@ def format_value(value: float | None, unit: str) -> str:
     return f"{text} {unit}".rstrip()
 
 
-def print_table(figures: Sequence[Figure], console: Console, title: str) -> None:
+def print_table(figures: Sequence[Measurement], console: Console, title: str) -> None:
     table = Table(title=title, show_lines=False)
-    table.add_column("Figure")
+    table.add_column("Measurement")
     table.add_column("Value", justify="right")
     table.add_column("Target")
     table.add_column("Result")
@@ -119,7 +114,7 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def store_figures(db: Path, figures: Sequence[Figure]) -> str:
+def store_figures(db: Path, figures: Sequence[Measurement]) -> str:
     """Write the figures as one perf run (with the host's row when the store lacks it);
     return the perf_run_id."""
     host = collect_host()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.results import Figure, judged, reference
+from benchmarks.results import Measurement, judged, reference
 from collector.telemetry import Sample, TelemetrySampler
 
 HZ = 10.0
@@ -53,7 +53,7 @@ def _cpu_s(process: psutil.Process) -> float:
         return float(times.user + times.system)
 
 
-def measure_sampler(quick: bool) -> list[Figure]:
+def measure_sampler(quick: bool) -> list[Measurement]:
     seconds = 3.0 if quick else 10.0
     watched = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:

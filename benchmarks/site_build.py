@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.results import Figure, judged, not_measured, reference
+from benchmarks.results import Measurement, judged, not_measured, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNKS_PER_REQUEST = 100
@@ -34,8 +34,8 @@ GROWTH_TARGET = "<= 1.1 (linear, 10 % for noise)"
 def build_seconds(workdir: Path, requests: int) -> tuple[float, float, dict[str, float]]:
     """Generate a synthetic store of `requests` requests and build its site; return
     (generate seconds, build seconds, the build's own step timings)."""
+    from benchmarks.synthetic import SyntheticSpec, generate
     from report.build import BuildOptions, build_site, stage_project
-    from report.synthetic import SyntheticSpec, generate
 
     db = workdir / f"synthetic-{requests}.duckdb"
     started = time.perf_counter()
@@ -49,8 +49,8 @@ def build_seconds(workdir: Path, requests: int) -> tuple[float, float, dict[str,
 
 def _missing() -> str | None:
     try:
-        import report.build
-        import report.synthetic  # noqa: F401
+        import benchmarks.synthetic  # noqa: F401
+        import report.build  # noqa: F401
     except ImportError as exc:
         return f"report package missing ({exc.name})"
     if not (ROOT / "mkdocs.yml").is_file():
@@ -58,14 +58,14 @@ def _missing() -> str | None:
     return None
 
 
-def measure_site_build(quick: bool, sizes: Sequence[int] | None = None) -> list[Figure]:
+def measure_site_build(quick: bool, sizes: Sequence[int] | None = None) -> list[Measurement]:
     sizes = tuple(sorted(sizes)) if sizes else (QUICK_SIZES if quick else SIZES)
     reason = _missing()
     if reason is not None:
         return [not_measured(f"site build, {n:,} requests", "s", reason) for n in sizes] + [
             not_measured(GROWTH, "", reason, GROWTH_TARGET)
         ]
-    figures: list[Figure] = []
+    figures: list[Measurement] = []
     times: list[float] = []
     with tempfile.TemporaryDirectory(prefix="moe-perf-site-") as tmp:
         for n in sizes:

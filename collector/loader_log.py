@@ -15,7 +15,6 @@ server must run with `-lv 5` (or `--verbose`) for them to be there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Mapping
@@ -24,15 +23,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from evidence.errors import LogParseError
+from common.errors import LogParseError
+from evidence.llama_names import block_of, is_host_device
 
 __all__ = [
     "BUFFER_KINDS",
     "LoaderLogSummary",
     "format_summary",
-    "is_host_device",
-    "main_inspect_log",
     "parse_loader_log",
+    "print_log_summary",
 ]
 
 BUFFER_KINDS = ("model", "kv", "compute", "output")
@@ -73,7 +72,6 @@ _KV_EXPERT = re.compile(
 )
 _PARAMS = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMBT])\b", _FLAGS)
 _FILE_SIZE = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMGT]iB)\b", _FLAGS)
-_BLOCK = re.compile(r"(?:^|\.)blk\.([0-9]{1,6})\.", _FLAGS)
 
 _PARAM_SCALE = {"K": 10**3, "M": 10**6, "B": 10**9, "T": 10**12}
 _MIB_SCALE = {
@@ -87,11 +85,6 @@ _INFO_KEYS = {
     "n_expert_used": "expert_used_count",
     "n_expert_shared": "expert_shared_count",
 }
-
-
-def is_host_device(device: str) -> bool:
-    """True for buffers in host memory: `CPU*`, pinned `*_Host`, and CPU-side extras."""
-    return device.startswith("CPU") or device.endswith("_Host") or device == "AMX"
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,7 @@ class LoaderLogSummary:
     @property
     def overridden_layers(self) -> tuple[int, ...]:
         """Sorted block indices of the overridden tensors."""
-        blocks = {int(m.group(1)) for m in map(_BLOCK.search, self.overridden_tensors) if m}
+        blocks = {b for b in map(block_of, self.overridden_tensors) if b is not None}
         return tuple(sorted(blocks))
 
     def to_json(self) -> dict[str, Any]:
@@ -350,16 +343,8 @@ def _cell_int(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
-def main_inspect_log(argv: list[str]) -> int:
-    """`inspect-log PATH [--json]`: summarise a saved loader log; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="python -m collector inspect-log",
-        description="Summarise a llama-server / shimmy loader log: buffers, experts, overrides.",
-    )
-    parser.add_argument("path", type=Path, help="a saved stdout/stderr log")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = parser.parse_args(argv)
-    path: Path = args.path
+def print_log_summary(path: Path, *, as_json: bool = False) -> None:
+    """`inspect-log PATH [--json]`: summarise a saved loader log as a table or JSON."""
     if not path.is_file():
         raise LogParseError(f"log file {path} not found; pass the path of a saved server log")
     try:
@@ -369,8 +354,4 @@ def main_inspect_log(argv: list[str]) -> int:
             f"cannot read log file {path} ({exc.strerror}); check its permissions"
         ) from exc
     summary = parse_loader_log(text, source=str(path))
-    if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
-    else:
-        print(format_summary(summary))
-    return 0
+    print(json.dumps(summary.to_json(), indent=2) if as_json else format_summary(summary))

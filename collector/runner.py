@@ -27,8 +27,8 @@ from collector.config import (
 from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_profile
 from collector.engine import EngineBuild, cached_engine, ensure_engine
 from collector.progress import CampaignProgress
-from evidence.errors import ConfigError, ModelError
-from evidence.store import default_db_path, open_store
+from common.errors import ConfigError, ModelError
+from evidence.store import open_store
 
 
 def engine_with_progress() -> EngineBuild:
@@ -164,7 +164,8 @@ def env_api_key(name: str | None) -> str | None:
     return value
 
 
-def run_command(args: argparse.Namespace, command: list[str]) -> int:
+def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
+    """Run (or resume) the campaign the flags ask for into `db`; return its id."""
     config, profile = build_config(args)
     embedded = args.config is None and args.endpoint is None
     uses_engine = (
@@ -175,9 +176,8 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
     engine = engine_with_progress() if uses_engine else None
     model_paths = _model_paths(config, embedded)
     api_key = env_api_key(config.server.api_key_env)
-    db = args.db or default_db_path()
     with open_store(db) as con, CampaignProgress() as progress:
-        campaign_id = run_campaign(
+        return run_campaign(
             con,
             config,
             profile=profile,
@@ -190,8 +190,3 @@ def run_command(args: argparse.Namespace, command: list[str]) -> int:
             data_dir=db.parent,
             api_key=api_key,
         )
-        n = con.execute(
-            "SELECT count(*) FROM requests WHERE campaign_id = ?", [campaign_id]
-        ).fetchone()
-    print(f"campaign {campaign_id} complete: {n[0] if n else 0} requests in {db}")
-    return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from evidence.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
+from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
 
 HEALTH_POLL_S = 0.05
 

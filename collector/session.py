@@ -34,7 +34,7 @@ from collector.server import (
     server_version,
 )
 from collector.telemetry import Sample, TelemetrySampler
-from evidence.errors import EngineError, ServerError
+from common.errors import EngineError, ServerError
 from evidence.writer import (
     Transaction,
     insert_arrow,
@@ -257,7 +257,7 @@ def _start_server(
 
 def _log_summary(text: str) -> tuple[dict[str, Any] | None, str | None]:
     from collector.loader_log import parse_loader_log
-    from evidence.errors import LogParseError
+    from common.errors import LogParseError
 
     try:
         return parse_loader_log(text).to_json(), None

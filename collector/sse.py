@@ -3,15 +3,15 @@
 Bytes go in as they arrive from the socket; complete events come out. The
 caller timestamps each network read, so every event carries the arrival time
 of the read that completed it. Only the `data` field matters to inference
-servers; `event`, `id` and `retry` are kept for completeness, comments
-(`:` lines) are dropped.
+servers: it is kept, with the `event` name; `id` and `retry` lines are read
+and dropped (no server we measure reconnects), as are comments (`:` lines).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evidence.errors import StreamError
+from common.errors import StreamError
 
 # A single event larger than this is a broken or hostile stream, not a token.
 MAX_EVENT_BYTES = 4 * 1024 * 1024

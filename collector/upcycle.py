@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, ReaderTensor
 
-from evidence.errors import GGUFError, ModelError
+from common.errors import GGUFError, ModelError
 
 __all__ = [
     "SMOLLM2_DISTRIBUTION",

@@ -14,7 +14,6 @@ import.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import duckdb
 
-from evidence.errors import SchemaTooNew, StoreError
+from common.errors import SchemaTooNew, StoreError
+from common.files import file_sha256
 from evidence.merge import ALL_TABLES, MergeReport, merge_schema, record_merge
 from evidence.migrations import SCHEMA_VERSION
 from evidence.store import check_version, open_store
@@ -33,14 +33,6 @@ MANIFEST = "manifest.json"
 BUNDLE_FORMAT = 1
 # Tables a bundle carries besides the merged ones: the source's own identity.
 META_TABLES = ("store_meta", "schema_migrations")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sql(path: Path) -> str:
@@ -60,7 +52,7 @@ def export_bundle(con: duckdb.DuckDBPyConnection, directory: Path, source: str) 
         target = directory / f"{table}.parquet"
         con.execute(f"COPY {table} TO '{_sql(target)}' (FORMAT parquet, COMPRESSION zstd)")
         row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-        tables[table] = {"rows": int(row[0]) if row else 0, "sha256": _sha256(target)}
+        tables[table] = {"rows": int(row[0]) if row else 0, "sha256": file_sha256(target)}
     store_id = con.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
     manifest = {
         "bundle_format": BUNDLE_FORMAT,
@@ -80,8 +72,7 @@ def read_manifest(directory: Path) -> dict[str, object]:
     path = directory / MANIFEST
     if not path.is_file():
         raise StoreError(
-            f"{directory} has no {MANIFEST}; is it a bundle written by "
-            f"`python -m collector export`?"
+            f"{directory} has no {MANIFEST}; is it a bundle written by `moe-evidence export`?"
         )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if int(manifest.get("schema_version", 0)) > SCHEMA_VERSION:
@@ -94,7 +85,7 @@ def read_manifest(directory: Path) -> dict[str, object]:
         file = directory / f"{table}.parquet"
         if not file.is_file():
             raise StoreError(f"bundle {directory} lacks {file.name}; copy the whole bundle")
-        if _sha256(file) != info["sha256"]:
+        if file_sha256(file) != info["sha256"]:
             raise StoreError(
                 f"{file} does not match its checksum in {MANIFEST}; the bundle "
                 f"is damaged, export it again"

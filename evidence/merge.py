@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from evidence.errors import SchemaTooNew, StoreError
+from common.errors import SchemaTooNew, StoreError
 from evidence.migrations import SCHEMA_VERSION
 from evidence.writer import Transaction
 

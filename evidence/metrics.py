@@ -1,34 +1,118 @@
 """Every metric, defined once: its SQL over the raw rows and its written definition.
 
-The report renders `METRICS[...].definition` on the methodology page and
-queries the views below for the numbers, so a definition cannot drift from the
-figure it describes. Raw rows are never changed; a new definition is a new
-view, and the site is rebuilt from the same store.
+The registry `METRICS` owns each computation. A metric names its view, its
+SQL expression in that view, its unit and the metrics it needs; the views of
+per-request and per-server-run figures (`request_metrics`, `server_run_memory`)
+are generated from it, in dependency order, so the SQL that computes a figure
+and the sentence the methodology page prints for it sit side by side and
+cannot drift apart. Formulas used in more than one place are SQL macros
+(`decode_rate`, `expert_on_cpu`, `cpu_expert_bytes`, `block_of`), defined once
+in `MACROS`; Python reaches them through `weights_on_device`.
 
-Views (TEMP, so they work on a read-only connection): `content_chunks`,
-`token_gaps`, `request_metrics`, `server_run_memory`, `config_memory`,
-`config_weight_estimate`, `vram_saved`.
+Intermediate relations (content events, token gaps, the offload/baseline
+pairing) are plain views below; configuration-level figures (`config_memory`,
+`vram_saved`, `decode_prediction`, ...) are views over the generated ones.
+All are TEMP, so they work on a read-only connection, and nothing here
+changes a raw row: a new definition is a new view, the site rebuilt from the
+same store.
 """
 
 from __future__ import annotations
 
-import math
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
+
+from evidence.llama_names import BLOCK_SQL_PATTERN
+
+# The category of the protocol's long tests (tests.category), the population of
+# the decode-along-generation figures and the consistent-speed gate.
+LONG_CATEGORY = "extended generation"
+# A quarter of fewer tokens has no rate worth comparing.
+CONSISTENCY_MIN_TOKENS = 16
 
 
 @dataclass(frozen=True)
 class Metric:
+    """One figure: where it lives, how it is computed, and what it means."""
+
     name: str  # the column in its view
     title: str
     unit: str  # display unit
     definition: str
     view: str = "request_metrics"
+    # Its expression in the view's SELECT (later metrics may name earlier ones),
+    # or for an aggregate ("group") metric the expression over its group's rows.
+    sql: str = ""
+    needs: tuple[str, ...] = ()  # the metrics its expression names
     higher_is_better: bool | None = None
 
 
+# Formulas used by several views (and by Python through weights_on_device).
+MACROS = rf"""
+-- (tokens - 1) / seconds between the first and the last of them: the rate once
+-- the first token is out. NULL for fewer than two tokens or no time between.
+CREATE OR REPLACE TEMP MACRO decode_rate(tokens, first_ns, last_ns) AS
+    CASE WHEN tokens > 1 AND last_ns > first_ns
+         THEN (tokens - 1) / ((last_ns - first_ns) / 1e9) END;
+
+-- The block index of a tensor name (blk.N.*), NULL for tensors outside blocks.
+CREATE OR REPLACE TEMP MACRO block_of(tensor) AS
+    TRY_CAST(regexp_extract(tensor, '{BLOCK_SQL_PATTERN}', 1) AS INTEGER);
+
+-- Does the configuration keep the experts of this block in CPU memory?
+-- n_cpu_moe: NULL or 0 no offload flag, -1 --cpu-moe (every block), K
+-- --n-cpu-moe K (blocks 0..K-1), as llama.cpp applies them.
+CREATE OR REPLACE TEMP MACRO expert_on_cpu(block, n_cpu_moe) AS
+    coalesce(n_cpu_moe <> 0 AND (n_cpu_moe < 0 OR block < n_cpu_moe), false);
+
+-- GGUF bytes of the expert tensors a configuration keeps in CPU memory, from a
+-- model's inspection (models.spec); NULL when K needs the per-block split and
+-- the inspection has none.
+CREATE OR REPLACE TEMP MACRO cpu_expert_bytes(spec, n_cpu_moe) AS
+    CASE WHEN n_cpu_moe IS NULL OR n_cpu_moe = 0 THEN 0
+         WHEN n_cpu_moe < 0
+             THEN TRY_CAST(json_extract(spec, '$.expert_tensor_bytes') AS BIGINT)
+         WHEN json_extract(spec, '$.expert_bytes_by_layer') IS NULL THEN NULL
+         ELSE coalesce(list_sum(list_transform(list_filter(
+                  TRY_CAST(json_extract(spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
+                  lambda x: expert_on_cpu(x[1], n_cpu_moe)), lambda x: x[2])), 0)
+    END;
+
+-- GGUF weight bytes a configuration leaves on the device (every layer offloaded).
+CREATE OR REPLACE TEMP MACRO device_weight_bytes(spec, n_cpu_moe) AS
+    TRY_CAST(json_extract(spec, '$.tensor_bytes_total') AS BIGINT)
+        - cpu_expert_bytes(spec, n_cpu_moe);
+"""
+
+_REQUEST_FROM = """
+FROM requests r
+JOIN server_runs s USING (server_run_id)
+JOIN models m ON m.model_id = s.model_id
+JOIN request_tokens t USING (request_id)
+LEFT JOIN request_itl i USING (request_id)
+LEFT JOIN request_consistency c USING (request_id)
+"""
+_REQUEST_KEYS = """r.request_id, r.campaign_id, r.server_run_id, s.model_id,
+       m.label AS model_label, s.config_label, s.n_cpu_moe, r.test_id, r.repeat, r.stream,
+       r.status, r.finish_reason, t.token_source, t.content_events, r.sent_ns, r.done_ns"""
+
+_MEMORY_FROM = "FROM server_run_windows w JOIN server_run_samples a USING (server_run_id)"
+_MEMORY_KEYS = "w.server_run_id, w.device_before_bytes"
+
 _DEFS: tuple[Metric, ...] = (
+    Metric(
+        "completed",
+        "Completed",
+        "",
+        "The request finished: status ok and the server's finish reason `stop` or `length` "
+        "(not a timeout, a dropped connection or an error). The population of the performance "
+        "figures (streamed and completed) and of the completion rate.",
+        sql="(r.status = 'ok' AND r.finish_reason IN ('stop', 'length'))",
+    ),
     Metric(
         "ttft_ms",
         "Time to first token",
@@ -36,6 +120,8 @@ _DEFS: tuple[Metric, ...] = (
         "Arrival of the first streamed event whose content is non-empty, minus the moment the "
         "request was sent; both on the collector's monotonic clock (perf_counter_ns). Streamed "
         "requests only: a non-streamed answer has no first token to time.",
+        sql="CASE WHEN r.stream AND r.first_token_ns IS NOT NULL "
+        "THEN (r.first_token_ns - r.sent_ns) / 1e6 END",
         higher_is_better=False,
     ),
     Metric(
@@ -44,6 +130,7 @@ _DEFS: tuple[Metric, ...] = (
         "s",
         "Arrival of `[DONE]` (or, if the stream ended without it, of the last event; "
         "non-streamed: of the complete body) minus the send time.",
+        sql="(r.done_ns - r.sent_ns) / 1e9",
         higher_is_better=False,
     ),
     Metric(
@@ -54,6 +141,23 @@ _DEFS: tuple[Metric, ...] = (
         "`timings.predicted_n`; else the server's `/tokenize` count of the output text; else "
         "the number of content events, flagged as an estimate. `token_source` says which; "
         "`tokens_disagree` flags requests whose available sources differ by more than 10%.",
+        sql="t.output_tokens",
+    ),
+    Metric(
+        "tokens_estimated",
+        "Token count estimated",
+        "",
+        "True when no tokenizer counted the output (`token_source` = `chunks`): the count is "
+        "the number of content events.",
+        sql="(t.token_source = 'chunks')",
+    ),
+    Metric(
+        "tokens_disagree",
+        "Token counts disagree",
+        "",
+        "The available tokenizer counts (usage, timings, /tokenize) differ by more than 10%.",
+        sql="(greatest(r.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens) "
+        "> 1.10 * least(r.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens))",
     ),
     Metric(
         "avg_tps",
@@ -61,6 +165,8 @@ _DEFS: tuple[Metric, ...] = (
         "tokens/s",
         "Output tokens / end-to-end time in seconds: the protocol's definition, used in the "
         "summary table. It includes the time to first token (prompt processing and queueing).",
+        sql="CASE WHEN r.done_ns > r.sent_ns THEN output_tokens / e2e_s END",
+        needs=("output_tokens", "e2e_s"),
         higher_is_better=True,
     ),
     Metric(
@@ -70,6 +176,9 @@ _DEFS: tuple[Metric, ...] = (
         "(Output tokens - 1) / (arrival of the last content event - arrival of the first "
         "content event): the generation rate once the first token is out. Needs at least two "
         "content events.",
+        sql="CASE WHEN r.stream "
+        "THEN decode_rate(output_tokens, t.first_content_ns, t.last_content_ns) END",
+        needs=("output_tokens",),
         higher_is_better=True,
     ),
     Metric(
@@ -81,6 +190,7 @@ _DEFS: tuple[Metric, ...] = (
         "An event carries one token when the request has at least as many content events as "
         "output tokens; otherwise its share is its share of the output characters, rounded "
         "(at least one).",
+        sql="i.itl_p50_ms",
         higher_is_better=False,
     ),
     Metric(
@@ -88,6 +198,7 @@ _DEFS: tuple[Metric, ...] = (
         "Inter-token latency p90",
         "ms",
         "The 90th percentile of the per-token gaps defined for the p50.",
+        sql="i.itl_p90_ms",
         higher_is_better=False,
     ),
     Metric(
@@ -95,6 +206,7 @@ _DEFS: tuple[Metric, ...] = (
         "Inter-token latency p99",
         "ms",
         "The 99th percentile of the per-token gaps defined for the p50.",
+        sql="i.itl_p99_ms",
         higher_is_better=False,
     ),
     Metric(
@@ -103,6 +215,7 @@ _DEFS: tuple[Metric, ...] = (
         "ms",
         "The longest time between two consecutive content events (not divided by tokens): "
         "how long a reader stared at a frozen stream.",
+        sql="i.max_stall_ms",
         higher_is_better=False,
     ),
     Metric(
@@ -112,6 +225,7 @@ _DEFS: tuple[Metric, ...] = (
         "Coefficient of variation (standard deviation / mean) of the per-token gaps; 0 is a "
         "perfectly steady stream. The protocol's 'streaming responsiveness' is reported as "
         "this figure with the ITL percentiles, not as a rating.",
+        sql="i.itl_cv",
         higher_is_better=False,
     ),
     Metric(
@@ -121,7 +235,8 @@ _DEFS: tuple[Metric, ...] = (
         "Decode rate over the last quarter of a request's tokens divided by the rate over its "
         "first quarter (rate = tokens in the quarter - 1 over the time between its first and "
         "last token). Below 1: generation slowed down as the sequence grew. Requests with at "
-        "least 16 tokens.",
+        f"least {CONSISTENCY_MIN_TOKENS} tokens.",
+        sql="c.consistency_ratio",
         higher_is_better=True,
     ),
     Metric(
@@ -129,6 +244,7 @@ _DEFS: tuple[Metric, ...] = (
         "Server-reported decode tokens/s",
         "tokens/s",
         "llama.cpp's own `timings.predicted_per_second` for the request, when the server sends it.",
+        sql="t.server_decode_tps",
         higher_is_better=True,
     ),
     Metric(
@@ -137,6 +253,8 @@ _DEFS: tuple[Metric, ...] = (
         "",
         "Client decode tokens/s divided by the server-reported decode tokens/s for the same "
         "request: how much of the engine's speed reaches the client (1.0 = all of it).",
+        sql="CASE WHEN server_decode_tps > 0 THEN decode_tps / server_decode_tps END",
+        needs=("decode_tps", "server_decode_tps"),
     ),
     Metric(
         "completion_rate",
@@ -144,7 +262,9 @@ _DEFS: tuple[Metric, ...] = (
         "%",
         "Requests that finished (status ok with finish reason `stop` or `length`: the "
         "`completed` column) / all requests of the group, streamed and not, in percent.",
-        view="report",
+        view="group",
+        sql="100.0 * avg(completed::INTEGER)",
+        needs=("completed",),
         higher_is_better=True,
     ),
     Metric(
@@ -155,6 +275,7 @@ _DEFS: tuple[Metric, ...] = (
         "follows readiness (the collector waits `idle_window_s`, default 1 s, before the "
         "warm-up request).",
         view="server_run_memory",
+        sql="a.rss_idle::BIGINT",
         higher_is_better=False,
     ),
     Metric(
@@ -164,24 +285,47 @@ _DEFS: tuple[Metric, ...] = (
         "Highest resident set size of the server's process tree between the first recorded "
         "request's send and the last one's end, from the ~10 Hz telemetry samples.",
         view="server_run_memory",
+        sql="a.rss_peak",
         higher_is_better=False,
     ),
     Metric(
         "gpu_idle_delta_bytes",
-        "GPU memory after load (measured)",
+        "GPU memory after load (NVML)",
         "bytes",
         "NVML device memory in use, all NVIDIA devices, median over the idle window, minus the "
         "same figure sampled just before the server was launched.",
         view="server_run_memory",
+        sql="a.gpu_idle::BIGINT - w.gpu_before_bytes",
         higher_is_better=False,
     ),
     Metric(
         "gpu_peak_delta_bytes",
-        "GPU memory peak (measured)",
+        "GPU memory peak (NVML)",
         "bytes",
         "Highest NVML device memory in use during generation minus the figure before launch.",
         view="server_run_memory",
+        sql="a.gpu_peak - w.gpu_before_bytes",
         higher_is_better=False,
+    ),
+    Metric(
+        "gpu_proc_peak_bytes",
+        "GPU memory of the server's processes, peak (NVML)",
+        "bytes",
+        "Highest NVML per-process GPU memory of the server's process tree over the run.",
+        view="server_run_memory",
+        sql="a.gpu_proc_peak",
+        higher_is_better=False,
+    ),
+    Metric(
+        "device_source",
+        "Device memory source",
+        "",
+        "How the device's memory was measured: `RPC device process` (the resident memory of "
+        "the llama.cpp RPC device processes launched for the run) or `NVML` (a GPU); NULL "
+        "when neither was sampled.",
+        view="server_run_memory",
+        sql="CASE WHEN w.device_process_source IS NOT NULL THEN w.device_process_source "
+        "WHEN a.gpu_idle IS NOT NULL OR a.gpu_peak IS NOT NULL THEN 'NVML' END",
     ),
     Metric(
         "device_idle_delta_bytes",
@@ -193,6 +337,9 @@ _DEFS: tuple[Metric, ...] = (
         "memory of the ggml-rpc-server processes launched for this server run: the tensors "
         "and buffers the server placed on the device); `device_source` says which.",
         view="server_run_memory",
+        sql="CASE WHEN w.device_process_source IS NOT NULL "
+        "THEN a.dev_idle::BIGINT - w.device_before_bytes ELSE gpu_idle_delta_bytes END",
+        needs=("gpu_idle_delta_bytes",),
         higher_is_better=False,
     ),
     Metric(
@@ -202,7 +349,54 @@ _DEFS: tuple[Metric, ...] = (
         "The highest device memory sample during generation (first recorded request's send "
         "to the last one's end) minus the figure before launch; same sources as after load.",
         view="server_run_memory",
+        sql="CASE WHEN w.device_process_source IS NOT NULL "
+        "THEN a.dev_peak - w.device_before_bytes ELSE gpu_peak_delta_bytes END",
+        needs=("gpu_peak_delta_bytes",),
         higher_is_better=False,
+    ),
+    Metric(
+        "device_rss_idle_bytes",
+        "RPC device resident memory after load",
+        "bytes",
+        "Median resident memory of the launched RPC device processes over the idle window "
+        "(not minus the figure before launch).",
+        view="server_run_memory",
+        sql="a.dev_idle::BIGINT",
+        higher_is_better=False,
+    ),
+    Metric(
+        "device_rss_peak_bytes",
+        "RPC device resident memory peak",
+        "bytes",
+        "Highest resident memory of the launched RPC device processes during generation.",
+        view="server_run_memory",
+        sql="a.dev_peak",
+        higher_is_better=False,
+    ),
+    Metric(
+        "cpu_percent_avg_generating",
+        "Server CPU while generating",
+        "%",
+        "Mean CPU of the server's process tree over the telemetry samples during generation; "
+        "100 = one core busy.",
+        view="server_run_memory",
+        sql="a.cpu_generating",
+    ),
+    Metric(
+        "device_cpu_percent_avg_generating",
+        "RPC device CPU while generating",
+        "%",
+        "Mean CPU of the launched RPC device processes during generation; 100 = one core.",
+        view="server_run_memory",
+        sql="a.device_cpu_generating",
+    ),
+    Metric(
+        "telemetry_samples",
+        "Telemetry samples",
+        "samples",
+        "How many telemetry samples the server run has.",
+        view="server_run_memory",
+        sql="a.samples",
     ),
     Metric(
         "vram_saved_pct",
@@ -224,10 +418,11 @@ _DEFS: tuple[Metric, ...] = (
         "Host weight bytes per token (estimated)",
         "bytes",
         "The weight bytes one decode step reads from host memory, from the GGUF file: with "
-        "every weight in host memory (no GPU), the non-expert weights plus the active experts' "
-        "share (expert tensor bytes x experts used / experts); with --cpu-moe on a GPU host, "
-        "the active experts' share only. An upper bound: an embedding lookup reads one row.",
-        view="report",
+        "no offload device (every weight in host memory), the non-expert weights plus the "
+        "active experts' share (expert tensor bytes x experts used / experts); with a device, "
+        "the active share of the expert tensors kept in CPU memory. An upper bound: an "
+        "embedding lookup reads one row.",
+        view="config_bytes_per_token",
     ),
     Metric(
         "implied_host_traffic",
@@ -238,7 +433,7 @@ _DEFS: tuple[Metric, ...] = (
         "256 MiB buffer, bytes read + written), it shows whether decoding is bound by memory "
         "bandwidth: near 100 % it is; far below with the CPU busy, it is compute- or "
         "overhead-bound.",
-        view="report",
+        view="host_traffic",
     ),
     Metric(
         "predicted_decode_tps",
@@ -264,13 +459,31 @@ _DEFS: tuple[Metric, ...] = (
         "Long tests (category 'extended generation') only: each request's tokens are cut into "
         "tenths; the rate in a tenth is (tokens in it - 1) / the time between its first and "
         "last token. The chart shows the mean over requests per tenth.",
-        view="report",
+        view="decode_deciles",
     ),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _DEFS}
 
-_VIEWS = """
+
+def _generated_view(name: str, keys: str, source: str) -> str:
+    """`CREATE VIEW name` selecting `keys` and every registered metric of the view,
+    in registry order; a metric may name only metrics defined before it."""
+    columns = []
+    seen: set[str] = set()
+    for metric in _DEFS:
+        if metric.view != name:
+            continue
+        missing = [n for n in metric.needs if n not in seen]
+        if missing:
+            raise ValueError(f"metric {metric.name} needs {missing} defined before it")
+        columns.append(f"{metric.sql} AS {metric.name}")
+        seen.add(metric.name)
+    select = ",\n       ".join([keys, *columns])
+    return f"CREATE OR REPLACE TEMP VIEW {name} AS\nSELECT {select}\n{source};\n"
+
+
+_INPUT_VIEWS = """
 CREATE OR REPLACE TEMP VIEW content_chunks AS
 SELECT c.request_id, c.seq, c.t_ns, length(c.text) AS chars,
        row_number() OVER (PARTITION BY c.request_id ORDER BY c.seq) - 1 AS idx
@@ -301,16 +514,23 @@ SELECT r.request_id,
        r.usage_completion_tokens, r.tokenized_output_tokens
 FROM requests r LEFT JOIN ev USING (request_id);
 
+-- How many output tokens each content event carries: one when the request has
+-- at least as many content events as tokens; else its share of the characters,
+-- rounded, at least one.
+CREATE OR REPLACE TEMP VIEW content_tokens AS
+SELECT c.request_id, c.idx, c.t_ns, c.chars,
+       CASE WHEN t.content_events >= t.output_tokens OR t.content_chars = 0 THEN 1
+            ELSE greatest(1, round(t.output_tokens * c.chars / t.content_chars))::BIGINT
+       END AS tokens
+FROM content_chunks c JOIN request_tokens t USING (request_id);
+
 -- One row per output token of a streamed request, with its share of the gap
 -- before the event that carried it.
 CREATE OR REPLACE TEMP VIEW token_gaps AS
 WITH ch AS (
-    SELECT c.request_id, c.idx, c.t_ns, c.chars,
-           c.t_ns - lag(c.t_ns) OVER (PARTITION BY c.request_id ORDER BY c.idx) AS gap_ns,
-           CASE WHEN t.content_events >= t.output_tokens OR t.content_chars = 0 THEN 1
-                ELSE greatest(1, round(t.output_tokens * c.chars / t.content_chars))::BIGINT
-           END AS tokens
-    FROM content_chunks c JOIN request_tokens t USING (request_id)
+    SELECT request_id, idx, t_ns, tokens,
+           t_ns - lag(t_ns) OVER (PARTITION BY request_id ORDER BY idx) AS gap_ns
+    FROM content_tokens
 )
 SELECT request_id, idx AS event_idx, t_ns, tokens AS event_tokens,
        gap_ns / 1e6 AS event_gap_ms, gap_ns / 1e6 / tokens AS gap_ms,
@@ -327,16 +547,10 @@ SELECT request_id,
 FROM token_gaps GROUP BY request_id;
 
 -- Token arrival times (each token of a multi-token event arrives with it),
--- numbered, to compare the first and last quarter of a long generation.
+-- numbered, to follow the rate along a long generation.
 CREATE OR REPLACE TEMP VIEW token_times AS
-WITH ch AS (
-    SELECT c.request_id, c.idx, c.t_ns,
-           CASE WHEN t.content_events >= t.output_tokens OR t.content_chars = 0 THEN 1
-                ELSE greatest(1, round(t.output_tokens * c.chars / t.content_chars))::BIGINT
-           END AS tokens
-    FROM content_chunks c JOIN request_tokens t USING (request_id)
-), expanded AS (
-    SELECT request_id, idx, t_ns, unnest(range(tokens)) AS k FROM ch
+WITH expanded AS (
+    SELECT request_id, idx, t_ns, unnest(range(tokens)) AS k FROM content_tokens
 )
 SELECT request_id, t_ns,
        row_number() OVER (PARTITION BY request_id ORDER BY idx, k) - 1 AS token_idx,
@@ -349,113 +563,89 @@ WITH q AS (
            CASE WHEN token_idx < n_tokens // 4 THEN 'first'
                 WHEN token_idx >= n_tokens - n_tokens // 4 THEN 'last' END AS quarter,
            t_ns
-    FROM token_times WHERE n_tokens >= 16
+    FROM token_times WHERE n_tokens >= {consistency_min_tokens}
 ), rates AS (
-    SELECT request_id, quarter,
-           (count(*) - 1) / nullif((max(t_ns) - min(t_ns)) / 1e9, 0) AS rate
+    SELECT request_id, quarter, decode_rate(count(*), min(t_ns), max(t_ns)) AS rate
     FROM q WHERE quarter IS NOT NULL GROUP BY request_id, quarter
 )
 SELECT f.request_id, l.rate / nullif(f.rate, 0) AS consistency_ratio
 FROM rates f JOIN rates l ON f.request_id = l.request_id
 WHERE f.quarter = 'first' AND l.quarter = 'last';
 
-CREATE OR REPLACE TEMP VIEW request_metrics AS
-SELECT r.request_id, r.campaign_id, r.server_run_id, s.model_id, m.label AS model_label,
-       s.config_label, s.n_cpu_moe, r.test_id, r.repeat, r.stream, r.status, r.finish_reason,
-       (r.status = 'ok' AND r.finish_reason IN ('stop', 'length')) AS completed,
-       CASE WHEN r.stream AND r.first_token_ns IS NOT NULL
-            THEN (r.first_token_ns - r.sent_ns) / 1e6 END AS ttft_ms,
-       (r.done_ns - r.sent_ns) / 1e9 AS e2e_s,
-       t.output_tokens, t.token_source,
-       (t.token_source = 'chunks') AS tokens_estimated,
-       (greatest(r.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens)
-          > 1.10 * least(r.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens)
-       ) AS tokens_disagree,
-       CASE WHEN r.done_ns > r.sent_ns
-            THEN t.output_tokens / ((r.done_ns - r.sent_ns) / 1e9) END AS avg_tps,
-       CASE WHEN r.stream AND t.output_tokens > 1 AND t.last_content_ns > t.first_content_ns
-            THEN (t.output_tokens - 1) / ((t.last_content_ns - t.first_content_ns) / 1e9)
-       END AS decode_tps,
-       i.itl_p50_ms, i.itl_p90_ms, i.itl_p99_ms, i.max_stall_ms, i.itl_cv,
-       c.consistency_ratio,
-       t.server_decode_tps,
-       CASE WHEN r.stream AND t.server_decode_tps > 0 AND t.output_tokens > 1
-                 AND t.last_content_ns > t.first_content_ns
-            THEN ((t.output_tokens - 1) / ((t.last_content_ns - t.first_content_ns) / 1e9))
-                 / t.server_decode_tps END AS client_server_ratio,
-       t.content_events, r.sent_ns, r.done_ns
-FROM requests r
-JOIN server_runs s USING (server_run_id)
-JOIN models m ON m.model_id = s.model_id
-JOIN request_tokens t USING (request_id)
-LEFT JOIN request_itl i USING (request_id)
-LEFT JOIN request_consistency c USING (request_id);
+-- Per server run: the telemetry windows the memory figures are taken over.
+CREATE OR REPLACE TEMP VIEW server_run_windows AS
+SELECT s.server_run_id, s.ready_ns,
+       s.ready_ns + CAST(1e9 * coalesce(
+           TRY_CAST(json_extract(cp.config, '$.campaign.idle_window_s') AS DOUBLE), 1.0)
+           AS BIGINT) AS idle_end_ns,
+       min(r.sent_ns) AS gen_start_ns, max(r.done_ns) AS gen_end_ns,
+       TRY_CAST(json_extract(s.gpu_before, '$.mem_used_bytes') AS BIGINT) AS gpu_before_bytes,
+       TRY_CAST(json_extract(s.device, '$.mem_before_bytes') AS BIGINT) AS device_before_bytes,
+       json_extract_string(s.device, '$.source') AS device_process_source
+FROM server_runs s
+JOIN campaigns cp USING (campaign_id)
+LEFT JOIN requests r USING (server_run_id)
+GROUP BY ALL;
 
-CREATE OR REPLACE TEMP VIEW server_run_memory AS
-WITH win AS (
-    SELECT s.server_run_id, s.ready_ns,
-           s.ready_ns + CAST(1e9 * coalesce(
-               TRY_CAST(json_extract(cp.config, '$.campaign.idle_window_s') AS DOUBLE), 1.0)
-               AS BIGINT) AS idle_end_ns,
-           min(r.sent_ns) AS gen_start_ns, max(r.done_ns) AS gen_end_ns,
-           TRY_CAST(json_extract(s.gpu_before, '$.mem_used_bytes') AS BIGINT) AS gpu_before_bytes,
-           TRY_CAST(json_extract(s.device, '$.mem_before_bytes') AS BIGINT)
-               AS device_before_bytes,
-           json_extract_string(s.device, '$.source') AS device_process_source
-    FROM server_runs s
-    JOIN campaigns cp USING (campaign_id)
-    LEFT JOIN requests r USING (server_run_id)
-    GROUP BY ALL
-), agg AS (
-    -- One pass over the samples: each figure is an aggregate over its window.
-    SELECT w.server_run_id,
-           median(t.rss_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
-               AS rss_idle,
-           max(t.rss_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
-               AS rss_peak,
-           median(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
-               AS gpu_idle,
-           max(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
-               AS gpu_peak,
-           max(t.gpu_proc_mem_bytes) AS gpu_proc_peak,
-           median(t.device_rss_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
-               AS dev_idle,
-           max(t.device_rss_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
-               AS dev_peak,
-           avg(t.cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
-               AS cpu_generating,
-           avg(t.device_cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
-               AS device_cpu_generating,
-           count(t.t_ns) AS samples
-    FROM win w LEFT JOIN telemetry t ON t.server_run_id = w.server_run_id
-    GROUP BY w.server_run_id
-)
+-- One pass over the samples: each figure is an aggregate over its window.
+CREATE OR REPLACE TEMP VIEW server_run_samples AS
 SELECT w.server_run_id,
-       a.rss_idle::BIGINT AS rss_idle_bytes,
-       a.rss_peak AS rss_peak_bytes,
-       a.gpu_idle::BIGINT - w.gpu_before_bytes AS gpu_idle_delta_bytes,
-       a.gpu_peak - w.gpu_before_bytes AS gpu_peak_delta_bytes,
-       a.gpu_proc_peak AS gpu_proc_peak_bytes,
-       -- The device's memory, one definition for every kind of device: after load
-       -- (median over the idle window) or peak (during generation), minus the
-       -- figure before the server was launched. A launched RPC device is measured
-       -- as its processes' resident memory; a GPU through NVML.
-       CASE WHEN w.device_process_source IS NOT NULL THEN w.device_process_source
-            WHEN a.gpu_idle IS NOT NULL OR a.gpu_peak IS NOT NULL THEN 'NVML' END
-           AS device_source,
-       CASE WHEN w.device_process_source IS NOT NULL
-            THEN a.dev_idle::BIGINT - w.device_before_bytes
-            ELSE a.gpu_idle::BIGINT - w.gpu_before_bytes END AS device_idle_delta_bytes,
-       CASE WHEN w.device_process_source IS NOT NULL
-            THEN a.dev_peak - w.device_before_bytes
-            ELSE a.gpu_peak - w.gpu_before_bytes END AS device_peak_delta_bytes,
-       a.dev_idle::BIGINT AS device_rss_idle_bytes,
-       a.dev_peak AS device_rss_peak_bytes,
-       w.device_before_bytes,
-       a.cpu_generating AS cpu_percent_avg_generating,
-       a.device_cpu_generating AS device_cpu_percent_avg_generating,
-       a.samples AS telemetry_samples
-FROM win w JOIN agg a USING (server_run_id);
+       median(t.rss_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns) AS rss_idle,
+       max(t.rss_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns) AS rss_peak,
+       median(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
+           AS gpu_idle,
+       max(t.gpu_mem_used_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+           AS gpu_peak,
+       max(t.gpu_proc_mem_bytes) AS gpu_proc_peak,
+       median(t.device_rss_bytes) FILTER (t.t_ns BETWEEN w.ready_ns AND w.idle_end_ns)
+           AS dev_idle,
+       max(t.device_rss_bytes) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+           AS dev_peak,
+       avg(t.cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+           AS cpu_generating,
+       avg(t.device_cpu_percent) FILTER (t.t_ns BETWEEN w.gen_start_ns AND w.gen_end_ns)
+           AS device_cpu_generating,
+       count(t.t_ns) AS samples
+FROM server_run_windows w LEFT JOIN telemetry t ON t.server_run_id = w.server_run_id
+GROUP BY w.server_run_id;
+"""
+
+_DERIVED_VIEWS = """
+-- Every offload configuration (n_cpu_moe -1 or K > 0) of a model with the
+-- configuration it is compared with: the one labelled 'baseline' in the same
+-- campaign, the reference of every comparison in the report.
+CREATE OR REPLACE TEMP VIEW offload_configs AS
+SELECT o.campaign_id, o.model_id, o.config_label, any_value(o.n_cpu_moe) AS n_cpu_moe,
+       'baseline' AS baseline_label
+FROM server_runs o
+WHERE o.n_cpu_moe IS NOT NULL AND o.n_cpu_moe <> 0
+  AND EXISTS (SELECT 1 FROM server_runs b WHERE b.campaign_id = o.campaign_id
+              AND b.model_id = o.model_id AND b.config_label = 'baseline')
+GROUP BY ALL;
+
+-- Each request of an offload configuration with the baseline request of the
+-- same model, test, repeat and streaming mode: the same prompt and seed, so a
+-- difference is the offload's (the protocol's pairing).
+CREATE OR REPLACE TEMP VIEW offload_pairs AS
+SELECT o.campaign_id, o.model_id, o.config_label, o.test_id, o.repeat, o.stream,
+       o.request_id AS offload_request_id, b.request_id AS baseline_request_id
+FROM request_metrics o
+JOIN offload_configs oc USING (campaign_id, model_id, config_label)
+JOIN request_metrics b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
+     AND b.config_label = oc.baseline_label AND b.test_id = o.test_id
+     AND b.repeat = o.repeat AND b.stream = o.stream;
+
+-- The tests every configuration of a model ran with at least one completed
+-- streamed request: where configurations (a sweep usually runs a subset) are
+-- compared like for like.
+CREATE OR REPLACE TEMP VIEW common_tests AS
+SELECT campaign_id, model_id, test_id FROM request_metrics
+WHERE stream AND completed
+GROUP BY ALL
+HAVING count(DISTINCT config_label) = (
+    SELECT count(DISTINCT r2.config_label) FROM request_metrics r2
+    WHERE r2.campaign_id = request_metrics.campaign_id
+      AND r2.model_id = request_metrics.model_id);
 
 -- Memory per (campaign, model, configuration), over its server runs that loaded.
 CREATE OR REPLACE TEMP VIEW config_memory AS
@@ -485,20 +675,10 @@ GROUP BY ALL;
 -- The predicted device memory per configuration: the GGUF weight bytes that stay
 -- on the device (the file's, not the log's rounded sizes) plus the KV cache and
 -- compute buffers the loader log printed; weights only when there is no log.
-CREATE OR REPLACE TEMP VIEW config_weight_estimate AS
+CREATE OR REPLACE TEMP VIEW config_device_estimate AS
 WITH w AS (
     SELECT c.campaign_id, c.model_id, c.config_label, c.log_kv_mib, c.log_compute_mib,
-           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) - CASE
-               WHEN c.n_cpu_moe IS NULL OR c.n_cpu_moe = 0 THEN 0
-               WHEN c.n_cpu_moe < 0 THEN TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes')
-                                                  AS BIGINT)
-               -- --n-cpu-moe K: the experts of layers 0..K-1; unknown (NULL) when the
-               -- inspection recorded no per-layer breakdown, 0 when no MoE layer is < K.
-               WHEN json_extract(md.spec, '$.expert_bytes_by_layer') IS NULL THEN NULL
-               ELSE coalesce(list_sum(list_transform(list_filter(
-                        TRY_CAST(json_extract(md.spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
-                        lambda x: x[1] < c.n_cpu_moe), lambda x: x[2])), 0)
-           END AS weights_gpu_bytes
+           device_weight_bytes(md.spec, c.n_cpu_moe) AS weights_gpu_bytes
     FROM config_memory c JOIN models md USING (model_id)
 )
 SELECT campaign_id, model_id, config_label, weights_gpu_bytes,
@@ -510,21 +690,19 @@ SELECT campaign_id, model_id, config_label, weights_gpu_bytes,
             THEN 'weights + KV + compute' ELSE 'weights only' END AS estimate_parts
 FROM w;
 
--- VRAM saved per offload configuration (n_cpu_moe -1 or K > 0) against the same
--- model's configuration labelled 'baseline' in the same campaign (the reference
--- of every comparison in the report). Each source's saving
--- where both sides have it; the headline (`source`, `vram_saved_pct`) is the
--- best of them: measured > log > estimated. Measured figures compare only runs
--- of one server build (one campaign is one host by construction).
+-- VRAM saved per offload configuration against its baseline (offload_configs).
+-- Each source's saving where both sides have it; the headline (`source`,
+-- `vram_saved_pct`) is the best of them: measured > log > estimated. Measured
+-- figures compare only runs of one server build measured the same way (one
+-- campaign is one host by construction).
 CREATE OR REPLACE TEMP VIEW vram_saved AS
 WITH sized AS (
     SELECT c.*, e.estimated_bytes, e.estimate_parts
-    FROM config_memory c JOIN config_weight_estimate e USING (campaign_id, model_id, config_label)
-), reference AS (
-    SELECT * FROM sized WHERE config_label = 'baseline'
+    FROM config_memory c
+    JOIN config_device_estimate e USING (campaign_id, model_id, config_label)
 ), pairs AS (
     SELECT o.campaign_id, o.model_id, o.config_label, o.n_cpu_moe,
-           b.config_label AS baseline_label,
+           oc.baseline_label,
            b.gpu_measured_bytes AS b_measured, o.gpu_measured_bytes AS o_measured,
            b.gpu_log_mib * 1048576 AS b_log, o.gpu_log_mib * 1048576 AS o_log,
            b.estimated_bytes AS b_est, o.estimated_bytes AS o_est,
@@ -532,8 +710,10 @@ WITH sized AS (
            b.version IS NOT NULL AND b.version = o.version
                AND b.measured_source IS NOT DISTINCT FROM o.measured_source AS same_build,
            coalesce(o.measured_source, b.measured_source) AS measured_source
-    FROM sized o JOIN reference b USING (campaign_id, model_id)
-    WHERE o.n_cpu_moe <> 0
+    FROM sized o
+    JOIN offload_configs oc USING (campaign_id, model_id, config_label)
+    JOIN sized b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
+         AND b.config_label = oc.baseline_label
 ), pcts AS (
     SELECT *,
            CASE WHEN b_measured > 0 AND o_measured IS NOT NULL AND same_build
@@ -561,54 +741,55 @@ SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
        b_measured, o_measured, b_log, o_log, b_est, o_est
 FROM chosen;
 
--- The offload speed model: per token, decoding streams the weights it reads at
--- the rate each side achieves. Bytes per token from the GGUF file: D(K) on the
--- device = the non-expert weights + the active share (experts used / experts) of
--- the expert tensors left there; H(K) on the host = the active share of the
--- expert tensors of the K blocks kept in CPU memory. Rates measured, not assumed:
--- the device's from the runs with no expert on the CPU (r_d = D(0) x decode),
--- the host's from the runs with every expert there (H / (1/decode - D/r_d)).
--- Predicted decode for every K: 1 / (D(K)/r_d + H(K)/r_h). Decode means are over
--- the tests every configuration of the model ran (streamed, status ok).
--- The tests every configuration of a model ran with at least one completed
--- streamed request: where configurations (a sweep usually runs a subset) are
--- compared like for like.
-CREATE OR REPLACE TEMP VIEW common_tests AS
-SELECT campaign_id, model_id, test_id FROM request_metrics
-WHERE stream AND completed
-GROUP BY ALL
-HAVING count(DISTINCT config_label) = (
-    SELECT count(DISTINCT r2.config_label) FROM request_metrics r2
-    WHERE r2.campaign_id = request_metrics.campaign_id
-      AND r2.model_id = request_metrics.model_id);
+-- The weight bytes one decode step reads, per configuration, from the GGUF file:
+-- on the device, the non-expert weights plus the active share (experts used /
+-- experts) of the expert tensors left there; on the host, the active share of
+-- the expert tensors kept in CPU memory. Without a device (no GPU buffers in the
+-- log, no device measured) every byte is read from host memory.
+CREATE OR REPLACE TEMP VIEW config_bytes_per_token AS
+WITH sized AS (
+    SELECT c.campaign_id, c.model_id, c.config_label, c.n_cpu_moe,
+           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) AS total_b,
+           TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT) AS experts_b,
+           md.expert_used_count / nullif(md.expert_count, 0) AS active,
+           cpu_expert_bytes(md.spec, c.n_cpu_moe) AS host_experts_b,
+           c.gpu_log_mib IS NOT NULL OR c.measured_source IS NOT NULL AS has_device
+    FROM config_memory c JOIN models md USING (model_id)
+)
+SELECT campaign_id, model_id, config_label, n_cpu_moe, has_device,
+       (total_b - experts_b) + (experts_b - host_experts_b) * active AS device_bytes,
+       host_experts_b * active AS host_bytes,
+       host_experts_b = experts_b AND experts_b > 0 AS all_on_host,
+       CASE WHEN has_device THEN host_experts_b * active
+            ELSE total_b - experts_b + experts_b * active END AS host_bytes_per_token
+FROM sized WHERE active IS NOT NULL AND total_b IS NOT NULL AND experts_b IS NOT NULL;
 
+-- Implied host memory traffic (METRICS['implied_host_traffic']): mean decode
+-- tokens/s over the configuration's completed streamed requests x the bytes per
+-- token read from host memory, and its share of the measured copy bandwidth.
+CREATE OR REPLACE TEMP VIEW host_traffic AS
+SELECT b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token,
+       avg(r.decode_tps) * b.host_bytes_per_token AS implied_host_traffic,
+       100 * avg(r.decode_tps) * b.host_bytes_per_token
+           / nullif(any_value(cp.mem_bandwidth_bytes_per_s), 0) AS host_bandwidth_pct
+FROM config_bytes_per_token b
+JOIN campaigns cp USING (campaign_id)
+LEFT JOIN request_metrics r ON r.campaign_id = b.campaign_id AND r.model_id = b.model_id
+     AND r.config_label = b.config_label AND r.stream AND r.completed
+GROUP BY b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token;
+
+-- The offload speed model (METRICS['predicted_decode_tps']).
 CREATE OR REPLACE TEMP VIEW decode_prediction AS
 WITH cfg AS (
-    SELECT o.campaign_id, o.model_id, o.config_label, any_value(o.n_cpu_moe) AS n_cpu_moe,
+    SELECT o.campaign_id, o.model_id, o.config_label,
            avg(o.decode_tps) AS decode_tps, count(o.decode_tps) AS n
     FROM request_metrics o JOIN common_tests USING (campaign_id, model_id, test_id)
     WHERE o.stream AND o.completed
     GROUP BY ALL
     HAVING count(o.decode_tps) > 0
-), sized AS (
-    SELECT c.*,
-           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) AS total_b,
-           TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT) AS experts_b,
-           md.expert_used_count / nullif(md.expert_count, 0) AS active,
-           CASE WHEN c.n_cpu_moe IS NULL OR c.n_cpu_moe = 0 THEN 0
-                WHEN c.n_cpu_moe < 0
-                    THEN TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT)
-                ELSE coalesce(list_sum(list_transform(list_filter(
-                        TRY_CAST(json_extract(md.spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
-                        lambda x: x[1] < c.n_cpu_moe), lambda x: x[2])), 0)
-           END AS host_experts_b
-    FROM cfg c JOIN models md USING (model_id)
 ), per_token AS (
-    SELECT *,
-           (total_b - experts_b) + (experts_b - host_experts_b) * active AS device_bytes,
-           host_experts_b * active AS host_bytes,
-           host_experts_b = experts_b AND experts_b > 0 AS all_on_host
-    FROM sized WHERE active IS NOT NULL AND total_b IS NOT NULL AND experts_b IS NOT NULL
+    SELECT c.*, b.n_cpu_moe, b.device_bytes, b.host_bytes, b.all_on_host
+    FROM cfg c JOIN config_bytes_per_token b USING (campaign_id, model_id, config_label)
 ), device_rate AS (
     SELECT campaign_id, model_id, avg(device_bytes * decode_tps) AS r_d
     FROM per_token WHERE host_bytes = 0 GROUP BY ALL
@@ -630,113 +811,58 @@ SELECT p.campaign_id, p.model_id, p.config_label, p.n_cpu_moe, p.n, p.decode_tps
 FROM per_token p
 LEFT JOIN device_rate d USING (campaign_id, model_id)
 LEFT JOIN host_rate h USING (campaign_id, model_id);
+
+-- Decode rate in each tenth of a long generation (METRICS[
+-- 'decode_rate_along_generation']), per request: does speed hold up?
+CREATE OR REPLACE TEMP VIEW decode_deciles AS
+WITH tt AS (
+    SELECT t.request_id, t.t_ns, (t.token_idx * 10) // t.n_tokens AS decile
+    FROM token_times t
+    JOIN request_metrics r USING (request_id)
+    JOIN tests ts USING (campaign_id, test_id)
+    WHERE r.stream AND r.completed AND ts.category = '{long_category}' AND t.n_tokens >= 20
+)
+SELECT request_id, decile,
+       decode_rate(count(*), min(t_ns), max(t_ns)) AS decode_rate_along_generation
+FROM tt GROUP BY request_id, decile;
 """
 
 
-def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the metric views on `con` (works on read-only connections)."""
-    con.execute(_VIEWS)
-
-
-# Two-sided 95% critical values of Student's t by degrees of freedom; beyond 30
-# the normal value 1.96 is within 2% and is used.
-_T95 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
-
-
-def t95(df: int) -> float:
-    """Two-sided 95% Student t critical value for `df` degrees of freedom."""
-    if df < 1:
-        return math.nan
-    return _T95[df - 1] if df <= len(_T95) else 1.96
-
-
-@dataclass(frozen=True)
-class Summary:
-    """N, mean, spread and 95% confidence interval of one metric in one group."""
-
-    n: int
-    mean: float | None
-    sd: float | None
-    ci_low: float | None
-    ci_high: float | None
-    min: float | None
-    max: float | None
-
-
-def summarize(
-    n: int, mean: float | None, sd: float | None, lo: float | None, hi: float | None
-) -> Summary:
-    """Attach the t-based 95% CI of the mean (none for N < 2)."""
-    if n >= 2 and mean is not None and sd is not None:
-        half = t95(n - 1) * sd / math.sqrt(n)
-        return Summary(n, mean, sd, mean - half, mean + half, lo, hi)
-    return Summary(n, mean, sd, None, None, lo, hi)
-
-
-def aggregate_sql(
-    column: str, group_cols: list[str], source: str = "request_metrics", where: str = "TRUE"
-) -> str:
-    """SQL giving n, mean, sd, min, max of `column` per group (CI: see `summarize`)."""
-    groups = ", ".join(group_cols)
-    select_groups = f"{groups}, " if groups else ""
-    group_by = f"GROUP BY {groups} ORDER BY {groups}" if groups else ""
-    return (
-        f"SELECT {select_groups}count({column}) AS n, avg({column}) AS mean, "
-        f"stddev_samp({column}) AS sd, min({column}) AS min, max({column}) AS max "
-        f"FROM {source} WHERE ({where}) AND {column} IS NOT NULL {group_by}"
+def views_sql() -> str:
+    """Every macro and view, in dependency order."""
+    return "\n".join(
+        (
+            MACROS,
+            _INPUT_VIEWS.replace("{consistency_min_tokens}", str(CONSISTENCY_MIN_TOKENS)),
+            _generated_view("request_metrics", _REQUEST_KEYS, _REQUEST_FROM),
+            _generated_view("server_run_memory", _MEMORY_KEYS, _MEMORY_FROM),
+            _DERIVED_VIEWS.replace("{long_category}", LONG_CATEGORY),
+        )
     )
 
 
-@dataclass(frozen=True)
-class Ratio:
-    """Ratio of two means with a delta-method 95% CI."""
-
-    ratio: float | None
-    ci_low: float | None
-    ci_high: float | None
+def create_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the metric macros and views on `con` (works on read-only connections)."""
+    con.execute(views_sql())
 
 
-def ratio_of_means(a: Summary, b: Summary) -> Ratio:
-    """mean(a) / mean(b), e.g. offload / baseline, with a 95% CI computed on the
-    log scale (delta method, independent samples), so it stays positive:
-    se(ln r) = sqrt(sd_a²/(n_a·mean_a²) + sd_b²/(n_b·mean_b²)), CI = r·exp(±t·se),
-    t at the smaller sample's degrees of freedom."""
-    if a.mean is None or b.mean is None or b.mean == 0 or a.n < 1 or b.n < 1:
-        return Ratio(None, None, None)
-    r = a.mean / b.mean
-    if a.n < 2 or b.n < 2 or a.sd is None or b.sd is None or a.mean <= 0 or b.mean <= 0:
-        return Ratio(r, None, None)
-    se = math.sqrt((a.sd**2) / (a.n * a.mean**2) + (b.sd**2) / (b.n * b.mean**2))
-    factor = math.exp(t95(min(a.n, b.n) - 1) * se)
-    return Ratio(r, r / factor, r * factor)
+def group_sql(name: str) -> str:
+    """The aggregate expression of a per-group metric (e.g. completion_rate)."""
+    metric = METRICS[name]
+    if metric.view != "group":
+        raise ValueError(f"{name} is not a per-group metric")
+    return metric.sql
+
+
+def weights_on_device(spec: Mapping[str, Any], n_cpu_moe: int | None) -> int | None:
+    """GGUF weight bytes a configuration leaves on the device: the SQL macro
+    `device_weight_bytes`, evaluated for a model inspection outside a store."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(MACROS)
+        row = con.execute(
+            "SELECT device_weight_bytes(?::JSON, ?)", [json.dumps(spec), n_cpu_moe]
+        ).fetchone()
+    finally:
+        con.close()
+    return None if row is None or row[0] is None else int(row[0])

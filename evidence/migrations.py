@@ -210,7 +210,7 @@ def _initial(con: duckdb.DuckDBPyConnection) -> None:
             PRIMARY KEY (campaign_id, gate_id)
         );
 
-        -- Human review (collector review): kept apart from automated scores.
+        -- Human review (moe-evidence review): kept apart from automated scores.
         CREATE TABLE reviews (
             review_id   VARCHAR PRIMARY KEY,
             request_id  VARCHAR NOT NULL,

@@ -12,12 +12,13 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
-from evidence.errors import SchemaTooNew, StoreError, StoreLocked
+from common.errors import SchemaTooNew, StoreError, StoreLocked
 from evidence.migrations import MIGRATIONS, SCHEMA_VERSION
 
 DEFAULT_DB = Path("data") / "evidence.duckdb"
@@ -128,3 +129,26 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
         yield con
     finally:
         con.close()
+
+
+@dataclass(frozen=True)
+class CampaignListing:
+    """One line of `moe-evidence campaigns`."""
+
+    campaign_id: str
+    status: str
+    profile: str
+    started_utc: datetime
+    name: str
+    requests: int
+
+
+def list_campaigns(path: Path) -> list[CampaignListing]:
+    """The campaigns of the store at `path`, oldest first, with their request counts."""
+    with open_store(path, read_only=True) as con:
+        rows = con.execute(
+            "SELECT c.campaign_id, c.status, c.profile, c.started_utc, c.name,"
+            " (SELECT count(*) FROM requests r WHERE r.campaign_id = c.campaign_id)"
+            " FROM campaigns c ORDER BY c.started_utc"
+        ).fetchall()
+    return [CampaignListing(*row) for row in rows]

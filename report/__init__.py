@@ -10,8 +10,8 @@
       -> report.site        mkdocs build --strict, offline check
       -> report.publish     mike deploy (versions on gh-pages)
 
-Nothing here imports the capture side (collector.server, client, telemetry).
-Command line: `python -m report build|publish|synthetic|timing` (report.cli).
+Nothing here imports the capture side (collector).
+Command line: `moe-evidence build|publish` (moe_evidence.cli).
 """
 
 from report.build import BuildOptions, BuildResult, build_site

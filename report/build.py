@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.errors import BuildError
+from common.files import file_sha256
 from evidence.bundle import MANIFEST, find_bundles
-from evidence.errors import BuildError
 from report import charts as charts_mod
 from report import hygiene, site, vendor
 from report.context import (
@@ -121,7 +122,7 @@ def source_facts(path: Path) -> SourceFacts:
     bundle's relative path and manifest (which holds each Parquet file's sha256,
     verified when the directory is opened) and the bundles' total size."""
     if not path.is_dir():
-        return SourceFacts(path.name, _file_sha256(path), path.stat().st_size, 0)
+        return SourceFacts(path.name, file_sha256(path), path.stat().st_size, 0)
     digest = hashlib.sha256()
     size = 0
     bundles = find_bundles(path)
@@ -142,14 +143,6 @@ class _Timer:
         start = time.perf_counter()
         yield
         self.timings[name] = round(time.perf_counter() - start, 3)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def clean_generated(docs: Path) -> None:
@@ -223,13 +216,16 @@ def build_site(options: BuildOptions) -> BuildResult:
             configs = [
                 r["config_label"]
                 for r in rows(
-                    con, "SELECT config_label, min(config_order) o FROM rm GROUP BY 1 ORDER BY o, 1"
+                    con,
+                    "SELECT config_label, min(config_order) o FROM sel_requests "
+                    "GROUP BY 1 ORDER BY o, 1",
                 )
             ]
             tests = [
                 r["test_id"]
                 for r in rows(
-                    con, "SELECT test_id, min(test_order) o FROM rm GROUP BY 1 ORDER BY o, 1"
+                    con,
+                    "SELECT test_id, min(test_order) o FROM sel_requests GROUP BY 1 ORDER BY o, 1",
                 )
             ]
         with timer.step("transcripts"):

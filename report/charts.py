@@ -17,7 +17,7 @@ from typing import Any
 
 import altair as alt
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from report.context.history import HistoryContext, HistoryMetric
 from report.context.memory import MemoryContext
 from report.context.performance import MetricTable, PerformanceContext

@@ -13,23 +13,32 @@ from pathlib import Path
 
 import duckdb
 
-# Table -> the rows of the selection (SQL over the TEMP `sel` and `rm` tables).
+# Table -> the rows of the selection (SQL over the TEMP `sel_campaigns` and `sel_requests` tables).
 EXPORTS: tuple[tuple[str, str], ...] = (
-    ("campaigns", "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
+    (
+        "campaigns",
+        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)",
+    ),
     (
         "hosts",
         "SELECT * FROM hosts WHERE host_id IN (SELECT host_id FROM campaigns "
-        "WHERE campaign_id IN (SELECT campaign_id FROM sel))",
+        "WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns))",
     ),
-    ("tests", "SELECT * FROM tests WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("models", "SELECT * FROM models WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("server_runs", "SELECT * FROM server_runs WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("requests", "SELECT * FROM requests WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("chunks", "SELECT c.* FROM chunks c SEMI JOIN rm USING (request_id)"),
+    ("tests", "SELECT * FROM tests WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)"),
+    ("models", "SELECT * FROM models WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)"),
+    (
+        "server_runs",
+        "SELECT * FROM server_runs WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)",
+    ),
+    (
+        "requests",
+        "SELECT * FROM requests WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)",
+    ),
+    ("chunks", "SELECT c.* FROM chunks c SEMI JOIN sel_requests USING (request_id)"),
     ("telemetry", "SELECT t.* FROM telemetry t SEMI JOIN sel_runs USING (server_run_id)"),
-    ("scores", "SELECT s.* FROM scores s SEMI JOIN rm USING (request_id)"),
-    ("gates", "SELECT * FROM gates WHERE campaign_id IN (SELECT campaign_id FROM sel)"),
-    ("reviews", "SELECT v.* FROM reviews v SEMI JOIN rm USING (request_id)"),
+    ("scores", "SELECT s.* FROM scores s SEMI JOIN sel_requests USING (request_id)"),
+    ("gates", "SELECT * FROM gates WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)"),
+    ("reviews", "SELECT v.* FROM reviews v SEMI JOIN sel_requests USING (request_id)"),
     ("perf_results", "SELECT * FROM perf_results"),
     ("store_meta", "SELECT * FROM store_meta"),
     ("schema_migrations", "SELECT * FROM schema_migrations"),
@@ -37,7 +46,8 @@ EXPORTS: tuple[tuple[str, str], ...] = (
 DERIVED: tuple[tuple[str, str], ...] = (
     (
         "request_metrics",
-        "SELECT * EXCLUDE (model, model_order, config_order, test_order, category) FROM rm",
+        "SELECT * EXCLUDE (model, model_order, config_order, test_order, category) "
+        "FROM sel_requests",
     ),
 )
 

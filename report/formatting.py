@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from report.values import SOURCE_TEXT, Missing, Quantity, RatioFigure, Stat
 
 if TYPE_CHECKING:

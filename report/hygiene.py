@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 
 _UNTRUSTED = re.compile(
     r'<(span|pre|code)\b[^>]*\bclass="[^"]*\buntrusted\b[^"]*"[^>]*>.*?</\1>', re.DOTALL

@@ -1,6 +1,6 @@
 """Publishing a version of the whitepaper with mike (local `gh-pages` branch).
 
-`python -m report publish 1.7.0` builds and checks the site exactly as
+`moe-evidence publish 1.7.0` builds and checks the site exactly as
 `build` does (strict, hygiene, offline), then `mike deploy --update-aliases
 1.7.0 latest` commits it to gh-pages beside the earlier versions. The version
 records the campaigns it shows: on every page ("Built from ..."), in the
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from report.build import BuildOptions, BuildResult, build_site
 
 # mike has no `python -m mike`; run its console entry point with this interpreter.

@@ -15,8 +15,9 @@ from typing import Any
 
 import duckdb
 
-from evidence.errors import BuildError
-from evidence.metrics import METRICS, Metric, aggregate_sql, create_views, summarize
+from common.errors import BuildError
+from evidence.metrics import METRICS, Metric, create_views
+from evidence.statistics import aggregate_sql, summarize
 from report.values import Stat
 
 # Metrics computed from a token count: estimated when the count came from
@@ -125,7 +126,7 @@ def select_campaigns(
             if row is None:
                 raise BuildError(
                     f"no campaign {campaign_id} in this store; list them with "
-                    f"`python -m collector campaigns` or omit --campaign for the latest"
+                    f"`moe-evidence campaigns` or omit --campaign for the latest"
                 )
             found.append(Campaign(*row))
         return Selection(tuple(found))
@@ -139,9 +140,9 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
     """Create the metric views and this build's TEMP working tables."""
     con.execute("SET enable_progress_bar = false")
     create_views(con)
-    con.execute("CREATE OR REPLACE TEMP TABLE sel (campaign_id VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE sel_campaigns (campaign_id VARCHAR)")
     if selection.ids:
-        con.executemany("INSERT INTO sel VALUES (?)", [[i] for i in selection.ids])
+        con.executemany("INSERT INTO sel_campaigns VALUES (?)", [[i] for i in selection.ids])
     multiple = "TRUE" if selection.multiple else "FALSE"
     con.execute(
         f"""
@@ -151,7 +152,7 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
         SELECT campaign_id, host_id, release_label,
                CASE WHEN count(*) OVER (PARTITION BY name) > 1
                     THEN name || ', ' || left(campaign_id, 8) ELSE name END AS tag
-        FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel);
+        FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns);
 
         CREATE OR REPLACE TEMP TABLE sel_models AS
         SELECT m.*, c.name AS campaign_name, n.host_id,
@@ -163,7 +164,8 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
         FROM models m
         JOIN campaigns c USING (campaign_id)
         JOIN sel_campaign_names n USING (campaign_id)
-        JOIN (SELECT campaign_id, row_number() OVER () AS pos FROM sel) sel_pos USING (campaign_id);
+        JOIN (SELECT campaign_id, row_number() OVER () AS pos FROM sel_campaigns) sel_pos
+            USING (campaign_id);
 
         CREATE OR REPLACE TEMP TABLE sel_runs AS
         SELECT s.*, m.display AS model, m.model_order, {CONFIG_ORDER_SQL} AS config_order,
@@ -171,7 +173,7 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
                                   ORDER BY s.ready_ns IS NULL, s.started_utc) AS attempt
         FROM server_runs s JOIN sel_models m USING (model_id);
 
-        CREATE OR REPLACE TEMP TABLE rm AS
+        CREATE OR REPLACE TEMP TABLE sel_requests AS
         SELECT r.*, m.display AS model, m.model_order, {CONFIG_ORDER_SQL} AS config_order,
                t.ordinal AS test_order, t.category
         FROM request_metrics r
@@ -184,7 +186,7 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
         WITH t AS (
             SELECT model_id, config_label, any_value(n_cpu_moe) AS n_cpu_moe,
                    count(DISTINCT test_id) AS tests
-            FROM rm GROUP BY model_id, config_label
+            FROM sel_requests GROUP BY model_id, config_label
         )
         SELECT t.*, t.tests = max(t.tests) OVER (PARTITION BY model_id) AS main FROM t;
 
@@ -200,7 +202,7 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
                max(value) FILTER (WHERE name = 'same_seed_edit_similarity') AS same_similarity,
                max(value) FILTER (WHERE name = 'same_seed_prefix_words') AS same_prefix_words,
                string_agg(DISTINCT scorer_version, ', ') AS scorer_versions
-        FROM scores s JOIN rm USING (request_id)
+        FROM scores s JOIN sel_requests USING (request_id)
         GROUP BY s.request_id;
         """
     )
@@ -212,7 +214,7 @@ def stats_by(
     groups: Sequence[str],
     *,
     where: str = OK_STREAMED,
-    source: str = "rm",
+    source: str = "sel_requests",
     unit: str | None = None,
     missing: str = "no successful streamed request in this group",
     params: Sequence[Any] = (),
@@ -257,7 +259,7 @@ def group_keys(
     groups: Sequence[str],
     order: Sequence[str],
     where: str = OK_STREAMED,
-    source: str = "rm",
+    source: str = "sel_requests",
 ) -> list[tuple[Any, ...]]:
     """Every group of `source` matching `where`, as (groups..., order...) tuples in
     page order: a group whose metric is NULL throughout still gets its row."""

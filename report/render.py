@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from report.charts import Chart, Charts, spec_json
 from report.formatting import FILTERS, escape_text, figure, finalize
 from report.values import Missing

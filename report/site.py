@@ -13,7 +13,7 @@ import logging
 import re
 from pathlib import Path
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 
 _LINK_WARNING = re.compile(
     r"Doc file '(?P<file>[^']+)' contains (?:a|an) (?:[\w ]+ )?link '(?P<link>[^']+)'"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import duckdb
 
+from common.errors import BuildError
 from evidence.bundle import open_source
-from evidence.errors import BuildError
 
 # Tables every bundle of a fleet may repeat, and the key that makes a row one.
 SHARED: tuple[tuple[str, str], ...] = (
@@ -58,6 +58,6 @@ def _one_bundle_per_campaign(con: duckdb.DuckDBPyConnection, path: Path) -> None
         raise BuildError(
             f"campaign {twice[0]} is in {twice[1]} bundles under {path}; a fleet directory "
             "must hold each campaign once. Remove the extra bundle, or import the bundles into "
-            f"one store, which merges them by key: `python -m collector import {path} "
+            f"one store, which merges them by key: `moe-evidence import {path} "
             "--db fleet.duckdb`, then build with --db fleet.duckdb"
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from evidence.metrics import Summary
+from evidence.statistics import Summary
 
 Source = Literal["measured", "log", "estimated", "derived"]
 

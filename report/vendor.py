@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 
 CACHE_ENV = "EVIDENCE_CACHE_DIR"
 BUNDLE_NAME = "vega-bundle.js"

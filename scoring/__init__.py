@@ -15,7 +15,7 @@ different versions are never mixed: the report recomputes or filters.
 from __future__ import annotations
 
 from scoring.checks import CheckResult, check_output, known_test_ids
-from scoring.quality import is_completed, quality_score, score_request
+from scoring.quality import quality_score, score_request
 from scoring.repetition import RepetitionResult, analyse_repetition
 from scoring.score import Score
 from scoring.similarity import Similarity, compare_outputs, similarity_scores
@@ -31,7 +31,6 @@ __all__ = [
     "analyse_repetition",
     "check_output",
     "compare_outputs",
-    "is_completed",
     "known_test_ids",
     "quality_score",
     "score_request",

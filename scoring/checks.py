@@ -35,7 +35,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from evidence.errors import ConfigError
+from common.errors import ConfigError
 from scoring.jugs import simulate_jugs
 from scoring.repetition import RepetitionResult, analyse_repetition, words_of
 from scoring.rubric import (

@@ -1,19 +1,17 @@
 """Expert placement check: are the expert tensors really in CPU memory?
 
 Expected: for `--cpu-moe` every expert tensor the GGUF file has; for
-`--n-cpu-moe K` those of blocks 0..K-1; for the baseline none. Observed: the
-tensors the server's loader log says it overrode to a CPU-side buffer (`CPU`,
-`CUDA_Host`, ... : any buffer type that is host memory). The check compares
-the two sets by name.
+`--n-cpu-moe K` those of blocks 0..K-1; for the baseline none (the SQL macro
+`expert_on_cpu`, evidence.metrics, decides which). Observed: the tensors the
+server's loader log says it overrode to a CPU-side buffer (`CPU`, `CUDA_Host`,
+... : any buffer type that is host memory). The check compares the two sets
+by name.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
-
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -26,25 +24,12 @@ class Placement:
     message: str
 
 
-def expected_on_cpu(expert_tensors: list[str], n_cpu_moe: int | None) -> list[str]:
-    """Expert tensors the configuration should keep in CPU memory."""
-    if n_cpu_moe is None or n_cpu_moe == 0:
-        return []
-    if n_cpu_moe < 0:
-        return sorted(expert_tensors)
-    out = []
-    for name in expert_tensors:
-        match = _BLOCK.match(name)
-        if match and int(match.group(1)) < n_cpu_moe:
-            out.append(name)
-    return sorted(out)
-
-
 def check_placement(
-    spec: dict[str, Any] | None, log_summary: dict[str, Any] | None, n_cpu_moe: int | None
+    expected_on_cpu: list[str] | None, expert_tensors: int, log_summary: dict[str, Any] | None
 ) -> Placement:
-    """Compare the GGUF's expert tensors with the log's overrides for one server run."""
-    if not spec or "expert_tensor_names" not in spec:
+    """Compare the expert tensors the configuration should keep in CPU memory (None:
+    the model was not inspected) with the log's overrides for one server run."""
+    if expected_on_cpu is None:
         return Placement(
             "NOT MEASURED", None, None, [], [], "the model file was not inspected (attached server)"
         )
@@ -52,11 +37,11 @@ def check_placement(
         return Placement(
             "NOT MEASURED", None, None, [], [], "no loader log was parsed for this server run"
         )
-    expected = set(expected_on_cpu(list(spec["expert_tensor_names"]), n_cpu_moe))
+    expected = set(expected_on_cpu)
     overridden = set(log_summary.get("overridden_tensors") or [])
     missing = sorted(expected - overridden)
     unexpected = sorted(overridden - expected)
-    total = len(spec["expert_tensor_names"])
+    total = expert_tensors
     if not missing and not unexpected:
         if expected:
             where = "all" if len(expected) == total else f"{len(expected)} of {total}"

@@ -1,9 +1,9 @@
 """All scores of one request, and the 1-5 quality score that sums them up.
 
-**Completed**: a request counts as completed when the server answered
-(`status == "ok"`) and generation ended normally: `finish_reason` "stop" (the
+**Completed**: the metric `completed` (evidence.metrics, the one definition):
+the server answered and generation ended normally, finish reason "stop" (the
 model finished) or "length" (it used its whole token budget, which the
-protocol's short budgets make common).
+protocol's short budgets make common). The scorer reads it from the store.
 
 **Quality** (1 to 5, in half points):
 
@@ -33,13 +33,7 @@ from scoring.rubric import load_rubrics
 from scoring.sandbox import SandboxLimits
 from scoring.score import JSONObject, Score
 
-COMPLETED_FINISH_REASONS = ("stop", "length")
 QUALITY_FORMULA = "1 if not completed, else round_half(1 + c*(2 + (1 - r) + (1 - loop)))"
-
-
-def is_completed(status: str, finish_reason: str | None) -> bool:
-    """True when the server answered and the generation ended normally."""
-    return status == "ok" and finish_reason in COMPLETED_FINISH_REASONS
 
 
 def quality_score(completed: bool, check_score: float, repetition: float, loop: bool) -> float:
@@ -55,10 +49,11 @@ def quality_score(completed: bool, check_score: float, repetition: float, loop: 
 def score_request(
     test_id: str,
     output_text: str | None,
-    finish_reason: str | None,
-    status: str,
+    completed: bool,
     max_tokens: int | None,
     *,
+    finish_reason: str | None = None,
+    status: str | None = None,
     sandbox_limits: SandboxLimits | None = None,
 ) -> list[Score]:
     """Every score of one request, from its stored facts.
@@ -68,11 +63,11 @@ def score_request(
     `check_text` (water-jug check) and `quality`. Raises `SandboxError` only
     when code cannot be run at all; the caller should then store nothing for
     this request rather than a failed check. A request with no stored text
-    (`output_text` None) is scored as the empty text.
+    (`output_text` None) is scored as the empty text. `completed` is the store's
+    `completed` metric; `finish_reason` and `status` are kept in the detail.
     """
     output_text = output_text or ""
     repetition = analyse_repetition(output_text)
-    completed = is_completed(status, finish_reason)
     scores = [
         Score("repetition", repetition.repetition_score, repetition.as_detail()),
         Score(

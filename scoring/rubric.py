@@ -1,7 +1,8 @@
 """The rubric: per-test check settings, read from versioned TOML data.
 
-The data lives in `scoring/rubrics/protocol-tests.toml`; this module only
-turns it into typed values and says which key is wrong when it is malformed.
+The data lives in `scoring/rubrics/protocol-tests.toml`; this module turns it
+into typed values through pydantic models (one per check kind, chosen by the
+`kind` key) and says which key is wrong when it is malformed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,18 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from evidence.errors import ConfigError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from common.errors import ConfigError
 from scoring.sandbox import FunctionCase
 
 RUBRIC_FILE = "protocol-tests.toml"
@@ -99,114 +109,138 @@ def load_rubrics() -> Rubrics:
     return parse_rubrics(data)
 
 
+# The file's shape, validated by pydantic; `parse_rubrics` turns it into the
+# frozen dataclasses above, which is all the checks see.
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _compile(patterns: list[str]) -> list[str]:
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"bad pattern {pattern!r}: {exc}") from exc
+    return patterns
+
+
+Patterns = Annotated[list[str], Field(min_length=1), AfterValidator(_compile)]
+Share = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Concept(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    patterns: Patterns
+
+
+class _Coverage(_Strict):
+    kind: Literal["coverage"]
+    concepts: Annotated[list[_Concept], Field(min_length=1)]
+    pass_threshold: Share
+
+
+class _Case(_Strict):
+    args: list[int]
+    expected: int
+
+
+class _Function(_Strict):
+    kind: Literal["python-function"]
+    function_hint: Annotated[str, Field(min_length=1)]
+    cases: Annotated[list[_Case], Field(min_length=1)]
+
+
+class _Jugs(_Strict):
+    kind: Literal["water-jugs"]
+    jugs: tuple[int, int]
+    target: int
+
+    @field_validator("jugs")
+    @classmethod
+    def _two_capacities(cls, jugs: tuple[int, int]) -> tuple[int, int]:
+        if jugs[0] == jugs[1] or min(jugs) <= 0:
+            raise ValueError("must be two different capacities")
+        return jugs
+
+
+class _Narrative(_Strict):
+    kind: Literal["narrative"]
+    min_words: int
+    min_paragraphs: int
+    min_sentences: int
+    paragraph_min_words: int
+    character_patterns: Patterns
+
+
+class _Greeting(_Strict):
+    kind: Literal["greeting"]
+    greeting_patterns: Patterns
+    relevant_patterns: Patterns
+
+
+class _File(_Strict):
+    rubric_version: int
+    protocol_version: Annotated[str, Field(min_length=1)]
+    tests: dict[
+        str,
+        Annotated[
+            _Coverage | _Function | _Jugs | _Narrative | _Greeting, Field(discriminator="kind")
+        ],
+    ]
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("coverage", "python-function", "water-jugs", "narrative", "greeting"):
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def parse_rubrics(data: Mapping[str, Any]) -> Rubrics:
     """Validate rubric data (as read from TOML) and compile its patterns."""
-    tests = _table(data, "tests", "")
+    try:
+        raw = _File.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"rubric key {_where(first['loc'])}: {first['msg']}") from exc
     return Rubrics(
-        rubric_version=_int(data, "rubric_version", ""),
-        protocol_version=_str(data, "protocol_version", ""),
-        tests={test_id: _test(_table(tests, test_id, "tests."), test_id) for test_id in tests},
+        rubric_version=raw.rubric_version,
+        protocol_version=raw.protocol_version,
+        tests={test_id: _rubric(test) for test_id, test in raw.tests.items()},
     )
 
 
-def _test(table: Mapping[str, Any], test_id: str) -> TestRubric:
-    where = f"tests.{test_id}."
-    kind = _str(table, "kind", where)
-    if kind == "coverage":
-        concepts = table.get("concepts")
-        if not isinstance(concepts, list) or not concepts:
-            raise ConfigError(f"rubric key {where}concepts must be a non-empty list")
+def _flags(patterns: list[str]) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(p, re.IGNORECASE | re.MULTILINE) for p in patterns)
+
+
+def _rubric(test: _Coverage | _Function | _Jugs | _Narrative | _Greeting) -> TestRubric:
+    if isinstance(test, _Coverage):
         return CoverageRubric(
-            concepts=tuple(
-                Concept(
-                    name=_str(concept, "name", f"{where}concepts[{i}]."),
-                    patterns=_patterns(concept, "patterns", f"{where}concepts[{i}]."),
-                )
-                for i, concept in enumerate(concepts)
-            ),
-            pass_threshold=_float(table, "pass_threshold", where),
+            concepts=tuple(Concept(c.name, _flags(c.patterns)) for c in test.concepts),
+            pass_threshold=test.pass_threshold,
         )
-    if kind == "python-function":
-        cases = table.get("cases")
-        if not isinstance(cases, list) or not cases:
-            raise ConfigError(f"rubric key {where}cases must be a non-empty list")
+    if isinstance(test, _Function):
         return FunctionRubric(
-            function_hint=_str(table, "function_hint", where),
-            cases=tuple(
-                FunctionCase(
-                    args=tuple(_int_list(case, "args", f"{where}cases[{i}].")),
-                    expected=_int(case, "expected", f"{where}cases[{i}]."),
-                )
-                for i, case in enumerate(cases)
-            ),
+            function_hint=test.function_hint,
+            cases=tuple(FunctionCase(tuple(c.args), c.expected) for c in test.cases),
         )
-    if kind == "water-jugs":
-        jugs = _int_list(table, "jugs", where)
-        if len(jugs) != 2 or jugs[0] == jugs[1] or min(jugs) <= 0:
-            raise ConfigError(f"rubric key {where}jugs must be two different capacities")
-        return JugRubric(jugs=(jugs[0], jugs[1]), target=_int(table, "target", where))
-    if kind == "narrative":
+    if isinstance(test, _Jugs):
+        return JugRubric(jugs=test.jugs, target=test.target)
+    if isinstance(test, _Narrative):
         return NarrativeRubric(
-            min_words=_int(table, "min_words", where),
-            min_paragraphs=_int(table, "min_paragraphs", where),
-            min_sentences=_int(table, "min_sentences", where),
-            paragraph_min_words=_int(table, "paragraph_min_words", where),
-            character_patterns=_patterns(table, "character_patterns", where),
+            min_words=test.min_words,
+            min_paragraphs=test.min_paragraphs,
+            min_sentences=test.min_sentences,
+            paragraph_min_words=test.paragraph_min_words,
+            character_patterns=_flags(test.character_patterns),
         )
-    if kind == "greeting":
-        return GreetingRubric(
-            greeting_patterns=_patterns(table, "greeting_patterns", where),
-            relevant_patterns=_patterns(table, "relevant_patterns", where),
-        )
-    raise ConfigError(
-        f"rubric key {where}kind is {kind!r}; expected coverage, python-function, "
-        f"water-jugs, narrative or greeting"
+    return GreetingRubric(
+        greeting_patterns=_flags(test.greeting_patterns),
+        relevant_patterns=_flags(test.relevant_patterns),
     )
-
-
-def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = data.get(key)
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"rubric key {where}{key} must be a table")
-    return value
-
-
-def _str(data: Mapping[str, Any], key: str, where: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"rubric key {where}{key} must be a non-empty string")
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str, where: str) -> int:
-    value = data.get(key)
-    if type(value) is not int:
-        raise ConfigError(f"rubric key {where}{key} must be an integer")
-    return value
-
-
-def _float(data: Mapping[str, Any], key: str, where: str) -> float:
-    value = data.get(key)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
-        raise ConfigError(f"rubric key {where}{key} must be a number from 0 to 1")
-    return float(value)
-
-
-def _int_list(data: Mapping[str, Any], key: str, where: str) -> list[int]:
-    value = data.get(key)
-    if not isinstance(value, list) or not all(type(v) is int for v in value):
-        raise ConfigError(f"rubric key {where}{key} must be a list of integers")
-    return value
-
-
-def _patterns(data: Mapping[str, Any], key: str, where: str) -> tuple[re.Pattern[str], ...]:
-    value = data.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"rubric key {where}{key} must be a non-empty list of strings")
-    compiled = []
-    for pattern in value:
-        try:
-            compiled.append(re.compile(pattern, re.IGNORECASE | re.MULTILINE))
-        except re.error as exc:
-            raise ConfigError(f"rubric key {where}{key}: bad pattern {pattern!r}: {exc}") from exc
-    return tuple(compiled)

@@ -80,7 +80,7 @@ from typing import Any
 
 import psutil
 
-from evidence.errors import SandboxError
+from common.errors import SandboxError
 from scoring.sandbox_harness import EXIT_CPU_LIMIT
 from scoring.score import JSONObject
 

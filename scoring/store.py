@@ -2,20 +2,19 @@
 
 `rescore_campaign` replaces a campaign's scores and gates in one transaction:
 raw rows are never touched, and derived rows always carry the scorer version
-that made them. `python -m collector rescore` runs it without a model.
+that made them. `moe-evidence rescore` runs it without a model.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import duckdb
 
-from evidence.errors import SandboxError, StoreError
+from common.errors import SandboxError, StoreError
 from evidence.metrics import create_views
-from evidence.store import default_db_path, open_store
+from evidence.store import open_store
 from evidence.writer import Transaction, to_json
 from scoring import SCORER_VERSION
 from scoring.gates import evaluate_gates
@@ -27,14 +26,17 @@ from scoring.similarity import similarity_scores
 
 def _request_scores(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tuple[str, Score]]:
     rows = con.execute(
-        "SELECT request_id, test_id, output_text, finish_reason, status, max_tokens "
-        "FROM requests WHERE campaign_id = ? ORDER BY started_utc",
+        "SELECT r.request_id, r.test_id, r.output_text, m.completed, r.max_tokens, "
+        "r.finish_reason, r.status FROM requests r JOIN request_metrics m USING (request_id) "
+        "WHERE r.campaign_id = ? ORDER BY r.started_utc",
         [campaign_id],
     ).fetchall()
     out: list[tuple[str, Score]] = []
-    for request_id, test_id, text, finish, status, max_tokens in rows:
+    for request_id, test_id, text, completed, max_tokens, finish, status in rows:
         try:
-            scores = score_request(test_id, text, finish, status, max_tokens)
+            scores = score_request(
+                test_id, text, bool(completed), max_tokens, finish_reason=finish, status=status
+            )
         except SandboxError as exc:
             # The sandbox itself could not run: store no verdict rather than a false fail.
             scores = [Score("scoring_error", 1.0, {"error": str(exc)})]
@@ -50,14 +52,10 @@ def _preservation_scores(
     pairs = con.execute(
         """
         SELECT o.request_id, o.output_text, b.request_id, b.output_text
-        FROM requests o
-        JOIN server_runs so ON so.server_run_id = o.server_run_id
-        JOIN requests b ON b.campaign_id = o.campaign_id AND b.test_id = o.test_id
-                       AND b.repeat = o.repeat AND b.stream = o.stream
-        JOIN server_runs sb ON sb.server_run_id = b.server_run_id
-        WHERE o.campaign_id = ? AND so.config_label <> 'baseline'
-          AND sb.config_label = 'baseline' AND sb.model_id = so.model_id
-          AND o.status = 'ok' AND b.status = 'ok'
+        FROM offload_pairs p
+        JOIN requests o ON o.request_id = p.offload_request_id
+        JOIN requests b ON b.request_id = p.baseline_request_id
+        WHERE p.campaign_id = ? AND o.status = 'ok' AND b.status = 'ok'
         """,
         [campaign_id],
     ).fetchall()
@@ -69,7 +67,11 @@ def _preservation_scores(
 
 def _placements(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tuple[str, Placement]]:
     rows = con.execute(
-        """SELECT s.server_run_id, m.spec, s.log_summary, s.n_cpu_moe
+        """SELECT s.server_run_id, s.log_summary,
+                  json_array_length(json_extract(m.spec, '$.expert_tensor_names')) AS total,
+                  list_filter(
+                      TRY_CAST(json_extract(m.spec, '$.expert_tensor_names') AS VARCHAR[]),
+                      lambda name: expert_on_cpu(block_of(name), s.n_cpu_moe)) AS expected
            FROM server_runs s JOIN models m USING (model_id)
            WHERE s.campaign_id = ? ORDER BY s.started_utc""",
         [campaign_id],
@@ -78,10 +80,12 @@ def _placements(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tuple[
         (
             run_id,
             check_placement(
-                json.loads(spec) if spec else None, json.loads(log) if log else None, n_cpu_moe
+                None if expected is None else list(expected),
+                int(total or 0),
+                json.loads(log) if log else None,
             ),
         )
-        for run_id, spec, log, n_cpu_moe in rows
+        for run_id, log, total, expected in rows
     ]
 
 
@@ -89,30 +93,7 @@ def rescore_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str) -> tuple[
     """Recompute every score and gate of `campaign_id`; return (scores, gates) written."""
     create_views(con)
     scores = _request_scores(con, campaign_id) + _preservation_scores(con, campaign_id)
-    placements = _placements(con, campaign_id)
     with Transaction(con):
-        con.execute(
-            "DELETE FROM placement_checks WHERE server_run_id IN "
-            "(SELECT server_run_id FROM server_runs WHERE campaign_id = ?)",
-            [campaign_id],
-        )
-        if placements:
-            con.executemany(
-                "INSERT INTO placement_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        run_id,
-                        p.status,
-                        p.expected_count,
-                        p.overridden_count,
-                        to_json(p.missing),
-                        to_json(p.unexpected),
-                        p.message,
-                        SCORER_VERSION,
-                    )
-                    for run_id, p in placements
-                ],
-            )
         con.execute(
             "DELETE FROM scores WHERE request_id IN "
             "(SELECT request_id FROM requests WHERE campaign_id = ?)",
@@ -123,54 +104,73 @@ def rescore_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str) -> tuple[
                 "INSERT INTO scores VALUES (?, ?, ?, ?, ?)",
                 [(rid, s.name, s.value, to_json(s.detail), SCORER_VERSION) for rid, s in scores],
             )
-        gates = evaluate_gates(con, campaign_id)
-        con.execute("DELETE FROM gates WHERE campaign_id = ?", [campaign_id])
+        gates = judge_campaign(con, campaign_id)
+    return len(scores), gates
+
+
+def judge_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str) -> int:
+    """Recompute the placement checks and the release gates of `campaign_id` from its
+    stored rows and scores (inside the caller's transaction); return the gate count."""
+    create_views(con)
+    placements = _placements(con, campaign_id)
+    con.execute(
+        "DELETE FROM placement_checks WHERE server_run_id IN "
+        "(SELECT server_run_id FROM server_runs WHERE campaign_id = ?)",
+        [campaign_id],
+    )
+    if placements:
         con.executemany(
-            "INSERT INTO gates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO placement_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    campaign_id,
-                    g.gate_id,
-                    g.title,
-                    g.status,
-                    g.threshold,
-                    g.measured,
-                    to_json(g.evidence),
+                    run_id,
+                    p.status,
+                    p.expected_count,
+                    p.overridden_count,
+                    to_json(p.missing),
+                    to_json(p.unexpected),
+                    p.message,
                     SCORER_VERSION,
                 )
-                for g in gates
+                for run_id, p in placements
             ],
         )
-    return len(scores), len(gates)
-
-
-def main_rescore(argv: list[str]) -> int:
-    """`python -m collector rescore [--db PATH] [--campaign ID]`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m collector rescore",
-        description="Recompute scores and gates from stored rows (no model is run).",
+    gates = evaluate_gates(con, campaign_id)
+    con.execute("DELETE FROM gates WHERE campaign_id = ?", [campaign_id])
+    con.executemany(
+        "INSERT INTO gates VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                campaign_id,
+                g.gate_id,
+                g.title,
+                g.status,
+                g.threshold,
+                g.measured,
+                to_json(g.evidence),
+                SCORER_VERSION,
+            )
+            for g in gates
+        ],
     )
-    parser.add_argument("--db", type=Path, default=None)
-    parser.add_argument("--campaign", help="one campaign (default: all)")
-    args = parser.parse_args(argv)
-    with open_store(args.db or default_db_path()) as con:
-        ids = (
-            [args.campaign]
-            if args.campaign
-            else [
-                r[0]
-                for r in con.execute(
-                    "SELECT campaign_id FROM campaigns ORDER BY started_utc"
-                ).fetchall()
-            ]
-        )
-        if (
-            args.campaign
-            and not con.execute(
-                "SELECT 1 FROM campaigns WHERE campaign_id = ?", [args.campaign]
-            ).fetchone()
-        ):
-            raise StoreError(f"no campaign {args.campaign} in this store")
+    return len(gates)
+
+
+def rescore_store(db: Path, campaign: str | None = None) -> list[str]:
+    """Recompute the scores and gates of one campaign (default: every one) in `db`;
+    one line per campaign saying what was written."""
+    lines = []
+    with open_store(db) as con:
+        ids = [
+            r[0]
+            for r in con.execute(
+                "SELECT campaign_id FROM campaigns WHERE ? IS NULL OR campaign_id = ? "
+                "ORDER BY started_utc",
+                [campaign, campaign],
+            ).fetchall()
+        ]
+        if campaign and not ids:
+            raise StoreError(f"no campaign {campaign} in this store; list them with `campaigns`")
         for campaign_id in ids:
             n_scores, n_gates = rescore_campaign(con, campaign_id)
             status = ", ".join(
@@ -180,5 +180,7 @@ def main_rescore(argv: list[str]) -> int:
                     [campaign_id],
                 ).fetchall()
             )
-            print(f"{campaign_id}: {n_scores} scores ({SCORER_VERSION}), {n_gates} gates: {status}")
-    return 0
+            lines.append(
+                f"{campaign_id}: {n_scores} scores ({SCORER_VERSION}), {n_gates} gates: {status}"
+            )
+    return lines

@@ -1,48 +1,31 @@
-"""`python -m collector score-text`: score a text read from stdin.
+"""`moe-evidence score-text`: score a text read from stdin.
 
 Prints the repetition score and loop verdict, and with `--test TEST_ID` that
 test's automated check too; `--json` prints one JSON object instead of the
 human-readable lines. Errors of this tool (`EvidenceError`) propagate to the
-CLI, which prints them and exits 2.
+CLI, which prints them and exits 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
+from common.errors import ConfigError
 from scoring.checks import CheckResult, check_output, known_test_ids
 from scoring.repetition import RepetitionResult, analyse_repetition
 from scoring.score import JSONObject, clip_text
 
 
-def main_score_text(argv: list[str]) -> int:
-    """Run the score-text command with `argv` (without the command name); return the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="collector score-text",
-        description="Score a text read from stdin for repetition, loops and (with --test) "
-        "the test's automated check.",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--test",
-        metavar="TEST_ID",
-        choices=known_test_ids(),
-        help=f"also run this protocol test's check ({', '.join(known_test_ids())})",
-    )
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help and on bad arguments
-        return exc.code if isinstance(exc.code, int) else 2
-    text = sys.stdin.read()
+def score_text(text: str, *, test_id: str | None = None, as_json: bool = False) -> str:
+    """`score-text`: the repetition score and loop detection of `text`, with the
+    automated check of protocol test `test_id` when given; as lines or JSON."""
+    if test_id is not None and test_id not in known_test_ids():
+        raise ConfigError(f"unknown test {test_id!r}; known: {', '.join(known_test_ids())}")
     repetition = analyse_repetition(text)
-    check = check_output(args.test, text, repetition=repetition) if args.test is not None else None
-    if args.json:
-        print(json.dumps(_as_json(repetition, check), indent=2))
-    else:
-        print("\n".join(_as_lines(repetition, check)))
-    return 0
+    check = check_output(test_id, text, repetition=repetition) if test_id is not None else None
+    if as_json:
+        return json.dumps(_as_json(repetition, check), indent=2)
+    return "\n".join(_as_lines(repetition, check))
 
 
 def _as_json(repetition: RepetitionResult, check: CheckResult | None) -> JSONObject:

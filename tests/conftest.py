@@ -39,14 +39,14 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def quick_store(
     tmp_path_factory: pytest.TempPathFactory, engine: EngineBuild, moe_model: Path
 ) -> Path:
-    """A real quick campaign (`python -m collector run --quick`), run once per session."""
+    """A real quick campaign (`moe-evidence collect --quick`), run once per session."""
     import subprocess
     import sys
 
     db = tmp_path_factory.mktemp("quick") / "evidence.duckdb"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run(
-        [sys.executable, "-m", "collector", "run", "--quick", "--db", str(db)],
+        [sys.executable, "-m", "moe_evidence", "collect", "--quick", "--db", str(db)],
         capture_output=True,
         text=True,
         env=env,

@@ -244,8 +244,8 @@ def test_ctrl_c_then_resume(
     argv = [
         sys.executable,
         "-m",
-        "collector",
-        "run",
+        "moe_evidence",
+        "collect",
         "--quick",
         "--tests",
         tests,

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evidence.errors import ConfigError
+from common.errors import ConfigError
 from scoring import SCORER_VERSION, check_output, known_test_ids, quality_score, score_request
 from scoring.checks import extract_python
 from scoring.rubric import load_rubrics, parse_rubrics
@@ -388,7 +388,9 @@ def test_an_unknown_test_has_no_check() -> None:
 
 
 def test_score_request_returns_every_named_score_as_json() -> None:
-    scores = score_request("technical-explanation", BINARY_SEARCH, "stop", "ok", 200)
+    scores = score_request(
+        "technical-explanation", BINARY_SEARCH, True, 200, finish_reason="stop", status="ok"
+    )
     by_name = {s.name: s for s in scores}
     assert list(by_name) == [
         "repetition",
@@ -408,14 +410,18 @@ def test_score_request_returns_every_named_score_as_json() -> None:
 
 
 def test_a_jug_request_also_reports_the_text_signal() -> None:
-    scores = score_request("multi-step-problem", JUGS_WRONG_BUT_CLAIMED, "stop", "ok", 300)
+    scores = score_request(
+        "multi-step-problem", JUGS_WRONG_BUT_CLAIMED, True, 300, finish_reason="stop", status="ok"
+    )
     by_name = {s.name: s.value for s in scores}
     assert by_name["check"] == 0.0 and by_name["check_text"] == 1.0
     assert by_name["quality"] == 3.0
 
 
 def test_an_incomplete_request_keeps_its_scores_but_has_quality_one() -> None:
-    scores = score_request("code-generation", CODE_ANSWER, None, "timeout", 150)
+    scores = score_request(
+        "code-generation", CODE_ANSWER, False, 150, finish_reason=None, status="timeout"
+    )
     by_name = {s.name: s for s in scores}
     assert by_name["completed"].value == 0.0
     assert by_name["check"].value == 1.0
@@ -424,13 +430,18 @@ def test_an_incomplete_request_keeps_its_scores_but_has_quality_one() -> None:
 
 
 def test_hitting_the_token_budget_counts_as_completed() -> None:
-    scores = score_request("simple-response", GREETING, "length", "ok", 50)
+    scores = score_request(
+        "simple-response", GREETING, True, 50, finish_reason="length", status="ok"
+    )
     assert {s.name: s.value for s in scores}["completed"] == 1.0
 
 
 def test_a_looping_story_loses_quality_and_reports_where_the_loop_starts() -> None:
     scores = {
-        s.name: s for s in score_request("creative-writing", STORY_LOOPING, "length", "ok", 800)
+        s.name: s
+        for s in score_request(
+            "creative-writing", STORY_LOOPING, True, 800, finish_reason="length", status="ok"
+        )
     }
     assert scores["loop"].value == 1.0
     assert scores["loop"].detail["start_char"] == STORY_LOOPING.index("Nova felt happy")
@@ -438,7 +449,7 @@ def test_a_looping_story_loses_quality_and_reports_where_the_loop_starts() -> No
 
 
 def test_an_unknown_test_still_gets_repetition_and_completion() -> None:
-    scores = score_request("poetry", "Roses are red.", "stop", "ok", 10)
+    scores = score_request("poetry", "Roses are red.", True, 10, finish_reason="stop", status="ok")
     assert [s.name for s in scores] == ["repetition", "loop", "completed"]
 
 
@@ -478,7 +489,12 @@ def test_a_malformed_rubric_names_the_bad_key() -> None:
 
 
 def test_a_request_with_no_stored_text_scores_as_empty() -> None:
-    scores = {s.name: s.value for s in score_request("simple-response", None, None, "error", 50)}
+    scores = {
+        s.name: s.value
+        for s in score_request(
+            "simple-response", None, False, 50, finish_reason=None, status="error"
+        )
+    }
     assert scores == {
         "repetition": 0.0,
         "loop": 0.0,

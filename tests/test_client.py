@@ -19,19 +19,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from calibration.stream_server import (
+from calibration.scenario import (
     BAD_JSON,
     NOT_AN_EVENT,
     NOT_JSON,
-    CalibratedServer,
     Injection,
     Scenario,
     Stall,
     StreamRecord,
 )
+from calibration.server import CalibratedServer
 from collector.apis import API_NAMES, ApiName, GenerationParams
 from collector.client import RequestResult, Timeouts, generate
-from evidence.errors import ConfigError
+from common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI: tuple[ApiName, ...] = ("openai-chat", "openai-completions")
@@ -426,7 +426,7 @@ def test_the_server_runs_as_its_own_process(tmp_path: Path) -> None:
     scenario_file.write_text(json.dumps(Scenario(tokens=5, gap_s=0.0).to_dict()))
     scenario = str(scenario_file)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "calibration.stream_server", "--port", "0", "--scenario", scenario],
+        [sys.executable, "-m", "calibration.server", "--port", "0", "--scenario", scenario],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -9,7 +9,7 @@ import pytest
 from collector.campaign import server_plans
 from collector.config import DeviceSection, load_config
 from collector.defaults import embedded_config, quick_profile
-from evidence.errors import ConfigError
+from common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -32,9 +32,10 @@ from collector.defaults import LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
 from collector.runner import _inspect
-from evidence.errors import EngineError, ServerError
+from common.errors import EngineError, ServerError
 from evidence.metrics import create_views
 from evidence.store import open_store
+from scoring.store import rescore_campaign
 
 pytestmark = pytest.mark.engine
 
@@ -89,7 +90,7 @@ def _run(
     progress: CampaignProgress | None = None,
 ) -> str:
     with open_store(db) as con, progress or CampaignProgress() as shown:
-        return run_campaign(
+        campaign_id = run_campaign(
             con,
             config,
             profile="test",
@@ -100,6 +101,8 @@ def _run(
             progress=shown,
             data_dir=db.parent,
         )
+        rescore_campaign(con, campaign_id)
+        return campaign_id
 
 
 def _rpc_children() -> list[psutil.Process]:
@@ -129,9 +132,17 @@ def test_baseline_and_cpu_moe_move_expert_tensors_off_the_device(
         "ORDER BY s.started_utc",
     )
     by_label = {r[0]: r for r in runs}
-    for label, status, argv_json, device_json, device_log, buffers_json, source, idle, before in (
-        runs
-    ):
+    for (
+        label,
+        status,
+        argv_json,
+        device_json,
+        device_log,
+        buffers_json,
+        source,
+        idle,
+        before,
+    ) in runs:
         argv = json.loads(argv_json)
         device = json.loads(device_json)
         (rpc,) = device["rpc_servers"]

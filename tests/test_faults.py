@@ -29,24 +29,20 @@ import psutil
 import pytest
 from gguf import GGUFWriter
 
-from calibration.stream_server import (
-    BAD_JSON,
-    NOT_JSON,
-    CalibratedServer,
-    Injection,
-    Scenario,
-)
+from calibration.scenario import BAD_JSON, NOT_JSON, Injection, Scenario
+from calibration.server import CalibratedServer
 from collector.campaign import run_campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.progress import CampaignProgress
 from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
+from common.errors import CampaignFailed
 from evidence.store import open_store
 from tests.storefactory import StoreFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"
-SERVER = [sys.executable, "-m", "calibration.stream_server", "--port", "{port}"]
+SERVER = [sys.executable, "-m", "calibration.server", "--port", "{port}"]
 # The calibrated server is importable from the project root, wherever pytest runs.
 SERVER_ENV = {"PYTHONPATH": str(ROOT)}
 
@@ -191,13 +187,16 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     )
     progress = _FaultPerTest(f"http://127.0.0.1:{port}")
-    with open_store(db) as con, progress:
+    with open_store(db) as con, progress, pytest.raises(CampaignFailed) as failed:
         _run_attached(con, config, progress, tmp)
+    # Two configurations never started: the campaign goes on past them, then says so.
+    assert "2 server configuration(s) failed" in str(failed.value)
     return db
 
 
-def test_the_campaign_completes_past_every_fault(fault_store: Path) -> None:
-    assert _query(fault_store, "SELECT status FROM campaigns") == [("complete",)]
+def test_the_campaign_goes_on_past_every_fault_and_is_marked_failed(fault_store: Path) -> None:
+    # Not "complete": cells are missing, so no build picks it by default.
+    assert _query(fault_store, "SELECT status FROM campaigns") == [("failed",)]
     runs = _query(
         fault_store,
         "SELECT config_label, status, error, log_text, pid, exit_code "
@@ -308,12 +307,18 @@ def test_attached_server_that_goes_away_mid_campaign(tmp_path: Path) -> None:
 def test_attaching_to_nothing_is_recorded(tmp_path: Path) -> None:
     db = tmp_path / "nothing.duckdb"
     endpoint = f"http://127.0.0.1:{free_port()}"
-    with open_store(db) as con, CampaignProgress() as progress:
-        _run_attached(con, _attach_config(endpoint, ["simple-response"]), progress, tmp_path)
+    config = _attach_config(endpoint, ["simple-response"])
+    with (
+        open_store(db) as con,
+        CampaignProgress() as progress,
+        pytest.raises(CampaignFailed, match="nothing healthy answers at"),
+    ):
+        _run_attached(con, config, progress, tmp_path)
     ((status, error),) = _query(db, "SELECT status, error FROM server_runs")
     assert status == "failed_start" and f"nothing healthy answers at {endpoint}" in error
     assert _query(db, "SELECT count(*) FROM requests") == [(0,)]
-    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+    # A campaign with no successful request is failed, never "complete".
+    assert _query(db, "SELECT status FROM campaigns") == [("failed",)]
 
 
 # -- the tool's own errors, through the command line ----------------------------------
@@ -365,7 +370,7 @@ CAMPAIGN_TOML = {
 
 def _collector(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "collector", "run", *args],
+        [sys.executable, "-m", "moe_evidence", "collect", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -417,7 +422,7 @@ def test_missing_server_binary(
         _tiny_gguf(tmp_path / "m.gguf"),
     )
     done = _collector(["--config", str(config), "--db", str(db)], cli_env)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     assert _error_lines(done.stderr) == [
         f"error: server binary not found: {binary}; install it or fix the command in the config"
     ]
@@ -446,7 +451,7 @@ def test_missing_model_file(
         missing,
     )
     done = _collector(["--config", str(config), "--db", str(db)], cli_env)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     (line,) = _error_lines(done.stderr)
     assert line.startswith(f"error: model file {missing} for '{MODEL}' does not exist")
     assert _counts(db) == before
@@ -470,18 +475,21 @@ def test_port_in_use_names_the_port_and_its_holder(
             _tiny_gguf(tmp_path / "m.gguf"),
         )
         done = _collector(["--config", str(config), "--db", str(db)], cli_env)
-    # A configuration that cannot start is recorded and skipped; the campaign completes.
-    assert done.returncode == 0, done.stderr
-    (line,) = _error_lines(done.stderr)
-    assert line.startswith(f"error: port {port} on 127.0.0.1 is already in use")
+    # A configuration that cannot start is recorded and skipped; the campaign is failed
+    # and the exit code says so (it used to exit 0 as if all were well).
+    assert done.returncode == 1, done.stderr
+    # The progress display names the failure as it happens; the exit line sums it up.
+    line = _error_lines(done.stderr)[-1]
+    assert f"port {port} on 127.0.0.1 is already in use" in line
     assert f"by PID {os.getpid()}" in line  # the holder is visible here: it is this test
+    assert "--resume" in line
     assert _counts(db) == before
-    errors = _query(
+    ((status, error),) = _query(
         db,
         "SELECT status, error FROM server_runs WHERE campaign_id IN "
         "(SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')",
     )
-    assert errors == [("failed_start", line.removeprefix("error: "))]
+    assert status == "failed_start" and error in line
 
 
 # -- secrets -----------------------------------------------------------------------
@@ -490,7 +498,7 @@ SECRET = "sk-moe-evidence-test-7c1d9e2fa4b8"
 
 # The calibrated server behind an --api-key flag, as llama-server takes one (and ignored).
 WITH_KEY_FLAG = (
-    "import sys; from calibration.stream_server import main; args = sys.argv[1:]; "
+    "import sys; from calibration.server import main; args = sys.argv[1:]; "
     "i = args.index('--api-key'); del args[i : i + 2]; raise SystemExit(main(args))"
 )
 
@@ -588,7 +596,7 @@ def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: P
         _tiny_gguf(tmp_path / "m.gguf"),
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "run", "--config", str(config), "--db", str(db)],
+        [sys.executable, "-m", "moe_evidence", "collect", "--config", str(config), "--db", str(db)],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -603,7 +611,7 @@ def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: P
     servers = [
         p
         for p in psutil.Process(proc.pid).children(recursive=True)
-        if "calibration.stream_server" in " ".join(p.cmdline())
+        if "calibration.server" in " ".join(p.cmdline())
     ]
     assert servers
     proc.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ from evidence.bundle import export_bundle
 from evidence.merge import merge_store
 from evidence.store import open_store
 from report.build import BuildResult
+from scoring.store import rescore_campaign
 from tests.fixtures.report.support import build, project
 
 pytestmark = pytest.mark.engine
@@ -117,7 +118,7 @@ def stores(
             if m.host is not None:
                 mp.setattr(recording, "collect_host", lambda nvml=None, h=m.host: h)
             with open_store(db) as con, CampaignProgress() as progress:
-                campaign.run_campaign(
+                campaign_id = campaign.run_campaign(
                     con,
                     _config(moe_model, engine, m.release),
                     profile="quick",
@@ -128,6 +129,7 @@ def stores(
                     progress=progress,
                     data_dir=tmp,
                 )
+                rescore_campaign(con, campaign_id)
         paths.append(db)
     return paths
 

@@ -11,13 +11,9 @@ import numpy.typing as npt
 import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from collector.gguf_inspect import (
-    ModelSpec,
-    inspect_model,
-    main_inspect_model,
-    weights_gpu_bytes_n_cpu_moe,
-)
-from evidence.errors import GGUFError, ModelError
+from collector.gguf_inspect import ModelSpec, inspect_model, print_spec
+from common.errors import GGUFError, ModelError
+from evidence.metrics import weights_on_device
 
 JSON_KEYS = {
     "path",
@@ -39,9 +35,6 @@ JSON_KEYS = {
     "moe_layer_count",
     "moe_layers",
     "expert_tensor_names",
-    "weights_gpu_bytes_baseline",
-    "weights_gpu_bytes_cpu_moe",
-    "predicted_vram_saved_pct",
     "expert_bytes_by_layer",
 }
 
@@ -119,8 +112,8 @@ def test_dense_model_byte_and_parameter_arithmetic(dense_model: Path) -> None:
         None,
     )
     assert spec.expert_tensor_count == spec.expert_tensor_bytes == spec.moe_layer_count == 0
-    assert spec.weights_gpu_bytes_baseline == spec.weights_gpu_bytes_cpu_moe == 228
-    assert spec.predicted_vram_saved_pct == 0.0
+    on_device = [weights_on_device(spec.to_json(), k) for k in (None, -1)]
+    assert on_device == [228, 228]
     assert spec.file_bytes == dense_model.stat().st_size
     assert spec.sha256 == hashlib.sha256(dense_model.read_bytes()).hexdigest()
     assert spec.path == str(dense_model.resolve())
@@ -143,23 +136,18 @@ def test_moe_model_expert_tensors_include_biases_and_scales(moe_model: Path) -> 
     assert spec.tensor_bytes_total == 784
     assert spec.moe_layers == (1, 2)
     assert spec.moe_layer_count == 2
-    assert spec.weights_gpu_bytes_cpu_moe == 784 - 592
-    assert spec.predicted_vram_saved_pct == pytest.approx(100 * 592 / 784)
+    assert weights_on_device(spec.to_json(), -1) == 784 - 592
 
 
 @pytest.mark.parametrize(
     ("k", "expected"),
-    [(0, 784), (1, 784), (2, 784 - 448), (3, 784 - 592), (99, 784 - 592)],
+    [(None, 784), (0, 784), (1, 784), (2, 784 - 448), (3, 784 - 592), (99, 784 - 592)],
 )
 def test_n_cpu_moe_moves_the_experts_of_blocks_below_k(
-    moe_model: Path, k: int, expected: int
+    moe_model: Path, k: int | None, expected: int
 ) -> None:
-    assert weights_gpu_bytes_n_cpu_moe(inspect_model(moe_model), k) == expected
-
-
-def test_n_cpu_moe_rejects_negative_k(moe_model: Path) -> None:
-    with pytest.raises(ValueError, match=">= 0"):
-        weights_gpu_bytes_n_cpu_moe(inspect_model(moe_model), -1)
+    # The one definition, the SQL macro the store's views use, reached from Python.
+    assert weights_on_device(inspect_model(moe_model).to_json(), k) == expected
 
 
 def test_to_json_keys_are_exact_and_plain(moe_model: Path) -> None:
@@ -216,7 +204,7 @@ def test_wrongly_typed_key_is_a_gguf_error(tmp_path: Path) -> None:
 
 
 def test_cli_json(moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_inspect_model([str(moe_model), "--json"]) == 0
+    print_spec(moe_model, as_json=True)
 
     document = json.loads(capsys.readouterr().out)
     assert set(document) == JSON_KEYS
@@ -224,7 +212,7 @@ def test_cli_json(moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_cli_table(moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_inspect_model([str(moe_model)]) == 0
+    print_spec(moe_model)
 
     out = capsys.readouterr().out
     assert "weights only" in out
@@ -233,7 +221,7 @@ def test_cli_table(moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_lets_model_errors_propagate(tmp_path: Path) -> None:
     with pytest.raises(ModelError):
-        main_inspect_model([str(tmp_path / "absent.gguf")])
+        print_spec(tmp_path / "absent.gguf")
 
 
 def test_spec_is_frozen(dense_model: Path) -> None:

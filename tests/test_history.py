@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from collector.protocol import PROTOCOL
+from common.errors import BuildError
 from evidence.bundle import export_bundle
-from evidence.errors import BuildError
-from evidence.metrics import summarize
+from evidence.statistics import summarize
 from evidence.store import open_store
 from evidence.writer import insert_row
+from moe_evidence.cli import main
 from report.build import BuildResult
-from report.cli import main
 from report.context.history import Release, judge
 from report.values import Stat
 from tests.fixtures.report.support import build, project
@@ -207,5 +207,5 @@ def test_the_same_history_from_a_fleet_directory_one_bundle_per_release(
     # A campaign in two bundles would count twice: the build says so and what to do.
     copy = fleet / "host=host-history" / "copy"
     shutil.copytree(fleet / "host=host-history" / "release=1.7.0", copy)
-    with pytest.raises(BuildError, match=r"is in 2 bundles under .*collector import"):
+    with pytest.raises(BuildError, match=r"is in 2 bundles under .*moe-evidence import"):
         build(fleet, project(tmp_path / "again"), all_campaigns=True, run_mkdocs=False)

@@ -9,13 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector.loader_log import (
-    LoaderLogSummary,
-    is_host_device,
-    main_inspect_log,
-    parse_loader_log,
-)
-from evidence.errors import LogParseError
+from collector.loader_log import LoaderLogSummary, parse_loader_log, print_log_summary
+from common.errors import LogParseError
+from evidence.llama_names import is_host_device
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 REAL_LOGS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "llama-loader-logs"
@@ -256,24 +252,22 @@ def test_fuzz_only_log_parse_error_escapes(lines: list[str], separator: str) -> 
 
 
 def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main_inspect_log([str(FIXTURES / "shimmy-b6686-cuda-baseline.log"), "--json"])
+    print_log_summary(FIXTURES / "shimmy-b6686-cuda-baseline.log", as_json=True)
 
-    assert code == 0
     assert json.loads(capsys.readouterr().out)["gpu_total_mib"] == 1648.25
 
 
 def test_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main_inspect_log([str(FIXTURES / "llama-server-b11434-lv5-cpu-moe.log")])
+    print_log_summary(FIXTURES / "llama-server-b11434-lv5-cpu-moe.log")
 
     out = capsys.readouterr().out
-    assert code == 0
     assert "load passes" in out
     assert "CPU_Mapped" in out
 
 
 def test_cli_missing_file_raises_log_parse_error(tmp_path: Path) -> None:
     with pytest.raises(LogParseError, match="not found"):
-        main_inspect_log([str(tmp_path / "nope.log")])
+        print_log_summary(tmp_path / "nope.log")
 
 
 def test_cli_names_the_file_when_it_has_no_loader_lines(tmp_path: Path) -> None:
@@ -281,7 +275,7 @@ def test_cli_names_the_file_when_it_has_no_loader_lines(tmp_path: Path) -> None:
     path.write_text("nothing here\n")
 
     with pytest.raises(LogParseError, match=r"empty\.log"):
-        main_inspect_log([str(path)])
+        print_log_summary(path)
 
 
 # --- the real reference logs (read in place, never copied) --------------------------------

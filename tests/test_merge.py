@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import SchemaTooNew, StoreError
 from evidence.bundle import export_bundle, import_bundle, open_source, read_manifest
-from evidence.errors import SchemaTooNew, StoreError
 from evidence.merge import merge_store
 from evidence.store import open_store
 from tests.storefactory import MS, StoreFactory
@@ -139,7 +139,10 @@ def test_cli_merge_export_import(tmp_path: Path) -> None:
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "collector", *args], capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "moe_evidence", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     merged = cli("merge", str(src), "--into", str(tmp_path / "m.duckdb"))
@@ -149,4 +152,4 @@ def test_cli_merge_export_import(tmp_path: Path) -> None:
     imported = cli("import", str(tmp_path / "b"), "--db", str(tmp_path / "i.duckdb"))
     assert imported.returncode == 0 and "requests 2" in imported.stdout
     missing = cli("merge", str(tmp_path / "nope.duckdb"), "--into", str(tmp_path / "m.duckdb"))
-    assert missing.returncode == 2 and missing.stderr.startswith("error: no evidence store")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: no evidence store")

@@ -10,10 +10,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from evidence.store import open_store
+from moe_evidence.cli import main
 from report.build import PAGES, BuildResult
-from report.cli import main
 from tests.fixtures.report.support import build, project, synthetic_store
 
 SNAPSHOT = Path(__file__).parent / "fixtures" / "report" / "snapshot"
@@ -208,7 +208,7 @@ def test_cli_reports_errors_in_one_line(tmp_path: Path, capsys: pytest.CaptureFi
         ["build", "--db", str(tmp_path / "missing.duckdb"), "--root", str(project(tmp_path))]
     )
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("error: no evidence store at") and err.count("\n") == 1
+    assert code == 1 and err.startswith("error: no evidence store at") and err.count("\n") == 1
 
 
 def test_unknown_campaign_is_an_error(
@@ -224,9 +224,32 @@ def test_the_build_never_imports_the_capture_side() -> None:
     import sys
 
     code = (
-        "import sys, report, report.build, report.cli, report.publish; "
+        "import sys, report, report.build, report.publish; "
         "from report.context import methodology; methodology._scoring_docs(); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'collector'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_layers_import_only_downwards() -> None:
+    # capture (collector) -> store (evidence) <- scoring <- report; collect-then-score
+    # lives above them all (moe_evidence). Checked on the source, not by convention.
+    root = Path(__file__).resolve().parents[1]
+    forbidden = {
+        "collector": ("scoring", "report", "moe_evidence"),
+        "scoring": ("collector", "report", "moe_evidence"),
+        "report": ("collector", "moe_evidence"),
+        "evidence": ("collector", "scoring", "report", "moe_evidence"),
+        "common": ("collector", "evidence", "scoring", "report", "moe_evidence"),
+    }
+    found = []
+    for package, banned in forbidden.items():
+        for path in sorted((root / package).rglob("*.py")):
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                words = line.split()
+                if len(words) >= 2 and words[0] in ("from", "import"):
+                    top = words[1].split(".")[0]
+                    if top in banned:
+                        found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
+    assert found == []

@@ -142,7 +142,14 @@ def test_summary_avg_tokens_per_second_is_the_protocols_definition(
         assert stat.ci_low < stat.mean < stat.ci_high
     assert rows["baseline"].vram_saved is None
     assert isinstance(rows["cpu-moe"].vram_saved, Quantity)
-    assert ctx.verdict.status == "NOT READY" and ctx.verdict.failed == 1
+    # The synthetic store's gates come from the real scorer: the verdict counts them.
+    statuses = [g for (g,) in con.execute("SELECT status FROM gates").fetchall()]
+    assert len(statuses) == 11
+    assert (ctx.verdict.passed, ctx.verdict.failed) == (
+        statuses.count("PASS"),
+        statuses.count("FAIL"),
+    )
+    assert ctx.verdict.status == ("NOT READY" if "FAIL" in statuses else "INCOMPLETE")
     assert ctx.synthetic
 
 

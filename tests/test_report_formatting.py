@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from markupsafe import Markup
 
-from evidence.errors import BuildError
-from evidence.metrics import summarize
+from common.errors import BuildError
+from evidence.statistics import summarize
 from report import formatting as f
 from report.values import Missing, Quantity, RatioFigure, Stat
 

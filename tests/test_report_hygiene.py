@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from report.hygiene import check_text
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evidence.errors import BuildError
+from common.errors import BuildError
 from report.publish import publish
 from tests.fixtures.report.support import project, synthetic_store
 

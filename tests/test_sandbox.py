@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from evidence.errors import SandboxError
+from common.errors import SandboxError
 from scoring import sandbox
 from scoring.sandbox import FunctionCase, SandboxLimits, launch_plan, run_function_cases
 

@@ -1,4 +1,4 @@
-"""`python -m collector score-text`: score text piped on stdin."""
+"""`moe-evidence score-text`: score text piped on stdin."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scoring.text_cli import main_score_text
+from moe_evidence.cli import main
 
 LOOPING = "Sure.\n\n" + "Explain quantum computing in simple terms.\n\n" * 5
 
@@ -16,7 +16,7 @@ def run_cli(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], text: str
 ) -> tuple[int, str]:
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
-    code = main_score_text(argv)
+    code = main(["score-text", *argv])
     return code, capsys.readouterr().out
 
 
@@ -58,9 +58,10 @@ def test_with_a_test_id_the_check_is_included(
     assert "missing concepts: sorted input" in out
 
 
-def test_an_unknown_test_id_is_a_usage_error(
+def test_an_unknown_test_id_is_one_line_naming_the_known_ones(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("text"))
-    assert main_score_text(["--test", "poetry"]) == 2
-    assert "invalid choice: 'poetry'" in capsys.readouterr().err
+    assert main(["score-text", "--test", "poetry"]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: unknown test 'poetry'; known: simple-response,")

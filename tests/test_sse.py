@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from collector.apis import API_NAMES, ApiName, decode_body, decode_event
 from collector.sse import MAX_EVENT_BYTES, SSEEvent, SSEParser
-from evidence.errors import EvidenceError, StreamError
+from common.errors import EvidenceError, StreamError
 
 BOM = b"\xef\xbb\xbf"
 

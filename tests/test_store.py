@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from evidence.errors import SchemaTooNew, StoreError, StoreLocked
+from common.errors import SchemaTooNew, StoreError, StoreLocked
 from evidence.migrations import SCHEMA_VERSION
 from evidence.store import open_store, schema_version
 from evidence.writer import Transaction, chunk_table, insert_arrow

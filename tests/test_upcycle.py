@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from importlib import metadata
@@ -15,7 +14,8 @@ from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, ReaderTensor
 
 from collector.gguf_inspect import ModelSpec, inspect_model
 from collector.upcycle import find_smollm2_gguf, upcycle_cache_key, upcycle_to_moe
-from evidence.errors import GGUFError, ModelError
+from common.errors import GGUFError, ModelError
+from common.files import file_sha256
 
 # The upcycled file's bytes are pinned: a change here means every cached copy
 # is stale, so bump UPCYCLE_FORMAT_VERSION along with this digest.
@@ -24,12 +24,7 @@ EXPECTED_BYTES = 247_941_568
 N_EMBD, N_FF, BLOCKS = 576, 1536, 30
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_of = file_sha256
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from evidence.metrics import summarize
+from evidence.statistics import summarize
 from report.context.memory import MemoryContext
 from report.queries import OK_STREAMED, Selection, metric, rows, stat_or_empty, stats_by
 from report.values import Quantity, Source, Stat
@@ -119,7 +119,7 @@ class HistoryContext:
 
 @dataclass(frozen=True)
 class _RequestMetric:
-    """A headline metric summarised over requests (`hist` rows matching `where`)."""
+    """A headline metric summarised over requests (`release_requests` rows matching `where`)."""
 
     name: str
     title: str
@@ -211,14 +211,14 @@ def _prepare(con: duckdb.DuckDBPyConnection, by_host: bool) -> None:
         SELECT campaign_id, {host} AS host, release_label,
                coalesce('release ' || release_label, 'campaign ' || campaign_id) AS release_key,
                started_utc
-        FROM campaigns c WHERE campaign_id IN (SELECT campaign_id FROM sel);
+        FROM campaigns c WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns);
 
-        CREATE OR REPLACE TEMP TABLE hist AS
-        SELECT rm.*, r.release_key, r.host, s.quality, s.repetition
-        FROM rm
+        CREATE OR REPLACE TEMP TABLE release_requests AS
+        SELECT sel_requests.*, r.release_key, r.host, s.quality, s.repetition
+        FROM sel_requests
         JOIN sel_releases r USING (campaign_id)
         LEFT JOIN sel_scores s USING (request_id)
-        WHERE (rm.model_id, rm.config_label) IN
+        WHERE (sel_requests.model_id, sel_requests.config_label) IN
             (SELECT model_id, config_label FROM sel_series WHERE main);
         """
     )
@@ -271,13 +271,19 @@ def _request_metric(
     groups = ["model_label", "config_label", "host", "release_key"]
     unit, missing = spec.unit, spec.missing
     table = stats_by(
-        con, spec.name, groups, where=spec.where, source="hist", unit=unit, missing=missing
+        con,
+        spec.name,
+        groups,
+        where=spec.where,
+        source="release_requests",
+        unit=unit,
+        missing=missing,
     )
     present = rows(
         con,
         """
         SELECT model_label, config_label, host, release_key
-        FROM hist GROUP BY ALL
+        FROM release_requests GROUP BY ALL
         """,
     )
     values = {
@@ -296,7 +302,7 @@ def _request_metric(
             """
             SELECT model_label, config_label, host, min(model_order) AS mo,
                    min(config_order) AS co
-            FROM hist GROUP BY ALL ORDER BY mo, co, host
+            FROM release_requests GROUP BY ALL ORDER BY mo, co, host
             """,
         )
     ]

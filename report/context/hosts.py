@@ -163,14 +163,14 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> HostsContext:
         """
         SELECT h.* FROM hosts h
         JOIN (SELECT host_id, min(started_utc) AS first FROM campaigns
-              WHERE campaign_id IN (SELECT campaign_id FROM sel) GROUP BY host_id) f
+              WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns) GROUP BY host_id) f
             USING (host_id)
         ORDER BY f.first, h.host_id
         """,
     )
     campaigns = rows(
         con,
-        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel) "
+        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns) "
         "ORDER BY started_utc, campaign_id",
     )
     versions = rows(

@@ -89,7 +89,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
         """
         SELECT h.*, string_agg(c.name, '; ' ORDER BY c.started_utc) AS campaigns
         FROM hosts h JOIN campaigns c USING (host_id)
-        WHERE c.campaign_id IN (SELECT campaign_id FROM sel)
+        WHERE c.campaign_id IN (SELECT campaign_id FROM sel_campaigns)
         GROUP BY ALL ORDER BY min(c.started_utc)
         """,
     ):
@@ -128,7 +128,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
     for c in rows(
         con,
         """
-        SELECT c.* FROM campaigns c WHERE campaign_id IN (SELECT campaign_id FROM sel)
+        SELECT c.* FROM campaigns c WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)
         ORDER BY started_utc
         """,
     ):

@@ -9,18 +9,16 @@ available for *both* runs of a comparison is the headline.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, cast
 
 import duckdb
 
+from evidence.llama_names import is_host_device
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
 from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, Source, Stat
-from scoring.placement import check_placement
 
-_HOST_DEVICE = re.compile(r"^(CPU.*|.*_Host|AMX)$")
 MIB = 1 << 20
 
 
@@ -33,9 +31,9 @@ class BufferRow:
 
 
 @dataclass(frozen=True)
-class Placement:
+class PlacementRow:
     """Where the expert tensors went, per the loader log, against the GGUF file
-    (the verdict is `scoring.placement.check_placement`'s)."""
+    (the verdict is the scorer's, stored in `placement_checks`)."""
 
     status: str  # PASS | FAIL | NOT MEASURED
     expected_tensors: int | None
@@ -68,7 +66,7 @@ class RunMemory:
     cpu_cores: Figure  # mean busy cores of the server tree while generating
     load_ms: Figure
     buffers: tuple[BufferRow, ...]
-    placement: Placement
+    placement: PlacementRow
     layers_on_cpu: int | None
 
     @property
@@ -116,7 +114,7 @@ class TradeoffPoint:
 
 
 @dataclass(frozen=True)
-class TimelinePoint:
+class MemorySample:
     model: str
     config: str
     t_s: float
@@ -134,7 +132,7 @@ class MemoryContext:
     tradeoff_source: str
     tradeoff_tests: tuple[str, ...]
     has_sweep: bool
-    timeline: tuple[TimelinePoint, ...]
+    timeline: tuple[MemorySample, ...]
     gpu_reason: str | None  # why no GPU figure is measured, when none is
     buffer_columns: tuple[tuple[str, bool], ...]  # ("device kind", on GPU), first seen first
 
@@ -152,14 +150,18 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
                mem.device_source, mem.device_idle_delta_bytes, mem.device_peak_delta_bytes,
                (SELECT count(gpu_mem_used_bytes) + count(device_rss_bytes) FROM telemetry t
                  WHERE t.server_run_id = r.server_run_id) AS gpu_samples,
-               est.estimated_bytes, est.estimate_parts
+               est.estimated_bytes, est.estimate_parts,
+               pc.status AS placement_status, pc.message AS placement_message,
+               pc.expected_count AS placement_expected,
+               pc.overridden_count AS placement_overridden
         FROM sel_runs r
         JOIN campaigns c USING (campaign_id)
         JOIN hosts h ON h.host_id = c.host_id
         JOIN sel_models m USING (model_id)
         LEFT JOIN server_run_memory mem USING (server_run_id)
-        LEFT JOIN config_weight_estimate est ON est.campaign_id = r.campaign_id
+        LEFT JOIN config_device_estimate est ON est.campaign_id = r.campaign_id
              AND est.model_id = r.model_id AND est.config_label = r.config_label
+        LEFT JOIN placement_checks pc ON pc.server_run_id = r.server_run_id
         WHERE r.attempt = 1
         ORDER BY r.model_order, r.config_order
         """,
@@ -232,13 +234,13 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         )
     gpu_estimated = _estimate(spec, f["estimated_bytes"], f["estimate_parts"])
     buffers = tuple(
-        BufferRow(str(device), str(kind), float(mib), not _HOST_DEVICE.match(str(device)))
+        BufferRow(str(device), str(kind), float(mib), not is_host_device(str(device)))
         for device, kinds in as_dict(log.get("buffers")).items()
         if isinstance(kinds, dict)
         for kind, mib in kinds.items()
         if isinstance(mib, (int, float))
     )
-    placement, layers_on_cpu = _placement(log, spec, k)
+    placement, layers_on_cpu = _placement(log, f)
     samples = f["telemetry_samples"] or 0
     no_telemetry = "no telemetry samples for this run"
     rss_idle = _bytes(f["rss_idle_bytes"])
@@ -275,7 +277,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
 
 def _estimate(spec: dict[str, Any], estimated_bytes: Any, parts: Any) -> Figure:
     """The predicted device memory for this configuration (defined once, in the
-    `config_weight_estimate` view): GGUF weights on the device + the log's KV and
+    `config_device_estimate` view): GGUF weights on the device + the log's KV and
     compute buffers, or the weights alone when there is no log."""
     if not spec:
         return Missing("the model file was not inspected (attached server)")
@@ -289,12 +291,11 @@ def _estimate(spec: dict[str, Any], estimated_bytes: Any, parts: Any) -> Figure:
     return Quantity(float(estimated_bytes), "bytes", "estimated", note)
 
 
-def _placement(
-    log: dict[str, Any], spec: dict[str, Any], k: int | None
-) -> tuple[Placement, int | None]:
-    """The scorer's placement check (`scoring.placement`) plus what the log says
-    about where the overridden tensors went."""
-    check = check_placement(spec or None, log or None, k)
+def _placement(log: dict[str, Any], f: dict[str, Any]) -> tuple[PlacementRow, int | None]:
+    """The scorer's stored placement check (`placement_checks`) plus what the log
+    says about where the overridden tensors went."""
+    status = f["placement_status"] or "NOT MEASURED"
+    detail = f["placement_message"] or "not checked: the scorer has not run on this campaign"
     targets = tuple(str(t) for t in as_list(log.get("override_targets")))
     layers = [int(x) for x in as_list(log.get("overridden_layers")) if isinstance(x, int)]
     mib = log.get("overridden_mib")
@@ -303,14 +304,13 @@ def _placement(
         if mib is not None
         else Missing("no loader log" if not log else "this llama.cpp build prints no sizes")
     )
-    detail = check.message
-    if check.status == "PASS" and not all(_HOST_DEVICE.match(t) for t in targets):
+    if status == "PASS" and not all(is_host_device(t) for t in targets):
         detail += f"; note: override targets {', '.join(targets)}"
     return (
-        Placement(
-            check.status,
-            check.expected_count,
-            check.overridden_count,
+        PlacementRow(
+            status,
+            f["placement_expected"],
+            f["placement_overridden"],
             overridden_mib,
             targets,
             ranges(layers),
@@ -466,7 +466,7 @@ def _tradeoff(
         for r in rows(
             con,
             "SELECT DISTINCT test_id, min(test_order) o FROM common_tests "
-            "JOIN rm USING (campaign_id, model_id, test_id) GROUP BY test_id ORDER BY o",
+            "JOIN sel_requests USING (campaign_id, model_id, test_id) GROUP BY test_id ORDER BY o",
         )
     )
     decode = stats_by(
@@ -542,7 +542,7 @@ def _gpu(r: RunMemory, source: str) -> Figure:
     return {"measured": r.gpu_idle_measured, "log": r.gpu_log, "estimated": r.gpu_estimated}[source]
 
 
-def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[TimelinePoint, ...]:
+def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[MemorySample, ...]:
     """Server memory over each run, at most ~120 points per run (max per bucket)."""
     data = rows(
         con,
@@ -567,7 +567,7 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[TimelinePoint, ...]:
         """,
     )
     return tuple(
-        TimelinePoint(
+        MemorySample(
             d["model"],
             d["config_label"],
             float(d["t_s"]),

@@ -11,9 +11,9 @@ from typing import Any
 
 import duckdb
 
-from evidence import metrics
+from common.thresholds import DEFAULT_THRESHOLDS
+from evidence import metrics, statistics
 from report.context.common import as_dict, as_list, gate_rank, loads
-from report.context.performance import LONG_CATEGORY
 from report.queries import Selection, rows
 
 # Scoring modules whose docstrings describe an algorithm a page figure uses;
@@ -47,7 +47,7 @@ class Doc:
 
 
 @dataclass(frozen=True)
-class ProtocolTest:
+class TestAsRun:
     ordinal: int
     test_id: str
     category: str
@@ -96,7 +96,7 @@ class CampaignMethod:
     seed: int | None
     pause_s: float
     procedure: tuple[tuple[str, Any], ...]  # (title, the config's value)
-    tests: tuple[ProtocolTest, ...]
+    tests: tuple[TestAsRun, ...]
     gates: tuple[GateThreshold, ...]
     command: tuple[str, ...]
     config: Any
@@ -157,7 +157,6 @@ def _procedure(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
 
 def _thresholds(config: dict[str, Any]) -> tuple[tuple[str, Any, bool], ...]:
     """The gate thresholds applied: scoring's defaults, overridden by the config."""
-    from scoring.gates import DEFAULT_THRESHOLDS
 
     overrides = as_dict(config.get("gates"))
     names = list(DEFAULT_THRESHOLDS) + [k for k in overrides if k not in DEFAULT_THRESHOLDS]
@@ -208,7 +207,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
     campaigns = []
     for c in rows(
         con,
-        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel) "
+        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns) "
         "ORDER BY started_utc",
     ):
         cid = c["campaign_id"]
@@ -225,7 +224,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
                 pause_s=float(c["pause_s"]),
                 procedure=_procedure(config),
                 tests=tuple(
-                    ProtocolTest(**t)
+                    TestAsRun(**t)
                     for t in rows(
                         con,
                         "SELECT ordinal, test_id, category, prompt, max_tokens, "
@@ -270,7 +269,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
         )
     stats = tuple(
         Doc(f"{fn.__name__}", " ".join((inspect.getdoc(fn) or "").split()))
-        for fn in (metrics.summarize, metrics.ratio_of_means, metrics.t95)
+        for fn in (statistics.summarize, statistics.ratio_of_means, statistics.t95)
         if inspect.getdoc(fn)
     )
     return MethodologyContext(
@@ -281,5 +280,5 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
         statistics=stats,
         scoring=_scoring_docs(),
         campaigns=tuple(campaigns),
-        long_category=LONG_CATEGORY,
+        long_category=metrics.LONG_CATEGORY,
     )

@@ -9,12 +9,11 @@ requests that failed are counted on the quality page's completion rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import duckdb
 
-from evidence.metrics import ratio_of_means
-from report.context.common import as_dict, no_gpu_reason
+from evidence.metrics import LONG_CATEGORY
+from evidence.statistics import ratio_of_means, summarize
 from report.context.memory import RunMemory
 from report.queries import (
     OK_STREAMED,
@@ -31,7 +30,6 @@ from report.values import Figure, Missing, Quantity, RatioFigure, Stat
 
 # The four figures the protocol asks for per test, in page order.
 PER_TEST_METRICS = ("ttft_ms", "decode_tps", "avg_tps", "e2e_s")
-LONG_CATEGORY = "extended generation"
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class CurvePoint:
 
 
 @dataclass(frozen=True)
-class TimelinePoint:
+class TokenArrival:
     label: str
     t_ms: float
     tokens: int
@@ -104,7 +102,7 @@ class TokenTimeline:
     test_id: str
     repeat: int
     requests: tuple[tuple[str, str], ...]  # (config, request_id)
-    points: tuple[TimelinePoint, ...]
+    points: tuple[TokenArrival, ...]
 
 
 @dataclass(frozen=True)
@@ -178,7 +176,8 @@ def build(
         r["test_id"]
         for r in rows(
             con,
-            "SELECT test_id, min(test_order) o FROM rm WHERE category = ? GROUP BY test_id "
+            "SELECT test_id, min(test_order) o FROM sel_requests WHERE category = ? "
+            "GROUP BY test_id "
             "ORDER BY o",
             [LONG_CATEGORY],
         )
@@ -189,14 +188,14 @@ def build(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE sel_gaps AS
-        SELECT rm.model, rm.model_order, rm.config_label, rm.config_order, g.gap_ms
-        FROM token_gaps g JOIN rm USING (request_id) WHERE {ok_streamed("rm")}
+        SELECT q.model, q.model_order, q.config_label, q.config_order, g.gap_ms
+        FROM token_gaps g JOIN sel_requests q USING (request_id) WHERE {ok_streamed("q")}
         """
     )
     counts = rows(
         con,
         f"SELECT count(*) FILTER (WHERE {OK_STREAMED}) AS ok, count(*) FILTER (WHERE stream) "
-        "AS total, count(*) FILTER (WHERE tokens_disagree) AS disagree FROM rm",
+        "AS total, count(*) FILTER (WHERE tokens_disagree) AS disagree FROM sel_requests",
     )[0]
     return PerformanceContext(
         metrics=tuple(_table(con, name) for name in PER_TEST_METRICS),
@@ -213,7 +212,9 @@ def build(
         token_sources=tuple(
             TokenSource(r["token_source"], int(r["n"]))
             for r in rows(
-                con, "SELECT token_source, count(*) AS n FROM rm GROUP BY 1 ORDER BY 2 DESC, 1"
+                con,
+                "SELECT token_source, count(*) AS n FROM sel_requests "
+                "GROUP BY 1 ORDER BY 2 DESC, 1",
             )
         ),
         tokens_disagree=int(counts["disagree"] or 0),
@@ -228,12 +229,13 @@ def _ratios(con: duckdb.DuckDBPyConnection) -> list[RatioRow]:
         con,
         f"""
         WITH series AS (
-            SELECT DISTINCT model, model_order, model_id, config_label, config_order, n_cpu_moe
-            FROM rm WHERE {OK_STREAMED}
+            SELECT DISTINCT model, model_order, model_id, config_label, config_order
+            FROM sel_requests WHERE {OK_STREAMED}
         )
-        SELECT o.model, o.model_id, o.config_label, b.config_label AS baseline
-        FROM series o JOIN series b ON b.model_id = o.model_id AND b.config_label = 'baseline'
-        WHERE o.n_cpu_moe IS NOT NULL AND o.n_cpu_moe <> 0
+        SELECT o.model, o.model_id, o.config_label, oc.baseline_label AS baseline
+        FROM offload_configs oc
+        JOIN series o USING (model_id, config_label)
+        JOIN series b ON b.model_id = oc.model_id AND b.config_label = oc.baseline_label
         ORDER BY o.model_order, o.config_order
         """,
     )
@@ -242,19 +244,19 @@ def _ratios(con: duckdb.DuckDBPyConnection) -> list[RatioRow]:
         # Both sides over the tests both ran, so a sweep's subset is compared like for like.
         con.execute(
             f"""
-            CREATE OR REPLACE TEMP TABLE pair_rm AS
-            SELECT * FROM rm
+            CREATE OR REPLACE TEMP TABLE pair_requests AS
+            SELECT * FROM sel_requests
             WHERE {OK_STREAMED} AND model_id = $model AND config_label IN ($off, $base)
               AND test_id IN (
-                SELECT test_id FROM rm WHERE {OK_STREAMED} AND model_id = $model
+                SELECT test_id FROM sel_requests WHERE {OK_STREAMED} AND model_id = $model
                 GROUP BY test_id HAVING count(DISTINCT config_label) FILTER
                     (WHERE config_label IN ($off, $base)) = 2)
             """,
             {"model": p["model_id"], "off": p["config_label"], "base": p["baseline"]},
         )
-        tests = scalar(con, "SELECT count(DISTINCT test_id) FROM pair_rm")
+        tests = scalar(con, "SELECT count(DISTINCT test_id) FROM pair_requests")
         for name in ("decode_tps", "ttft_ms", "avg_tps", "e2e_s"):
-            stats = stats_by(con, name, ["config_label"], source="pair_rm")
+            stats = stats_by(con, name, ["config_label"], source="pair_requests")
             off = stats.get((p["config_label"],))
             base = stats.get((p["baseline"],))
             if off is None or base is None:
@@ -325,32 +327,21 @@ def _itl_pooled(con: duckdb.DuckDBPyConnection) -> tuple[PooledItl, ...]:
 
 
 def _curve(con: duckdb.DuckDBPyConnection) -> tuple[CurvePoint, ...]:
-    """Decode rate in each tenth of long generations: does speed hold up?"""
+    """Decode rate in each tenth of long generations (the `decode_deciles` view)."""
     data = rows(
         con,
-        f"""
-        WITH tt AS (
-            SELECT t.request_id, t.t_ns, (t.token_idx * 10) // t.n_tokens AS decile
-            FROM token_times t JOIN rm USING (request_id)
-            WHERE {ok_streamed("rm")} AND rm.category = ?
-              AND t.n_tokens >= 20
-        ), per_request AS (
-            SELECT request_id, decile,
-                   (count(*) - 1) / nullif((max(t_ns) - min(t_ns)) / 1e9, 0) AS rate
-            FROM tt GROUP BY request_id, decile
-        )
-        SELECT rm.model, rm.config_label, p.decile, count(p.rate) AS n, avg(p.rate) AS mean,
-               stddev_samp(p.rate) AS sd, min(p.rate) AS lo, max(p.rate) AS hi,
-               min(rm.model_order) AS mo, min(rm.config_order) AS co
-        FROM per_request p JOIN rm USING (request_id)
-        WHERE p.rate IS NOT NULL
-        GROUP BY rm.model, rm.config_label, p.decile
-        ORDER BY mo, co, p.decile
+        """
+        SELECT q.model, q.config_label, d.decile, count(d.rate) AS n, avg(d.rate) AS mean,
+               stddev_samp(d.rate) AS sd, min(d.rate) AS lo, max(d.rate) AS hi,
+               min(q.model_order) AS mo, min(q.config_order) AS co
+        FROM (SELECT request_id, decile, decode_rate_along_generation AS rate
+              FROM decode_deciles) d
+        JOIN sel_requests q USING (request_id)
+        WHERE d.rate IS NOT NULL
+        GROUP BY q.model, q.config_label, d.decile
+        ORDER BY mo, co, d.decile
         """,
-        [LONG_CATEGORY],
     )
-    from evidence.metrics import summarize
-
     return tuple(
         CurvePoint(
             d["model"],
@@ -369,16 +360,16 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> TokenTimeline | Missing:
         con,
         f"""
         WITH longest AS (
-            SELECT test_id FROM rm JOIN tests USING (campaign_id, test_id)
+            SELECT test_id FROM sel_requests JOIN tests USING (campaign_id, test_id)
             WHERE {OK_STREAMED} ORDER BY tests.max_tokens DESC, test_order LIMIT 1
         ), cand AS (
             SELECT request_id, model, model_id, test_id, repeat, config_label, e2e_s,
                    row_number() OVER (ORDER BY e2e_s) AS i, count(*) OVER () AS n
-            FROM rm
+            FROM sel_requests
             WHERE {OK_STREAMED} AND test_id = (SELECT test_id FROM longest)
-              AND model_order = (SELECT min(model_order) FROM rm WHERE {OK_STREAMED})
+              AND model_order = (SELECT min(model_order) FROM sel_requests WHERE {OK_STREAMED})
               AND config_order = (SELECT max(config_order) FILTER (WHERE config_order <= 1)
-                                  FROM rm WHERE {OK_STREAMED})
+                                  FROM sel_requests WHERE {OK_STREAMED})
         )
         SELECT * FROM cand WHERE i = (n + 1) // 2
         """,
@@ -387,15 +378,15 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> TokenTimeline | Missing:
         return Missing("no successful streamed request in this store")
     chosen = pick[0]
     pair = [(chosen["config_label"], chosen["request_id"])]
-    if chosen["config_label"] != "baseline":
-        base = rows(
-            con,
-            f"SELECT request_id FROM rm WHERE {OK_STREAMED} AND model_id = ? AND test_id = ? "
-            "AND config_label = 'baseline' ORDER BY repeat = ? DESC, e2e_s LIMIT 1",
-            [chosen["model_id"], chosen["test_id"], chosen["repeat"]],
-        )
-        if base:
-            pair.insert(0, ("baseline", base[0]["request_id"]))
+    base = rows(
+        con,
+        f"SELECT p.baseline_request_id, b.config_label FROM offload_pairs p "
+        f"JOIN sel_requests b ON b.request_id = p.baseline_request_id "
+        f"WHERE p.offload_request_id = ? AND {ok_streamed('b')}",
+        [chosen["request_id"]],
+    )
+    if base:
+        pair.insert(0, (base[0]["config_label"], base[0]["baseline_request_id"]))
     ids = [rid for _, rid in pair]
     label = {rid: cfg for cfg, rid in pair}
     points = rows(
@@ -414,8 +405,7 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> TokenTimeline | Missing:
         repeat=int(chosen["repeat"]),
         requests=tuple(pair),
         points=tuple(
-            TimelinePoint(label[p["request_id"]], float(p["t_ms"]), int(p["tokens"]))
-            for p in points
+            TokenArrival(label[p["request_id"]], float(p["t_ms"]), int(p["tokens"])) for p in points
         ),
     )
 
@@ -424,7 +414,7 @@ def _host_bandwidth(con: duckdb.DuckDBPyConnection) -> Figure:
     value = scalar(
         con,
         "SELECT max(mem_bandwidth_bytes_per_s) FROM campaigns WHERE campaign_id IN "
-        "(SELECT campaign_id FROM sel)",
+        "(SELECT campaign_id FROM sel_campaigns)",
     )
     if value is None:
         return Missing("the collector did not benchmark host memory for this campaign")
@@ -432,87 +422,62 @@ def _host_bandwidth(con: duckdb.DuckDBPyConnection) -> Figure:
 
 
 def _bottleneck(con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]) -> list[BottleneckRow]:
-    """Implied weight traffic from host memory per configuration (an estimate):
-    decode tokens/s times the active weight bytes each token reads from host RAM."""
-    facts = {
-        r["model_id"]: r
+    """Implied weight traffic from host memory per configuration (the `host_traffic`
+    view, an estimate), beside the measured decode rate and CPU use."""
+    traffic = {
+        (r["model_id"], r["config_label"]): r
         for r in rows(
             con,
-            """
-            SELECT m.model_id, m.spec, m.expert_count, m.expert_used_count, h.gpu_status,
-                   c.mem_bandwidth_bytes_per_s AS bw
-            FROM sel_models m JOIN campaigns c USING (campaign_id)
-            JOIN hosts h ON h.host_id = c.host_id
-            """,
+            "SELECT h.*, c.mem_bandwidth_bytes_per_s AS bw FROM host_traffic h "
+            "JOIN sel_models m USING (campaign_id, model_id) JOIN campaigns c USING (campaign_id)",
         )
     }
     decode = stats_by(con, "decode_tps", ["model_id", "config_label"])
     out: list[BottleneckRow] = []
     for run in runs:
-        f = facts.get(run.model_id)
+        t = traffic.get((run.model_id, run.config))
         stat = decode.get((run.model_id, run.config)) or Stat.empty(
             "tokens/s", "no successful streamed request"
         )
-        per_token = _host_bytes_per_token(run, f)
+        per_token: Figure
         implied: Figure
         share: Figure
-        if isinstance(per_token, Quantity) and stat.mean is not None:
-            implied = Quantity(
-                per_token.value * stat.mean,
-                "bytes/s",
-                "estimated",
-                "decode tokens/s × host bytes per token",
+        if t is None or t["host_bytes_per_token"] is None:
+            per_token = implied = share = Missing(
+                "the GGUF sizes or expert counts are not recorded"
             )
-            bw = f["bw"] if f else None
+        else:
+            per_token = Quantity(
+                float(t["host_bytes_per_token"]),
+                "bytes",
+                "estimated",
+                "GGUF sizes; each active weight read once per token",
+            )
+            implied = (
+                Quantity(
+                    float(t["implied_host_traffic"]),
+                    "bytes/s",
+                    "estimated",
+                    "decode tokens/s × host bytes per token",
+                )
+                if t["implied_host_traffic"] is not None
+                else Missing(stat.missing or "no decode rate")
+            )
             share = (
                 Quantity(
-                    100.0 * implied.value / float(bw),
+                    float(t["host_bandwidth_pct"]),
                     "%",
                     "estimated",
                     "of the measured host copy bandwidth",
                 )
-                if bw
-                else Missing("host memory bandwidth was not benchmarked")
+                if t["host_bandwidth_pct"] is not None
+                else Missing(
+                    "host memory bandwidth was not benchmarked"
+                    if not t["bw"]
+                    else stat.missing or "no decode rate"
+                )
             )
-        else:
-            reason = per_token.reason if isinstance(per_token, Missing) else stat.missing or ""
-            implied = share = Missing(reason)
         out.append(
             BottleneckRow(run.model, run.config, stat, run.cpu_cores, per_token, implied, share)
         )
     return out
-
-
-def _host_bytes_per_token(run: RunMemory, f: dict[str, Any] | None) -> Figure:
-    spec = as_dict(f["spec"]) if f else {}
-    total = spec.get("tensor_bytes_total")
-    experts = spec.get("expert_tensor_bytes")
-    n_exp = f["expert_count"] if f else None
-    used = f["expert_used_count"] if f else None
-    if not spec or total is None or experts is None or not n_exp or not used:
-        return Missing("the GGUF sizes or expert counts are not recorded")
-    active_experts = float(experts) * used / n_exp
-    dense = float(total) - float(experts)
-    note = "GGUF sizes; each active weight read once per token"
-    cpu_only = (f or {}).get("gpu_status") != "ok" or isinstance(run.gpu_log, Missing)
-    if cpu_only:
-        why = (
-            no_gpu_reason((f or {}).get("gpu_status"))
-            if (f or {}).get("gpu_status") != "ok"
-            else "no GPU buffers in the log"
-        )
-        return Quantity(
-            dense + active_experts, "bytes", "estimated", f"{note}; all in host memory: {why}"
-        )
-    if not run.offloaded:
-        return Missing("every weight is in GPU memory in this configuration")
-    layers = spec.get("moe_layer_count") or 0
-    share = (
-        1.0 if run.n_cpu_moe == -1 or not layers else min(1.0, (run.layers_on_cpu or 0) / layers)
-    )
-    return Quantity(
-        active_experts * share,
-        "bytes",
-        "estimated",
-        f"{note}; the experts of {share:.0%} of MoE layers are in host memory",
-    )

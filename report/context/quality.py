@@ -13,12 +13,12 @@ from typing import Any
 
 import duckdb
 
-from evidence.metrics import summarize
+from evidence.statistics import summarize
 from report.context.common import as_dict
 from report.queries import Selection, rows, scalar, stat_or_empty, stats_by
 from report.values import Missing, Quantity, Stat
 
-# (column of the `rq` table, display unit, what a missing value means)
+# (column of the `sel_request_scores` table, display unit, what a missing value means)
 SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("repetition", ""),
     ("check_pct", "%"),
@@ -152,11 +152,11 @@ def slug(test_id: str) -> str:
 def _prepare(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         """
-        CREATE OR REPLACE TEMP TABLE rq AS
-        SELECT rm.*, s.repetition, s.loop, s.check_pass * 100 AS check_pct,
+        CREATE OR REPLACE TEMP TABLE sel_request_scores AS
+        SELECT sel_requests.*, s.repetition, s.loop, s.check_pass * 100 AS check_pct,
                s.check_coverage * 100 AS coverage_pct, s.quality, rv.review,
                s.same_exact, s.same_similarity, s.same_prefix_words
-        FROM rm
+        FROM sel_requests
         LEFT JOIN sel_scores s USING (request_id)
         LEFT JOIN (SELECT request_id, avg(score) AS review FROM reviews GROUP BY request_id) rv
             USING (request_id)
@@ -174,11 +174,13 @@ def _rows(
         SELECT {", ".join(keys)}, count(*) AS requests,
                count(*) FILTER (WHERE completed) AS completed,
                count(*) FILTER (WHERE loop = 1) AS loops, count(loop) AS loop_scored
-        FROM rq GROUP BY {", ".join(keys)} ORDER BY {", ".join(order)}
+        FROM sel_request_scores GROUP BY {", ".join(keys)} ORDER BY {", ".join(order)}
         """,
     )
     tables = {
-        col: stats_by(con, col, keys, where="TRUE", source="rq", unit=unit, missing=missing)
+        col: stats_by(
+            con, col, keys, where="TRUE", source="sel_request_scores", unit=unit, missing=missing
+        )
         for col, unit in SCORE_COLUMNS
     }
     out = []
@@ -219,7 +221,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
     versions = scalar(
         con,
         "SELECT string_agg(DISTINCT scorer_version, ', ' ORDER BY scorer_version) FROM scores "
-        "WHERE request_id IN (SELECT request_id FROM rm)",
+        "WHERE request_id IN (SELECT request_id FROM sel_requests)",
     )
     return QualityContext(
         has_scores=scored > 0,
@@ -246,9 +248,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
             for r in rows(
                 con,
                 """
-                SELECT rm.model, rm.config_label, rm.test_id, v.score, v.reviewer, v.note
-                FROM reviews v JOIN rm USING (request_id)
-                ORDER BY rm.model_order, rm.test_order, rm.config_order, v.reviewed_utc
+                SELECT q.model, q.config_label, q.test_id, v.score, v.reviewer, v.note
+                FROM reviews v JOIN sel_requests q USING (request_id)
+                ORDER BY q.model_order, q.test_order, q.config_order, v.reviewed_utc
                 """,
             )
         ),
@@ -259,8 +261,8 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
             TranscriptLink(r["test_id"], slug(r["test_id"]), int(r["n"]))
             for r in rows(
                 con,
-                "SELECT test_id, count(*) AS n, min(test_order) AS o FROM rm GROUP BY test_id "
-                "ORDER BY o, test_id",
+                "SELECT test_id, count(*) AS n, min(test_order) AS o FROM sel_requests "
+                "GROUP BY test_id ORDER BY o, test_id",
             )
         ),
     )
@@ -271,11 +273,10 @@ def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
     data = rows(
         con,
         """
-        SELECT rm.request_id, rm.model, rm.config_label, rm.repeat, rm.stream, s.value,
-               s.detail
-        FROM scores s JOIN rm USING (request_id)
+        SELECT q.request_id, q.model, q.config_label, q.repeat, q.stream, s.value, s.detail
+        FROM scores s JOIN sel_requests q USING (request_id)
         WHERE s.name = 'check' AND json_extract(s.detail, '$.cases') IS NOT NULL
-        ORDER BY rm.model_order, rm.config_order, rm.stream DESC, rm.repeat
+        ORDER BY q.model_order, q.config_order, q.stream DESC, q.repeat
         """,
     )
     out = []
@@ -322,11 +323,9 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
                    o.same_exact, o.same_similarity, o.same_prefix_words,
                    o.quality - b.quality AS dq, o.repetition - b.repetition AS drep,
                    o.check_pct - b.check_pct AS dchk
-            FROM rq o
-            JOIN rq b ON b.model_id = o.model_id AND b.test_id = o.test_id
-                     AND b.repeat = o.repeat AND b.stream = o.stream
-                     AND b.config_label = 'baseline'
-            WHERE o.n_cpu_moe IS NOT NULL AND o.n_cpu_moe <> 0
+            FROM offload_pairs p
+            JOIN sel_request_scores o ON o.request_id = p.offload_request_id
+            JOIN sel_request_scores b ON b.request_id = p.baseline_request_id
         )
         SELECT model, model_id, config_label, 'baseline' AS baseline,
                count(same_similarity) AS pairs,
@@ -374,19 +373,19 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
         SELECT test_id, min(category) AS category, min(prompt) AS prompt,
                min(success_criteria) AS success_criteria, max(max_tokens) AS max_tokens,
                max(protocol_max_tokens) AS protocol_max_tokens, min(ordinal) AS o
-        FROM tests WHERE campaign_id IN (SELECT campaign_id FROM sel)
+        FROM tests WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns)
         GROUP BY test_id ORDER BY o, test_id
         """,
     )
     data = rows(
         con,
         """
-        SELECT rq.request_id, rq.model, rq.config_label, rq.repeat, rq.stream, rq.status,
-               rq.finish_reason, rq.output_tokens, rq.token_source, rq.e2e_s, rq.test_id,
-               r.error, r.output_text, rq.repetition, rq.loop, rq.check_pct, rq.quality,
-               rq.review
-        FROM rq JOIN requests r USING (request_id)
-        ORDER BY rq.test_order, rq.model_order, rq.config_order, rq.stream DESC, rq.repeat
+        SELECT q.request_id, q.model, q.config_label, q.repeat, q.stream, q.status,
+               q.finish_reason, q.output_tokens, q.token_source, q.e2e_s, q.test_id,
+               r.error, r.output_text, q.repetition, q.loop, q.check_pct, q.quality,
+               q.review
+        FROM sel_request_scores q JOIN requests r USING (request_id)
+        ORDER BY q.test_order, q.model_order, q.config_order, q.stream DESC, q.repeat
         """,
     )
     by_test: dict[str, list[Transcript]] = {}

@@ -67,7 +67,7 @@ def build(
     campaigns = []
     for c in rows(
         con,
-        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel) "
+        "SELECT * FROM campaigns WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns) "
         "ORDER BY started_utc",
     ):
         engine = as_dict(c["engine"])

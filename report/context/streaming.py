@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from evidence.metrics import ratio_of_means
+from evidence.statistics import ratio_of_means
 from report.queries import Selection, group_keys, metric, rows, stat_or_empty, stats_by
 from report.values import RatioFigure, Stat
 
@@ -81,7 +81,8 @@ def _compare(
     keys_sql = ", ".join(groups + order)
     present = rows(
         con,
-        f"SELECT DISTINCT {keys_sql} FROM rm WHERE {NON_STREAMED} ORDER BY " + ", ".join(order),
+        f"SELECT DISTINCT {keys_sql} FROM sel_requests WHERE {NON_STREAMED} ORDER BY "
+        + ", ".join(order),
     )
     if not present:
         return ()
@@ -121,7 +122,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> StreamingContext:
     by_model = ["model", "config_label"]
     test_order = ["model_order", "test_order", "config_order"]
     model_order = ["model_order", "config_order"]
-    non_streamed = rows(con, f"SELECT count(*) AS n FROM rm WHERE {NON_STREAMED}")[0]["n"]
+    non_streamed = rows(con, f"SELECT count(*) AS n FROM sel_requests WHERE {NON_STREAMED}")[0]["n"]
     return StreamingContext(
         columns=tuple(
             Column(n, metric(n).title, metric(n).unit, metric(n).definition) for n in STREAM_METRICS

@@ -129,7 +129,7 @@ def build(
         """
         SELECT c.name, c.started_utc, g.gate_id, g.title, g.status, g.threshold, g.measured
         FROM gates g JOIN campaigns c USING (campaign_id)
-        WHERE g.campaign_id IN (SELECT campaign_id FROM sel)
+        WHERE g.campaign_id IN (SELECT campaign_id FROM sel_campaigns)
         """,
     )
     found.sort(key=lambda g: (g["started_utc"], gate_rank(g["gate_id"])))
@@ -145,7 +145,8 @@ def build(
     q_rows = {(q.model, q.config): q for q in quality.overall}
     series = rows(
         con,
-        "SELECT DISTINCT model, model_order, config_label, config_order, n_cpu_moe FROM rm "
+        "SELECT DISTINCT model, model_order, config_label, config_order, n_cpu_moe "
+        "FROM sel_requests "
         "WHERE (model_id, config_label) IN (SELECT model_id, config_label FROM sel_series "
         "WHERE main) ORDER BY model_order, config_order",
     )
@@ -203,11 +204,11 @@ def build(
     count = {
         t: int(scalar(con, sql) or 0)
         for t, sql in (
-            ("requests", "SELECT count(*) FROM rm"),
+            ("requests", "SELECT count(*) FROM sel_requests"),
             (
                 "chunks",
                 "SELECT sum(event_count) FROM requests WHERE request_id IN "
-                "(SELECT request_id FROM rm)",
+                "(SELECT request_id FROM sel_requests)",
             ),
             ("server_runs", "SELECT count(*) FROM sel_runs"),
             (

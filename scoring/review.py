@@ -1,4 +1,4 @@
-"""`python -m collector review`: human 1-5 quality scores, kept apart from the
+"""`moe-evidence review`: human 1-5 quality scores, kept apart from the
 automated ones (the report shows both side by side, never merged).
 
 Interactive by default: each stored output without a review is shown, and the
@@ -8,7 +8,6 @@ Scripts use `--request ID --score N [--note TEXT]`.
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import uuid
 from datetime import UTC, datetime
@@ -19,8 +18,8 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
-from evidence.errors import ConfigError, StoreError
-from evidence.store import default_db_path, open_store
+from common.errors import ConfigError, StoreError
+from evidence.store import open_store
 from evidence.writer import insert_row
 
 
@@ -63,27 +62,27 @@ def _pending(con: duckdb.DuckDBPyConnection, campaign_id: str | None) -> list[tu
     ).fetchall()
 
 
-def main_review(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m collector review", description="Record human 1-5 quality scores."
-    )
-    parser.add_argument("--db", type=Path, default=None)
-    parser.add_argument("--campaign", help="only this campaign's requests")
-    parser.add_argument("--request", help="review one request (non-interactive)")
-    parser.add_argument("--score", type=int, help="1-5, with --request")
-    parser.add_argument("--note", help="free text, with --request")
-    parser.add_argument("--reviewer", default=None, help="name to record (default: login)")
-    args = parser.parse_args(argv)
-    reviewer = args.reviewer or getpass.getuser()
-    with open_store(args.db or default_db_path()) as con:
-        if args.request:
-            if args.score is None:
+def review(
+    db: Path,
+    *,
+    campaign: str | None = None,
+    request: str | None = None,
+    score: int | None = None,
+    note: str | None = None,
+    reviewer: str | None = None,
+) -> int:
+    """Review one request (`request` and `score`) or, interactively, every output of
+    `campaign` (default: all) without a review yet; returns the exit code."""
+    reviewer = reviewer or getpass.getuser()
+    with open_store(db) as con:
+        if request:
+            if score is None:
                 raise ConfigError("--request needs --score 1-5")
-            record_review(con, args.request, args.score, args.note, reviewer)
-            print(f"reviewed {args.request}: {args.score}")
+            record_review(con, request, score, note, reviewer)
+            print(f"reviewed {request}: {score}")
             return 0
         console = Console()
-        pending = _pending(con, args.campaign)
+        pending = _pending(con, campaign)
         console.print(f"{len(pending)} outputs without a review")
         for request_id, test_id, config, prompt, output in pending:
             console.print(

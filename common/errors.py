@@ -74,7 +74,11 @@ class ServerNotHealthy(ServerError):
 
 
 class CampaignFailed(ServerError):
-    pass
+    """Some server configurations failed; what ran is stored in `campaign_id`."""
+
+    def __init__(self, message: str, campaign_id: str) -> None:
+        super().__init__(message)
+        self.campaign_id = campaign_id
 
 
 class StreamError(EvidenceError):

@@ -7,7 +7,7 @@ reviews, and hostile model output (`<script>`, Markdown and Jinja syntax) that
 the site must show as text. Every campaign it writes is named SYNTHETIC so no
 page built from it can be mistaken for a measurement.
 
-Usage: `python -m report synthetic data/synthetic.duckdb --requests 10000 --chunks 1000000`.
+Usage: `python -m benchmarks.synthetic data/synthetic.duckdb --requests 10000 --chunks 1000000`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pyarrow as pa
 from collector.protocol import PROTOCOL, ProtocolTest
 from evidence.store import open_store
 from evidence.writer import TELEMETRY_SCHEMA, Transaction, insert_arrow, insert_row, to_json
+from scoring.store import judge_campaign
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -291,7 +292,8 @@ def generate(path: Path, spec: SyntheticSpec | None = None) -> str:
         model_ids = [_write_model(con, campaign_id, p, ids) for p in models]
         _write_runs_and_requests(con, spec, campaign_id, models, model_ids, cells, ids, rng)
         if spec.gates:
-            _write_gates(con, campaign_id, spec)
+            # The real scorer's placement checks and gates, over the synthetic rows.
+            judge_campaign(con, campaign_id)
         if spec.perf:
             _write_perf(con, host_id, ids)
     return campaign_id
@@ -380,7 +382,7 @@ def _write_campaign(
             "seed": 42,
             "pause_s": 0.0 if quick else 5.0,
             "config": to_json(config),
-            "command": to_json(["python", "-m", "report", "synthetic", "(generated)"]),
+            "command": to_json(["python", "-m", "benchmarks.synthetic", "(generated)"]),
             "tool_version": "0.1.0",
             "packages": to_json({"python": "3.11.2", "duckdb": "1.1.3", "moe-evidence": "0.1.0"}),
             "environment": to_json({"OMP_NUM_THREADS": "16"}),
@@ -832,97 +834,6 @@ def _telemetry(
     )
 
 
-def _write_gates(con: Any, campaign_id: str, spec: SyntheticSpec) -> None:
-    gates = [
-        (
-            "models-load",
-            "All models load successfully with CPU offloading",
-            "PASS",
-            "every server ready",
-            "6/6 server runs ready",
-        ),
-        (
-            "memory-savings",
-            "Memory savings match the expected percentages (within 5 points)",
-            "PASS" if spec.gpu else "NOT MEASURED",
-            "|saved - expected| <= 5 points",
-            "within 2.1 points" if spec.gpu else "no NVIDIA GPU on this host",
-        ),
-        (
-            "no-repetition",
-            "No repetition issues at temperature 0.3",
-            "PASS",
-            "repetition <= 0.25",
-            "max 0.19",
-        ),
-        (
-            "streaming-works",
-            "Streaming works smoothly for all test cases",
-            "PASS",
-            "every stream ends in [DONE]",
-            "all streams complete",
-        ),
-        (
-            "consistent-speed",
-            "Consistent generation speed",
-            "PASS",
-            "last/first quarter rate >= 0.8",
-            "min 0.91",
-        ),
-        (
-            "completion-time",
-            "Reasonable completion times",
-            "FAIL",
-            "1000 tokens in under 300 s",
-            "1 request timed out",
-        ),
-        (
-            "streaming-responsiveness",
-            "Good streaming responsiveness",
-            "PASS",
-            "p99 ITL <= 1000 ms, stall <= 5000 ms",
-            "max p99 188 ms",
-        ),
-        (
-            "coherent-content",
-            "All generated content is coherent and relevant",
-            "PASS",
-            "checks pass >= 80 %",
-            "92 %",
-        ),
-        (
-            "technical-accuracy",
-            "Technical content is accurate",
-            "PASS",
-            "checks pass >= 80 %",
-            "92 %",
-        ),
-        ("no-loops", "No repetitive patterns or loops", "PASS", "0 loops", "0 loops"),
-        (
-            "narrative-structure",
-            "Creative content keeps a narrative structure",
-            "PASS",
-            "checks pass >= 80 %",
-            "3/3",
-        ),
-    ]
-    for gate_id, title, status, threshold, measured in gates:
-        insert_row(
-            con,
-            "gates",
-            {
-                "campaign_id": campaign_id,
-                "gate_id": gate_id,
-                "title": title,
-                "status": status,
-                "threshold": threshold,
-                "measured": measured,
-                "evidence": to_json({"synthetic": True}),
-                "scorer_version": "synthetic-1",
-            },
-        )
-
-
 def _write_perf(con: Any, host_id: str, ids: _Ids) -> None:
     run = ids.new()
     rows = [
@@ -946,3 +857,28 @@ def _write_perf(con: Any, host_id: str, ids: _Ids) -> None:
                 "detail": to_json({"repeats": 5}),
             },
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.synthetic", description="Write a synthetic evidence store."
+    )
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--chunks", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="a store shaped like a --quick run")
+    parser.add_argument("--no-gpu", action="store_true", help="a CPU-only host")
+    args = parser.parse_args(argv)
+    spec = (
+        SyntheticSpec.quick(gpu=not args.no_gpu)
+        if args.quick
+        else SyntheticSpec(requests=args.requests, chunks=args.chunks, gpu=not args.no_gpu)
+    )
+    print(generate(args.path, spec))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

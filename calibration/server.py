@@ -44,7 +44,7 @@ writes leave at once instead of waiting for the previous one's ACK.
 
 Run as a process (so the server does not share the client's GIL):
 
-    python -m calibration.stream_server --port 8089 --scenario scenario.json
+    python -m calibration.server --port 8089 --scenario scenario.json
 
 It prints `listening on http://127.0.0.1:PORT` once it accepts connections
 (use `--port 0` for any free port) and serves until SIGINT or SIGTERM.
@@ -55,9 +55,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
-import random
 import signal
 import socket
 import socketserver
@@ -68,29 +66,16 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
+from calibration.scenario import Scenario, SentEvent, StreamRecord
+from calibration.shapes import LAST_CHUNK, Shapes, chunk, prompt_words, timings_object, usage_object
 from collector.apis import PATHS, ApiName
-from evidence.errors import ConfigError
-
-ShimmyShape = Literal["text", "json"]
-Outcome = Literal["running", "complete", "http-error", "disconnected", "client-gone", "aborted"]
-
-# Ready-made malformed lines for `Injection`. For the Shimmy API only
-# NOT_AN_EVENT is malformed: its bare-text stream takes any other line as text.
-NOT_JSON = "data: this line is not JSON\n\n"
-BAD_JSON = 'data: {"choices": [{"delta": {"content": "cut off\n\n'
-NOT_AN_EVENT = 'data: {"choices": ["not an object"]}\n\n'
-
-DEFAULT_WORDS: tuple[str, ...] = (
-    "The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while",
-    "experts", "wait", "in", "CPU", "memory", "for", "their", "turn", "to", "compute",
-)  # fmt: skip
+from common.errors import ConfigError
 
 # The spin loop's pause: sched_yield releases the GIL (a bare loop would hold it
 # from an in-process client thread for up to the 5 ms switch interval) and
@@ -100,239 +85,6 @@ _yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 _API_BY_PATH: dict[str, ApiName] = {path: api for api, path in PATHS.items()}
 _LONG_LINE_PIECE = 64 * 1024
 _RECORDS_KEPT = 1000
-
-
-@dataclass(frozen=True)
-class Stall:
-    """Once `after_tokens` tokens are sent, pause `seconds` more before the next."""
-
-    after_tokens: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Injection:
-    """Raw event-stream text written verbatim once `after_tokens` tokens are sent."""
-
-    after_tokens: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A scenario's timeline, in ns after the request arrived."""
-
-    writes_ns: list[int]  # each token write
-    tail_ns: int  # finish / usage / [DONE]; for a non-streamed answer, the body
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """What every generation request gets back. Times are seconds.
-
-    Token i is word i of `words` (cycled), with a leading space after the
-    first. `tokens_per_event` tokens make one event, `events_per_write` events
-    one network write; writes are `gap_s` apart (uniform ± `jitter_s`, seeded by
-    `seed`), the first `first_token_delay_s` after the request arrived. Faults
-    keyed by a token count (`after_tokens`, `*_after_tokens`) act at the first
-    write boundary at which at least that many tokens have been sent.
-    """
-
-    tokens: int = 16
-    first_token_delay_s: float = 0.01
-    gap_s: float = 0.002
-    jitter_s: float = 0.0
-    seed: int = 0
-    tokens_per_event: int = 1
-    events_per_write: int = 1
-    words: tuple[str, ...] = DEFAULT_WORDS
-    # OpenAI APIs only: the last event's finish reason (None: no such event),
-    # and a usage event with llama.cpp's `timings` after it.
-    finish_reason: str | None = "length"
-    usage: bool = True
-    send_done: bool = True
-    shimmy_shape: ShimmyShape = "text"
-    stalls: tuple[Stall, ...] = ()
-    injections: tuple[Injection, ...] = ()
-    # Close the socket mid-stream: FIN by default, RST (SO_LINGER 0) if reset.
-    disconnect_after_tokens: int | None = None
-    disconnect_reset: bool = False
-    # From this point on, send the rest of the response one byte per interval.
-    drip_after_tokens: int | None = None
-    drip_interval_s: float = 0.05
-    # One `data:` line of this many bytes.
-    long_line_after_tokens: int | None = None
-    long_line_bytes: int = 10 * 1024 * 1024
-    # Anything but 200: answer at once with this status and a JSON error body.
-    http_status: int = 200
-    error_message: str = "calibration server: scripted failure"
-
-    def __post_init__(self) -> None:
-        checks = {
-            "tokens": self.tokens >= 0,
-            "first_token_delay_s": self.first_token_delay_s >= 0,
-            "gap_s": self.gap_s >= 0,
-            "jitter_s": self.jitter_s >= 0,
-            "tokens_per_event": self.tokens_per_event >= 1,
-            "events_per_write": self.events_per_write >= 1,
-            "words": len(self.words) > 0,
-            "shimmy_shape": self.shimmy_shape in ("text", "json"),
-            "drip_interval_s": self.drip_interval_s >= 0,
-            "long_line_bytes": self.long_line_bytes >= 0,
-            "http_status": 100 <= self.http_status <= 599,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ConfigError(f"scenario: invalid {', '.join(bad)}")
-
-    def token_texts(self) -> list[str]:
-        """The text of every token, in order."""
-        n = len(self.words)
-        return [(" " if i else "") + self.words[i % n] for i in range(self.tokens)]
-
-    def text(self) -> str:
-        """The whole generated text."""
-        return "".join(self.token_texts())
-
-    def event_texts(self) -> list[str]:
-        """The text of every content event, in order."""
-        toks, k = self.token_texts(), self.tokens_per_event
-        return ["".join(toks[i : i + k]) for i in range(0, len(toks), k)]
-
-    def schedule(self) -> Schedule:
-        """When each write is due, in ns after the request arrived."""
-        rng = random.Random(self.seed)
-        per_write = self.tokens_per_event * self.events_per_write
-        pending = list(self.stalls)
-
-        def pause(tokens_sent: float) -> float:
-            nonlocal pending
-            due = [s for s in pending if s.after_tokens <= tokens_sent]
-            pending = [s for s in pending if s.after_tokens > tokens_sent]
-            return sum(s.seconds for s in due)
-
-        writes: list[int] = []
-        t = self.first_token_delay_s
-        for w, tokens_sent in enumerate(range(0, self.tokens, per_write)):
-            if w:
-                t += max(0.0, self.gap_s + rng.uniform(-self.jitter_s, self.jitter_s))
-            t += pause(tokens_sent)
-            writes.append(round(t * 1e9))
-        # The tail (finish, usage, [DONE]) follows the last token at once,
-        # after any stall still pending.
-        t += pause(math.inf)
-        return Schedule(writes, round(t * 1e9))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict that `from_dict` reads back."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["words"] = list(self.words)
-        out["stalls"] = [
-            {"after_tokens": s.after_tokens, "seconds": s.seconds} for s in self.stalls
-        ]
-        out["injections"] = [
-            {"after_tokens": i.after_tokens, "text": i.text} for i in self.injections
-        ]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Scenario:
-        """Build from a dict (a scenario file's JSON); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"scenario: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        kwargs = dict(data)
-        try:
-            if "words" in kwargs:
-                kwargs["words"] = tuple(str(w) for w in kwargs["words"])
-            if "stalls" in kwargs:
-                kwargs["stalls"] = tuple(Stall(**s) for s in kwargs["stalls"])
-            if "injections" in kwargs:
-                kwargs["injections"] = tuple(Injection(**i) for i in kwargs["injections"])
-            return cls(**kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"scenario: {exc}") from exc
-
-    @classmethod
-    def load(cls, path: Path) -> Scenario:
-        """Read a scenario JSON file."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"scenario file {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"scenario file {path}: expected a JSON object")
-        return cls.from_dict(data)
-
-
-@dataclass
-class SentEvent:
-    """One SSE event (or non-streamed body) as the server sent it.
-
-    kind: role | content | final | usage | done | injected | long-line | body |
-    error. Events coalesced into one write share its `sent_ns`.
-    """
-
-    kind: str
-    text: str
-    tokens: int
-    scheduled_ns: int  # the timeline's deadline for the write (perf_counter_ns)
-    sent_ns: int  # perf_counter_ns right after the write returned
-
-
-@dataclass
-class StreamRecord:
-    """Everything the server did for one generation request."""
-
-    path: str
-    api: ApiName
-    stream: bool
-    request: dict[str, Any]
-    received_ns: int  # request body read: the timeline's zero
-    headers_ns: int | None = None
-    events: list[SentEvent] = field(default_factory=list)
-    outcome: Outcome = "running"
-    error: str | None = None
-    finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
-
-    @property
-    def sent_ns(self) -> list[int]:
-        """Send stamp of every event, in order: pairs with the client's chunk stamps."""
-        return [e.sent_ns for e in self.events]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict that `from_dict` reads back."""
-        return {
-            "path": self.path,
-            "api": self.api,
-            "stream": self.stream,
-            "request": self.request,
-            "received_ns": self.received_ns,
-            "headers_ns": self.headers_ns,
-            "events": [vars(e) for e in self.events],
-            "outcome": self.outcome,
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
-        """Rebuild a record fetched from /_calibration/last."""
-        record = cls(
-            path=data["path"],
-            api=data["api"],
-            stream=data["stream"],
-            request=data["request"],
-            received_ns=data["received_ns"],
-            headers_ns=data["headers_ns"],
-            events=[SentEvent(**e) for e in data["events"]],
-            outcome=data["outcome"],
-            error=data["error"],
-        )
-        record.finished.set()
-        return record
 
 
 class CalibratedServer:
@@ -532,130 +284,11 @@ class _Wire:
         raise _Dropped
 
 
-def _chunk(payload: bytes) -> bytes:
-    """One HTTP/1.1 chunk."""
-    return b"%x\r\n%s\r\n" % (len(payload), payload)
-
-
-_LAST_CHUNK = b"0\r\n\r\n"
-
-
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-class _Shapes:
-    """The JSON shapes of one API's events and bodies (llama-server's, Shimmy's)."""
-
-    def __init__(self, api: ApiName, model: str, shimmy_shape: ShimmyShape) -> None:
-        self.api = api
-        self.model = model
-        self.shimmy_shape = shimmy_shape
-        self.created = int(time.time())
-
-    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        chat = self.api == "openai-chat"
-        return {
-            "id": "chatcmpl-calibration" if chat else "cmpl-calibration",
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        }
-
-    def role(self) -> bytes:
-        delta = {"role": "assistant", "content": None}
-        return _sse(self._envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
-
-    def content(self, text: str) -> bytes:
-        if self.api == "shimmy":
-            if self.shimmy_shape == "json":
-                return _sse({"choices": [{"text": text, "index": 0}]})
-            # axum's Event::data: one `data:` line per line of the token.
-            return b"".join(b"data: " + ln.encode() + b"\n" for ln in text.split("\n")) + b"\n"
-        if self.api == "openai-chat":
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": text}, "finish_reason": None}
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
-        return _sse(self._envelope([choice]))
-
-    def final(self, finish_reason: str, timings: dict[str, Any]) -> bytes:
-        if self.api == "openai-chat":
-            choice: dict[str, Any] = {"index": 0, "delta": {}, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish_reason}
-        return _sse({**self._envelope([choice]), "timings": timings})
-
-    def usage(self, usage: dict[str, int], timings: dict[str, Any]) -> bytes:
-        return _sse({**self._envelope([]), "usage": usage, "timings": timings})
-
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
-        if self.api == "shimmy":
-            return json.dumps({"response": text}).encode()
-        if self.api == "openai-chat":
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason,
-            }
-            obj = "chat.completion"
-        else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            obj = "text_completion"
-        out = {**self._envelope([choice]), "object": obj, "usage": usage, "timings": timings}
-        return json.dumps(out).encode()
-
-
-def _prompt_words(request: dict[str, Any]) -> int:
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        return len(prompt.split())
-    messages = request.get("messages")
-    if isinstance(messages, list):
-        return sum(
-            len(m["content"].split())
-            for m in messages
-            if isinstance(m, dict) and isinstance(m.get("content"), str)
-        )
-    return 0
-
-
-def _timings(prompt_n: int, predicted_n: int, prompt_ns: int, predicted_ns: int) -> dict[str, Any]:
-    """llama-server's `timings` object, from the server's own send stamps."""
-    prompt_ms = prompt_ns / 1e6
-    predicted_ms = predicted_ns / 1e6
-    return {
-        "cache_n": 0,
-        "prompt_n": prompt_n,
-        "prompt_ms": prompt_ms,
-        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
-        "prompt_per_second": prompt_n / prompt_ms * 1e3 if prompt_ms else 0.0,
-        "predicted_n": predicted_n,
-        "predicted_ms": predicted_ms,
-        "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
-        "predicted_per_second": predicted_n / predicted_ms * 1e3 if predicted_ms else 0.0,
-    }
-
-
-def _usage(prompt_n: int, completion_n: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_n,
-        "completion_tokens": completion_n,
-        "total_tokens": prompt_n + completion_n,
-    }
-
-
 class _Stream:
     """Plays a scenario as an SSE stream onto a wire, recording every event."""
 
     def __init__(
-        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: _Shapes
+        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: Shapes
     ) -> None:
         self.wire = wire
         self.sc = scenario
@@ -674,7 +307,7 @@ class _Stream:
             self._drip(parts)
             return
         self.wire.wait_until(scheduled_ns)
-        t = self.wire.send(_chunk(b"".join(data for _, data in parts)))
+        t = self.wire.send(chunk(b"".join(data for _, data in parts)))
         for event, _ in parts:
             event.scheduled_ns, event.sent_ns = scheduled_ns, t
             self.record.events.append(event)
@@ -682,7 +315,7 @@ class _Stream:
     def _drip(self, parts: Sequence[tuple[SentEvent, bytes]]) -> None:
         interval = round(self.sc.drip_interval_s * 1e9)
         for event, data in parts:
-            framed = _chunk(data)
+            framed = chunk(data)
             next_ns = time.perf_counter_ns()
             for i in range(len(framed)):
                 next_ns += interval
@@ -717,7 +350,7 @@ class _Stream:
         body = b"data: " + b"x" * max(0, self.sc.long_line_bytes - 8) + b"\n\n"
         start = time.perf_counter_ns()
         for i in range(0, len(body), _LONG_LINE_PIECE):
-            t = self.wire.send(_chunk(body[i : i + _LONG_LINE_PIECE]))
+            t = self.wire.send(chunk(body[i : i + _LONG_LINE_PIECE]))
         self.record.events.append(SentEvent("long-line", "", 0, start, t))
 
     def play(self) -> None:
@@ -751,9 +384,9 @@ class _Stream:
         self._boundary()
         self._write(self._tail(), t0 + schedule.tail_ns)
         if self.dripping:
-            self._drip_bytes(_LAST_CHUNK)
+            self._drip_bytes(LAST_CHUNK)
         else:
-            self.wire.send(_LAST_CHUNK)
+            self.wire.send(LAST_CHUNK)
 
     def _drip_bytes(self, data: bytes) -> None:
         interval = round(self.sc.drip_interval_s * 1e9)
@@ -769,15 +402,15 @@ class _Stream:
         if shapes.api != "shimmy":
             first = self.first_token_ns or time.perf_counter_ns()
             last = self.last_token_ns or first
-            prompt_n = _prompt_words(self.record.request)
+            prompt_n = prompt_words(self.record.request)
             prompt_ns = first - self.record.received_ns
-            timings = _timings(prompt_n, self.tokens_sent, prompt_ns, last - first)
+            timings = timings_object(prompt_n, self.tokens_sent, prompt_ns, last - first)
             if sc.finish_reason is not None:
                 parts.append(
                     (SentEvent("final", "", 0, 0, 0), shapes.final(sc.finish_reason, timings))
                 )
             if sc.usage:
-                usage = _usage(prompt_n, self.tokens_sent)
+                usage = usage_object(prompt_n, self.tokens_sent)
                 parts.append((SentEvent("usage", "", 0, 0, 0), shapes.usage(usage, timings)))
         if sc.send_done:
             parts.append((SentEvent("done", "", 0, 0, 0), b"data: [DONE]\n\n"))
@@ -869,7 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
         calibration.add_record(record)
         self.close_connection = True
         wire = _Wire(self, calibration)
-        shapes = _Shapes(api, str(request.get("model", "calibration")), scenario.shimmy_shape)
+        shapes = Shapes(api, str(request.get("model", "calibration")), scenario.shimmy_shape)
         try:
             if scenario.http_status != 200:
                 self._error_status(scenario, record)
@@ -901,16 +534,19 @@ class _Handler(BaseHTTPRequestHandler):
         record.events.append(SentEvent("error", scenario.error_message, 0, record.received_ns, t))
 
     def _whole_body(
-        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: _Shapes
+        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: Shapes
     ) -> None:
         schedule = scenario.schedule()
         due = record.received_ns + schedule.tail_ns
         wire.wait_until(due)
-        prompt_n = _prompt_words(record.request)
+        prompt_n = prompt_words(record.request)
         first = record.received_ns + (schedule.writes_ns[0] if schedule.writes_ns else 0)
-        timings = _timings(prompt_n, scenario.tokens, first - record.received_ns, due - first)
+        timings = timings_object(prompt_n, scenario.tokens, first - record.received_ns, due - first)
         data = shapes.body(
-            scenario.text(), scenario.finish_reason, _usage(prompt_n, scenario.tokens), timings
+            scenario.text(),
+            scenario.finish_reason,
+            usage_object(prompt_n, scenario.tokens),
+            timings,
         )
         head = (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -936,7 +572,7 @@ class _Handler(BaseHTTPRequestHandler):
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve a scenario file until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m calibration.stream_server",
+        prog="python -m calibration.server",
         description="Serve a scripted token stream with known send times.",
     )
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,421 @@
+"""`moe-evidence COMMAND`: the tool's one command line.
+
+Every command a user runs is a subcommand here, with its arguments; the work is
+done by the package the command belongs to, imported only when the command
+runs, so `--help` is instant. One error policy for all of them:
+
+    exit 0   done
+    exit 1   failed: one line on stderr, `error: ...`, that says what to do
+    exit 2   usage: argparse's message (a wrong flag, a missing argument)
+    exit 130 interrupted (Ctrl-C or SIGTERM): everything finished is stored
+
+`python -m moe_evidence` is the same command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from common.errors import EvidenceError
+
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _db(p: argparse.ArgumentParser, help_: str = "evidence store (DuckDB file)") -> None:
+    p.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"{help_} (default: $EVIDENCE_DB or data/evidence.duckdb)",
+    )
+
+
+def _store(args: argparse.Namespace) -> Path:
+    from evidence.store import default_db_path
+
+    db: Path = args.db or default_db_path()
+    return db
+
+
+# --- collect -------------------------------------------------------------------------
+
+
+def _collect_args(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="TOML campaign config (default: embedded)")
+    source.add_argument("--endpoint", help="attach to a running server at this URL")
+    p.add_argument(
+        "--api",
+        default="openai-chat",
+        choices=["openai-chat", "openai-completions", "shimmy"],
+        help="API of --endpoint (default: openai-chat)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["rpc", "none"],
+        default=None,
+        help="offload device: llama.cpp's RPC device (a second process standing in for "
+        "the GPU; the embedded default) or none (the server's CPU only)",
+    )
+    p.add_argument("--model", help="model name to send to --endpoint")
+    p.add_argument(
+        "--label", default="attached", help="configuration label for --endpoint runs (e.g. cpu-moe)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="smoke profile: 1 repeat, 32-token cap, no pauses"
+    )
+    p.add_argument("--repeats", type=int, help="override the number of repeats")
+    p.add_argument("--pause", type=float, help="override the pause between tests (s)")
+    p.add_argument("--tests", help="comma-separated subset of test ids")
+    p.add_argument("--release", help="release label, e.g. 'shimmy 1.7.0'")
+    p.add_argument("--no-non-streaming", action="store_true", help="skip the non-streamed pass")
+    p.add_argument(
+        "--no-sweep", action="store_true", help="skip the --n-cpu-moe sweep configurations"
+    )
+    _db(p)
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CAMPAIGN_ID",
+        help="continue an interrupted campaign (default: the latest)",
+    )
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from moe_evidence.pipeline import collect_and_score
+
+    return collect_and_score(args, command=["moe-evidence", *sys.argv[1:]])
+
+
+# --- the site --------------------------------------------------------------------------
+
+
+def _site_args(p: argparse.ArgumentParser) -> None:
+    _db(p, "evidence store, or a fleet directory of Parquet bundles read in place")
+    p.add_argument(
+        "--campaign",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="campaign to show (repeatable; default: the latest complete one)",
+    )
+    p.add_argument(
+        "--all-campaigns",
+        action="store_true",
+        help="show every complete campaign of the source (hosts side by side, history "
+        "across releases)",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="project root holding mkdocs.yml, templates/ and docs/ (default: .)",
+    )
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    _site_args(p)
+    p.add_argument("--site-dir", type=Path, default=None, help="output folder (default: site/)")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from report.build import BuildOptions, build_site
+
+    result = build_site(
+        BuildOptions(
+            db=_store(args),
+            campaigns=tuple(args.campaign),
+            all_campaigns=args.all_campaigns,
+            root=args.root,
+            site_dir=args.site_dir,
+        )
+    )
+    total = sum(result.timings.values())
+    ids = result.campaign_ids
+    shown = ", ".join(ids) if len(ids) <= 6 else f"{len(ids)} campaigns"
+    print(f"site built in {result.site_dir} ({total:.1f} s); campaigns: {shown or 'none'}")
+    return EXIT_OK
+
+
+def _publish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("version", help="the version label, e.g. 1.7.0")
+    _site_args(p)
+    p.add_argument("--alias", default="latest", help="alias to move to this version")
+    p.add_argument("--push", action="store_true", help="also push gh-pages to the remote")
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from report.publish import publish
+
+    publish(
+        args.version,
+        db=_store(args),
+        campaigns=tuple(args.campaign),
+        all_campaigns=args.all_campaigns,
+        root=args.root,
+        alias=args.alias,
+        push=args.push,
+    )
+    return EXIT_OK
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+def _campaigns_args(p: argparse.ArgumentParser) -> None:
+    _db(p)
+
+
+def _campaigns(args: argparse.Namespace) -> int:
+    from evidence.store import list_campaigns
+
+    found = list_campaigns(_store(args))
+    if not found:
+        print("no campaigns in this store")
+    for c in found:
+        print(
+            f"{c.campaign_id}  {c.status:<11} {c.profile:<7} {c.started_utc:%Y-%m-%d %H:%M}"
+            f"  {c.requests:>5} requests  {c.name}"
+        )
+    return EXIT_OK
+
+
+def _rescore_args(p: argparse.ArgumentParser) -> None:
+    _db(p)
+    p.add_argument("--campaign", help="one campaign (default: all)")
+
+
+def _rescore(args: argparse.Namespace) -> int:
+    from scoring.store import rescore_store
+
+    for line in rescore_store(_store(args), args.campaign):
+        print(line)
+    return EXIT_OK
+
+
+def _review_args(p: argparse.ArgumentParser) -> None:
+    _db(p)
+    p.add_argument("--campaign", help="only this campaign's requests")
+    p.add_argument("--request", help="review one request (non-interactive)")
+    p.add_argument("--score", type=int, choices=range(1, 6), help="1-5, with --request")
+    p.add_argument("--note", help="free text, with --request")
+    p.add_argument("--reviewer", default=None, help="name to record (default: login)")
+
+
+def _review(args: argparse.Namespace) -> int:
+    from scoring.review import review
+
+    return review(
+        _store(args),
+        campaign=args.campaign,
+        request=args.request,
+        score=args.score,
+        note=args.note,
+        reviewer=args.reviewer,
+    )
+
+
+def _merge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stores", nargs="+", type=Path)
+    p.add_argument("--into", type=Path, default=None, help="target store (default: --db)")
+    _db(p)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from evidence.exchange import merge_stores
+
+    return EXIT_FAILED if merge_stores(args.into or _store(args), args.stores) else EXIT_OK
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--parquet", type=Path, required=True, metavar="DIR")
+    _db(p)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from evidence.exchange import export_store
+
+    export_store(_store(args), args.parquet)
+    return EXIT_OK
+
+
+def _import_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundles", nargs="+", type=Path)
+    _db(p)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from evidence.exchange import import_bundles
+
+    return EXIT_FAILED if import_bundles(_store(args), args.bundles) else EXIT_OK
+
+
+# --- models, logs, texts, the engine, the instrument -----------------------------------
+
+
+def _inspect_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="the .gguf model file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _inspect_model(args: argparse.Namespace) -> int:
+    from collector.gguf_inspect import print_spec
+
+    print_spec(args.path, as_json=args.json)
+    return EXIT_OK
+
+
+def _inspect_log_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="a saved stdout/stderr log")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _inspect_log(args: argparse.Namespace) -> int:
+    from collector.loader_log import print_log_summary
+
+    print_log_summary(args.path, as_json=args.json)
+    return EXIT_OK
+
+
+def _score_text_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--test", metavar="TEST_ID", help="also run this protocol test's automated check"
+    )
+
+
+def _score_text(args: argparse.Namespace) -> int:
+    from scoring.text_cli import score_text
+
+    print(score_text(sys.stdin.read(), test_id=args.test, as_json=args.json))
+    return EXIT_OK
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    del p  # no options: it builds the embedded engine once and shows it
+
+
+def _engine(args: argparse.Namespace) -> int:
+    from collector.runner import engine_with_progress
+
+    for key, value in engine_with_progress().identity().items():
+        print(f"{key:<16} {value}")
+    return EXIT_OK
+
+
+def _perf_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("options", nargs=argparse.REMAINDER, help="see `moe-evidence perf --help`")
+
+
+def _perf(args: argparse.Namespace) -> int:
+    # The benchmarks are not shipped with the tool: they run from a checkout.
+    if (Path.cwd() / "benchmarks" / "__main__.py").is_file():
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        from benchmarks.__main__ import main as benchmarks
+    except ImportError as exc:
+        raise EvidenceError(
+            "the instrument benchmarks live in the source checkout (benchmarks/); run "
+            "`moe-evidence perf` from there, or `nox -s perf`"
+        ) from exc
+    return benchmarks(args.options)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
+    "collect": (
+        "run the protocol against a server and store every token and sample, then score",
+        _collect_args,
+        _collect,
+    ),
+    "build": ("render the whitepaper site from the evidence store", _build_args, _build),
+    "publish": ("build, then deploy as VERSION with mike (gh-pages)", _publish_args, _publish),
+    "rescore": ("recompute scores and gates from stored rows", _rescore_args, _rescore),
+    "review": ("record human 1-5 quality scores for stored outputs", _review_args, _review),
+    "campaigns": ("list the campaigns in a store", _campaigns_args, _campaigns),
+    "inspect-model": (
+        "model specs and the weights --cpu-moe keeps off the device, from a GGUF file",
+        _inspect_model_args,
+        _inspect_model,
+    ),
+    "inspect-log": (
+        "buffers and expert-tensor overrides from a llama.cpp loader log",
+        _inspect_log_args,
+        _inspect_log,
+    ),
+    "score-text": (
+        "repetition score and loop detection (and a test's check) for a text on stdin",
+        _score_text_args,
+        _score_text,
+    ),
+    "merge": (
+        "merge other stores into one (idempotent, read-only on the sources)",
+        _merge_args,
+        _merge,
+    ),
+    "export": ("write the store as a Parquet bundle with a manifest", _export_args, _export),
+    "import": ("verify and merge Parquet bundles", _import_args, _import),
+    "engine": (
+        "build (once per machine) and show the embedded llama.cpp engine",
+        _engine_args,
+        _engine,
+    ),
+    "perf": ("instrument benchmarks (what `nox -s perf` runs)", _perf_args, _perf),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line, every subcommand with its arguments."""
+    top = argparse.ArgumentParser(
+        prog="moe-evidence",
+        description="Reproducible evidence for MoE CPU offloading: capture a fixed benchmark "
+        "protocol into DuckDB and render a versioned whitepaper from it.",
+        epilog="Exit codes: 0 done, 1 failed (one line says why), 2 usage, 130 interrupted.",
+    )
+    sub = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_, configure, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        configure(p)
+        p.set_defaults(handler=handler)
+    return top
+
+
+def _interrupt_on_termination() -> None:
+    """Treat SIGTERM (and SIGHUP where it exists) like Ctrl-C, so a campaign
+    killed by a job runner still stops its server and marks itself interrupted
+    instead of leaving an orphaned server behind (servers run in their own
+    process group and would not get the signal)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (see the module docstring)."""
+    args = parser().parse_args(argv)
+    _interrupt_on_termination()
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except EvidenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "interrupted: everything finished so far is stored; continue with "
+            "`moe-evidence collect --resume`",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
