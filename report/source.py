@@ -33,6 +33,10 @@ SHARED: tuple[tuple[str, str], ...] = (
 def open_evidence(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """The build's read-only connection to `path` (a store file or a fleet directory)."""
     with open_source(path) as con:
+        # One thread: parallel aggregation adds floating-point partial sums in an
+        # order that varies from run to run, and the last bits of a mean or a
+        # standard deviation with them; the site must be the same bytes every time.
+        con.execute("SET threads = 1")
         if path.is_dir():
             _one_row_per_key(con)
             _one_bundle_per_campaign(con, path)

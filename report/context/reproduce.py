@@ -31,6 +31,8 @@ class CampaignRecipe:
     server_versions: tuple[tuple[str, str], ...]  # (config, version)
     command: tuple[str, ...]
     python: str | None
+    packages: int  # installed distributions recorded
+    lock: str  # what the store says of the lock file the packages came from
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ def build(
                 server_versions=tuple((v["config_label"], v["version"]) for v in versions),
                 command=tuple(str(a) for a in as_list(c["command"])),
                 python=str(packages["python"]) if "python" in packages else None,
+                packages=len(packages) - ("python" in packages),
+                lock=_lock_text(as_dict(c["lock"]) if "lock" in c else {}),
             )
         )
     checksums = tuple(
@@ -135,3 +139,18 @@ def build(
             *(arg for cid in sel.ids for arg in ("--campaign", cid)),
         ),
     )
+
+
+def _lock_text(lock: dict[str, Any]) -> str:
+    """One line on the lock file the campaign's packages were installed from."""
+    if not lock:
+        return "not recorded (the collector ran outside a checkout with constraints.txt)"
+    differs = as_dict(lock.get("differs"))
+    text = f"{lock.get('file')} (sha256 {str(lock.get('sha256'))[:16]}…, {lock.get('pinned')} pins)"
+    if not differs:
+        return text + ": every installed package as locked"
+    names = ", ".join(
+        f"{name} {as_dict(v).get('installed')} (locked {as_dict(v).get('locked')})"
+        for name, v in sorted(differs.items())
+    )
+    return f"{text}: differs for {names}"
