@@ -23,18 +23,25 @@ both processes):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import threading
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from rich.console import Console
 
 from benchmarks.calibrated import PARAMS, calibrated_server
+from benchmarks.httpx_post import httpx_post
 from benchmarks.results import Measurement, judged, percentile, reference
 from calibration.scenario import Scenario, StreamRecord
+from collector import http1
 from collector.apis import decode_event
-from collector.client import RequestResult, Timeouts, generate
+from collector.client import Post, RequestResult, Timeouts, generate
 from collector.progress import CampaignProgress
 from collector.sse import SSEParser
 
@@ -53,12 +60,27 @@ def _first_content_sent(record: StreamRecord) -> int | None:
     return next((e.sent_ns for e in record.events if e.kind == "content"), None)
 
 
+TRANSPORTS: dict[str, Post] = {"http1": http1.post, "httpx": httpx_post}
+
+
 def measure_accuracy(quick: bool) -> list[Measurement]:
-    """TTFT and per-chunk arrival error over many ~500 events/s streams.
+    """TTFT and per-chunk arrival error over many ~500 events/s streams, through
+    the collector's own HTTP/1.1 client and through httpx, request by request in
+    turn so both see the same machine.
 
     Long streams give the per-chunk errors; TTFT gets short streams too, enough
     of them that its p99 is a percentile rather than the single worst request
     (40 requests alone would make p99 their maximum)."""
+    figures: list[Measurement] = []
+    collected = _accuracy_samples(quick)
+    for name, (chunks, ttft, sent, common) in collected.items():
+        figures += _accuracy_figures(name, chunks, ttft, sent, common)
+    return figures
+
+
+def _accuracy_samples(
+    quick: bool,
+) -> dict[str, tuple[list[float], list[float], list[float], dict[str, Any]]]:
     requests = 10 if quick else 40
     short_requests = 50 if quick else 260
     scenario = Scenario(
@@ -69,38 +91,63 @@ def measure_accuracy(quick: bool) -> list[Measurement]:
         seed=1,
     )
     short = Scenario(tokens=4, first_token_delay_s=0.02, gap_s=0.002, jitter_s=0.001, seed=2)
-    chunk_errors: list[int] = []
-    ttft_errors: list[int] = []
-    delivery: list[int] = []
-    unpaired = 0
+    chunk_errors: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
+    ttft_errors: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
+    delivery: dict[str, list[int]] = {name: [] for name in TRANSPORTS}
+    unpaired = dict.fromkeys(TRANSPORTS, 0)
     for stream, count in ((scenario, requests), (short, short_requests)):
         with calibrated_server(stream) as server:
-            generate(server.base_url, "openai-chat", PARAMS, timeouts=TIMEOUTS)  # warm-up
+            for post in TRANSPORTS.values():  # warm-up
+                generate(server.base_url, "openai-chat", PARAMS, timeouts=TIMEOUTS, post=post)
             for _ in range(count):
-                result = generate(server.base_url, "openai-chat", PARAMS, timeouts=TIMEOUTS)
-                record = server.last()
-                errors = _paired(result, record.sent_ns)
-                first_sent = _first_content_sent(record)
-                if errors is None or result.first_token_ns is None or first_sent is None:
-                    unpaired += 1
-                    continue
-                if stream is scenario:
-                    chunk_errors += errors
-                client_ttft = result.first_token_ns - result.sent_ns
-                ttft_errors.append(client_ttft - (first_sent - result.sent_ns))
-                delivery.append(record.received_ns - result.sent_ns)
-    if not chunk_errors:
-        raise RuntimeError(f"no request could be paired with the server's stamps ({unpaired})")
-    chunks = [e / MS for e in chunk_errors]
-    ttft = [e / MS for e in ttft_errors]
-    sent = [d / MS for d in delivery]
-    common = {
-        "requests": len(ttft),
-        "unpaired_requests": unpaired,
-        "events": len(chunks),
-        "scenario": scenario.to_dict(),
-        "short_scenario": short.to_dict(),
-    }
+                for name, post in TRANSPORTS.items():
+                    result = generate(
+                        server.base_url, "openai-chat", PARAMS, timeouts=TIMEOUTS, post=post
+                    )
+                    record = server.last()
+                    errors = _paired(result, record.sent_ns)
+                    first_sent = _first_content_sent(record)
+                    if errors is None or result.first_token_ns is None or first_sent is None:
+                        unpaired[name] += 1
+                        continue
+                    if stream is scenario:
+                        chunk_errors[name] += errors
+                    client_ttft = result.first_token_ns - result.sent_ns
+                    ttft_errors[name].append(client_ttft - (first_sent - result.sent_ns))
+                    delivery[name].append(record.received_ns - result.sent_ns)
+    out = {}
+    for name in TRANSPORTS:
+        if not chunk_errors[name]:
+            raise RuntimeError(f"no {name} request could be paired with the server's stamps")
+        common = {
+            "transport": name,
+            "requests": len(ttft_errors[name]),
+            "unpaired_requests": unpaired[name],
+            "events": len(chunk_errors[name]),
+            "scenario": scenario.to_dict(),
+            "short_scenario": short.to_dict(),
+            "long_requests": requests,
+            "short_requests": short_requests,
+        }
+        out[name] = (
+            [e / MS for e in chunk_errors[name]],
+            [e / MS for e in ttft_errors[name]],
+            [d / MS for d in delivery[name]],
+            common,
+        )
+    return out
+
+
+def _accuracy_figures(
+    transport: str,
+    chunks: list[float],
+    ttft: list[float],
+    sent: list[float],
+    common: dict[str, Any],
+) -> list[Measurement]:
+    # The collector's own client keeps the historical names; the httpx arm is marked.
+    tag = "" if transport == "http1" else f" ({transport})"
+    requests, short_requests = common["long_requests"], common["short_requests"]
     per_request = {
         **common,
         "note": f"n={len(ttft)} requests ({requests} long, {short_requests} short streams)",
@@ -108,79 +155,139 @@ def measure_accuracy(quick: bool) -> list[Measurement]:
     per_event = {**common, "note": f"n={len(chunks)} events"}
     target = "p99 < 1 ms"
     return [
-        reference("TTFT error p50", percentile(ttft, 50), "ms", **per_request),
+        reference(f"TTFT error p50{tag}", percentile(ttft, 50), "ms", **per_request),
         judged(
-            "TTFT error p99", percentile(ttft, 99), "ms", target, lambda v: v < 1.0, **per_request
+            f"TTFT error p99{tag}",
+            percentile(ttft, 99),
+            "ms",
+            target,
+            lambda v: v < 1.0,
+            **per_request,
         ),
-        reference("TTFT error max", max(ttft), "ms", **per_request),
-        reference("chunk arrival error p50", percentile(chunks, 50), "ms", **per_event),
+        reference(f"TTFT error max{tag}", max(ttft), "ms", **per_request),
+        reference(f"chunk arrival error p50{tag}", percentile(chunks, 50), "ms", **per_event),
         judged(
-            "chunk arrival error p99",
+            f"chunk arrival error p99{tag}",
             percentile(chunks, 99),
             "ms",
             target,
             lambda v: v < 1.0,
             **per_event,
         ),
-        reference("chunk arrival error max", max(chunks), "ms", **per_event),
-        reference("request delivery p50", percentile(sent, 50), "ms", **per_request),
-        reference("request delivery p99", percentile(sent, 99), "ms", **per_request),
+        reference(f"chunk arrival error max{tag}", max(chunks), "ms", **per_event),
+        reference(f"request delivery p50{tag}", percentile(sent, 50), "ms", **per_request),
+        reference(f"request delivery p99{tag}", percentile(sent, 99), "ms", **per_request),
     ]
 
 
 def measure_collector_cpu(quick: bool) -> list[Measurement]:
-    """The collector's CPU while it receives a 1,000 events/s stream (~10 s)."""
+    """The collector's CPU while it receives a 1,000 events/s stream (~10 s each):
+    through its own HTTP/1.1 client and through httpx, with the campaign's progress
+    display writing to a pipe (CI logs) and, live, to a real terminal (a pty)."""
     seconds = 3 if quick else 10
     # spin 0: the server sleeps to each deadline instead of spinning, so on a
     # small machine it does not take the core the collector is measured on.
     scenario = Scenario(tokens=1000 * seconds, first_token_delay_s=0.05, gap_s=0.001)
-    progress = CampaignProgress(Console(file=io.StringIO()))
+    figures: list[Measurement] = []
     with calibrated_server(scenario, spin_us=0) as server:
-        generate(server.base_url, "openai-chat", PARAMS, timeouts=TIMEOUTS)  # warm-up
-        me = psutil.Process()
-        split0 = me.cpu_times()
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = generate(
-            server.base_url,
-            "openai-chat",
-            PARAMS,
-            timeouts=TIMEOUTS,
-            on_content=progress.on_content,
-        )
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-        split1 = me.cpu_times()
-    if result.status != "ok":
-        raise RuntimeError(f"the 1,000 events/s stream failed: {result.error}")
-    content = [
-        t for t, k in zip(result.chunk_t_ns, result.chunk_kind, strict=True) if k == "content"
-    ]
-    rate = (len(content) - 1) / ((content[-1] - content[0]) / 1e9)
-    pct = 100 * cpu / wall
+        for display in ("pipe", "terminal"):
+            for name, post in TRANSPORTS.items():
+                with _progress(display) as progress:
+                    pct, detail = _cpu_of_one_stream(server.base_url, post, progress)
+                tag = "" if (name, display) == ("http1", "pipe") else f" ({name}, {display})"
+                detail.update(transport=name, display=display)
+                if tag:
+                    figures.append(
+                        reference(
+                            f"collector CPU at 1,000 events/s{tag}", pct, "% of one core", **detail
+                        )
+                    )
+                else:
+                    figures.append(
+                        judged(
+                            "collector CPU at 1,000 events/s",
+                            pct,
+                            "% of one core",
+                            "< 5 % of one core",
+                            lambda v: v < 5.0,
+                            **detail,
+                        )
+                    )
     parse_us = _parse_cost_us(scenario.event_texts())
-    return [
-        judged(
-            "collector CPU at 1,000 events/s",
-            pct,
-            "% of one core",
-            "< 5 % of one core",
-            lambda v: v < 5.0,
-            events=len(result.chunk_t_ns),
-            events_per_s=rate,
-            cpu_s=cpu,
-            wall_s=wall,
-            cpu_us_per_event=1e6 * cpu / len(result.chunk_t_ns),
-            user_s=split1.user - split0.user,
-            system_s=split1.system - split0.system,
-            note=f"{rate:,.0f} events/s received for {wall:.1f} s",
-        ),
+    figures.append(
         reference(
             "collector parsing at 1,000 events/s",
             parse_us * 1000 / 1e4,
             "% of one core",
             us_per_event=parse_us,
             note="SSE parse + event decode alone, on the same events: the rest is HTTP",
-        ),
+        )
+    )
+    return figures
+
+
+@contextlib.contextmanager
+def _progress(display: str) -> Iterator[CampaignProgress]:
+    """The campaign's progress display, on a pipe (no live redraw) or on a pty,
+    where rich draws the live line as it does for a user at a terminal."""
+    if display == "pipe":
+        with CampaignProgress(Console(file=io.StringIO())) as progress:
+            yield progress
+        return
+    import pty
+
+    leader, follower = pty.openpty()
+    drain = threading.Thread(target=_drain, args=(leader,), daemon=True)
+    drain.start()
+    with open(follower, "w", encoding="utf-8", closefd=True) as tty:
+        console = Console(file=tty, force_terminal=True, width=120)
+        with CampaignProgress(console) as progress:
+            progress.plan(1)
+            progress.server("benchmark", "stream", "1,000 events/s")
+            progress.request("benchmark", 1, 1, True)
+            yield progress
+    os.close(leader)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass
+
+
+def _cpu_of_one_stream(
+    base_url: str, post: Post, progress: CampaignProgress
+) -> tuple[float, dict[str, Any]]:
+    generate(base_url, "openai-chat", PARAMS, timeouts=TIMEOUTS, post=post)  # warm-up
+    me = psutil.Process()
+    split0 = me.cpu_times()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    result = generate(
+        base_url,
+        "openai-chat",
+        PARAMS,
+        timeouts=TIMEOUTS,
+        on_content=progress.on_content,
+        post=post,
+    )
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    split1 = me.cpu_times()
+    if result.status != "ok":
+        raise RuntimeError(f"the 1,000 events/s stream failed: {result.error}")
+    content = [
+        t for t, k in zip(result.chunk_t_ns, result.chunk_kind, strict=True) if k == "content"
     ]
+    rate = (len(content) - 1) / ((content[-1] - content[0]) / 1e9)
+    return 100 * cpu / wall, {
+        "events": len(result.chunk_t_ns),
+        "events_per_s": rate,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "cpu_us_per_event": 1e6 * cpu / len(result.chunk_t_ns),
+        "user_s": split1.user - split0.user,
+        "system_s": split1.system - split0.system,
+        "note": f"{rate:,.0f} events/s received for {wall:.1f} s",
+    }
 
 
 def _parse_cost_us(events: list[str]) -> float:

@@ -13,9 +13,10 @@ token that merely starts with `{` (code, JSON) stays token text.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import orjson
 
 from common.errors import StreamError
 
@@ -95,8 +96,8 @@ def decode_event(api: ApiName, data: str) -> Decoded:
     if api == "shimmy":
         return _decode_shimmy(data, stripped)
     try:
-        obj = json.loads(data)
-    except json.JSONDecodeError as exc:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
     if not isinstance(obj, dict):
         raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
@@ -110,8 +111,8 @@ def _decode_shimmy(data: str, stripped: str) -> Decoded:
         # A bare token can itself start with "{" (code, JSON examples): only an
         # object shaped like an event is one; anything else is token text.
         try:
-            obj = json.loads(data)
-        except json.JSONDecodeError:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
             obj = None
         if isinstance(obj, dict) and ("choices" in obj or "error" in obj):
             return _decode_object("shimmy", obj)
@@ -121,8 +122,8 @@ def _decode_shimmy(data: str, stripped: str) -> Decoded:
 def decode_body(api: ApiName, body: bytes) -> Decoded:
     """Decode a non-streamed response body."""
     try:
-        obj = json.loads(body)
-    except json.JSONDecodeError as exc:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise StreamError(f"response body is not valid JSON ({exc.msg})") from exc
     if not isinstance(obj, dict):
         raise StreamError("response body is JSON but not an object")

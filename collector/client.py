@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from collector import http1
 from collector.apis import (
@@ -40,6 +40,31 @@ Clock = Callable[[], int]
 # What the live progress display gets after each network read of a stream:
 # (reads so far, t_ns). Reads, not tokens: events are decoded after the stream.
 OnContent = Callable[[int, int], None]
+
+
+class Response(Protocol):
+    """What the client needs of a response: its status, and its body one network
+    read at a time (`http1.Response` is the one the collector uses)."""
+
+    status: int
+
+    def reads(self, stall_s: float, deadline: float | None = None) -> Iterator[bytes]: ...
+
+    def close(self) -> None: ...
+
+
+class Post(Protocol):
+    """Send a POST; return the response whose body `reads()` yields per network read."""
+
+    def __call__(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> Response: ...
 
 
 @dataclass(frozen=True)
@@ -89,9 +114,11 @@ def generate(
     clock: Clock = time.perf_counter_ns,
     headers: dict[str, str] | None = None,
     on_content: OnContent | None = None,
+    post: Post = http1.post,
 ) -> RequestResult:
     """Send one request and record every event. Never raises for server faults:
-    they become the result's status; only KeyboardInterrupt escapes."""
+    they become the result's status; only KeyboardInterrupt escapes. `post` is
+    the HTTP seam (the benchmarks compare `http1.post` with an httpx one)."""
     url = base_url.rstrip("/") + PATHS[api]
     body = json.dumps(request_body(api, params)).encode()
     all_headers = {"Content-Type": "application/json", "Connection": "close"}
@@ -100,9 +127,9 @@ def generate(
     all_headers.update(headers or {})
     result = RequestResult(api, params, started_utc=datetime.now(UTC), sent_ns=clock())
     deadline = time.monotonic() + timeouts.request_s
-    response: http1.Response | None = None
+    response: Response | None = None
     try:
-        response = http1.post(
+        response = post(
             url,
             body,
             all_headers,
@@ -188,13 +215,14 @@ def _read_stream(
     next read (or competes with the server for CPU) while tokens arrive."""
     stamps: list[int] = []
     parts: list[bytes] = []
+    stamp, keep = stamps.append, parts.append
     size = 0
     ended = False
     try:
         for raw in reads:
             t_ns = clock()
-            stamps.append(t_ns)
-            parts.append(raw)
+            stamp(t_ns)
+            keep(raw)
             size += len(raw)
             if size > MAX_STREAM_BYTES:
                 raise StreamError(f"stream larger than {MAX_STREAM_BYTES >> 20} MiB; stopped")

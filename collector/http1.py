@@ -56,14 +56,27 @@ class Response:
             data = self._decode(pending)
             if data:
                 yield data
+        # The hot loop of a stream (one pass per token): names bound once, and the
+        # common read, exactly one whole chunk, taken apart inline.
+        recv, decode, chunked = self._recv, self._decode, self._framing == "chunked"
         while not self.done:
-            raw = self._recv(stall_s, deadline)
+            raw = recv(stall_s, deadline)
             if not raw:
                 if self._framing == "close":
                     self.done = True
                     return
                 raise HTTPFailure("disconnected", "connection closed before the response ended")
-            data = self._decode(raw)
+            if chunked and self._state == "size" and not self._buffer:
+                end = raw.find(b"\r\n")
+                if 0 < end <= 8 and raw.endswith(b"\r\n"):
+                    try:
+                        size = int(raw[:end], 16)
+                    except ValueError:
+                        size = -1
+                    if size > 0 and len(raw) == end + 4 + size:
+                        yield raw[end + 2 : end + 2 + size]
+                        continue
+            data = decode(raw)
             if data:
                 yield data
 
@@ -110,17 +123,6 @@ class Response:
         return self._dechunk(raw)
 
     def _dechunk(self, raw: bytes) -> bytes:
-        if not self._buffer and self._state == "size":
-            # Fast path: the read holds exactly one whole chunk, the common case
-            # for a token-by-token stream.
-            end = raw.find(b"\r\n")
-            if end > 0:
-                try:
-                    size = int(raw[:end], 16)
-                except ValueError:
-                    size = -1
-                if size > 0 and len(raw) == end + 2 + size + 2 and raw.endswith(b"\r\n"):
-                    return raw[end + 2 : end + 2 + size]
         buf = self._buffer
         buf += raw
         out = bytearray()

@@ -37,6 +37,22 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Consume `chunk`; return every event it completes, in order."""
+        # Fast path, the common case of a token-by-token stream: the read is one
+        # whole `data:` line and its blank line, and nothing is pending. The result
+        # is what the general path gives; it only skips the line scanning.
+        if (
+            not self._buffer
+            and not self._data
+            and not self._event
+            and not self._first
+            and chunk.endswith(b"\n\n")
+            and chunk.startswith(b"data:")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and b"\r" not in chunk
+            and len(chunk) <= self._max
+        ):
+            value = chunk[5:-2].decode("utf-8", errors="replace")
+            return [SSEEvent(value[1:] if value.startswith(" ") else value)]
         buf = self._buffer
         buf += chunk
         events: list[SSEEvent] = []

@@ -48,6 +48,23 @@ class Sample:
     device_cpu_percent: float | None
 
 
+def _yield_to_the_server() -> None:
+    """Run the sampler at the lowest priority the OS gives a normal process.
+
+    On a machine whose cores the server keeps busy, a sampler waking at normal
+    priority preempts a compute thread, and every other thread of the graph
+    waits for it at the next barrier: measured here, 10 samples a second cost
+    the server 6.5 % of its decode rate. At the lowest priority the sample waits
+    for a moment the scheduler can spare; its timestamp is taken when it runs, so
+    the series stays exact, only less evenly spaced."""
+    with contextlib.suppress(psutil.Error, OSError, AttributeError):
+        me = psutil.Process()
+        if hasattr(psutil, "IDLE_PRIORITY_CLASS"):  # Windows
+            me.nice(psutil.IDLE_PRIORITY_CLASS)
+        else:
+            me.nice(19)
+
+
 def _tree(root: psutil.Process, known: dict[int, psutil.Process]) -> dict[int, psutil.Process]:
     # Reuse Process objects: cpu_percent() measures from the previous call on the same object.
     try:
@@ -61,6 +78,7 @@ def _sampler_main(
     pid: int | None, device_pids: tuple[int, ...], interval_s: float, out: Any, stop: Any
 ) -> None:
     """Entry point of the sampler process: sample until `stop` is set."""
+    _yield_to_the_server()
     out.put(("clock", time.perf_counter_ns()))
     nvml = Nvml()
     root: psutil.Process | None = None

@@ -312,7 +312,9 @@ def _engine(args: argparse.Namespace) -> int:
 
 
 def _perf_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("options", nargs=argparse.REMAINDER, help="see `moe-evidence perf --help`")
+    # Its options are the benchmarks' own (--only, --quick, --db, ...): passed through.
+    p.set_defaults(options=[])
+    p.epilog = "Options pass through to the benchmarks: moe-evidence perf --only accuracy"
 
 
 def _perf(args: argparse.Namespace) -> int:
@@ -404,7 +406,11 @@ def _interrupt_on_termination() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring)."""
-    args = parser().parse_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if extra and args.command != "perf":
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = [*getattr(args, "options", []), *extra]
     _interrupt_on_termination()
     handler: Handler = args.handler
     try:
