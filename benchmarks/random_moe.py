@@ -15,8 +15,6 @@ of a realistic size, so the embedding and output tensors weigh what they would.
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 from gguf import GGMLQuantizationType, GGUFWriter
+
+from collector.upcycle import write_gguf
 
 Q8_0_BLOCK = 32
 Q8_0_BYTES = 34  # one f16 scale + 32 int8 values
@@ -177,26 +177,7 @@ def write_random_moe(path: Path, shape: MoeShape) -> Path:
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
-    plan = list(_tensors(shape))
-    for t in plan:
-        writer.add_tensor_info(t.name, t.byte_shape, t.dtype, t.nbytes, t.ggml_type)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        writer.write_header_to_file(tmp)
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in plan:
-            writer.write_tensor_data(t.produce())
-        writer.close()
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    write_gguf(writer, list(_tensors(shape)), path)
     return path
 
 

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from collector.protocol import PROTOCOL, ProtocolTest
+from collector.recording import insert_protocol
 from evidence.store import open_store
 from evidence.writer import TELEMETRY_SCHEMA, Transaction, insert_arrow, insert_row, to_json
 from scoring.store import judge_campaign
@@ -396,21 +397,9 @@ def _write_campaign(
             "mem_bandwidth_bytes_per_s": 38.5e9,
         },
     )
-    for test in PROTOCOL.tests:
-        insert_row(
-            con,
-            "tests",
-            {
-                "campaign_id": campaign_id,
-                "test_id": test.test_id,
-                "ordinal": test.ordinal,
-                "category": test.category,
-                "prompt": test.prompt,
-                "max_tokens": min(test.max_tokens, 32) if quick else test.max_tokens,
-                "protocol_max_tokens": test.max_tokens,
-                "success_criteria": test.success_criteria,
-            },
-        )
+    insert_protocol(
+        con, campaign_id, lambda test: min(test.max_tokens, 32) if quick else test.max_tokens
+    )
 
 
 def _moe_layers(p: ModelPreset) -> list[int]:

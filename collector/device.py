@@ -29,7 +29,13 @@ from typing import Any
 import psutil
 
 from collector.config import DeviceSection
-from collector.server import check_port_free, fill_placeholders, free_port, terminate_tree
+from collector.server import (
+    check_port_free,
+    fill_placeholders,
+    free_port,
+    spawn,
+    terminate_tree,
+)
 from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
 
 DEVICE_SOURCE = "RPC device process"
@@ -170,23 +176,9 @@ def _launch_one(
     # Taken already (another program, or a race since the pick): say so, do not
     # mistake whoever listens there for the device.
     check_port_free(device.host, port)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
-    kwargs: dict[str, Any] = {}
-    if sys.platform == "win32":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    else:
-        kwargs["start_new_session"] = True  # Ctrl-C reaches the collector, which stops it
     try:
-        process = subprocess.Popen(
-            _line_buffered(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            **kwargs,
-        )
+        process, log = spawn(_line_buffered(argv), log_path)
     except OSError as exc:
-        log.close()
         raise EngineError(
             f"cannot start the RPC device {argv[0]}: {exc}; build the engine "
             f"(`moe-evidence engine`) or fix [device] command"

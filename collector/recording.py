@@ -27,7 +27,7 @@ from collector.inventory import (
 )
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, Cell, test_max_tokens
-from collector.protocol import PROTOCOL
+from collector.protocol import PROTOCOL, ProtocolTest
 from collector.session import ServerRunHandle
 from collector.telemetry import Sample
 from evidence.writer import (
@@ -109,22 +109,30 @@ def create_campaign(
                 "mem_bandwidth_bytes_per_s": bandwidth,
             },
         )
-        for test in PROTOCOL.tests:
-            insert_row(
-                con,
-                "tests",
-                {
-                    "campaign_id": campaign_id,
-                    "test_id": test.test_id,
-                    "ordinal": test.ordinal,
-                    "category": test.category,
-                    "prompt": test.prompt,
-                    "max_tokens": test_max_tokens(config, test),
-                    "protocol_max_tokens": test.max_tokens,
-                    "success_criteria": test.success_criteria,
-                },
-            )
+        insert_protocol(con, campaign_id, lambda test: test_max_tokens(config, test))
     return campaign_id
+
+
+def insert_protocol(
+    con: duckdb.DuckDBPyConnection, campaign_id: str, max_tokens: Callable[[ProtocolTest], int]
+) -> None:
+    """The protocol exactly as this campaign runs it (`tests`): every test, with the
+    token budget sent (`max_tokens`: a profile may cap it) beside the protocol's."""
+    for test in PROTOCOL.tests:
+        insert_row(
+            con,
+            "tests",
+            {
+                "campaign_id": campaign_id,
+                "test_id": test.test_id,
+                "ordinal": test.ordinal,
+                "category": test.category,
+                "prompt": test.prompt,
+                "max_tokens": max_tokens(test),
+                "protocol_max_tokens": test.max_tokens,
+                "success_criteria": test.success_criteria,
+            },
+        )
 
 
 def register_models(ctx: CampaignContext, inspect: Callable[[Path], dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 import psutil
@@ -165,6 +166,39 @@ def server_version(binary: str, timeout_s: float = 30.0) -> str | None:
     return "\n".join(lines[-4:]) if lines else None
 
 
+def spawn(
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """Start a process we own, its stdout and stderr into `log_path` (so the log
+    survives a crash of it or of us); return it and the open log."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    kwargs: dict[str, object] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    else:
+        # Own session: a Ctrl-C in the terminal reaches the collector, which then
+        # stops the process itself after recording the interruption.
+        kwargs["start_new_session"] = True
+    try:
+        process = subprocess.Popen(  # type: ignore[call-overload]
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            **kwargs,
+        )
+    except BaseException:
+        log.close()
+        raise
+    return process, log
+
+
 def launch(
     spec: LaunchSpec,
     log_path: Path,
@@ -177,33 +211,14 @@ def launch(
     `on_started` runs right after the process exists (to start telemetry, which
     needs the PID) and before the wait for health."""
     check_port_free(spec.host, spec.port)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
-    kwargs: dict[str, object] = {}
-    if sys.platform == "win32":
-        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    else:
-        # Own session: a Ctrl-C in the terminal reaches the collector, which then
-        # stops the server itself after recording the interruption.
-        kwargs["start_new_session"] = True
     launch_ns = clock()
     try:
-        process = subprocess.Popen(  # type: ignore[call-overload]
-            spec.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=spec.env,
-            cwd=spec.cwd,
-            **kwargs,
-        )
+        process, log = spawn(spec.argv, log_path, env=spec.env, cwd=spec.cwd)
     except FileNotFoundError as exc:
-        log.close()
         raise EngineError(
             f"server binary not found: {spec.argv[0]}; install it or fix the command in the config"
         ) from exc
     except OSError as exc:
-        log.close()
         raise EngineError(f"cannot start {spec.argv[0]}: {exc}") from exc
     server = RunningServer(spec, process, log_path, launch_ns, _log_handle=log)
     try:

@@ -14,11 +14,11 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -114,10 +114,32 @@ def upcycle_to_moe(
     writer.add_uint32(f"{arch}.expert_count", experts)
     writer.add_uint32(f"{arch}.expert_used_count", experts_used)
 
-    plan = list(_plan_tensors(reader, src, experts, seed))
+    write_gguf(writer, list(_plan_tensors(reader, src, experts, seed)), dst)
+    return dst
+
+
+class PlannedTensor(Protocol):
+    """A tensor to write: its GGUF header facts and how to make its bytes."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def byte_shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> np.dtype[Any]: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def ggml_type(self) -> GGMLQuantizationType: ...
+
+    def produce(self) -> npt.NDArray[Any]: ...
+
+
+def write_gguf(writer: GGUFWriter, plan: Sequence[PlannedTensor], dst: Path) -> None:
+    """Write `writer`'s metadata and `plan`'s tensors to `dst`, atomically (temp file
+    + rename) and one tensor in memory at a time."""
     for item in plan:
         writer.add_tensor_info(item.name, item.byte_shape, item.dtype, item.nbytes, item.ggml_type)
-
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
     os.close(fd)
@@ -126,7 +148,6 @@ def upcycle_to_moe(
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        # One tensor at a time, so memory holds at most one stacked expert tensor.
         for item in plan:
             writer.write_tensor_data(item.produce())
         writer.close()
@@ -139,7 +160,6 @@ def upcycle_to_moe(
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    return dst
 
 
 def _open_source(src: Path) -> GGUFReader:

@@ -18,11 +18,10 @@ import pytest
 
 from collector.campaign import run_campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
-from collector.defaults import LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
-from collector.progress import CampaignProgress
 from collector.runner import _inspect
 from evidence.store import open_store
+from tests.engine_helpers import SWEEP_LABELS, KillOnce, server_command
 
 pytestmark = pytest.mark.engine
 
@@ -58,14 +57,7 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
         "json_extract(log_summary, '$.overridden_tensor_count')::INT, "
         "length(log_text) FROM server_runs ORDER BY started_utc",
     )
-    assert [r[0] for r in runs] == [
-        "baseline",
-        "cpu-moe",
-        "n-cpu-moe-0",
-        "n-cpu-moe-10",
-        "n-cpu-moe-20",
-        "n-cpu-moe-30",
-    ]
+    assert [r[0] for r in runs] == SWEEP_LABELS
     assert all(r[1] == "stopped" and float(r[2]) > 0 and int(r[4]) > 1000 for r in runs)  # type: ignore[arg-type]
     # --cpu-moe moves all 90 expert tensors; --n-cpu-moe K those of K blocks (3 each)
     assert [r[3] for r in runs] == [0, 90, 0, 30, 60, 90]
@@ -166,36 +158,15 @@ def _config(model: Path, engine: EngineBuild, tests: list[str], repeats: int) ->
             tests=tests,
             non_streaming=False,
         ),
-        server=ServerSection(
-            command=[
-                engine.server.as_posix() if p == "{llama_server}" else p
-                for p in LLAMA_SERVER_COMMAND
-            ]
-        ),
+        server=ServerSection(command=server_command(engine)),
         models=[ModelEntry(label="moe", path=model)],
         configurations=[Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)],
     )
 
 
-class _KillOnce(CampaignProgress):
-    """Kills the llama-server process tree after the 8th network read, once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.killed_pid: int | None = None
-
-    def on_content(self, tokens: int, t_ns: int) -> None:
-        super().on_content(tokens, t_ns)
-        if self.killed_pid is None and tokens == 8:
-            for child in psutil.Process().children(recursive=True):
-                if "llama-server" in child.name():
-                    self.killed_pid = child.pid
-                    child.kill()
-
-
 def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model: Path) -> None:
     db = tmp_path / "kill.duckdb"
-    progress = _KillOnce()
+    progress = KillOnce("llama-server")
     config = _config(moe_model, engine, ["technical-explanation"], repeats=2)
     with open_store(db) as con, progress:
         run_campaign(

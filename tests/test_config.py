@@ -10,6 +10,7 @@ from collector.campaign import server_plans
 from collector.config import DeviceSection, load_config
 from collector.defaults import embedded_config, quick_profile
 from common.errors import ConfigError
+from tests.engine_helpers import SWEEP_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,14 +88,7 @@ def test_duplicate_labels(tmp_path: Path) -> None:
 
 def test_default_plan_is_the_protocol() -> None:
     plans = server_plans(embedded_config())
-    assert [p.configuration.label for p in plans] == [
-        "baseline",
-        "cpu-moe",
-        "n-cpu-moe-0",
-        "n-cpu-moe-10",
-        "n-cpu-moe-20",
-        "n-cpu-moe-30",
-    ]
+    assert [p.configuration.label for p in plans] == SWEEP_LABELS
     cells = plans[0].cells
     assert len([c for c in cells if c.stream]) == 9 * 3
     assert len([c for c in cells if not c.stream]) == 9

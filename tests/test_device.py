@@ -28,7 +28,6 @@ from collector.config import (
     ModelEntry,
     ServerSection,
 )
-from collector.defaults import LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
 from collector.runner import _inspect
@@ -36,6 +35,7 @@ from common.errors import EngineError, ServerError
 from evidence.metrics import create_views
 from evidence.store import open_store
 from scoring.store import rescore_campaign
+from tests.engine_helpers import KillOnce, server_command
 
 pytestmark = pytest.mark.engine
 
@@ -70,12 +70,7 @@ def _config(
             non_streaming=False,
             warmup=False,
         ),
-        server=ServerSection(
-            command=[
-                engine.server.as_posix() if p == "{llama_server}" else p
-                for p in (*LLAMA_SERVER_COMMAND, "-t", "1")
-            ]
-        ),
+        server=ServerSection(command=server_command(engine, "-t", "1")),
         models=[ModelEntry(label="moe", path=model)],
         configurations=list(configurations),
         device=device or DeviceSection(kind="rpc", threads=1),
@@ -178,26 +173,11 @@ def test_baseline_and_cpu_moe_move_expert_tensors_off_the_device(
     assert not _rpc_children()
 
 
-class _KillDeviceOnce(CampaignProgress):
-    """Kills the running ggml-rpc-server after the 8th content event, once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.killed_pid: int | None = None
-
-    def on_content(self, tokens: int, t_ns: int) -> None:
-        super().on_content(tokens, t_ns)
-        if self.killed_pid is None and tokens == 8:
-            (device,) = _rpc_children()
-            self.killed_pid = device.pid
-            device.kill()
-
-
 def test_device_killed_mid_stream_restarts_both_processes(
     tmp_path: Path, engine: EngineBuild, moe_model: Path
 ) -> None:
     db = tmp_path / "kill.duckdb"
-    progress = _KillDeviceOnce()
+    progress = KillOnce("rpc-server")
     _run(db, _config(moe_model, engine, repeats=2), engine, moe_model, progress)
 
     assert progress.killed_pid is not None

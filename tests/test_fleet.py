@@ -21,7 +21,6 @@ import pytest
 
 from collector import campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
-from collector.defaults import LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
 from collector.inventory import Host, collect_host
 from collector.progress import CampaignProgress
@@ -31,6 +30,7 @@ from evidence.merge import merge_store
 from evidence.store import open_store
 from report.build import BuildResult
 from scoring.store import rescore_campaign
+from tests.engine_helpers import server_command
 from tests.fixtures.report.support import build, project
 
 pytestmark = pytest.mark.engine
@@ -74,12 +74,7 @@ def _config(model: Path, engine: EngineBuild, release: str) -> Config:
             tests=["simple-response"],
             non_streaming=False,
         ),
-        server=ServerSection(
-            command=[
-                engine.server.as_posix() if p == "{llama_server}" else p
-                for p in LLAMA_SERVER_COMMAND
-            ]
-        ),
+        server=ServerSection(command=server_command(engine)),
         models=[ModelEntry(label="moe", path=model)],
         configurations=[
             Configuration(label="baseline"),
