@@ -98,7 +98,8 @@ LEFT JOIN request_consistency c USING (request_id)
 """
 _REQUEST_KEYS = """r.request_id, r.campaign_id, r.server_run_id, s.model_id,
        m.label AS model_label, s.config_label, s.n_cpu_moe, r.test_id, r.repeat, r.stream,
-       r.status, r.finish_reason, t.token_source, t.content_events, r.sent_ns, r.done_ns"""
+       r.status, r.finish_reason, t.token_source, t.content_events, i.gaps, r.sent_ns,
+       r.done_ns, r.max_tokens"""
 
 _MEMORY_FROM = "FROM server_run_windows w JOIN server_run_samples a USING (server_run_id)"
 _MEMORY_KEYS = "w.server_run_id, w.device_before_bytes"
@@ -144,6 +145,17 @@ _DEFS: tuple[Metric, ...] = (
         sql="t.output_tokens",
     ),
     Metric(
+        "tokens_per_event",
+        "Tokens per content event",
+        "tokens",
+        "Output tokens (the server's or the tokenizer's count) / content events of a streamed "
+        "request: 1 when the server streams token by token (the last token, end of "
+        "generation, often has no text, so slightly above 1 is normal); well above 1 when it "
+        "batches tokens into events.",
+        sql="CASE WHEN r.stream AND t.content_events > 0 THEN output_tokens / t.content_events END",
+        needs=("output_tokens",),
+    ),
+    Metric(
         "tokens_estimated",
         "Token count estimated",
         "",
@@ -185,11 +197,10 @@ _DEFS: tuple[Metric, ...] = (
         "itl_p50_ms",
         "Inter-token latency p50",
         "ms",
-        "Gaps between consecutive content events, each divided over the tokens that event "
-        "carries (a multi-token event is not one token): the median of those per-token gaps. "
-        "An event carries one token when the request has at least as many content events as "
-        "output tokens; otherwise its share is its share of the output characters, rounded "
-        "(at least one).",
+        "The median gap between consecutive content events of a streamed request (a request "
+        "with E content events has E - 1 gaps). A server that sends one token per event (see "
+        "tokens per event) makes this the time between tokens; one that batches tokens shows "
+        "the gap per event: nothing is divided, no token time is invented.",
         sql="i.itl_p50_ms",
         higher_is_better=False,
     ),
@@ -197,7 +208,7 @@ _DEFS: tuple[Metric, ...] = (
         "itl_p90_ms",
         "Inter-token latency p90",
         "ms",
-        "The 90th percentile of the per-token gaps defined for the p50.",
+        "The 90th percentile of the gaps between content events defined for the p50.",
         sql="i.itl_p90_ms",
         higher_is_better=False,
     ),
@@ -205,7 +216,7 @@ _DEFS: tuple[Metric, ...] = (
         "itl_p99_ms",
         "Inter-token latency p99",
         "ms",
-        "The 99th percentile of the per-token gaps defined for the p50.",
+        "The 99th percentile of the gaps between content events defined for the p50.",
         sql="i.itl_p99_ms",
         higher_is_better=False,
     ),
@@ -213,8 +224,8 @@ _DEFS: tuple[Metric, ...] = (
         "max_stall_ms",
         "Longest stall",
         "ms",
-        "The longest time between two consecutive content events (not divided by tokens): "
-        "how long a reader stared at a frozen stream.",
+        "The longest time between two consecutive content events: how long a reader stared "
+        "at a frozen stream.",
         sql="i.max_stall_ms",
         higher_is_better=False,
     ),
@@ -222,7 +233,8 @@ _DEFS: tuple[Metric, ...] = (
         "itl_cv",
         "Streaming steadiness (CV)",
         "",
-        "Coefficient of variation (standard deviation / mean) of the per-token gaps; 0 is a "
+        "Coefficient of variation (standard deviation / mean) of the gaps between content "
+        "events; 0 is a "
         "perfectly steady stream. The protocol's 'streaming responsiveness' is reported as "
         "this figure with the ITL percentiles, not as a rating.",
         sql="i.itl_cv",
@@ -232,10 +244,11 @@ _DEFS: tuple[Metric, ...] = (
         "consistency_ratio",
         "Decode consistency (last/first quarter)",
         "",
-        "Decode rate over the last quarter of a request's tokens divided by the rate over its "
-        "first quarter (rate = tokens in the quarter - 1 over the time between its first and "
-        "last token). Below 1: generation slowed down as the sequence grew. Requests with at "
-        f"least {CONSISTENCY_MIN_TOKENS} tokens.",
+        "Rate over the last quarter of a request's content events divided by the rate over its "
+        "first quarter (rate = events in the quarter - 1 over the time between its first and "
+        "last event; the request's tokens per event cancel out). Below 1: generation slowed "
+        f"down as the sequence grew. Requests with at least {CONSISTENCY_MIN_TOKENS} content "
+        "events.",
         sql="c.consistency_ratio",
         higher_is_better=True,
     ),
@@ -255,6 +268,18 @@ _DEFS: tuple[Metric, ...] = (
         "request: how much of the engine's speed reaches the client (1.0 = all of it).",
         sql="CASE WHEN server_decode_tps > 0 THEN decode_tps / server_decode_tps END",
         needs=("decode_tps", "server_decode_tps"),
+    ),
+    Metric(
+        "offload_ratio",
+        "Offload / baseline (paired)",
+        "",
+        "For a metric (TTFT, decode tokens/s, E2E, average tokens/s): each offload request is "
+        "paired with the baseline request of the same model, test, repeat and streaming mode "
+        "(same prompt and seed), both completed; the figure is the geometric mean of the "
+        "per-pair ratios offload / baseline, with a 95 % interval from the t distribution of "
+        "their logarithms, shown from 3 pairs on. Below 1: the offload configuration is "
+        "slower to decode, or faster to its first token.",
+        view="offload_pair_ratios",
     ),
     Metric(
         "completion_rate",
@@ -456,9 +481,10 @@ _DEFS: tuple[Metric, ...] = (
         "decode_rate_along_generation",
         "Decode rate along the generation",
         "tokens/s",
-        "Long tests (category 'extended generation') only: each request's tokens are cut into "
-        "tenths; the rate in a tenth is (tokens in it - 1) / the time between its first and "
-        "last token. The chart shows the mean over requests per tenth.",
+        "Long tests (category 'extended generation') only: each request's content events are "
+        "cut into tenths; the rate in a tenth is (events in it - 1) / the time between its "
+        "first and last event, times the request's tokens per event. The chart shows the mean "
+        "over requests per tenth.",
         view="decode_deciles",
     ),
 )
@@ -514,27 +540,18 @@ SELECT r.request_id,
        r.usage_completion_tokens, r.tokenized_output_tokens
 FROM requests r LEFT JOIN ev USING (request_id);
 
--- How many output tokens each content event carries: one when the request has
--- at least as many content events as tokens; else its share of the characters,
--- rounded, at least one.
-CREATE OR REPLACE TEMP VIEW content_tokens AS
-SELECT c.request_id, c.idx, c.t_ns, c.chars,
-       CASE WHEN t.content_events >= t.output_tokens OR t.content_chars = 0 THEN 1
-            ELSE greatest(1, round(t.output_tokens * c.chars / t.content_chars))::BIGINT
-       END AS tokens
-FROM content_chunks c JOIN request_tokens t USING (request_id);
-
--- One row per output token of a streamed request, with its share of the gap
--- before the event that carried it.
-CREATE OR REPLACE TEMP VIEW token_gaps AS
+-- The gap before each content event (from the one before it): a stream's
+-- inter-token latency as the reader sees it. Nothing is divided: an event that
+-- carries several tokens (a server that batches) is one gap, and the tokens per
+-- event (the server's count / content events) is reported beside the gaps, never
+-- used to invent token times. A request with E content events has E - 1 gaps.
+CREATE OR REPLACE TEMP VIEW event_gaps AS
 WITH ch AS (
-    SELECT request_id, idx, t_ns, tokens,
+    SELECT request_id, idx, t_ns,
            t_ns - lag(t_ns) OVER (PARTITION BY request_id ORDER BY idx) AS gap_ns
-    FROM content_tokens
+    FROM content_chunks
 )
-SELECT request_id, idx AS event_idx, t_ns, tokens AS event_tokens,
-       gap_ns / 1e6 AS event_gap_ms, gap_ns / 1e6 / tokens AS gap_ms,
-       unnest(range(tokens)) AS token_in_event
+SELECT request_id, idx AS event_idx, t_ns, gap_ns / 1e6 AS gap_ms
 FROM ch WHERE gap_ns IS NOT NULL;
 
 CREATE OR REPLACE TEMP VIEW request_itl AS
@@ -542,28 +559,26 @@ SELECT request_id,
        quantile_cont(gap_ms, 0.5) AS itl_p50_ms,
        quantile_cont(gap_ms, 0.9) AS itl_p90_ms,
        quantile_cont(gap_ms, 0.99) AS itl_p99_ms,
-       max(event_gap_ms) AS max_stall_ms,
-       CASE WHEN avg(gap_ms) > 0 THEN stddev_samp(gap_ms) / avg(gap_ms) END AS itl_cv
-FROM token_gaps GROUP BY request_id;
+       max(gap_ms) AS max_stall_ms,
+       CASE WHEN avg(gap_ms) > 0 THEN stddev_samp(gap_ms) / avg(gap_ms) END AS itl_cv,
+       count(*) AS gaps
+FROM event_gaps GROUP BY request_id;
 
--- Token arrival times (each token of a multi-token event arrives with it),
--- numbered, to follow the rate along a long generation.
-CREATE OR REPLACE TEMP VIEW token_times AS
-WITH expanded AS (
-    SELECT request_id, idx, t_ns, unnest(range(tokens)) AS k FROM content_tokens
-)
-SELECT request_id, t_ns,
-       row_number() OVER (PARTITION BY request_id ORDER BY idx, k) - 1 AS token_idx,
-       count(*) OVER (PARTITION BY request_id) AS n_tokens
-FROM expanded;
+-- Content events numbered along each request, to follow the rate along a long
+-- generation (a rate of events x the request's tokens per event).
+CREATE OR REPLACE TEMP VIEW event_times AS
+SELECT c.request_id, c.t_ns, c.idx AS event_idx,
+       count(*) OVER (PARTITION BY c.request_id) AS n_events,
+       t.output_tokens / nullif(t.content_events, 0) AS tokens_per_event
+FROM content_chunks c JOIN request_tokens t USING (request_id);
 
 CREATE OR REPLACE TEMP VIEW request_consistency AS
 WITH q AS (
-    SELECT request_id, n_tokens,
-           CASE WHEN token_idx < n_tokens // 4 THEN 'first'
-                WHEN token_idx >= n_tokens - n_tokens // 4 THEN 'last' END AS quarter,
+    SELECT request_id, n_events,
+           CASE WHEN event_idx < n_events // 4 THEN 'first'
+                WHEN event_idx >= n_events - n_events // 4 THEN 'last' END AS quarter,
            t_ns
-    FROM token_times WHERE n_tokens >= {consistency_min_tokens}
+    FROM event_times WHERE n_events >= {consistency_min_tokens}
 ), rates AS (
     SELECT request_id, quarter, decode_rate(count(*), min(t_ns), max(t_ns)) AS rate
     FROM q WHERE quarter IS NOT NULL GROUP BY request_id, quarter
@@ -634,6 +649,22 @@ JOIN offload_configs oc USING (campaign_id, model_id, config_label)
 JOIN request_metrics b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
      AND b.config_label = oc.baseline_label AND b.test_id = o.test_id
      AND b.repeat = o.repeat AND b.stream = o.stream;
+
+-- Offload / baseline per pair of completed requests, one row per metric
+-- (METRICS['offload_ratio']); summarised by evidence.statistics.paired_ratio.
+CREATE OR REPLACE TEMP VIEW offload_pair_ratios AS
+WITH r AS (
+    SELECT p.campaign_id, p.model_id, p.config_label, p.test_id, p.repeat, p.stream,
+           o.ttft_ms / nullif(b.ttft_ms, 0) AS ttft_ms,
+           o.decode_tps / nullif(b.decode_tps, 0) AS decode_tps,
+           o.e2e_s / nullif(b.e2e_s, 0) AS e2e_s,
+           o.avg_tps / nullif(b.avg_tps, 0) AS avg_tps
+    FROM offload_pairs p
+    JOIN request_metrics o ON o.request_id = p.offload_request_id
+    JOIN request_metrics b ON b.request_id = p.baseline_request_id
+    WHERE o.completed AND b.completed
+)
+UNPIVOT r ON ttft_ms, decode_tps, e2e_s, avg_tps INTO NAME metric VALUE offload_ratio;
 
 -- The tests every configuration of a model ran with at least one completed
 -- streamed request: where configurations (a sweep usually runs a subset) are
@@ -816,14 +847,15 @@ LEFT JOIN host_rate h USING (campaign_id, model_id);
 -- 'decode_rate_along_generation']), per request: does speed hold up?
 CREATE OR REPLACE TEMP VIEW decode_deciles AS
 WITH tt AS (
-    SELECT t.request_id, t.t_ns, (t.token_idx * 10) // t.n_tokens AS decile
-    FROM token_times t
+    SELECT t.request_id, t.t_ns, t.tokens_per_event, (t.event_idx * 10) // t.n_events AS decile
+    FROM event_times t
     JOIN request_metrics r USING (request_id)
     JOIN tests ts USING (campaign_id, test_id)
-    WHERE r.stream AND r.completed AND ts.category = '{long_category}' AND t.n_tokens >= 20
+    WHERE r.stream AND r.completed AND ts.category = '{long_category}' AND t.n_events >= 20
 )
 SELECT request_id, decile,
-       decode_rate(count(*), min(t_ns), max(t_ns)) AS decode_rate_along_generation
+       decode_rate(count(*), min(t_ns), max(t_ns)) * any_value(tokens_per_event)
+           AS decode_rate_along_generation
 FROM tt GROUP BY request_id, decile;
 """
 

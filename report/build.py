@@ -44,6 +44,7 @@ from report.context import (
     validation,
 )
 from report.export import export_tables
+from report.machine_paths import build_machine_paths
 from report.queries import Selection, prepare, rows, select_campaigns
 from report.render import chart_markup, environment, render_page
 from report.source import open_evidence
@@ -52,8 +53,7 @@ from report.source import open_evidence
 # build deletes and rewrites all of it; everything else in docs/ is hand-written.
 PAGES: tuple[tuple[str, str], ...] = (
     ("index.md.j2", "index.md"),
-    ("inventory.md.j2", "inventory.md"),
-    ("hosts.md.j2", "hosts.md"),
+    ("hardware.md.j2", "hardware.md"),
     ("models.md.j2", "models.md"),
     ("memory.md.j2", "memory.md"),
     ("performance.md.j2", "performance.md"),
@@ -66,7 +66,14 @@ PAGES: tuple[tuple[str, str], ...] = (
     ("data.md.j2", "data.md"),
     ("validation.md.j2", "validation.md"),
 )
+# Pages earlier versions generated: a checkout that built them still has them, and
+# mkdocs would refuse them as pages outside the nav.
+RETIRED_PAGES = ("inventory.md", "hosts.md")
 TRANSCRIPT_TEMPLATE = "transcripts.md.j2"
+# With no campaign, a page of measurements is one line saying so (EMPTY_TEMPLATE), not a
+# page of empty sections; these pages explain the tool and stay whole.
+EMPTY_TEMPLATE = "empty.md.j2"
+WHOLE_WHEN_EMPTY = frozenset({"methodology.md"})
 GENERATED_DIRS = ("transcripts", "assets/charts", "assets/vendor", "data")
 CHART_DIR = "assets/charts"
 
@@ -133,6 +140,19 @@ def source_facts(path: Path) -> SourceFacts:
     return SourceFacts(path.name, digest.hexdigest(), size, len(bundles))
 
 
+@dataclass(frozen=True)
+class EmptyPage:
+    title: str
+
+
+def _title(template: Path) -> str:
+    """The page title: the template's first `# ` heading (one place states it)."""
+    for line in template.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    raise BuildError(f"{template.name} has no '# ' title")
+
+
 class _Timer:
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -147,7 +167,7 @@ class _Timer:
 
 def clean_generated(docs: Path) -> None:
     """Remove the generated page set, so no page of an earlier build survives."""
-    for _, page in PAGES:
+    for page in (*(page for _, page in PAGES), *RETIRED_PAGES):
         (docs / page).unlink(missing_ok=True)
     for folder in GENERATED_DIRS:
         shutil.rmtree(docs / folder, ignore_errors=True)
@@ -198,8 +218,10 @@ def build_site(options: BuildOptions) -> BuildResult:
             hist = history.build(con, sel, mem)
             pages: dict[str, Any] = {
                 "index.md.j2": summary.build(con, sel, mem, perf, qual),
-                "inventory.md.j2": inventory.build(con, sel),
-                "hosts.md.j2": hosts.build(con, sel),
+                "hardware.md.j2": {
+                    "inventory": inventory.build(con, sel),
+                    "hosts": hosts.build(con, sel),
+                },
                 "history.md.j2": hist,
                 "models.md.j2": models.build(con, sel),
                 "memory.md.j2": mem,
@@ -247,14 +269,19 @@ def build_site(options: BuildOptions) -> BuildResult:
     written: list[Path] = []
     with timer.step("render"):
         for template, page in PAGES:
+            if page == "history.md" and not hist.enough:
+                continue  # one release: no history to show, and no page in the nav
             prefix = "../" * page.count("/")
+            empty = sel.empty and page not in WHOLE_WHEN_EMPTY
             written.append(
                 render_page(
                     env,
-                    template,
+                    EMPTY_TEMPLATE if empty else template,
                     docs / page,
                     {
-                        "page": pages[template],
+                        "page": EmptyPage(_title(root / "templates" / template))
+                        if empty
+                        else pages[template],
                         "site": info,
                         "chart": lambda chart_id, p=prefix: chart_markup(charts, chart_id, p),
                     },
@@ -270,12 +297,13 @@ def build_site(options: BuildOptions) -> BuildResult:
                 )
             )
     with timer.step("hygiene"):
-        hygiene.check_pages(written, root)
+        machine = build_machine_paths(root, options.db.parent, Path(__file__).resolve().parents[1])
+        hygiene.check_pages(written, root, machine)
     with timer.step("vega bundle (wait)"):
         vendor.write_bundle(bundle, docs / "assets" / "vendor")
     if options.run_mkdocs:
         with timer.step("mkdocs"):
-            site.mkdocs_build(root / "mkdocs.yml", site_dir)
+            site.mkdocs_build(root / "mkdocs.yml", site_dir, history=hist.enough)
         with timer.step("offline check"):
             site.check_offline(site_dir)
             label = options.version or "unpublished build"

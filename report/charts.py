@@ -31,7 +31,7 @@ ROW_HEIGHT = 170
 # Colours per configuration, fixed across every chart of a site.
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#9d755d")
 MIB = 1 << 20
-GIB = 1 << 30
+MIB_BYTES = 1 << 20
 # Facet labels above each panel, so long model names do not eat the width.
 _HEADER = alt.Header(
     labelOrient="top", labelAnchor="start", labelFontWeight="bold", labelFontSize=12
@@ -171,7 +171,7 @@ def per_test_chart(
         .properties(width=WIDTH, height=ROW_HEIGHT)
         .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
-    title = f"{table.title} per test: mean with 95 % CI"
+    title = f"{table.title} per test: mean, and its 95 % CI where N >= 3"
     return Chart(
         f"perf-{table.name.replace('_', '-')}",
         title,
@@ -192,7 +192,7 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
                     {
                         "series": f"{c.model} · {c.config} ({c.headline.source})",
                         "config": config,
-                        "gib": mib / 1024,
+                        "mib": mib,
                     }
                 )
     if not data:
@@ -202,16 +202,16 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
         .mark_bar()
         .encode(
             y=alt.Y("config:N", sort=list(configs), title=None),
-            x=alt.X("gib:Q", title="GPU memory (GiB)"),
+            x=alt.X("mib:Q", title="device memory (MiB)"),
             color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            tooltip=["series:N", "config:N", alt.Tooltip("gib:Q", format=".2f")],
+            tooltip=["series:N", "config:N", alt.Tooltip("mib:Q", format=",.1f")],
         )
         .properties(width=WIDTH - 120, height=40)
         .facet(row=alt.Row("series:N", title=None, header=_HEADER))
         # Each row compares two configurations; a shared y scale would list all.
         .resolve_scale(y="independent")
     )
-    title = "GPU memory, baseline vs offload (source in each row's label)"
+    title = "Device memory, baseline vs offload (source in each row's label)"
     return Chart("memory-vram", title, title, _finish(chart, title, {"data": data}))
 
 
@@ -222,7 +222,7 @@ def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
             "config": r.config,
             "buffer": f"{b.device} {b.kind}",
             "where": "GPU" if b.on_gpu else "host",
-            "gib": b.mib / 1024,
+            "mib": b.mib,
         }
         for r in memory.runs
         for b in r.buffers
@@ -235,14 +235,14 @@ def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
         .mark_bar()
         .encode(
             y=alt.Y("config:N", title=None),
-            x=alt.X("sum(gib):Q", title="buffer size (GiB), from the loader log"),
+            x=alt.X("sum(mib):Q", title="buffer size (MiB), from the loader log"),
             color=alt.Color("buffer:N", title="device and buffer"),
             tooltip=[
                 "model:N",
                 "config:N",
                 "buffer:N",
                 "where:N",
-                alt.Tooltip("gib:Q", format=".3f"),
+                alt.Tooltip("mib:Q", format=",.2f"),
             ],
         )
         .properties(width=WIDTH - 120, height=alt.Step(22))
@@ -261,8 +261,8 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
             "model": p.model,
             "config": p.config,
             "layers": p.layers_on_cpu,
-            "gib": (
-                p.chart_gpu.value / GIB if p.chart_gpu.unit == "bytes" else p.chart_gpu.value / 1024
+            "mib": (
+                p.chart_gpu.value / MIB_BYTES if p.chart_gpu.unit == "bytes" else p.chart_gpu.value
             ),
         }
         for p in points
@@ -295,9 +295,9 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
             .mark_line(point=True)
             .encode(
                 x=x,
-                y=alt.Y("gib:Q", title=f"GPU memory (GiB, {memory.tradeoff_source})"),
+                y=alt.Y("mib:Q", title=f"device memory (MiB, {memory.tradeoff_source})"),
                 color=color,
-                tooltip=["model:N", "config:N", "layers:Q", alt.Tooltip("gib:Q", format=".2f")],
+                tooltip=["model:N", "config:N", "layers:Q", alt.Tooltip("mib:Q", format=",.1f")],
             )
             .properties(width=WIDTH // 2 - 20, height=220)
         )
@@ -305,7 +305,7 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
         base = alt.Chart(_data("speed")).encode(x=x, color=color)
         speed_layers = [
             base.mark_line(point=True).encode(
-                y=alt.Y("mean:Q", title="decode tokens/s (mean, 95 % CI)"),
+                y=alt.Y("mean:Q", title="decode tokens/s (mean; 95 % CI where N >= 3)"),
                 tooltip=[
                     "model:N",
                     "config:N",
@@ -338,7 +338,7 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
         panels.append(alt.layer(*speed_layers).properties(width=WIDTH // 2 - 20, height=220))
     if not panels:
         return Missing("neither GPU memory nor decode speed was measured for these runs")
-    title = "The --n-cpu-moe trade-off: GPU memory and decode speed"
+    title = "The --n-cpu-moe trade-off: device memory and decode speed"
     return Chart(
         "memory-tradeoff",
         title,
@@ -356,7 +356,7 @@ def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Cha
                     "model": p.model,
                     "config": p.config,
                     "t": p.t_s,
-                    "gib": p.rss_bytes / GIB,
+                    "mib": p.rss_bytes / MIB_BYTES,
                     "memory": "host RSS",
                 }
             )
@@ -366,8 +366,8 @@ def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Cha
                     "model": p.model,
                     "config": p.config,
                     "t": p.t_s,
-                    "gib": p.gpu_bytes / GIB,
-                    "memory": "GPU (device-wide)",
+                    "mib": p.gpu_bytes / MIB_BYTES,
+                    "memory": "device (RPC process or NVML)",
                 }
             )
     if not data:
@@ -377,14 +377,14 @@ def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Cha
         .mark_line()
         .encode(
             x=alt.X("t:Q", title="seconds since launch"),
-            y=alt.Y("gib:Q", title="GiB (max per interval)"),
+            y=alt.Y("mib:Q", title="MiB (max per interval)"),
             color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             strokeDash=alt.StrokeDash("memory:N", title="memory"),
             tooltip=[
                 "config:N",
                 "memory:N",
                 alt.Tooltip("t:Q", format=".0f"),
-                alt.Tooltip("gib:Q", format=".2f"),
+                alt.Tooltip("mib:Q", format=",.1f"),
             ],
         )
         .properties(width=WIDTH, height=ROW_HEIGHT)
@@ -399,12 +399,14 @@ def _itl_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Miss
         {"model": b.model, "config": b.config, "ms": b.ms, "share": b.share} for b in perf.itl_hist
     ]
     if not data:
-        return Missing("no per-token gaps: no successful streamed request with two tokens")
+        return Missing("no gaps: no successful streamed request with two content events")
     chart = (
         alt.Chart(_data())
         .mark_line(interpolate="step-after")
         .encode(
-            x=alt.X("ms:Q", scale=alt.Scale(type="log"), title="per-token gap (ms, log scale)"),
+            x=alt.X(
+                "ms:Q", scale=alt.Scale(type="log"), title="gap between content events (ms, log)"
+            ),
             y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of gaps"),
             color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             tooltip=[
@@ -453,7 +455,7 @@ def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Mi
         .properties(width=WIDTH, height=ROW_HEIGHT)
         .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
-    title = "Decode rate along long generations (mean, 95 % CI)"
+    title = "Decode rate along long generations (mean; 95 % CI where N >= 3)"
     return Chart("perf-consistency", title, title, _finish(chart, title, {"data": data}))
 
 
@@ -469,7 +471,7 @@ def _timeline_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart |
         .mark_line(interpolate="step-after")
         .encode(
             x=alt.X("ms:Q", title="ms since the request was sent"),
-            y=alt.Y("tokens:Q", title="tokens received"),
+            y=alt.Y("tokens:Q", title="content events received"),
             color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
             tooltip=["config:N", alt.Tooltip("ms:Q", format=".0f"), "tokens:Q"],
         )
@@ -634,7 +636,7 @@ def _history_chart(
         .properties(width=WIDTH - 120, height=150)
         .facet(row=alt.Row("panel:N", title=None, header=_HEADER))
     )
-    title = f"{m.title} by release: mean with 95 % CI"
+    title = f"{m.title} by release: mean, and its 95 % CI where N >= 3"
     return Chart(
         f"history-{m.name}",
         title,

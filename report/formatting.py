@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from markupsafe import Markup
 
 from common.errors import BuildError
+from evidence.statistics import MIN_N_FOR_INTERVAL
+from report.machine_paths import public_arg, public_argv, public_value
 from report.values import SOURCE_TEXT, Missing, Quantity, RatioFigure, Stat
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ def _table(chars: str) -> dict[int, str]:
 _INLINE = _table("&<>\"'\\`*_{}[]#|")
 _BLOCK = _table("&<>\"'\\`*_{}[]()#+-.!|~^=:$%")
 _LINE_START = re.compile(r"^[-+=:>#.]")
-_BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+MIB = 1 << 20
 
 
 def escape_text(value: object, *, inline: bool = True) -> Markup:
@@ -72,8 +74,10 @@ def untrusted(value: object) -> Markup:
 
 
 def untrusted_code(value: object) -> Markup:
-    """Untrusted inline text shown as code (paths, hashes, argv)."""
-    return Markup('<code class="untrusted">') + escape_text(value) + Markup("</code>")
+    """Untrusted inline text shown as code (paths, hashes, argv); a machine path is shown
+    as its file name (report.machine_paths)."""
+    text = public_arg(value) if isinstance(value, str) else value
+    return Markup('<code class="untrusted">') + escape_text(text) + Markup("</code>")
 
 
 def code(value: object) -> Markup:
@@ -100,15 +104,17 @@ def json_block(value: object) -> Markup:
             value = json.loads(value)
         except json.JSONDecodeError:
             return transcript(value)
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+    text = json.dumps(
+        public_value(value), indent=2, sort_keys=True, ensure_ascii=False, default=str
+    )
     return (
         Markup('<pre class="untrusted json">') + escape_text(text, inline=False) + Markup("</pre>")
     )
 
 
 def shell_block(argv: Iterable[object]) -> Markup:
-    """A command line, shell-quoted, as an escaped block."""
-    text = shlex.join(str(a) for a in argv)
+    """A command line, shell-quoted, as an escaped block; machine paths as file names."""
+    text = shlex.join(public_argv(argv))
     return (
         Markup('<pre class="untrusted command">')
         + escape_text(text, inline=False)
@@ -148,12 +154,9 @@ def number(value: float | int | None) -> str:
 
 
 def with_unit(value: float | int | None, unit: str) -> Markup:
-    """A value in its unit; bytes are shown in binary units (GiB, MiB)."""
+    """A value in its unit; memory always in MiB (one unit across tables and charts)."""
     if unit == "bytes" and value is not None:
-        for name, size in _BINARY_UNITS:
-            if abs(value) >= size:
-                return Markup(f"{float(value) / size:,.2f}&nbsp;{name}")
-        return Markup(f"{number(int(value))}&nbsp;B")
+        return Markup(f"{float(value) / MIB:,.1f}&nbsp;MiB")
     if unit == "bytes/s" and value is not None:
         return Markup(f"{float(value) / (1 << 30):,.1f}&nbsp;GiB/s")
     if unit == "params" and value is not None:
@@ -161,8 +164,6 @@ def with_unit(value: float | int | None, unit: str) -> Markup:
             if abs(value) >= scale:
                 return Markup(f"{float(value) / scale:.2f}&nbsp;{prefix}")
         return Markup(number(int(value)))
-    if unit == "MiB" and value is not None and abs(value) >= 10 * 1024:
-        return Markup(f"{float(value) / 1024:,.2f}&nbsp;GiB")
     if unit == "MiB" and value is not None:
         return Markup(f"{float(value):,.1f}&nbsp;MiB")
     text = number(value)
@@ -216,12 +217,17 @@ def stat_mean(s: Stat) -> Markup:
     return text
 
 
+def too_few(n: int) -> Markup:
+    """The one phrasing of a group too small for a spread or an interval."""
+    return Markup(f"N&nbsp;=&nbsp;{n}, too few for an interval")
+
+
 def stat_sd(s: Stat) -> Markup:
     """The sample standard deviation, or why there is none."""
     if s.n == 0:
         return Markup("no data")
-    if s.n < 2 or s.sd is None:
-        return Markup("N&nbsp;=&nbsp;1: no spread")
+    if s.n < MIN_N_FOR_INTERVAL or s.sd is None:
+        return too_few(s.n)
     return with_unit(s.sd, s.unit)
 
 
@@ -230,7 +236,7 @@ def stat_ci(s: Stat) -> Markup:
     if s.n == 0:
         return Markup("no data")
     if s.ci_low is None or s.ci_high is None:
-        return Markup("N&nbsp;=&nbsp;1: no interval")
+        return too_few(s.n)
     if s.ci_low < 0 <= (s.min if s.min is not None else 0):
         # Every figure summarised here is non-negative; a t-interval from very
         # few requests can still reach below zero, which is shown, not hidden.
@@ -250,32 +256,37 @@ def stat_range(s: Stat) -> Markup:
 
 
 def stat(s: Stat) -> Markup:
-    """Compact: `46.9 ± 2.1 tokens/s (N = 27)`; the spread dropped for N = 1."""
+    """Compact: `46.9 ± 2.1 tokens/s (N = 27)`; the spread from N = 3 only
+    (MIN_N_FOR_INTERVAL): below, the mean and `(N = 2)`. The compact form sits in wide
+    tables, where the pages say once that spreads start at N = 3."""
     if s.n == 0 or s.mean is None:
         return not_measured(s.missing or "no value in this group")
-    if s.n >= 2 and s.sd is not None:
+    if s.n >= MIN_N_FOR_INTERVAL and s.sd is not None:
         text = Markup(f"{number(s.mean)}&nbsp;±&nbsp;") + with_unit(s.sd, s.unit)
+        text += Markup(f" (N&nbsp;=&nbsp;{s.n})")
     else:
-        text = with_unit(s.mean, s.unit)
-    text += Markup(f" (N&nbsp;=&nbsp;{s.n})")
+        text = with_unit(s.mean, s.unit) + Markup(f" (N&nbsp;=&nbsp;{s.n})")
     if s.estimated_n:
         text += Markup(' <span class="estimated">(estimated)</span>')
     return text
 
 
 def ratio(r: RatioFigure) -> Markup:
-    """`0.21× (95 % CI 0.19–0.23)`, or why there is no ratio."""
+    """`0.33× (95 % CI 0.31–0.34, N = 27)`, or why there is no ratio or interval."""
     if r.ratio is None:
         return not_measured(r.missing or "one side of the comparison has no data")
     text = Markup(f"{r.ratio:.2f}×")
+    n = f", N&nbsp;=&nbsp;{r.n}" if r.n is not None else ""
     if r.ci_low is not None and r.ci_high is not None and r.ci_low <= 0 < r.ratio:
         # A ratio of two positive means cannot be negative: the interval is
         # too wide to bound anything, which is what the reader needs to know.
-        text += Markup(" (95&nbsp;% CI unbounded below: too few requests)")
+        text += Markup(f" (95&nbsp;% CI unbounded below: too few requests{n})")
     elif r.ci_low is not None and r.ci_high is not None:
-        text += Markup(f" (95&nbsp;% CI {r.ci_low:.2f}–{r.ci_high:.2f})")
+        text += Markup(f" (95&nbsp;% CI {r.ci_low:.2f}–{r.ci_high:.2f}{n})")
+    elif r.n is not None:
+        text += Markup(" (") + too_few(r.n) + Markup(")")
     else:
-        text += Markup(" (no interval: N&nbsp;&lt;&nbsp;2 on one side)")
+        text += Markup(" (too few on one side for an interval)")
     return text
 
 

@@ -3,7 +3,9 @@ whitepaper need corrections.
 
 Rejected, with `BuildError("docs/memory.md:42: ...")` naming the first one:
 unresolved placeholders (`XX`, `X.X`, `TODO`, `FIXME`, `TBD`), `None`, `NaN`
-or infinities printed as figures, and merge-conflict markers.
+or infinities printed as figures, merge-conflict markers, and any path of the machine
+building the site (its home, the project, the store, the Python running the build; see
+report.machine_paths).
 
 Untrusted text (model output, prompts) is shown verbatim and may legitimately
 say `None` or `TODO`; the formatting filters put it in elements of class
@@ -16,13 +18,20 @@ mention `None`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import BuildError
+from report.machine_paths import find_build_machine_path
 
 _UNTRUSTED = re.compile(
     r'<(span|pre|code)\b[^>]*\bclass="[^"]*\buntrusted\b[^"]*"[^>]*>.*?</\1>', re.DOTALL
+)
+# Model output and prompts (transcripts, quoted phrases) may mention any path; what the
+# tool itself prints (commands, configuration, file names) may not name this machine's.
+_MODEL_TEXT = re.compile(
+    r'<pre class="untrusted transcript">.*?</pre>|<span class="untrusted">.*?</span>', re.DOTALL
 )
 _FROM_CODE = re.compile(r'<div class="from-code"[^>]*>.*?</div><!-- from-code -->', re.DOTALL)
 
@@ -55,8 +64,9 @@ def _blank(match: re.Match[str]) -> str:
     return "\n" * match.group(0).count("\n")
 
 
-def check_text(text: str, name: str) -> None:
-    """Raise BuildError naming `name` and the line of the first problem in `text`."""
+def check_text(text: str, name: str, machine_paths: Sequence[str] = ()) -> None:
+    """Raise BuildError naming `name` and the line of the first problem in `text`;
+    `machine_paths`: directories of the building machine no page may name."""
     trusted = _UNTRUSTED.sub(_blank, text)
     outside_docs = _FROM_CODE.sub(_blank, trusted)
     found: list[tuple[int, str]] = []
@@ -66,12 +76,18 @@ def check_text(text: str, name: str) -> None:
         if match:
             line = source.count("\n", 0, match.start()) + 1
             found.append((line, f"{rule.message} {match.group(0)!r}"))
+    tool_text = _MODEL_TEXT.sub(_blank, text)
+    for number, line_text in enumerate(tool_text.split("\n"), start=1):
+        path = find_build_machine_path(line_text, machine_paths)
+        if path is not None:
+            found.append((number, f"path of the building machine {path!r}"))
+            break
     if found:
         line, problem = min(found)
         raise BuildError(f"{name}:{line}: {problem} in a generated page")
 
 
-def check_pages(paths: list[Path], root: Path) -> None:
+def check_pages(paths: list[Path], root: Path, machine_paths: Sequence[str] = ()) -> None:
     """Check every generated Markdown page; names in errors are relative to `root`."""
     for path in paths:
-        check_text(path.read_text(encoding="utf-8"), str(path.relative_to(root)))
+        check_text(path.read_text(encoding="utf-8"), str(path.relative_to(root)), machine_paths)

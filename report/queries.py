@@ -201,6 +201,9 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
                max(value) FILTER (WHERE name = 'same_seed_exact_match') AS same_exact,
                max(value) FILTER (WHERE name = 'same_seed_edit_similarity') AS same_similarity,
                max(value) FILTER (WHERE name = 'same_seed_prefix_words') AS same_prefix_words,
+               -- why the check and quality were not judged (an output cut at a cap)
+               max(json_extract_string(detail, '$.not_judged'))
+                   FILTER (WHERE name = 'quality') AS not_judged,
                string_agg(DISTINCT scorer_version, ', ') AS scorer_versions
         FROM scores s JOIN sel_requests USING (request_id)
         GROUP BY s.request_id;

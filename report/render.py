@@ -17,6 +17,7 @@ import jinja2
 from markupsafe import Markup
 
 from common.errors import BuildError
+from evidence.statistics import MIN_N_FOR_INTERVAL
 from report.charts import Chart, Charts, spec_json
 from report.formatting import FILTERS, escape_text, figure, finalize
 from report.values import Missing
@@ -36,6 +37,8 @@ def environment(templates: Path) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(FILTERS)
+    # Pages say in words where spreads and intervals start; one constant decides it.
+    env.globals["min_n"] = MIN_N_FOR_INTERVAL
     return env
 
 

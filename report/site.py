@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 from common.errors import BuildError
 
@@ -52,8 +53,19 @@ def _locate(message: str, docs: Path) -> str:
     return f"{where}:{line}: {message}" if line else f"{where}: {message}"
 
 
-def mkdocs_build(config_file: Path, site_dir: Path) -> None:
-    """`mkdocs build --strict` into `site_dir`; the first warning becomes a BuildError."""
+def _with_history(nav: list[Any]) -> list[Any]:
+    """mkdocs.yml's nav with the History page at the end of the whitepaper group."""
+    out = []
+    for entry in nav:
+        if isinstance(entry, dict) and "Whitepaper" in entry:
+            entry = {"Whitepaper": [*entry["Whitepaper"], {"History": "history.md"}]}
+        out.append(entry)
+    return out
+
+
+def mkdocs_build(config_file: Path, site_dir: Path, history: bool = False) -> None:
+    """`mkdocs build --strict` into `site_dir`; the first warning becomes a BuildError.
+    `history`: the campaigns span two or more releases, so the History page is in."""
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
     from mkdocs.exceptions import Abort, MkDocsException
@@ -62,7 +74,15 @@ def mkdocs_build(config_file: Path, site_dir: Path) -> None:
     logger = logging.getLogger("mkdocs")
     logger.addHandler(collector)
     try:
-        config = load_config(str(config_file), strict=True, site_dir=str(site_dir))
+        try:
+            # Abort is a SystemExit: left alone, a bad mkdocs.yml ended the build
+            # with exit 1 and not a word (the reason only went to mkdocs' logger).
+            config = load_config(str(config_file), strict=True, site_dir=str(site_dir))
+        except (Abort, MkDocsException) as exc:
+            first = collector.messages[0] if collector.messages else str(exc)
+            raise BuildError(f"{config_file.name}: {first}") from exc
+        if history:
+            config["nav"] = _with_history(config["nav"])
         docs = Path(config["docs_dir"])
         try:
             build(config)

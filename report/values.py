@@ -106,3 +106,4 @@ class RatioFigure:
     ci_low: float | None
     ci_high: float | None
     missing: str | None = None
+    n: int | None = None  # pairs (or requests) behind the ratio, when known

@@ -21,6 +21,13 @@ monotone: quality never drops when c rises, r falls, or a loop goes away.
 
 A request that did not complete still gets its repetition, loop and check
 scores, computed on whatever text arrived; only its quality is pinned to 1.
+
+**Not judged**: an output the campaign's profile cut short on purpose (the
+quick profile caps budgets below the protocol's, and the output reached the
+cap) cannot pass or fail a check written for the whole answer, so its check
+and quality are stored without a value (`not_judged` in the detail), shown as
+"not measured" everywhere, never as a low score. Repetition and loops are
+still judged on what arrived.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ def score_request(
     *,
     finish_reason: str | None = None,
     status: str | None = None,
+    cut_by_cap: bool = False,
     sandbox_limits: SandboxLimits | None = None,
 ) -> list[Score]:
     """Every score of one request, from its stored facts.
@@ -93,6 +101,12 @@ def score_request(
     ]
     if test_id not in load_rubrics().tests:
         return scores
+    if cut_by_cap:
+        why: JSONObject = {
+            "not_judged": f"the output reached the profile's {max_tokens}-token cap, below the "
+            "protocol's budget: a check written for the whole answer cannot judge it"
+        }
+        return [*scores, Score("check", None, dict(why)), Score("quality", None, dict(why))]
     check = check_output(test_id, output_text, repetition=repetition, sandbox_limits=sandbox_limits)
     scores += _check_scores(check)
     quality_detail: JSONObject = {

@@ -23,7 +23,7 @@ class Score:
     """
 
     name: str
-    value: float
+    value: float | None  # None: not judged (the detail's `not_judged` says why)
     detail: JSONObject = field(default_factory=dict)
 
 

@@ -26,16 +26,28 @@ from scoring.similarity import similarity_scores
 
 def _request_scores(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tuple[str, Score]]:
     rows = con.execute(
-        "SELECT r.request_id, r.test_id, r.output_text, m.completed, r.max_tokens, "
-        "r.finish_reason, r.status FROM requests r JOIN request_metrics m USING (request_id) "
-        "WHERE r.campaign_id = ? ORDER BY r.started_utc",
+        """SELECT r.request_id, r.test_id, r.output_text, m.completed, r.max_tokens,
+                  r.finish_reason, r.status,
+                  -- cut short on purpose: a capped budget, and the output reached it
+                  coalesce(r.max_tokens < t.protocol_max_tokens
+                           AND (r.finish_reason = 'length' OR m.output_tokens >= r.max_tokens),
+                           false) AS cut_by_cap
+           FROM requests r JOIN request_metrics m USING (request_id)
+           LEFT JOIN tests t ON t.campaign_id = r.campaign_id AND t.test_id = r.test_id
+           WHERE r.campaign_id = ? ORDER BY r.started_utc""",
         [campaign_id],
     ).fetchall()
     out: list[tuple[str, Score]] = []
-    for request_id, test_id, text, completed, max_tokens, finish, status in rows:
+    for request_id, test_id, text, completed, max_tokens, finish, status, cut in rows:
         try:
             scores = score_request(
-                test_id, text, bool(completed), max_tokens, finish_reason=finish, status=status
+                test_id,
+                text,
+                bool(completed),
+                max_tokens,
+                finish_reason=finish,
+                status=status,
+                cut_by_cap=bool(cut),
             )
         except SandboxError as exc:
             # The sandbox itself could not run: store no verdict rather than a false fail.

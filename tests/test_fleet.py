@@ -193,18 +193,19 @@ def test_the_site_shows_the_hosts_side_by_side_and_per_host_rows(
     root, result = merged_site
     assert len(result.campaign_ids) == 3
     hosts = _host_ids(merged)
-    page = (root / "docs" / "hosts.md").read_text(encoding="utf-8")
+    page = (root / "docs" / "hardware.md").read_text(encoding="utf-8")
     assert "ran on **3 hosts**" in page
-    header = next(line for line in page.splitlines() if line.startswith("| Fact |"))
+    # The side-by-side table: from its "| Fact |" header to the first line that is not a row
+    # (the page goes on with each host's own inventory, whose rows have the same names).
+    lines = page.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| Fact |"))
+    header = lines[start]
     assert [h for h in hosts if f"<code>{h}</code>" in header] == hosts
-    facts = {
-        line.split("|")[1].strip(): line
-        for line in page.splitlines()
-        if line.startswith("| ") and not line.startswith("| Fact")
-    }
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    facts = {line.split("|")[1].strip(): line for line in lines[start + 2 : end]}
     # Only what differs: the CPUs, memory and GPUs do; the architecture does not.
     assert "Fleet CPU A" in facts["CPU"] and "Fleet CPU B" in facts["CPU"]
-    assert "64.00&nbsp;GiB" in facts["Memory"] and "16.00&nbsp;GiB" in facts["Memory"]
+    assert "65,536.0&nbsp;MiB" in facts["Memory"] and "16,384.0&nbsp;MiB" in facts["Memory"]
     assert "NVIDIA RTX 4090 (test)" in facts["GPUs"]
     assert "Architecture" not in facts and "Architecture" in page.split("| Fact |")[0]
 
@@ -216,7 +217,7 @@ def test_the_site_shows_the_hosts_side_by_side_and_per_host_rows(
     history = (root / "docs" / "history.md").read_text(encoding="utf-8")
     assert "<strong>1.6.0</strong>" in history and "<strong>1.7.0</strong>" in history
     assert "History needs two releases" not in history
-    for html in ("hosts", "history"):
+    for html in ("hardware", "history"):
         assert (result.site_dir / html / "index.html").is_file()
 
 
@@ -240,11 +241,11 @@ def test_the_site_builds_from_a_fleet_directory_read_in_place(
         return re.sub(r'<p class="built-from">.*?</p>', "", text, flags=re.S)
 
     # The same evidence, whether merged into a store or read from the bundles.
-    for name in ("hosts.md", "history.md", "index.md", "performance.md"):
+    for name in ("hardware.md", "history.md", "index.md", "performance.md"):
         assert page(root, name) == page(merged_root, name), name
     reproduce = page(root, "reproduce.md")
     assert "a fleet of 3 Parquet" in reproduce
     assert "Built from the fleet directory <code>fleet</code>" in (
         root / "docs" / "index.md"
     ).read_text(encoding="utf-8")
-    assert (result.site_dir / "hosts" / "index.html").is_file()
+    assert (result.site_dir / "hardware" / "index.html").is_file()

@@ -122,15 +122,13 @@ def test_a_change_beyond_the_cis_is_flagged_and_the_rule_named(
     assert "change-regression" in html and 'id="history-decode_tps"' in html
 
 
-def test_one_release_says_history_needs_two(tmp_path: Path) -> None:
+def test_one_release_has_no_history_page(tmp_path: Path) -> None:
     db = tmp_path / "one.duckdb"
     ids = _store(db, {"1.7.0": RELEASES["1.7.0"]})
     root = project(tmp_path)
     build(db, root, campaigns=tuple(ids), run_mkdocs=False)
-    page = (root / "docs" / "history.md").read_text(encoding="utf-8")
-    assert "History needs two releases" in page
-    assert "## Flagged changes" not in page
-    assert "first release of this series" in page
+    # One release has no history: no page, and no empty page in the navigation.
+    assert not (root / "docs" / "history.md").exists()
 
 
 def test_an_unlabelled_campaign_stands_alone_named_by_its_start(
@@ -197,7 +195,7 @@ def test_the_same_history_from_a_fleet_directory_one_bundle_per_release(
     root = project(tmp_path)
     build(fleet, root, all_campaigns=True, run_mkdocs=False)
     # Both bundles carry the host's row: it is still one host, joined once.
-    hosts = (root / "docs" / "hosts.md").read_text(encoding="utf-8")
+    hosts = (root / "docs" / "hardware.md").read_text(encoding="utf-8")
     assert "All shown campaigns ran on **one host**" in hosts
     page = (root / "docs" / "history.md").read_text(encoding="utf-8")
     merged = (two_releases[0] / "docs" / "history.md").read_text(encoding="utf-8")

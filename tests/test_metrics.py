@@ -45,35 +45,35 @@ def test_single_token_events(store: StoreFactory) -> None:
     assert m["completed"]
 
 
-def test_multi_token_events_split_the_gap(store: StoreFactory) -> None:
-    # 6 tokens in 3 events: "aa" (2 tokens?) — chars decide the split when the
-    # server counted more tokens than events: 2 + 2 + 2 chars -> 2 tokens each.
+def test_a_multi_token_event_is_one_gap_and_tokens_per_event_says_so(
+    store: StoreFactory,
+) -> None:
+    # 6 tokens in 3 events: the server batches; the gaps are what the reader saw.
     rid = store.request(
         "baseline", [(100 * MS, "ab"), (160 * MS, "cd"), (220 * MS, "ef")], usage_tokens=6
     )
     m = store.metrics(rid)
     gaps = store.con.execute(
-        "SELECT gap_ms, event_tokens FROM token_gaps WHERE request_id = ? ORDER BY event_idx", [rid]
+        "SELECT gap_ms FROM event_gaps WHERE request_id = ? ORDER BY event_idx", [rid]
     ).fetchall()
-    # Two gaps of 60 ms, each carried by an event of 2 tokens -> 4 rows of 30 ms.
-    assert [g for g, _ in gaps] == pytest.approx([30.0] * 4)
-    assert m["itl_p50_ms"] == pytest.approx(30.0)
-    assert m["max_stall_ms"] == pytest.approx(60.0)  # a stall is not divided
+    assert [g for (g,) in gaps] == pytest.approx([60.0, 60.0])
+    assert m["itl_p50_ms"] == pytest.approx(60.0) and m["max_stall_ms"] == pytest.approx(60.0)
+    assert m["tokens_per_event"] == pytest.approx(2.0)
     assert m["decode_tps"] == pytest.approx(5 / 0.12)
 
 
-def test_uneven_multi_token_events(store: StoreFactory) -> None:
-    # 8 tokens, chars 1 + 3 + 4 -> shares 1, 3, 4 tokens of the 8.
-    rid = store.request(
-        "baseline", [(10 * MS, "a"), (50 * MS, "bcd"), (90 * MS, "efgh")], usage_tokens=8
-    )
-    rows = store.con.execute(
-        "SELECT event_idx, event_tokens, gap_ms FROM token_gaps WHERE request_id = ? "
-        "ORDER BY event_idx, token_in_event",
-        [rid],
-    ).fetchall()
-    assert [(e, k) for e, k, _ in rows] == [(1, 3)] * 3 + [(2, 4)] * 4
-    assert [g for _, _, g in rows] == pytest.approx([40 / 3] * 3 + [10.0] * 4)
+def test_no_token_is_invented_between_events(store: StoreFactory) -> None:
+    # Regression: 20 text events for 21 counted tokens (the end-of-generation token
+    # has no text) used to be split by characters into 26 "tokens" and gaps.
+    events = [(10 * MS * (i + 1), "word" * (1 + i % 3)) for i in range(20)]
+    rid = store.request("baseline", events, usage_tokens=21)
+    m = store.metrics(rid)
+    (gaps,) = store.con.execute(
+        "SELECT count(*) FROM event_gaps WHERE request_id = ?", [rid]
+    ).fetchone()
+    assert gaps == m["content_events"] - 1 == 19
+    assert m["tokens_per_event"] == pytest.approx(21 / 20)
+    assert m["itl_p50_ms"] == pytest.approx(10.0)
 
 
 def test_token_source_fallbacks(store: StoreFactory) -> None:

@@ -84,11 +84,14 @@ def browser() -> Iterator[Any]:
 class Visit:
     """A page opened with every non-local request blocked and recorded."""
 
-    def __init__(self, browser: Any, base: str, path: str) -> None:
+    def __init__(
+        self, browser: Any, base: str, path: str, viewport: tuple[int, int] = (1280, 900)
+    ) -> None:
         self.errors: list[str] = []
         self.external: list[str] = []
         self.dialogs: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        width, height = viewport
+        self.context = browser.new_context(viewport={"width": width, "height": height})
         self.context.route("**/*", self._route(base))
         self.page = self.context.new_page()
         self.page.on("console", self._console)
@@ -120,11 +123,55 @@ class Visit:
 
 
 def _pages(site: Path) -> list[str]:
-    pages = [_url_path(page) for _, page in PAGES] + ["store/", "fleet/"]
+    pages = [_url_path(page) for _, page in PAGES if page != "history.md"] + ["fleet/"]
+    if (site / "history" / "index.html").is_file():
+        pages.append("history/")
     pages += [
         f"transcripts/{p.name}/" for p in sorted((site / "transcripts").iterdir()) if p.is_dir()
     ]
     return pages
+
+
+def _first_screen(site: Path, browser: Any, shot: Path) -> str:
+    """Screenshot the first 1400 x 900 px of the summary; check the answer block and the
+    scope line both end inside it; return the answer's text."""
+    with serve(site) as base:
+        visit = Visit(browser, base, "", viewport=(1400, 900))
+        try:
+            visit.page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            answer = visit.page.locator(".answer").first
+            scope = visit.page.locator(".scope li").first
+            a, s = answer.bounding_box(), scope.bounding_box()
+            assert a is not None and s is not None
+            assert a["y"] + a["height"] <= 900, (
+                f"answer block ends at {a['y'] + a['height']:.0f} px"
+            )
+            assert s["y"] + s["height"] <= 900, f"scope line ends at {s['y'] + s['height']:.0f} px"
+            text = str(answer.inner_text())
+            for question in ("VRAM saved", "Decode speed", "Time to first token", "Outputs"):
+                assert question in text
+            assert visit.page.locator(".scope").inner_text().count("Device:") == 1
+            return text
+        finally:
+            visit.close()
+
+
+def test_the_first_screen_answers_and_says_what_the_run_cannot_show(
+    site: Path, browser: Any, tmp_path: Path
+) -> None:
+    """A maintainer sees the answer and its scope without scrolling: 1400 x 900."""
+    _first_screen(site, browser, tmp_path / "first-screen.png")
+
+
+@pytest.mark.engine
+def test_the_first_screen_of_a_real_quick_campaign(
+    quick_store: Path, browser: Any, tmp_path: Path
+) -> None:
+    """The same on a real quick run on the RPC device: its saving is measured."""
+    site = build(quick_store, project(tmp_path)).site_dir
+    text = _first_screen(site, browser, tmp_path / "first-screen.png")
+    assert "(measured)" in text
 
 
 def test_every_page_loads_offline_without_console_errors(site: Path, browser: Any) -> None:
@@ -197,11 +244,11 @@ def test_hostile_transcripts_show_as_text_and_run_nothing(site: Path, browser: A
 
 def test_hosts_side_by_side_and_history_charts(fleet_site: Path, browser: Any) -> None:
     with serve(fleet_site) as base:
-        for path in ("", "hosts/", "history/"):
+        for path in ("", "hardware/", "history/"):
             visit = Visit(browser, base, path)
             try:
                 assert visit.errors == [] and visit.external == [], path
-                if path == "hosts/":
+                if path == "hardware/":
                     header = visit.page.locator("table").first.locator("th")
                     assert header.count() == 3  # the fact, then one column per host
                     assert "synthetic-gpu-host" in header.all_inner_texts()[1]

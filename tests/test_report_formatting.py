@@ -65,9 +65,10 @@ def test_numbers_have_sensible_precision() -> None:
 
 
 def test_units() -> None:
-    assert str(f.with_unit(12.3 * (1 << 30), "bytes")) == "12.30&nbsp;GiB"
+    # Memory is always in MiB, so that figures on one page compare at a glance.
+    assert str(f.with_unit(12.3 * (1 << 30), "bytes")) == "12,595.2&nbsp;MiB"
     assert str(f.with_unit(1899.8, "MiB")) == "1,899.8&nbsp;MiB"
-    assert str(f.with_unit(24715.7, "MiB")) == "24.14&nbsp;GiB"
+    assert str(f.with_unit(24715.7, "MiB")) == "24,715.7&nbsp;MiB"
     assert str(f.with_unit(71.5, "%")) == "71.5&nbsp;%"
     assert str(f.with_unit(16_380_000_000, "params")) == "16.38&nbsp;B"
 
@@ -85,7 +86,10 @@ def test_stats_show_n_and_spread_or_say_why_not() -> None:
     assert str(f.stat(three)) == "10.0&nbsp;±&nbsp;1.00&nbsp;tokens/s (N&nbsp;=&nbsp;3)"
     assert "–" in f.stat_ci(three)
     one = Stat.of(summarize(1, 10.0, None, 10.0, 10.0), "ms")
-    assert "no spread" in f.stat_sd(one) and "no interval" in f.stat_ci(one)
+    assert "too few" in f.stat_sd(one) and "too few for an interval" in f.stat_ci(one)
+    # Two values give a standard deviation but a t-interval too wide to mean anything.
+    two = Stat.of(summarize(2, 10.0, 1.0, 9.0, 11.0), "ms")
+    assert "±" not in f.stat(two) and "N&nbsp;=&nbsp;2, too few for an interval" in f.stat_ci(two)
     empty = Stat.empty("ms", "no successful streamed request")
     assert "not measured" in f.stat(empty) and "no successful" in f.stat_mean(empty)
     estimated = Stat.of(summarize(2, 5.0, 1.0, 4.0, 6.0), "tokens/s", estimated_n=1)
@@ -116,6 +120,6 @@ def test_links_and_anchors_are_restricted() -> None:
 
 
 def test_an_interval_below_zero_is_truncated_and_says_so() -> None:
-    wide = Stat.of(summarize(2, 21.0, 25.0, 3.3, 38.7), "tokens/s")
+    wide = Stat.of(summarize(3, 21.0, 25.0, 3.3, 38.7), "tokens/s")
     text = str(f.stat_ci(wide))
     assert text.startswith("0&nbsp;–&nbsp;") and "truncated at 0" in text

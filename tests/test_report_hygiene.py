@@ -47,3 +47,15 @@ def test_docstrings_from_code_may_mention_none_but_not_placeholders() -> None:
 
 def test_words_that_merely_contain_the_patterns_pass() -> None:
     check_text("XXL Nonetheless nano Q4_K_M x86_64 informal ========", "x.md")
+
+
+def test_a_path_of_the_building_machine_is_refused_wherever_the_tool_prints_it() -> None:
+    home = "/home/alice"
+    # Escaped as the filters escape it: the check decodes entities first.
+    page = 'ok\n\n<pre class="untrusted command">/home/alice/&#46;cache/llama-server</pre>'
+    with pytest.raises(BuildError, match=r"x\.md:3: path of the building machine '/home/alice'"):
+        check_text(page, "x.md", [home])
+    # A longer name that only starts the same is another directory.
+    check_text("<code>/home/alicia/x</code>", "x.md", [home])
+    # Model output may mention any path: it is what the model wrote, not what we printed.
+    check_text('<pre class="untrusted transcript">cd /home/alice/src</pre>', "x.md", [home])

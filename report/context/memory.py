@@ -97,6 +97,9 @@ class VramComparison:
     offload_gpu: Figure
     expected: Figure
     deviation: Figure
+    # (source, baseline device memory, offload device memory): the cross-checks
+    # of the headline, as memory (MiB), not as more percentages.
+    memory: tuple[tuple[str, Figure, Figure], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
                mem.device_source, mem.device_idle_delta_bytes, mem.device_peak_delta_bytes,
                (SELECT count(gpu_mem_used_bytes) + count(device_rss_bytes) FROM telemetry t
                  WHERE t.server_run_id = r.server_run_id) AS gpu_samples,
-               est.estimated_bytes, est.estimate_parts,
+               est.estimated_bytes, est.estimate_parts, est.weights_gpu_bytes, est.kv_bytes,
+               est.compute_bytes,
+               cpu_expert_bytes(m.spec, r.n_cpu_moe) AS experts_on_cpu_bytes,
                pc.status AS placement_status, pc.message AS placement_message,
                pc.expected_count AS placement_expected,
                pc.overridden_count AS placement_overridden
@@ -232,7 +237,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
             if mapped is not None
             else Missing("the loader log printed no CPU_Mapped buffer")
         )
-    gpu_estimated = _estimate(spec, f["estimated_bytes"], f["estimate_parts"])
+    gpu_estimated = _estimate(spec, f)
     buffers = tuple(
         BufferRow(str(device), str(kind), float(mib), not is_host_device(str(device)))
         for device, kinds in as_dict(log.get("buffers")).items()
@@ -275,20 +280,23 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
     )
 
 
-def _estimate(spec: dict[str, Any], estimated_bytes: Any, parts: Any) -> Figure:
+def _estimate(spec: dict[str, Any], f: dict[str, Any]) -> Figure:
     """The predicted device memory for this configuration (defined once, in the
-    `config_device_estimate` view): GGUF weights on the device + the log's KV and
-    compute buffers, or the weights alone when there is no log."""
+    `config_device_estimate` view), its parts in the note: GGUF weights on the
+    device + the log's KV and compute buffers, or the weights alone without a log."""
     if not spec:
         return Missing("the model file was not inspected (attached server)")
-    if estimated_bytes is None:
+    if f["estimated_bytes"] is None:
         return Missing("the GGUF inspection recorded no weight split")
-    note = (
-        "GGUF weights on the device + the log's KV cache and compute buffers"
-        if parts == "weights + KV + compute"
-        else "GGUF weight bytes only; no loader log gave the KV cache and compute buffers"
-    )
-    return Quantity(float(estimated_bytes), "bytes", "estimated", note)
+    mib = 1 << 20
+    if f["estimate_parts"] == "weights + KV + compute":
+        note = (
+            f"GGUF weights {f['weights_gpu_bytes'] / mib:,.1f} + KV {f['kv_bytes'] / mib:,.1f} "
+            f"+ compute {f['compute_bytes'] / mib:,.1f} MiB (the log's buffers)"
+        )
+    else:
+        note = "GGUF weights only: no loader log gave the KV cache and compute buffers"
+    return Quantity(float(f["estimated_bytes"]), "bytes", "estimated", note)
 
 
 def _placement(log: dict[str, Any], f: dict[str, Any]) -> tuple[PlacementRow, int | None]:
@@ -298,11 +306,13 @@ def _placement(log: dict[str, Any], f: dict[str, Any]) -> tuple[PlacementRow, in
     detail = f["placement_message"] or "not checked: the scorer has not run on this campaign"
     targets = tuple(str(t) for t in as_list(log.get("override_targets")))
     layers = [int(x) for x in as_list(log.get("overridden_layers")) if isinstance(x, int)]
-    mib = log.get("overridden_mib")
+    # Sizes from the file (exact), not the log's rounded per-tensor sizes; the log
+    # says which tensors moved.
+    on_cpu = f["experts_on_cpu_bytes"]
     overridden_mib: Figure = (
-        Quantity(float(mib), "MiB", "log")
-        if mib is not None
-        else Missing("no loader log" if not log else "this llama.cpp build prints no sizes")
+        Quantity(float(on_cpu), "bytes", "estimated", "GGUF bytes of the experts kept on the CPU")
+        if on_cpu is not None
+        else Missing("the model file was not inspected (attached server)")
     )
     if status == "PASS" and not all(is_host_device(t) for t in targets):
         detail += f"; note: override targets {', '.join(targets)}"
@@ -420,13 +430,20 @@ def _compare(
         headline = base_gpu = off_gpu = Missing(
             "no source (measured, loader log, GGUF estimate) has a figure for both runs"
         )
+    # What the memory gate judges against (scoring.gates._memory_savings): the
+    # config's expectation, else the prediction, which only a saving measured on a
+    # process is compared with (a log-based prediction would judge the log by itself).
     expected: Figure
-    if off.n_cpu_moe != -1:
-        expected = Missing("the config's expectation is for --cpu-moe", not_applicable=True)
-    elif expected_pct is None:
-        expected = Missing("the campaign config gives no expected saving for this model")
-    else:
+    if expected_pct is not None and off.n_cpu_moe == -1:
         expected = Quantity(float(expected_pct), "%", None, "from the campaign config")
+    elif view["source"] == "measured" and view["estimated_pct"] is not None:
+        expected = Quantity(
+            float(view["estimated_pct"]), "%", "estimated", "predicted: GGUF weights + log buffers"
+        )
+    elif off.n_cpu_moe != -1:
+        expected = Missing("the config's expectation is for --cpu-moe", not_applicable=True)
+    else:
+        expected = Missing("the campaign config gives no expected saving for this model")
     deviation: Figure
     if isinstance(headline, Quantity) and isinstance(expected, Quantity):
         deviation = Quantity(headline.value - expected.value, "points", headline.source)
@@ -448,6 +465,7 @@ def _compare(
         offload_gpu=off_gpu,
         expected=expected,
         deviation=deviation,
+        memory=tuple((source, b, o) for source, (b, o) in sides.items()),
     )
 
 
@@ -548,20 +566,26 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[MemorySample, ...]:
         con,
         """
         WITH span AS (
+            -- From launch to the end of the last request: the samples taken while the
+            -- server shut down are not part of the run's memory.
             SELECT r.server_run_id, r.model, r.model_order, r.config_label, r.config_order,
                    coalesce(r.launch_ns, min(t.t_ns)) AS t0,
-                   greatest(1, (max(t.t_ns) - coalesce(r.launch_ns, min(t.t_ns))) // 120)
-                       AS width
+                   coalesce(any_value(w.gen_end_ns), max(t.t_ns)) AS t1,
+                   greatest(1, (coalesce(any_value(w.gen_end_ns), max(t.t_ns))
+                                - coalesce(r.launch_ns, min(t.t_ns))) // 120) AS width
             FROM sel_runs r JOIN telemetry t USING (server_run_id)
+            LEFT JOIN server_run_windows w USING (server_run_id)
             WHERE r.attempt = 1
             GROUP BY r.server_run_id, r.model, r.model_order, r.config_label, r.config_order,
                      r.launch_ns
         )
         SELECT s.model, s.config_label,
                ((t.t_ns - s.t0) // s.width) * s.width / 1e9 AS t_s,
-               max(t.rss_bytes) AS rss, max(t.gpu_mem_used_bytes) AS gpu,
+               max(t.rss_bytes) AS rss,
+               coalesce(max(t.device_rss_bytes), max(t.gpu_mem_used_bytes)) AS gpu,
                min(s.model_order) AS mo, min(s.config_order) AS co
         FROM telemetry t JOIN span s USING (server_run_id)
+        WHERE t.t_ns <= s.t1
         GROUP BY s.model, s.config_label, t_s
         ORDER BY mo, co, t_s
         """,

@@ -14,6 +14,7 @@ import duckdb
 from common.thresholds import DEFAULT_THRESHOLDS
 from evidence import metrics, statistics
 from report.context.common import as_dict, as_list, gate_rank, loads
+from report.machine_paths import user_command
 from report.queries import Selection, rows
 
 # Scoring modules whose docstrings describe an algorithm a page figure uses;
@@ -248,7 +249,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
                 ),
                 thresholds=_thresholds(config),
                 device=_device(con, cid),
-                command=tuple(str(a) for a in as_list(c["command"])),
+                command=tuple(user_command(as_list(c["command"]))),
                 config=loads(c["config"]),
                 servers=tuple(
                     ServerCommand(

@@ -66,6 +66,14 @@ def _log_check(row: dict[str, Any]) -> str:
     return "the loader log reports the same expert counts as the GGUF header"
 
 
+def _shared_experts(experts: int | None, shared: int | None) -> Figure:
+    """A MoE header without a shared-expert count declares none: nothing to measure, so
+    "not applicable", not "not measured"."""
+    if shared is None and experts:
+        return Missing("the GGUF header declares no shared experts", not_applicable=True)
+    return _fact(shared, "", "the GGUF header was not read")
+
+
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> ModelsContext:
     """The models page's context."""
     out = []
@@ -92,9 +100,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> ModelsContext:
                 parameters=_fact(m["parameter_count"], "params"),
                 experts=_fact(m["expert_count"], "", "the GGUF header has no expert count"),
                 experts_used=_fact(m["expert_used_count"], "", "not in the GGUF header"),
-                experts_shared=_fact(
-                    m["expert_shared_count"], "", "no shared experts in the GGUF header"
-                ),
+                experts_shared=_shared_experts(m["expert_count"], m["expert_shared_count"]),
                 context_length=_fact(m["context_length"], "tokens"),
                 blocks=_fact(m["block_count"]),
                 moe_layers=_fact(spec.get("moe_layer_count")),

@@ -8,12 +8,14 @@ requests that failed are counted on the quality page's completion rate.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 
 from evidence.metrics import LONG_CATEGORY
-from evidence.statistics import ratio_of_means, summarize
+from evidence.statistics import paired_ratio, summarize
 from report.context.memory import RunMemory
 from report.queries import (
     OK_STREAMED,
@@ -61,6 +63,33 @@ class RatioRow:
     title: str
     ratio: RatioFigure
     tests: int
+
+
+@dataclass(frozen=True)
+class CompareCell:
+    """One metric of one test: baseline and offload over the same pairs, and the
+    paired ratio (`evidence.statistics.paired_ratio`)."""
+
+    baseline: Stat
+    offload: Stat
+    ratio: RatioFigure
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    """One line of the compare table: a test (or "all tests") of one offload
+    configuration against its baseline."""
+
+    model: str
+    config: str
+    baseline_config: str
+    test_id: str
+    pairs: int
+    cells: dict[str, CompareCell]  # metric -> cell, in COMPARE_METRICS order
+
+
+# The figures of the compare table, in its column order.
+COMPARE_METRICS = ("ttft_ms", "decode_tps", "e2e_s")
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,7 @@ class PerformanceContext:
 
     metrics: tuple[MetricTable, ...]
     ratios: tuple[RatioRow, ...]
+    compare: tuple[CompareRow, ...]
     itl_hist: tuple[HistBin, ...]
     itl_pooled: tuple[PooledItl, ...]
     long_tests: tuple[str, ...]
@@ -189,9 +219,10 @@ def build(
         f"""
         CREATE OR REPLACE TEMP TABLE sel_gaps AS
         SELECT q.model, q.model_order, q.config_label, q.config_order, g.gap_ms
-        FROM token_gaps g JOIN sel_requests q USING (request_id) WHERE {ok_streamed("q")}
+        FROM event_gaps g JOIN sel_requests q USING (request_id) WHERE {ok_streamed("q")}
         """
     )
+    compare = _compare(con)
     counts = rows(
         con,
         f"SELECT count(*) FILTER (WHERE {OK_STREAMED}) AS ok, count(*) FILTER (WHERE stream) "
@@ -199,7 +230,8 @@ def build(
     )[0]
     return PerformanceContext(
         metrics=tuple(_table(con, name) for name in PER_TEST_METRICS),
-        ratios=tuple(_ratios(con)),
+        ratios=tuple(_ratios(compare)),
+        compare=tuple(compare),
         itl_hist=_itl_hist(con),
         itl_pooled=_itl_pooled(con),
         long_tests=long_tests,
@@ -223,59 +255,101 @@ def build(
     )
 
 
-def _ratios(con: duckdb.DuckDBPyConnection) -> list[RatioRow]:
-    """Offload / baseline ratio of means per model, over the tests both ran."""
-    pairs = rows(
+def _pair_values(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Every streamed pair of completed requests (`offload_pairs`) of the selection,
+    with each compared metric on both sides and its ratio (`offload_pair_ratios`)."""
+    sides = ", ".join(
+        f"o.{m} AS o_{m}, b.{m} AS b_{m}, r_{m}.offload_ratio AS r_{m}" for m in COMPARE_METRICS
+    )
+    joins = " ".join(
+        f"LEFT JOIN offload_pair_ratios r_{m} ON r_{m}.metric = '{m}' "
+        f"AND r_{m}.campaign_id = p.campaign_id AND r_{m}.model_id = p.model_id "
+        f"AND r_{m}.config_label = p.config_label AND r_{m}.test_id = p.test_id "
+        f"AND r_{m}.repeat = p.repeat AND r_{m}.stream = p.stream"
+        for m in COMPARE_METRICS
+    )
+    return rows(
         con,
         f"""
-        WITH series AS (
-            SELECT DISTINCT model, model_order, model_id, config_label, config_order
-            FROM sel_requests WHERE {OK_STREAMED}
-        )
-        SELECT o.model, o.model_id, o.config_label, oc.baseline_label AS baseline
-        FROM offload_configs oc
-        JOIN series o USING (model_id, config_label)
-        JOIN series b ON b.model_id = oc.model_id AND b.config_label = oc.baseline_label
-        ORDER BY o.model_order, o.config_order
+        SELECT o.model, o.model_order, o.config_order, p.config_label,
+               b.config_label AS baseline_label, p.test_id, o.test_order, {sides}
+        FROM offload_pairs p
+        JOIN sel_requests o ON o.request_id = p.offload_request_id
+        JOIN request_metrics b ON b.request_id = p.baseline_request_id
+        {joins}
+        WHERE p.stream AND o.completed AND b.completed
+        ORDER BY o.model_order, o.config_order, o.test_order, p.repeat
         """,
     )
-    out: list[RatioRow] = []
-    for p in pairs:
-        # Both sides over the tests both ran, so a sweep's subset is compared like for like.
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE pair_requests AS
-            SELECT * FROM sel_requests
-            WHERE {OK_STREAMED} AND model_id = $model AND config_label IN ($off, $base)
-              AND test_id IN (
-                SELECT test_id FROM sel_requests WHERE {OK_STREAMED} AND model_id = $model
-                GROUP BY test_id HAVING count(DISTINCT config_label) FILTER
-                    (WHERE config_label IN ($off, $base)) = 2)
-            """,
-            {"model": p["model_id"], "off": p["config_label"], "base": p["baseline"]},
-        )
-        tests = scalar(con, "SELECT count(DISTINCT test_id) FROM pair_requests")
-        for name in ("decode_tps", "ttft_ms", "avg_tps", "e2e_s"):
-            stats = stats_by(con, name, ["config_label"], source="pair_requests")
-            off = stats.get((p["config_label"],))
-            base = stats.get((p["baseline"],))
-            if off is None or base is None:
-                fig = RatioFigure(None, None, None, "one side has no successful request")
-            else:
-                r = ratio_of_means(off.summary, base.summary)
-                fig = RatioFigure(r.ratio, r.ci_low, r.ci_high)
+
+
+def _side(values: list[float], unit: str) -> Stat:
+    found = [v for v in values if v is not None]
+    if not found:
+        return Stat.empty(unit, "no value on this side")
+    sd = statistics.stdev(found) if len(found) > 1 else None
+    return Stat.of(summarize(len(found), statistics.fmean(found), sd, min(found), max(found)), unit)
+
+
+def _cell(pairs: list[dict[str, Any]], name: str) -> CompareCell:
+    unit = metric(name).unit
+    ratios = [p[f"r_{name}"] for p in pairs if p[f"r_{name}"] is not None]
+    found, n = paired_ratio(ratios)
+    figure = (
+        RatioFigure(found.ratio, found.ci_low, found.ci_high, n=n)
+        if found.ratio is not None
+        else RatioFigure(None, None, None, "no pair with this figure on both sides")
+    )
+    return CompareCell(
+        _side([p[f"b_{name}"] for p in pairs], unit),
+        _side([p[f"o_{name}"] for p in pairs], unit),
+        figure,
+    )
+
+
+def _compare(con: duckdb.DuckDBPyConnection) -> list[CompareRow]:
+    """The compare table: per offload configuration, each test and all tests pooled."""
+    groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
+    for p in _pair_values(con):
+        key = (p["model"], p["config_label"], p["baseline_label"])
+        groups.setdefault(key, {}).setdefault(p["test_id"], []).append(p)
+    out = []
+    for (model, config, base), by_test in groups.items():
+        every = [p for pairs in by_test.values() for p in pairs]
+        for test_id, pairs in [*by_test.items(), ("all tests", every)]:
             out.append(
-                RatioRow(
-                    p["model"],
-                    p["config_label"],
-                    p["baseline"],
-                    name,
-                    metric(name).title,
-                    fig,
-                    int(tests or 0),
+                CompareRow(
+                    model,
+                    config,
+                    base,
+                    test_id,
+                    len(pairs),
+                    {name: _cell(pairs, name) for name in COMPARE_METRICS},
                 )
             )
     return out
+
+
+def _ratios(compare: list[CompareRow]) -> list[RatioRow]:
+    """The headline ratios: each offload configuration over all its paired tests."""
+    tests = {(r.model, r.config): 0 for r in compare}
+    for r in compare:
+        if r.test_id != "all tests":
+            tests[(r.model, r.config)] += 1
+    return [
+        RatioRow(
+            r.model,
+            r.config,
+            r.baseline_config,
+            name,
+            metric(name).title,
+            r.cells[name].ratio,
+            tests[(r.model, r.config)],
+        )
+        for r in compare
+        if r.test_id == "all tests"
+        for name in COMPARE_METRICS
+    ]
 
 
 def _itl_hist(con: duckdb.DuckDBPyConnection) -> tuple[HistBin, ...]:
@@ -392,10 +466,10 @@ def _timeline(con: duckdb.DuckDBPyConnection) -> TokenTimeline | Missing:
     points = rows(
         con,
         f"""
-        SELECT t.request_id, (t.t_ns - r.sent_ns) / 1e6 AS t_ms, t.token_idx + 1 AS tokens
-        FROM token_times t JOIN requests r USING (request_id)
+        SELECT t.request_id, (t.t_ns - r.sent_ns) / 1e6 AS t_ms, t.event_idx + 1 AS tokens
+        FROM event_times t JOIN requests r USING (request_id)
         WHERE t.request_id IN ({", ".join("?" for _ in ids)})
-        ORDER BY t.request_id, t.token_idx
+        ORDER BY t.request_id, t.event_idx
         """,
         ids,
     )

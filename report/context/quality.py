@@ -128,6 +128,7 @@ class Transcript:
     check_pass: bool | None
     quality: float | None
     review: float | None
+    not_judged: str | None = None  # why the check and quality have no value
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _prepare(con: duckdb.DuckDBPyConnection) -> None:
         CREATE OR REPLACE TEMP TABLE sel_request_scores AS
         SELECT sel_requests.*, s.repetition, s.loop, s.check_pass * 100 AS check_pct,
                s.check_coverage * 100 AS coverage_pct, s.quality, rv.review,
-               s.same_exact, s.same_similarity, s.same_prefix_words
+               s.same_exact, s.same_similarity, s.same_prefix_words, s.not_judged
         FROM sel_requests
         LEFT JOIN sel_scores s USING (request_id)
         LEFT JOIN (SELECT request_id, avg(score) AS review FROM reviews GROUP BY request_id) rv
@@ -213,11 +214,16 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
     """The quality page's context."""
     _prepare(con)
     scored = int(scalar(con, "SELECT count(*) FROM sel_scores") or 0)
-    reason = (
-        "no scores in the store for these requests: scoring has not run on this campaign"
-        if not scored
-        else "no score of this kind for these requests"
-    )
+    cut = int(scalar(con, "SELECT count(not_judged) FROM sel_scores") or 0)
+    if not scored:
+        reason = "no scores in the store for these requests: scoring has not run on this campaign"
+    elif cut:
+        reason = (
+            f"{cut} outputs reached the profile's token cap, below the protocol's budget: "
+            "checks and quality cannot judge a cut answer"
+        )
+    else:
+        reason = "no score of this kind for these requests"
     versions = scalar(
         con,
         "SELECT string_agg(DISTINCT scorer_version, ', ' ORDER BY scorer_version) FROM scores "
@@ -283,8 +289,21 @@ def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
     for d in data:
         detail = as_dict(d["detail"])
         cases = detail.get("cases")
-        problem = detail.get("load_error") or (
-            "timed out" if detail.get("timed_out") else detail.get("killed_by")
+        # The stored reason, whatever stopped the code: a load error, a timeout, a
+        # kill, else the first failing case's own error (a RecursionError, say).
+        failed_case = next(
+            (
+                c.get("error")
+                for c in (cases if isinstance(cases, list) else [])
+                if isinstance(c, dict) and not c.get("passed") and c.get("error")
+            ),
+            None,
+        )
+        problem = (
+            detail.get("load_error")
+            or ("timed out" if detail.get("timed_out") else detail.get("killed_by"))
+            or failed_case
+            or (None if d["value"] else "a case returned a wrong value")
         )
         passed_cases = detail.get("passed_cases")
         out.append(
@@ -383,7 +402,7 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
         SELECT q.request_id, q.model, q.config_label, q.repeat, q.stream, q.status,
                q.finish_reason, q.output_tokens, q.token_source, q.e2e_s, q.test_id,
                r.error, r.output_text, q.repetition, q.loop, q.check_pct, q.quality,
-               q.review
+               q.review, q.not_judged
         FROM sel_request_scores q JOIN requests r USING (request_id)
         ORDER BY q.test_order, q.model_order, q.config_order, q.stream DESC, q.repeat
         """,
@@ -409,6 +428,7 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
                 check_pass=None if d["check_pct"] is None else d["check_pct"] >= 100,
                 quality=d["quality"],
                 review=d["review"],
+                not_judged=d["not_judged"],
             )
         )
     pages = [

@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 
 from report.context.common import as_dict, as_list
+from report.machine_paths import user_command
 from report.queries import Selection, rows, scalar
 from report.values import Figure, Missing, Quantity
 
@@ -92,7 +93,7 @@ def build(
                     for k, v in sorted(engine.items())
                 ),
                 server_versions=tuple((v["config_label"], v["version"]) for v in versions),
-                command=tuple(str(a) for a in as_list(c["command"])),
+                command=tuple(user_command(as_list(c["command"]))),
                 python=str(packages["python"]) if "python" in packages else None,
                 packages=len(packages) - ("python" in packages),
                 lock=_lock_text(as_dict(c["lock"]) if "lock" in c else {}),

@@ -2,8 +2,9 @@
 
 Generated from the store, never hand-written: the device the configurations
 offloaded to (a GPU measured through NVML, llama.cpp's RPC device, or none),
-the profile (a capped smoke run), and the model. The Summary puts these lines
-directly under the answer, because they decide how to read it.
+the server that actually ran, the model, and the profile (a capped smoke run).
+The Summary puts these lines directly under the answer, because they decide
+how to read it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def device_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
             if local
             else "on " + ", ".join(sorted({str(s.get("endpoint")) for s in servers}))
         )
-        threads_text = f", {'/'.join(map(str, threads))} thread(s)" if threads else ""
+        threads_text = f" -t {'/'.join(map(str, threads))}" if threads else ""
         link = (
             "loopback TCP, not PCIe, and it computes on this host's CPU, so the speed cost "
             "is indicative only."
@@ -77,3 +78,128 @@ def device_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
         "configurations keep every weight in system memory, so these runs prove the pipeline "
         "and the tensor placement, not a VRAM saving or its speed cost.",
     )
+
+
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def server_name(con: duckdb.DuckDBPyConnection) -> str:
+    """The server that ran, as a reader knows it (for the intro and the scope line)."""
+    runs = rows(con, "SELECT DISTINCT mode, argv, endpoint, api FROM sel_runs")
+    names = set()
+    for r in runs:
+        if r["mode"] != "launch":
+            names.add(f"a server attached at {r['endpoint']} ({r['api']} API)")
+            continue
+        program = _basename(str(as_list(r["argv"])[0])) if as_list(r["argv"]) else "?"
+        if program.startswith("shimmy"):
+            names.add("Shimmy")
+        elif program.startswith("llama-server"):
+            names.add("llama.cpp's llama-server")
+        else:
+            names.add(f"`{program}`")
+    return " and ".join(sorted(names)) or "no server"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def server_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
+    """Which server and which build ran, with what its binary says of itself."""
+    name = server_name(con)
+    engines = rows(
+        con,
+        "SELECT DISTINCT c.engine, r.version FROM sel_runs r JOIN campaigns c USING (campaign_id) "
+        "WHERE r.mode = 'launch'",
+    )
+    builds = []
+    for e in engines:
+        engine = as_dict(e["engine"])
+        version = " ".join(str(e["version"] or "").split())
+        if engine:
+            # Older stores name the build `llama_build` and carry no `engine` or `source`.
+            label = " ".join(
+                str(part)
+                for part in (
+                    engine.get("engine", "llama.cpp"),
+                    engine.get("build") or engine.get("llama_build"),
+                )
+                if part
+            )
+            source = str(engine.get("source") or "").removeprefix("pypi:")
+            sha = str(engine.get("sdist_sha256") or "")[:12]
+            origin = " ".join(part for part in (source, f"(sha256 {sha}…)" if sha else "") if part)
+            builds.append(
+                f"{label}, built by this tool from the PyPI sdist"
+                + (f" {origin}" if origin else "")
+                + f'; the binary itself reports "{version or "no version"}"'
+            )
+        elif version:
+            builds.append(f'its --version says "{version}"')
+    text = f"Server: {name}" + (f" ({'; '.join(sorted(set(builds)))})" if builds else "") + "."
+    if "Shimmy" not in name:
+        text += (
+            " Shimmy did not run: its own behaviour (it reloads the model for every request) "
+            "is not in these figures."
+        )
+    return ScopeLine("server", text)
+
+
+def model_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
+    """The model(s), and whether they are the tool's own test model."""
+    found = rows(
+        con,
+        "SELECT m.display, m.parameter_count, m.expert_count, m.expert_used_count, "
+        "m.file_bytes, c.profile FROM sel_models m JOIN campaigns c USING (campaign_id) "
+        "ORDER BY m.model_order",
+    )
+    parts = []
+    for m in found:
+        facts = []
+        if m["parameter_count"]:
+            facts.append(f"{m['parameter_count'] / 1e6:,.0f} M parameters")
+        if m["expert_count"]:
+            facts.append(f"{m['expert_count']} experts, {m['expert_used_count']} active per token")
+        if m["file_bytes"]:
+            facts.append(f"{m['file_bytes'] / 2**20:,.1f} MiB file")
+        text = f"{m['display']} ({', '.join(facts)})" if facts else str(m["display"])
+        if m["profile"] in ("default", "quick"):
+            text += (
+                ": the tool's own test model, SmolLM2-135M upcycled into a MoE (identical "
+                "experts behind a random router); its outputs say nothing of a production "
+                "model's quality, and its size little of a large model's speed"
+            )
+        parts.append(text)
+    return ScopeLine("model", "Model: " + ("; ".join(parts) or "none") + ".")
+
+
+def profile_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
+    """The protocol as run: capped or not, how many repeats."""
+    found = rows(
+        con,
+        "SELECT c.profile, c.repeats, min(t.max_tokens) AS lo, max(t.max_tokens) AS hi, "
+        "bool_or(t.max_tokens < t.protocol_max_tokens) AS capped "
+        "FROM campaigns c JOIN tests t USING (campaign_id) "
+        "WHERE c.campaign_id IN (SELECT campaign_id FROM sel_campaigns) GROUP BY ALL",
+    )
+    texts = []
+    for c in found:
+        if c["capped"]:
+            texts.append(
+                f"{c['profile']} profile: outputs capped at {c['hi']} tokens, "
+                f"{_count(c['repeats'], 'repeat')}: a smoke run; checks of whole answers, "
+                "completion times and long-test speed are not measured"
+            )
+        else:
+            texts.append(
+                f"{c['profile']} profile: the protocol's budgets ({c['lo']} to {c['hi']} tokens), "
+                f"{_count(c['repeats'], 'repeat')} of each test"
+            )
+    return ScopeLine("profile", "Protocol: " + ("; ".join(texts) or "none") + ".")
+
+
+def scope_lines(con: duckdb.DuckDBPyConnection) -> tuple[ScopeLine, ...]:
+    """Everything a reader must know before reading the answer, in that order."""
+    return (device_line(con), server_line(con), model_line(con), profile_line(con))

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 import duckdb
 
 from evidence.statistics import ratio_of_means
-from report.queries import Selection, group_keys, metric, rows, stat_or_empty, stats_by
+from report.queries import (
+    OK_STREAMED,
+    Selection,
+    group_keys,
+    metric,
+    rows,
+    stat_or_empty,
+    stats_by,
+)
 from report.values import RatioFigure, Stat
 
 STREAM_METRICS = ("itl_p50_ms", "itl_p90_ms", "itl_p99_ms", "max_stall_ms", "itl_cv")
@@ -35,6 +43,20 @@ class CompareRow:
 
 
 @dataclass(frozen=True)
+class EventRow:
+    """What the gaps are made of, per configuration: the raw event and token counts."""
+
+    model: str
+    config: str
+    requests: int
+    content_events: int
+    gaps: int  # sum over requests of (content events - 1): one gap between two events
+    tokens: int  # the server's (or tokenizer's) count, summed
+    estimated: int  # requests whose count fell back to the number of events
+    tokens_per_event: Stat
+
+
+@dataclass(frozen=True)
 class Column:
     name: str
     title: str
@@ -52,6 +74,7 @@ class StreamingContext:
     compare: tuple[CompareRow, ...]
     compare_overall: tuple[CompareRow, ...]
     non_streamed: int
+    events: tuple[EventRow, ...]
 
 
 def _stream_rows(
@@ -116,6 +139,41 @@ def _compare(
     return tuple(out)
 
 
+def _events(con: duckdb.DuckDBPyConnection) -> tuple[EventRow, ...]:
+    per_event = stats_by(con, "tokens_per_event", ["model", "config_label"])
+    found = rows(
+        con,
+        f"""
+        SELECT model, config_label, count(*) AS requests,
+               sum(content_events) AS content_events,
+               sum(greatest(content_events - 1, 0)) AS gaps,
+               sum(output_tokens) AS tokens,
+               count(*) FILTER (WHERE token_source = 'chunks') AS estimated
+        FROM sel_requests WHERE {OK_STREAMED}
+        GROUP BY model, config_label, model_order, config_order
+        ORDER BY model_order, config_order
+        """,
+    )
+    return tuple(
+        EventRow(
+            model=r["model"],
+            config=r["config_label"],
+            requests=int(r["requests"]),
+            content_events=int(r["content_events"]),
+            gaps=int(r["gaps"]),
+            tokens=int(r["tokens"]),
+            estimated=int(r["estimated"]),
+            tokens_per_event=stat_or_empty(
+                per_event,
+                (r["model"], r["config_label"]),
+                "tokens",
+                "no streamed request with a content event",
+            ),
+        )
+        for r in found
+    )
+
+
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> StreamingContext:
     """The streaming page's context."""
     by_test = ["model", "test_id", "config_label"]
@@ -132,4 +190,5 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> StreamingContext:
         compare=_compare(con, by_test, test_order),
         compare_overall=_compare(con, by_model, model_order),
         non_streamed=int(non_streamed or 0),
+        events=_events(con),
     )

@@ -11,7 +11,7 @@ from report.context.common import gate_rank
 from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
 from report.context.quality import QualityContext
-from report.context.scope import ScopeLine, device_line
+from report.context.scope import ScopeLine, scope_lines, server_name
 from report.queries import Campaign, Selection, rows, scalar, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
 
@@ -58,6 +58,25 @@ class Headline:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """What one offload configuration did to one model: the first thing on the page."""
+
+    model: str
+    config: str
+    baseline_config: str
+    vram_saved: Figure
+    baseline_memory: Figure
+    offload_memory: Figure
+    decode: RatioFigure
+    decode_baseline: Stat
+    decode_offload: Stat
+    ttft: RatioFigure
+    identical: int | None  # outputs identical to the baseline's, of `pairs`
+    pairs: int
+    preservation_reason: str
+
+
+@dataclass(frozen=True)
 class StoreCounts:
     requests: int
     chunks: int
@@ -81,6 +100,10 @@ class SummaryContext:
     sweeps: tuple[str, ...]  # configurations that ran a subset of the tests
     multi_host: bool  # the shown campaigns span several hosts: rows say which
     scope: tuple[ScopeLine, ...]  # what these runs could and could not show
+    answers: tuple[Answer, ...]
+    server: str  # the server that ran, as the intro names it
+    failing_gates: tuple[Gate, ...]  # FAIL and NOT MEASURED: shown open
+    passing_gates: tuple[Gate, ...]  # PASS: one click away
 
 
 def _verdict(gates: tuple[Gate, ...]) -> Verdict:
@@ -230,5 +253,49 @@ def build(
         estimated_tokens=sum(s.requests for s in performance.token_sources if s.source == "chunks"),
         sweeps=sweeps,
         multi_host=len({c.host_id for c in sel.campaigns}) > 1,
-        scope=(device_line(con),),
+        scope=scope_lines(con),
+        answers=tuple(_answers(memory, performance, quality, main)),
+        server=server_name(con),
+        failing_gates=tuple(g for g in gates if g.status != "PASS"),
+        passing_gates=tuple(g for g in gates if g.status == "PASS"),
     )
+
+
+def _answers(
+    memory: MemoryContext,
+    performance: PerformanceContext,
+    quality: QualityContext,
+    main: set[tuple[str, str]],
+) -> list[Answer]:
+    """One answer per offload configuration of the main plan (not the sweep), from the
+    figures the other pages show: the same numbers, never recomputed."""
+    overall = {(r.model, r.config): r for r in performance.compare if r.test_id == "all tests"}
+    kept = {(p.model, p.config): p for p in quality.preservation}
+    out = []
+    for c in memory.comparisons:
+        if (c.model, c.config) not in main:
+            continue
+        row = overall.get((c.model, c.config))
+        none = RatioFigure(None, None, None, "no pair of successful streamed requests")
+        empty = Stat.empty("tokens/s", "no pair of successful streamed requests")
+        pres = kept.get((c.model, c.config))
+        out.append(
+            Answer(
+                model=c.model,
+                config=c.config,
+                baseline_config=c.baseline_config,
+                vram_saved=c.headline,
+                baseline_memory=c.baseline_gpu,
+                offload_memory=c.offload_gpu,
+                decode=row.cells["decode_tps"].ratio if row else none,
+                decode_baseline=row.cells["decode_tps"].baseline if row else empty,
+                decode_offload=row.cells["decode_tps"].offload if row else empty,
+                ttft=row.cells["ttft_ms"].ratio if row else none,
+                identical=pres.identical if pres and pres.pairs else None,
+                pairs=pres.pairs if pres else 0,
+                preservation_reason=quality.no_scores_reason
+                if not quality.has_scores
+                else "no output of this configuration was compared with the baseline's",
+            )
+        )
+    return out
