@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from common.errors import BuildError
 from common.files import file_sha256
 from evidence.bundle import MANIFEST, find_bundles
@@ -195,6 +197,22 @@ def _check_project(root: Path) -> None:
             )
 
 
+def _user_texts(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The texts the user chose (labels, names, the model's file name and its own name, the
+    host's CPU): shown as given, so exempt from the hygiene check's placeholder rules."""
+    found = rows(
+        con,
+        """
+        SELECT name AS t FROM campaigns UNION SELECT release_label FROM campaigns
+        UNION SELECT label FROM models UNION SELECT name FROM models
+        UNION SELECT regexp_extract(path, '[^/\\\\]+$') FROM models
+        UNION SELECT config_label FROM server_runs UNION SELECT version FROM server_runs
+        UNION SELECT test_id FROM tests UNION SELECT cpu_model FROM hosts
+        """,
+    )
+    return sorted(str(r["t"]) for r in found if r["t"])
+
+
 def build_site(options: BuildOptions) -> BuildResult:
     """Build the whitepaper site from the evidence store (see the module docstring)."""
     root = options.root.resolve()
@@ -250,6 +268,7 @@ def build_site(options: BuildOptions) -> BuildResult:
                     "SELECT test_id, min(test_order) o FROM sel_requests GROUP BY 1 ORDER BY o, 1",
                 )
             ]
+            users = _user_texts(con)
         with timer.step("transcripts"):
             transcripts = quality.transcript_pages(con)
         with timer.step("parquet"):
@@ -298,14 +317,19 @@ def build_site(options: BuildOptions) -> BuildResult:
             )
     with timer.step("hygiene"):
         machine = build_machine_paths(root, options.db.parent, Path(__file__).resolve().parents[1])
-        hygiene.check_pages(written, root, machine)
+        hygiene.check_pages(written, root, machine, users)
     with timer.step("vega bundle (wait)"):
         vendor.write_bundle(bundle, docs / "assets" / "vendor")
     if options.run_mkdocs:
         with timer.step("mkdocs"):
-            site.mkdocs_build(root / "mkdocs.yml", site_dir, history=hist.enough)
+            site.mkdocs_build(
+                root / "mkdocs.yml",
+                site_dir,
+                history=hist.enough,
+                versioned=options.version is not None,
+            )
         with timer.step("offline check"):
             site.check_offline(site_dir)
-            label = options.version or "unpublished build"
-            site.write_local_versions(site_dir, label)
+            if options.version is not None:
+                site.write_local_versions(site_dir, options.version)
     return BuildResult(tuple(sel.ids), written, site_dir, timer.timings)

@@ -9,7 +9,6 @@ and the page says why.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from report.context.memory import MemoryContext
 from report.context.performance import MetricTable, PerformanceContext
 from report.context.quality import QualityContext
 from report.context.streaming import StreamingContext
-from report.formatting import release_text
+from report.formatting import inline_json, release_text, visible_controls
 from report.values import SOURCE_TEXT, Missing, Quantity
 
 WIDTH = 560
@@ -93,14 +92,22 @@ def _colors(configs: Sequence[str], rows: Iterable[dict[str, Any]] = ()) -> alt.
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     """Floats to 6 significant digits: enough for any chart, and it keeps the
-    site identical across builds (DuckDB's parallel sums differ in the last bits)."""
-    return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in row.items()}
+    site identical across builds (DuckDB's parallel sums differ in the last bits).
+    Labels are the user's text: their bidirectional controls are shown, not applied."""
+    return {
+        k: float(f"{v:.6g}")
+        if isinstance(v, float)
+        else visible_controls(v)
+        if isinstance(v, str)
+        else v
+        for k, v in row.items()
+    }
 
 
 def _finish(chart: Any, title: str, datasets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     # Validation against the Vega-Lite schema costs seconds on large inline data;
     # the specs are built here from typed rows and drawn by vl-convert right after.
-    spec: dict[str, Any] = chart.properties(title=title).to_dict(validate=False)
+    spec: dict[str, Any] = chart.properties(title=visible_controls(title)).to_dict(validate=False)
     spec["datasets"] = {name: [_rounded(row) for row in rows] for name, rows in datasets.items()}
     spec.setdefault("config", {})
     spec["config"].update(
@@ -675,9 +682,8 @@ def build_charts(
 
 
 def spec_json(spec: dict[str, Any]) -> str:
-    """The spec as JSON safe to inline in a <script> element (no `<`, `>` or `&`)."""
-    text = json.dumps(spec, allow_nan=False, sort_keys=True, separators=(",", ":"))
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    """The spec as JSON safe to inline in a <script> element."""
+    return inline_json(spec)
 
 
 def write_charts(charts: Charts, out_dir: Path, vl_version: str) -> None:

@@ -36,12 +36,19 @@ if TYPE_CHECKING:
     from report.context.history import Change, Release
 
 
+_BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+
+
 def _table(chars: str) -> dict[int, str]:
     table = {ord(c): f"&#{ord(c)};" for c in chars}
     # Control characters become visible control pictures; newline and tab are
     # handled by the caller (kept in blocks, spaces inline).
     table.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)})
     table[0x7F] = "\u2421"
+    # Bidirectional controls (U+202E and kin) would reorder the text after them: an
+    # output or a label could make a page read differently from what is stored. They
+    # are shown as their code point, not applied.
+    table.update({c: f"\u2039U+{c:04X}\u203a" for c in _BIDI_CONTROLS})
     return table
 
 
@@ -52,6 +59,21 @@ _INLINE = _table("&<>\"'\\`*_{}[]#|")
 _BLOCK = _table("&<>\"'\\`*_{}[]()#+-.!|~^=:$%")
 _LINE_START = re.compile(r"^[-+=:>#.]")
 MIB = 1 << 20
+
+
+_VISIBLE_BIDI = {c: f"\u2039U+{c:04X}\u203a" for c in _BIDI_CONTROLS}
+
+
+def visible_controls(text: str) -> str:
+    """`text` with its bidirectional controls shown, not applied (for chart labels, which
+    are not HTML-escaped but drawn as SVG text)."""
+    return text.translate(_VISIBLE_BIDI)
+
+
+def inline_json(value: Any) -> str:
+    """JSON safe to inline in a <script> element (no `<`, `>` or `&`)."""
+    text = json.dumps(value, allow_nan=False, sort_keys=True, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def escape_text(value: object, *, inline: bool = True) -> Markup:

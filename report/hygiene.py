@@ -10,9 +10,11 @@ report.machine_paths).
 Untrusted text (model output, prompts) is shown verbatim and may legitimately
 say `None` or `TODO`; the formatting filters put it in elements of class
 `untrusted`, escaped so that it cannot contain a closing tag, and the check
-skips those elements. Docstrings quoted from this repository's code (class
-`from-code`) are checked for placeholders and conflict markers but may
-mention `None`.
+skips those elements. So is the user's own text (labels, release names, file names:
+`user_texts`): a release called "TBD" is a name, not a missing figure. The figure
+formatters refuse None and non-finite values themselves (report.formatting.number).
+Docstrings quoted from this repository's code (class `from-code`) are checked for
+placeholders and conflict markers but may mention `None`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import BuildError
+from report.formatting import escape_text, inline_json, visible_controls
 from report.machine_paths import find_build_machine_path
 
 _UNTRUSTED = re.compile(
@@ -64,10 +67,31 @@ def _blank(match: re.Match[str]) -> str:
     return "\n" * match.group(0).count("\n")
 
 
-def check_text(text: str, name: str, machine_paths: Sequence[str] = ()) -> None:
+def _user_text_pattern(user_texts: Sequence[str]) -> re.Pattern[str] | None:
+    """Every way a page prints the user's texts: as given and as the filters escape them.
+    Longest first, so a label that contains another is removed whole."""
+    forms = {
+        form
+        for t in user_texts
+        if t.strip()
+        for form in (t, str(escape_text(t)), inline_json(visible_controls(t))[1:-1])
+    }
+    if not forms:
+        return None
+    ordered = sorted(forms, key=len, reverse=True)
+    return re.compile("|".join(re.escape(f) for f in ordered if "\n" not in f))
+
+
+def check_text(
+    text: str, name: str, machine_paths: Sequence[str] = (), user_texts: Sequence[str] = ()
+) -> None:
     """Raise BuildError naming `name` and the line of the first problem in `text`;
-    `machine_paths`: directories of the building machine no page may name."""
+    `machine_paths`: directories of the building machine no page may name; `user_texts`:
+    the user's labels and names, exempt from the placeholder rules."""
+    users = _user_text_pattern(user_texts)
     trusted = _UNTRUSTED.sub(_blank, text)
+    if users is not None:
+        trusted = users.sub("", trusted)
     outside_docs = _FROM_CODE.sub(_blank, trusted)
     found: list[tuple[int, str]] = []
     for rule in RULES:
@@ -87,7 +111,17 @@ def check_text(text: str, name: str, machine_paths: Sequence[str] = ()) -> None:
         raise BuildError(f"{name}:{line}: {problem} in a generated page")
 
 
-def check_pages(paths: list[Path], root: Path, machine_paths: Sequence[str] = ()) -> None:
+def check_pages(
+    paths: list[Path],
+    root: Path,
+    machine_paths: Sequence[str] = (),
+    user_texts: Sequence[str] = (),
+) -> None:
     """Check every generated Markdown page; names in errors are relative to `root`."""
     for path in paths:
-        check_text(path.read_text(encoding="utf-8"), str(path.relative_to(root)), machine_paths)
+        check_text(
+            path.read_text(encoding="utf-8"),
+            str(path.relative_to(root)),
+            machine_paths,
+            user_texts,
+        )

@@ -63,9 +63,14 @@ def _with_history(nav: list[Any]) -> list[Any]:
     return out
 
 
-def mkdocs_build(config_file: Path, site_dir: Path, history: bool = False) -> None:
+def mkdocs_build(
+    config_file: Path, site_dir: Path, history: bool = False, versioned: bool = True
+) -> None:
     """`mkdocs build --strict` into `site_dir`; the first warning becomes a BuildError.
-    `history`: the campaigns span two or more releases, so the History page is in."""
+    `history`: the campaigns span two or more releases, so the History page is in.
+    `versioned`: keep mkdocs.yml's version selector (mike). An unversioned build drops it:
+    the selector fetches ../versions.json, which a browser refuses under file:// (a console
+    error on every page of a site the README says to open from disk)."""
     from mkdocs.commands.build import build
     from mkdocs.config import load_config
     from mkdocs.exceptions import Abort, MkDocsException
@@ -83,6 +88,8 @@ def mkdocs_build(config_file: Path, site_dir: Path, history: bool = False) -> No
             raise BuildError(f"{config_file.name}: {first}") from exc
         if history:
             config["nav"] = _with_history(config["nav"])
+        if not versioned:
+            config["extra"].pop("version", None)
         docs = Path(config["docs_dir"])
         try:
             build(config)

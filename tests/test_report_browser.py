@@ -268,3 +268,22 @@ def test_hosts_side_by_side_and_history_charts(fleet_site: Path, browser: Any) -
                     assert visit.page.locator("text=fleet-1.6").count() > 0
             finally:
                 visit.close()
+
+
+def test_pages_opened_from_disk_log_no_error(site: Path, browser: Any) -> None:
+    """The README says to open site/index.html: under file:// every page logged a CORS error
+    for the version selector's versions.json, which an unversioned build no longer asks for."""
+    context = browser.new_context()
+    try:
+        for path in ("index.html", "performance/index.html", "memory/index.html"):
+            errors: list[str] = []
+            page = context.new_page()
+            page.on("console", lambda m, e=errors: e.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc, e=errors: e.append(str(exc)))
+            page.goto((site / path).as_uri(), wait_until="load")
+            page.wait_for_timeout(1500)
+            assert errors == [], f"{path}: {errors}"
+            assert page.locator("h1").count() >= 1
+            page.close()
+    finally:
+        context.close()

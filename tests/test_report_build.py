@@ -286,3 +286,45 @@ def test_the_layers_import_only_downwards() -> None:
                     if top in banned:
                         found.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_labels_that_read_like_placeholders_build(tmp_path: Path) -> None:
+    """The user's names are text, not figures: a release "TBD", a model "None", a file
+    "-inf.gguf" and a right-to-left override in a label. Regression: the hygiene check
+    refused "missing value printed as a figure" for each of them."""
+    db = tmp_path / "labels.duckdb"
+    synthetic_store(db, name="Release TBD (None)")
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE campaigns SET release_label = 'TBD'")
+        con.execute("UPDATE models SET label = 'None\u202eevil', path = '/m/-inf.gguf'")
+    root = project(tmp_path)
+    build(db, root)
+    index = (root / "docs" / "index.md").read_text(encoding="utf-8")
+    assert "None\u2039U+202E\u203aevil" in index and "\u202e" not in index
+
+
+def test_the_quality_page_says_how_the_sandbox_held(tmp_path: Path) -> None:
+    """Where a containment layer was missing on the host, the site says the code ran with
+    weaker containment (from each check's own record, never assumed)."""
+    db = tmp_path / "sandbox.duckdb"
+    synthetic_store(db)
+    with duckdb.connect(str(db)) as con:
+        runs = con.execute(
+            "SELECT count(*) FROM scores WHERE name = 'check' "
+            "AND json_extract(detail, '$.cases') IS NOT NULL"
+        ).fetchone()
+        assert runs is not None and runs[0] > 0
+        con.execute(
+            """
+            UPDATE scores SET detail = json_merge_patch(detail, '{"isolation": {
+                "filesystem": "host-as-nobody", "user": "nobody (uid 65534)",
+                "network": "network-namespace", "mechanisms": ["uid-nobody"],
+                "missing": ["mount-namespace", "fresh-proc"]}}')
+            WHERE name = 'check' AND json_extract(detail, '$.cases') IS NOT NULL
+            """
+        )
+    root = project(tmp_path)
+    build(db, root)
+    page = (root / "docs" / "quality.md").read_text(encoding="utf-8")
+    assert f"- {runs[0]} run{'s' if runs[0] > 1 else ''}: filesystem host-as-nobody" in page
+    assert "**weaker containment**: this host could not give mount-namespace, fresh-proc" in page

@@ -59,3 +59,32 @@ def test_a_path_of_the_building_machine_is_refused_wherever_the_tool_prints_it()
     check_text("<code>/home/alicia/x</code>", "x.md", [home])
     # Model output may mention any path: it is what the model wrote, not what we printed.
     check_text('<pre class="untrusted transcript">cd /home/alice/src</pre>', "x.md", [home])
+
+
+def test_user_text_may_say_none_or_tbd_but_a_figure_may_not() -> None:
+    """A label, release or file name is the user's text: `None`, `TBD` or `-inf` in it is
+    not a missing figure. Regression: a release labelled "TBD" failed the build."""
+    from report.formatting import code, escape_text
+
+    labels = ["TBD", "model-None", "-inf.gguf"]
+    page = (
+        "| Model | Release | File | Decode |\n|---|---|---|---|\n"
+        f"| {escape_text(labels[1])} | {escape_text(labels[0])} | {code(labels[2])} "
+        "| 12.0&nbsp;tokens/s |\n"
+    )
+    check_text(page, "x.md", user_texts=labels)
+    # Only the exact user text is exempt: the same words printed as a figure still fail.
+    with pytest.raises(BuildError, match="missing value printed as a figure 'None'"):
+        check_text(page + "| model-None | TBD | x | None |\n", "x.md", user_texts=labels)
+    with pytest.raises(BuildError, match=r"x\.md:3: "):  # without them, the labels fail
+        check_text(page, "x.md")
+
+
+def test_bidi_controls_are_shown_not_applied() -> None:
+    """U+202E in an output or a label would reverse the text after it on the page; it is
+    shown as a visible marker instead."""
+    from report.formatting import escape_text, transcript
+
+    shown = str(escape_text("abc\u202edef"))
+    assert "\u202e" not in shown and "U+202E" in shown
+    assert "\u2067" not in str(transcript("x\u2067y"))

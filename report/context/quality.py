@@ -94,6 +94,19 @@ class TranscriptLink:
 
 
 @dataclass(frozen=True)
+class Containment:
+    """How the sandbox held model-written code, as its runs recorded it (one row per
+    distinct set of protections)."""
+
+    runs: int
+    filesystem: str
+    user: str
+    network: str
+    mechanisms: tuple[str, ...]
+    missing: tuple[str, ...]  # layers of the full set this host could not give
+
+
+@dataclass(frozen=True)
 class QualityContext:
     """The quality page: scores, code results, preservation, reviews."""
 
@@ -103,6 +116,7 @@ class QualityContext:
     overall: tuple[QualityRow, ...]
     per_test: tuple[QualityRow, ...]
     code: tuple[CodeResult, ...]
+    containment: tuple[Containment, ...]
     preservation: tuple[Preservation, ...]
     reviews: tuple[Review, ...]
     review_stats: tuple[QualityRow, ...]
@@ -241,6 +255,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
             reason,
         ),
         code=_code(con),
+        containment=_containment(con),
         preservation=_preservation(con, reason),
         reviews=tuple(
             Review(
@@ -318,6 +333,33 @@ def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
                 function=str(detail["function"]) if detail.get("function") else None,
                 problem=str(problem) if problem else None,
                 request_id=d["request_id"],
+            )
+        )
+    return tuple(out)
+
+
+def _containment(con: duckdb.DuckDBPyConnection) -> tuple[Containment, ...]:
+    """The sandbox's protections over the code runs shown, from each check's own record."""
+    data = rows(
+        con,
+        """
+        SELECT json_extract(s.detail, '$.isolation') AS isolation, count(*) AS runs
+        FROM scores s JOIN sel_requests q USING (request_id)
+        WHERE s.name = 'check' AND json_extract(s.detail, '$.cases') IS NOT NULL
+        GROUP BY 1 ORDER BY runs DESC
+        """,
+    )
+    out = []
+    for d in data:
+        iso = as_dict(d["isolation"])
+        out.append(
+            Containment(
+                runs=int(d["runs"]),
+                filesystem=str(iso.get("filesystem") or "not recorded"),
+                user=str(iso.get("user") or "not recorded"),
+                network=str(iso.get("network") or "not recorded"),
+                mechanisms=tuple(str(m) for m in iso.get("mechanisms") or ()),
+                missing=tuple(str(m) for m in iso.get("missing") or ()),
             )
         )
     return tuple(out)
