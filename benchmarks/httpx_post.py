@@ -24,6 +24,7 @@ class HttpxResponse:
         self._client = client
         self._response = response
         self.status = response.status_code
+        self.headers = response.headers  # case-insensitive, as the client reads them
 
     def reads(self, stall_s: float, deadline: float | None = None) -> Iterator[bytes]:
         try:
@@ -50,11 +51,17 @@ def httpx_post(
     *,
     connect_timeout_s: float,
     read_timeout_s: float,
+    deadline: float | None = None,
 ) -> HttpxResponse:
     """`collector.http1.post`'s contract, over httpx (a new client per request, as the
-    collector opens a new connection per request)."""
+    collector opens a new connection per request). httpx has no deadline over connect and
+    headers: the time left is its timeout for each, the closest it can do."""
+    left = read_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
     client = httpx.Client(
-        timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s), trust_env=False
+        timeout=httpx.Timeout(
+            min(read_timeout_s, left), connect=min(connect_timeout_s, left), pool=left
+        ),
+        trust_env=False,
     )
     try:
         request = client.build_request("POST", url, content=body, headers=headers)

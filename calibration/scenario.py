@@ -4,9 +4,10 @@ A `Scenario` says what one generation request gets back: how long before the
 first token, how many tokens, the gap between writes (with seeded jitter), how
 tokens are grouped into events and events into writes, and which faults to
 play (stalls, an HTTP error status, malformed lines, a missing `[DONE]`, an
-abrupt disconnect, a 10 MB line, a byte-at-a-time drip); `Schedule` is its
-timeline. A `StreamRecord` is everything the server did for one request, each
-`SentEvent` with its scheduled and actual send time.
+abrupt disconnect, a 10 MB line, a byte-at-a-time drip of the body or of the
+headers, an answer that no inference server gives: a redirect, a proxy's HTML
+page); `Schedule` is its timeline. A `StreamRecord` is everything the server
+did for one request, each `SentEvent` with its scheduled and actual send time.
 """
 
 from __future__ import annotations
@@ -30,6 +31,26 @@ Outcome = Literal["running", "complete", "http-error", "disconnected", "client-g
 NOT_JSON = "data: this line is not JSON\n\n"
 BAD_JSON = 'data: {"choices": [{"delta": {"content": "cut off\n\n'
 NOT_AN_EVENT = 'data: {"choices": ["not an object"]}\n\n'
+
+# Ready-made answers for `verbatim_response`: what a wrong port or a proxy in
+# front of the server sends back instead of a generation.
+HTML_PAGE = (
+    "HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html; charset=utf-8\r\n"
+    "Connection: close\r\n\r\n"
+    "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head>\n"
+    "<body><h1>Welcome to nginx!</h1></body></html>\n"
+)
+
+
+def redirect(location: str, status: int = 307) -> str:
+    """A redirect answer for `verbatim_response`: the endpoint moved to `location`."""
+    body = f"Redirecting to {location}\n"
+    return (
+        f"HTTP/1.1 {status} Redirect\r\nLocation: {location}\r\n"
+        f"Content-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n\r\n{body}"
+    )
+
 
 DEFAULT_WORDS: tuple[str, ...] = (
     "The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while",
@@ -95,12 +116,17 @@ class Scenario:
     # From this point on, send the rest of the response one byte per interval.
     drip_after_tokens: int | None = None
     drip_interval_s: float = 0.05
+    # Send the status line and headers one byte per `drip_interval_s` too.
+    drip_headers: bool = False
     # One `data:` line of this many bytes.
     long_line_after_tokens: int | None = None
     long_line_bytes: int = 10 * 1024 * 1024
     # Anything but 200: answer at once with this status and a JSON error body.
     http_status: int = 200
     error_message: str = "calibration server: scripted failure"
+    # Not an inference server at all: answer every generation request with this
+    # text as it is (status line, headers, body), then close (see HTML_PAGE, redirect).
+    verbatim_response: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -208,7 +234,7 @@ class SentEvent:
     """One SSE event (or non-streamed body) as the server sent it.
 
     kind: role | content | final | usage | done | injected | long-line | body |
-    error. Events coalesced into one write share its `sent_ns`.
+    error | verbatim. Events coalesced into one write share its `sent_ns`.
     """
 
     kind: str

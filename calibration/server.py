@@ -4,8 +4,9 @@ A `Scenario` says what one generation request gets back: how long before the
 first token, how many tokens, the gap between writes (with seeded jitter), how
 tokens are grouped into events and events into writes, and which faults to
 play (stalls, an HTTP error status, malformed lines, a missing `[DONE]`, an
-abrupt disconnect, a 10 MB line, a byte-at-a-time drip). Every request replays
-the same timeline: the jitter generator is re-seeded per request.
+abrupt disconnect, a 10 MB line, a byte-at-a-time drip of the body or of the
+headers, a verbatim answer such as a redirect or an HTML page). Every request
+replays the same timeline: the jitter generator is re-seeded per request.
 
 Served paths:
 
@@ -271,6 +272,21 @@ class _Wire:
         wfile.flush()
         return time.perf_counter_ns()
 
+    def drip(self, data: bytes, interval_ns: int) -> int:
+        """Write `data` one byte per `interval_ns`; return the last write's stamp."""
+        t = next_ns = time.perf_counter_ns()
+        for i in range(len(data)):
+            next_ns += interval_ns
+            self.wait_until(next_ns)
+            t = self.send(data[i : i + 1])
+        return t
+
+    def send_head(self, head: bytes, scenario: Scenario) -> int:
+        """Write the status line and headers: at once, or dripped if the scenario says so."""
+        if scenario.drip_headers:
+            return self.drip(head, round(scenario.drip_interval_s * 1e9))
+        return self.send(head)
+
     def drop(self, reset: bool) -> None:
         """Close the connection abruptly: no terminating chunk, no `[DONE]`."""
         conn = self._handler.connection
@@ -363,7 +379,7 @@ class _Stream:
             b"Transfer-Encoding: chunked\r\n"
             b"Connection: close\r\n\r\n"
         )
-        record.headers_ns = self.wire.send(headers)
+        record.headers_ns = self.wire.send_head(headers, sc)
         if shapes.api == "openai-chat":
             self._write([(SentEvent("role", "", 0, 0, 0), shapes.role())], t0)
         texts = sc.event_texts()
@@ -389,12 +405,7 @@ class _Stream:
             self.wire.send(LAST_CHUNK)
 
     def _drip_bytes(self, data: bytes) -> None:
-        interval = round(self.sc.drip_interval_s * 1e9)
-        next_ns = time.perf_counter_ns()
-        for i in range(len(data)):
-            next_ns += interval
-            self.wire.wait_until(next_ns)
-            self.wire.send(data[i : i + 1])
+        self.wire.drip(data, round(self.sc.drip_interval_s * 1e9))
 
     def _tail(self) -> list[tuple[SentEvent, bytes]]:
         sc, shapes = self.sc, self.shapes
@@ -504,7 +515,10 @@ class _Handler(BaseHTTPRequestHandler):
         wire = _Wire(self, calibration)
         shapes = Shapes(api, str(request.get("model", "calibration")), scenario.shimmy_shape)
         try:
-            if scenario.http_status != 200:
+            if scenario.verbatim_response is not None:
+                self._verbatim(wire, scenario.verbatim_response, record)
+                record.outcome = "complete"
+            elif scenario.http_status != 200:
                 self._error_status(scenario, record)
                 record.outcome = "http-error"
             elif record.stream:
@@ -533,6 +547,11 @@ class _Handler(BaseHTTPRequestHandler):
         record.headers_ns = t
         record.events.append(SentEvent("error", scenario.error_message, 0, record.received_ns, t))
 
+    def _verbatim(self, wire: _Wire, text: str, record: StreamRecord) -> None:
+        t = wire.send(text.encode())
+        record.headers_ns = t
+        record.events.append(SentEvent("verbatim", text, 0, record.received_ns, t))
+
     def _whole_body(
         self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: Shapes
     ) -> None:
@@ -552,20 +571,18 @@ class _Handler(BaseHTTPRequestHandler):
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
         )
+        if scenario.drip_headers or scenario.drip_after_tokens is not None:
+            record.headers_ns = wire.send_head(head, scenario)
+            head = b""
         if scenario.disconnect_after_tokens is not None:
-            record.headers_ns = wire.send(head + data[: len(data) // 2])
+            t = wire.send(head + data[: len(data) // 2])
+            record.headers_ns = record.headers_ns or t
             wire.drop(scenario.disconnect_reset)
         if scenario.drip_after_tokens is not None:
-            record.headers_ns = wire.send(head)
-            interval = round(scenario.drip_interval_s * 1e9)
-            t = next_ns = time.perf_counter_ns()
-            for i in range(len(data)):
-                next_ns += interval
-                wire.wait_until(next_ns)
-                t = wire.send(data[i : i + 1])
+            t = wire.drip(data, round(scenario.drip_interval_s * 1e9))
         else:
             t = wire.send(head + data)
-            record.headers_ns = t
+            record.headers_ns = record.headers_ns or t
         record.events.append(SentEvent("body", scenario.text(), scenario.tokens, due, t))
 
 

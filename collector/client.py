@@ -10,16 +10,23 @@ measures the server, not us.
 The HTTP exchange goes through `collector.http1` (one `recv` per read, no
 client library layers in between). llama-server closes the connection after
 a stream, so each request opens its own connection (`Connection: close`).
+
+What is not an inference server's answer is named, not parsed: a status of
+400 or more, a redirect (never followed: the config should point at the
+endpoint itself), or a body whose Content-Type is not the one asked for (a
+proxy's or another service's HTML page). One deadline covers the connect, the
+head and the body; a body, streamed or not, stops at MAX_RESPONSE_BYTES.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
+from urllib.parse import urljoin
 
 from collector import http1
 from collector.apis import (
@@ -48,6 +55,11 @@ class Response(Protocol):
 
     status: int
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Names in lower case (or looked up case-insensitively)."""
+        ...
+
     def reads(self, stall_s: float, deadline: float | None = None) -> Iterator[bytes]: ...
 
     def close(self) -> None: ...
@@ -64,6 +76,7 @@ class Post(Protocol):
         *,
         connect_timeout_s: float,
         read_timeout_s: float,
+        deadline: float | None = None,
     ) -> Response: ...
 
 
@@ -71,7 +84,7 @@ class Post(Protocol):
 class Timeouts:
     connect_s: float = 10.0
     stall_s: float = 120.0  # no byte for this long: the stream has stalled
-    request_s: float = 900.0  # whole request, send to end of stream
+    request_s: float = 900.0  # whole request: connect, headers and body
 
 
 @dataclass
@@ -129,23 +142,28 @@ def generate(
     deadline = time.monotonic() + timeouts.request_s
     response: Response | None = None
     try:
+        # One deadline for connect, headers and body: a server dripping its headers
+        # is held to it like one dripping its body.
         response = post(
             url,
             body,
             all_headers,
             connect_timeout_s=timeouts.connect_s,
             read_timeout_s=timeouts.stall_s,
+            deadline=deadline,
         )
         result.http_status = response.status
         reads = response.reads(timeouts.stall_s, deadline)
         if response.status >= 400:
-            _http_error(result, response.status, reads, clock)
+            _http_error(result, reads, clock, f"HTTP {response.status}", ": ")
+        elif (refusal := _not_an_answer(response, url, params.stream)) is not None:
+            _http_error(result, reads, clock, refusal, "\n")
         elif params.stream:
             _read_stream(result, reads, clock, on_content)
         else:
             _read_body(result, reads, clock)
     except http1.HTTPFailure as exc:
-        result.status, result.error = _failure(exc, timeouts)
+        result.status, result.error = _failure(exc, timeouts, headers_read=response is not None)
     except StreamError as exc:
         result.status = "error"
         result.error = str(exc)
@@ -157,11 +175,16 @@ def generate(
     return result
 
 
-def _failure(exc: http1.HTTPFailure, timeouts: Timeouts) -> tuple[RequestStatus, str]:
+def _failure(
+    exc: http1.HTTPFailure, timeouts: Timeouts, *, headers_read: bool
+) -> tuple[RequestStatus, str]:
     if exc.kind == "timeout":
         return "timeout", f"no data for {timeouts.stall_s:g} s"
     if exc.kind == "deadline":
-        return "timeout", f"request exceeded {timeouts.request_s:g} s"
+        # Before the head, the server has not answered at all (or drips its
+        # headers): say so, the body's chunks cannot show it.
+        waiting = "" if headers_read else " waiting for the response headers"
+        return "timeout", f"request exceeded {timeouts.request_s:g} s{waiting}"
     if exc.kind == "connect":
         return "error", f"connect failed: {exc}"
     if exc.kind == "disconnected":
@@ -169,7 +192,37 @@ def _failure(exc: http1.HTTPFailure, timeouts: Timeouts) -> tuple[RequestStatus,
     return "error", f"bad HTTP response: {exc}"
 
 
-def _http_error(result: RequestResult, status: int, reads: Iterator[bytes], clock: Clock) -> None:
+def _not_an_answer(response: Response, url: str, stream: bool) -> str | None:
+    """Why a response below 400 is not the inference server's answer, or None.
+
+    A missing Content-Type passes: servers that omit it still get parsed, and
+    a body that is no answer then fails in the parser."""
+    headers = response.headers
+    status = response.status
+    if 300 <= status < 400:
+        location = headers.get("location")
+        if not location:
+            return f"HTTP {status} redirect without a Location: check the config's URL"
+        target = urljoin(url, location)[:300]
+        return f"HTTP {status} redirect to {target}: the endpoint moved; point the config at it"
+    media = headers.get("content-type", "").partition(";")[0].strip().lower()[:100]
+    if not media:
+        return None
+    json_body = media == "application/json" or media.endswith("+json")
+    accepted = media == "text/event-stream" if stream else json_body
+    if accepted:
+        return None
+    wanted = "an event stream" if stream else "JSON"
+    # JSON to a stream request is a server that ignored `"stream": true`, not a wrong port.
+    hint = "the server did not stream" if json_body else "is this the inference server's port?"
+    return f"HTTP {status} but Content-Type {media}, not {wanted}: {hint}"
+
+
+def _http_error(
+    result: RequestResult, reads: Iterator[bytes], clock: Clock, what: str, before_body: str
+) -> None:
+    """Record a response that is not an answer: `what` says why, and the first
+    bytes of its body (a server's error message, a page's title) follow it."""
     raw = bytearray()
     try:
         for part in reads:
@@ -181,7 +234,7 @@ def _http_error(result: RequestResult, status: int, reads: Iterator[bytes], cloc
     result.done_ns = clock()
     result.status = "http_error"
     text = bytes(raw[:4096]).decode("utf-8", errors="replace").strip()
-    result.error = f"HTTP {status}: {text[:300]}" if text else f"HTTP {status}"
+    result.error = f"{what}{before_body}{text[:300]}" if text else what
 
 
 def _record(result: RequestResult, t_ns: int, decoded: Decoded) -> None:
@@ -201,8 +254,9 @@ def _record(result: RequestResult, t_ns: int, decoded: Decoded) -> None:
         result.error = f"server reported: {decoded.error}"
 
 
-# A stream larger than this is broken or hostile; kept whole in memory until it ends.
-MAX_STREAM_BYTES = 256 * 1024 * 1024
+# A response body larger than this, streamed or not, is broken or hostile: it is
+# kept whole in memory until it ends, so reading stops here.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 
 
 def _read_stream(
@@ -224,8 +278,8 @@ def _read_stream(
             stamp(t_ns)
             keep(raw)
             size += len(raw)
-            if size > MAX_STREAM_BYTES:
-                raise StreamError(f"stream larger than {MAX_STREAM_BYTES >> 20} MiB; stopped")
+            if size > MAX_RESPONSE_BYTES:
+                raise StreamError(f"stream larger than {MAX_RESPONSE_BYTES >> 20} MiB; stopped")
             if on_content is not None:
                 on_content(len(stamps), t_ns)
         ended = True
@@ -269,11 +323,16 @@ def _parse_stream(
 
 
 def _read_body(result: RequestResult, reads: Iterator[bytes], clock: Clock) -> None:
-    raw = bytearray()
+    parts: list[bytes] = []
+    size = 0
     for part in reads:
-        raw += part
+        size += len(part)
+        # Checked before the read is kept, so no more than the cap is ever held.
+        if size > MAX_RESPONSE_BYTES:
+            raise StreamError(f"response body larger than {MAX_RESPONSE_BYTES >> 20} MiB; stopped")
+        parts.append(part)
     t_ns = clock()
-    decoded = decode_body(result.api, bytes(raw))
+    decoded = decode_body(result.api, b"".join(parts))
     _record(result, t_ns, decoded)
     result.done_ns = t_ns
     # A non-streamed answer has no first token to time: TTFT is a streaming metric.

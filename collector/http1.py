@@ -173,39 +173,60 @@ def post(
     *,
     connect_timeout_s: float,
     read_timeout_s: float,
+    deadline: float | None = None,
 ) -> Response:
     """Send a POST and read the status line and headers; the body is read by
-    the caller through `Response.reads()` (then `close()`)."""
+    the caller through `Response.reads()` (then `close()`).
+
+    `read_timeout_s` is the longest wait for any one read. `deadline`, a
+    `time.monotonic()` value, bounds the connect, the send and the whole head
+    (kind `deadline`): a server that drips its headers a byte at a time never
+    trips the read timeout, and the request's deadline must still hold."""
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         raise HTTPFailure("connect", f"only plain http:// URLs are supported, not {url}")
     host, port = parts.hostname, parts.port or 80
+    timeout, kind = _wait(connect_timeout_s, deadline)
     try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout_s)
+        sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError as exc:
+        if kind == "deadline":
+            raise HTTPFailure("deadline", "no connection by the request deadline") from exc
         raise HTTPFailure("connect", f"no connection within {connect_timeout_s:g} s") from exc
     except OSError as exc:
         raise HTTPFailure("connect", f"cannot connect to {host}:{port}: {exc}") from exc
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(read_timeout_s)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         head = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-        return _read_head(sock)
+        timeout, kind = _wait(read_timeout_s, deadline)
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        except TimeoutError as exc:
+            raise HTTPFailure(kind, "the server did not take the request") from exc
+        return _read_head(sock, read_timeout_s, deadline)
     except HTTPFailure:
         sock.close()
         raise
-    except TimeoutError as exc:
-        sock.close()
-        raise HTTPFailure("timeout", "no response") from exc
     except OSError as exc:
         sock.close()
         raise HTTPFailure("disconnected", f"{type(exc).__name__}: {exc}") from exc
 
 
-def _read_head(sock: socket.socket) -> Response:
+def _wait(timeout_s: float, deadline: float | None) -> tuple[float, str]:
+    """The socket timeout for the next step, and the failure kind if it runs out:
+    the step's own timeout, or the time left to the deadline when that is shorter."""
+    if deadline is None:
+        return timeout_s, "timeout"
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise HTTPFailure("deadline", "request deadline passed")
+    return (timeout_s, "timeout") if timeout_s <= left else (left, "deadline")
+
+
+def _read_head(sock: socket.socket, read_timeout_s: float, deadline: float | None) -> Response:
     buf = bytearray()
     while True:
         end = buf.find(b"\r\n\r\n")
@@ -213,7 +234,14 @@ def _read_head(sock: socket.socket) -> Response:
             break
         if len(buf) > MAX_HEADER_BYTES:
             raise HTTPFailure("protocol", "response headers larger than 64 KiB")
-        raw = sock.recv(RECV_BYTES)
+        # Re-armed on every read: each may wait the read timeout, but all of them
+        # together only until the deadline.
+        timeout, kind = _wait(read_timeout_s, deadline)
+        sock.settimeout(timeout)
+        try:
+            raw = sock.recv(RECV_BYTES)
+        except TimeoutError as exc:
+            raise HTTPFailure(kind, "no response headers") from exc
         if not raw:
             raise HTTPFailure("disconnected", "connection closed before the response headers")
         buf += raw

@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,17 @@ import pytest
 
 from calibration.scenario import (
     BAD_JSON,
+    HTML_PAGE,
     NOT_AN_EVENT,
     NOT_JSON,
     Injection,
     Scenario,
     Stall,
     StreamRecord,
+    redirect,
 )
 from calibration.server import CalibratedServer
+from collector import client, http1
 from collector.apis import API_NAMES, ApiName, GenerationParams
 from collector.client import RequestResult, Timeouts, generate
 from common.errors import ConfigError
@@ -36,6 +40,9 @@ from common.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI: tuple[ApiName, ...] = ("openai-chat", "openai-completions")
 FAST = Timeouts(connect_s=2.0, stall_s=2.0, request_s=10.0)
+# A deadline well inside the stall timeout, and the slack allowed past it.
+DEADLINE = Timeouts(connect_s=2.0, stall_s=2.0, request_s=0.5)
+SLACK_S = 0.3
 
 
 def params(stream: bool = True) -> GenerationParams:
@@ -305,6 +312,95 @@ def test_a_drip_feed_within_the_deadline_completes(server: CalibratedServer) -> 
     scenario = Scenario(tokens=3, drip_after_tokens=2, drip_interval_s=0.0005)
     result = run(server, "shimmy", scenario)
     assert (result.status, result.output_text) == ("ok", scenario.text())
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_headers_dripped_past_the_deadline_are_cut_at_the_deadline(
+    server: CalibratedServer, stream: bool
+) -> None:
+    # A byte of status line every 50 ms: never a stall, and the head alone would
+    # take seconds. The one request deadline covers the head too, not just the body.
+    scenario = Scenario(tokens=4, drip_headers=True, drip_interval_s=0.05)
+    start = time.monotonic()
+    result = run(server, "openai-chat", scenario, stream=stream, timeouts=DEADLINE)
+    elapsed = time.monotonic() - start
+    assert result.status == "timeout"
+    assert result.error == "request exceeded 0.5 s waiting for the response headers"
+    assert elapsed < 0.5 + SLACK_S, f"cut after {elapsed:.2f} s, not at the 0.5 s deadline"
+    assert (result.http_status, result.chunk_t_ns) == (None, [])
+
+
+def test_a_slow_non_streamed_answer_is_cut_at_the_deadline(server: CalibratedServer) -> None:
+    # The head of a non-streamed answer comes with its body, after the whole generation.
+    scenario = Scenario(tokens=4, first_token_delay_s=5.0)
+    start = time.monotonic()
+    result = run(server, "openai-chat", scenario, stream=False, timeouts=DEADLINE)
+    elapsed = time.monotonic() - start
+    assert (result.status, result.error) == (
+        "timeout",
+        "request exceeded 0.5 s waiting for the response headers",
+    )
+    assert elapsed < 0.5 + SLACK_S, f"cut after {elapsed:.2f} s, not at the 0.5 s deadline"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_body_past_the_size_cap_is_stopped_at_the_cap(
+    server: CalibratedServer, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    # Five 1 MiB tokens against a 1 MiB cap (256 MiB in production): one constant
+    # caps streams and non-streamed bodies alike, and reading stops at the cap.
+    monkeypatch.setattr(client, "MAX_RESPONSE_BYTES", 1 << 20)
+    pulled = 0
+    reads = http1.Response.reads
+
+    def counted(
+        self: http1.Response, stall_s: float, deadline: float | None = None
+    ) -> Iterator[bytes]:
+        nonlocal pulled
+        for part in reads(self, stall_s, deadline):
+            pulled += len(part)
+            yield part
+
+    monkeypatch.setattr(http1.Response, "reads", counted)
+    result = run(server, "openai-chat", Scenario(tokens=5, words=("x" * (1 << 20),)), stream=stream)
+    what = "stream" if stream else "response body"
+    assert (result.status, result.error) == ("error", f"{what} larger than 1 MiB; stopped")
+    assert pulled <= (1 << 20) + http1.RECV_BYTES
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_redirect_is_an_http_error_that_names_the_new_place(
+    server: CalibratedServer, status: int, stream: bool
+) -> None:
+    moved = server.base_url + "/v2/chat/completions"
+    scenario = Scenario(verbatim_response=redirect(moved, status))
+    result = run(server, "openai-chat", scenario, stream=stream)
+    assert (result.status, result.http_status) == ("http_error", status)
+    assert result.error is not None
+    assert result.error.startswith(
+        f"HTTP {status} redirect to {moved}: the endpoint moved; point the config at it"
+    )
+    assert f"Redirecting to {moved}" in result.error  # the body, as for any HTTP error
+    assert result.chunk_t_ns == []
+    # Not followed: the server saw one request only.
+    assert len([r for r in server.records if r.path == "/v1/chat/completions"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("stream", "expected"), [(True, "an event stream"), (False, "JSON")], ids=["stream", "body"]
+)
+def test_an_html_page_is_an_http_error_that_names_its_content_type(
+    server: CalibratedServer, stream: bool, expected: str
+) -> None:
+    result = run(server, "openai-chat", Scenario(verbatim_response=HTML_PAGE), stream=stream)
+    assert (result.status, result.http_status) == ("http_error", 200)
+    assert result.error is not None
+    assert result.error.startswith(
+        f"HTTP 200 but Content-Type text/html, not {expected}: is this the inference server's port?"
+    )
+    assert "Welcome to nginx!" in result.error  # the first bytes of what came
+    assert result.chunk_t_ns == []
 
 
 def test_a_10_mb_line_is_an_error_with_a_clear_message(server: CalibratedServer) -> None:
