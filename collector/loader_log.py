@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,23 @@ _KV_EXPERT = re.compile(
     rf"expert_shared_count)\s+\S+\s+=\s+(?P<value>{_INT})\s*$",
     _FLAGS,
 )
+# The settings that change results, as the server reports them (not as we asked for them):
+# llama_context's parameters, the thread counts, the KV cache's element types, and what
+# `--fit` (b11434's default) did to the arguments.
+_CONTEXT = re.compile(
+    r"llama_context:\s+(?P<key>n_ctx|n_batch|n_ubatch|n_seq_max|flash_attn|kv_unified)\s*="
+    r"\s*(?P<value>\S+)\s*$",
+    _FLAGS,
+)
+_THREADS = re.compile(
+    rf"system_info: n_threads = (?P<threads>{_INT}) \(n_threads_batch = (?P<batch>{_INT})\)",
+    _FLAGS,
+)
+_KV_TYPES = re.compile(
+    r"llama_kv_cache: size = .*\bK \((?P<k>[a-z0-9_]+)\):.*\bV \((?P<v>[a-z0-9_]+)\):", _FLAGS
+)
+_FIT = re.compile(r"\b(?:common_params_fit\w*|common_fit_params): (?P<text>.+?)\s*$", _FLAGS)
+_FIT_LINES_KEPT = 12
 _PARAMS = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMBT])\b", _FLAGS)
 _FILE_SIZE = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMGT]iB)\b", _FLAGS)
 
@@ -106,6 +123,11 @@ class LoaderLogSummary:
     layers_offloaded: int | None
     layers_total: int | None
     load_passes: int
+    # What the server reports it runs with (n_ctx, n_batch, n_ubatch, n_seq_max, flash_attn,
+    # kv_unified, threads, threads_batch, kv_type_k, kv_type_v), from the last load.
+    settings: Mapping[str, str] = field(default_factory=dict)
+    # `--fit`'s own lines (empty when it did not run, e.g. with `-fit off`).
+    fit_lines: tuple[str, ...] = ()
 
     def gpu_mib(self, kind: str) -> float | None:
         """One kind of buffer (model, kv, compute) summed over every device that is
@@ -175,6 +197,8 @@ class LoaderLogSummary:
             "layers_offloaded": self.layers_offloaded,
             "layers_total": self.layers_total,
             "load_passes": self.load_passes,
+            "settings": dict(self.settings),
+            "fit_lines": list(self.fit_lines),
         }
 
 
@@ -191,6 +215,8 @@ class _Scan:
         self.params: tuple[str, float] | None = None
         self.file_size: tuple[str, float] | None = None
         self.offloaded: tuple[int, int] | None = None
+        self.settings: dict[str, str] = {}
+        self.fit: list[str] = []
 
     def line(self, line: str) -> None:
         if _LOAD_START.search(line):
@@ -215,6 +241,21 @@ class _Scan:
         info = _PRINT_INFO.search(line)
         if info:
             self._print_info(info.group("key").strip(), info.group("value"))
+            return
+        self._setting(line)
+
+    def _setting(self, line: str) -> None:
+        # The last value wins: a sizing pass (b11434) prints them before the real load.
+        if context := _CONTEXT.search(line):
+            self.settings[context.group("key")] = context.group("value")
+        elif threads := _THREADS.search(line):
+            self.settings["threads"] = threads.group("threads")
+            self.settings["threads_batch"] = threads.group("batch")
+        elif kv := _KV_TYPES.search(line):
+            self.settings["kv_type_k"] = kv.group("k")
+            self.settings["kv_type_v"] = kv.group("v")
+        elif (fit := _FIT.search(line)) and len(self.fit) < _FIT_LINES_KEPT:
+            self.fit.append(fit.group("text"))
 
     def _buffer(self, line: str) -> bool:
         match = _BUFFER.search(line)
@@ -274,6 +315,8 @@ class _Scan:
             layers_total=None if self.offloaded is None else self.offloaded[1],
             # A log cut before its first "loaded meta data" line still shows one load.
             load_passes=max(self.load_starts, 1),
+            settings=dict(self.settings),
+            fit_lines=tuple(self.fit),
         )
 
 

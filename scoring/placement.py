@@ -49,6 +49,14 @@ def check_placement(
         else:
             message = f"no expert tensor overridden: all {total} placed by default"
         return Placement("PASS", len(expected), len(overridden), [], [], message)
+    if expected and not overridden:
+        # A server that takes the flag and ignores it (Shimmy 2.x accepts --cpu-moe and
+        # no longer runs llama.cpp): an offload run that offloaded nothing.
+        message = (
+            f"flag accepted, no expert tensor moved: expected {len(expected)} expert tensors "
+            "in CPU memory, the log shows none"
+        )
+        return Placement("FAIL", len(expected), 0, missing, [], message)
     message = (
         f"expected {len(expected)} expert tensors in CPU memory, the log shows "
         f"{len(overridden)}: {len(missing)} missing, {len(unexpected)} unexpected"

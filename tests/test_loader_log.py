@@ -20,6 +20,8 @@ needs_real_logs = pytest.mark.skipif(
 )
 
 JSON_KEYS = {
+    "settings",
+    "fit_lines",
     "expert_count",
     "expert_used_count",
     "expert_shared_count",
@@ -324,3 +326,54 @@ def test_real_smollm2_moe_lv5_cpu_only() -> None:
     assert summary.buffers["CPU"]["compute"] == 27.64
     assert summary.overridden_tensor_count == 90
     assert (summary.expert_count, summary.expert_used_count) == (4, 2)
+
+
+# --- settings the server reports ------------------------------------------------------------
+
+
+def test_settings_come_from_the_log_of_the_last_load() -> None:
+    summary = parse_fixture("llama-server-b11434-lv5-cpu-moe.log")
+    assert summary.settings["n_ctx"] == "4096"
+    assert (summary.settings["kv_type_k"], summary.settings["kv_type_v"]) == ("f16", "f16")
+    # --fit ran (b11434's default): its own lines are kept, as printed.
+    assert summary.fit_lines[-1] == "successfully fit params to free device memory"
+
+
+def test_no_fit_lines_when_fit_did_not_run() -> None:
+    summary = parse_fixture("shimmy-b6686-cuda-baseline.log")
+    assert summary.fit_lines == ()
+    assert summary.settings["n_ctx"] == "4096"
+
+
+@needs_real_logs
+def test_real_settings_b11434() -> None:
+    summary = parse_loader_log(
+        (REAL_LOGS / "smollm2-moe-4x-b11434-cpu-moe-lv5.log").read_text(encoding="utf-8")
+    )
+    assert summary.settings == {
+        "n_seq_max": "1",
+        "n_ctx": "4096",
+        "n_batch": "2048",
+        "n_ubatch": "512",
+        "flash_attn": "auto",
+        "kv_unified": "false",
+        "threads": "2",
+        "threads_batch": "2",
+        "kv_type_k": "f16",
+        "kv_type_v": "f16",
+    }
+    assert any("no changes needed" in line for line in summary.fit_lines)
+
+
+@needs_real_logs
+def test_real_settings_shimmy_b6686() -> None:
+    summary = parse_loader_log(
+        (REAL_LOGS / "deepseek-moe-16b-q4_k_m-baseline.log").read_text(encoding="utf-8")
+    )
+    assert {k: summary.settings[k] for k in ("n_ctx", "n_batch", "n_ubatch", "flash_attn")} == {
+        "n_ctx": "4096",
+        "n_batch": "2048",
+        "n_ubatch": "512",
+        "flash_attn": "auto",
+    }
+    assert summary.fit_lines == ()

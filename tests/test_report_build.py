@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -328,3 +329,30 @@ def test_the_quality_page_says_how_the_sandbox_held(tmp_path: Path) -> None:
     page = (root / "docs" / "quality.md").read_text(encoding="utf-8")
     assert f"- {runs[0]} run{'s' if runs[0] > 1 else ''}: filesystem host-as-nobody" in page
     assert "**weaker containment**: this host could not give mount-namespace, fresh-proc" in page
+
+
+def test_the_settings_each_server_reported_are_shown_per_run(tmp_path: Path) -> None:
+    """Context, batch, threads, flash attention, KV type and --fit, from each run's log."""
+    db = tmp_path / "settings.duckdb"
+    synthetic_store(db)
+    settings = {
+        "n_ctx": "2048",
+        "n_batch": "2048",
+        "n_ubatch": "512",
+        "flash_attn": "auto",
+        "threads": "1",
+        "threads_batch": "1",
+        "kv_type_k": "q8_0",
+        "kv_type_v": "f16",
+    }
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "UPDATE server_runs SET log_summary = json_merge_patch(coalesce(log_summary, '{}'), "
+            "?::JSON)",
+            [json.dumps({"settings": settings, "fit_lines": ["no changes needed"]})],
+        )
+    root = project(tmp_path)
+    build(db, root)
+    page = (root / "docs" / "hardware.md").read_text(encoding="utf-8")
+    assert "| 2048 | 2048 / 512 | 1 (1) | auto | q8&#95;0 / f16 |" in page
+    assert '<span class="untrusted">ran: no changes needed</span>' in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,29 @@ class ServerBuild:
     version: str | None
     mode: str
     api: str
+    # As the server's own log reports them (llama_context, system_info, the KV cache line):
+    # what it ran with, not what we asked for. Empty when the log has none of them.
+    settings: dict[str, str]
+    settings_missing: str | None  # why there are none: no loader log, an older collector
+    fit: str  # what `--fit` did: its last line, "off (-fit off)", or why unknown
+
+
+def _settings_missing(summary: dict[str, Any]) -> str | None:
+    if not summary:
+        return "no loader log"
+    if "settings" not in summary:
+        return "not read: the store's collector predates it"
+    return None
+
+
+def _fit(summary: dict[str, Any], argv: list[Any]) -> str:
+    lines = summary.get("fit_lines") or []
+    if lines:
+        return f"ran: {lines[-1]}"
+    for flag, value in itertools.pairwise(argv):
+        if flag in ("-fit", "--fit"):
+            return f"{value} ({flag} {value})"
+    return "not in the log" if summary else "no loader log"
 
 
 @dataclass(frozen=True)
@@ -133,10 +157,22 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
         """,
     ):
         servers = tuple(
-            ServerBuild(s["model"], s["config_label"], s["version"], s["mode"], s["api"])
+            ServerBuild(
+                s["model"],
+                s["config_label"],
+                s["version"],
+                s["mode"],
+                s["api"],
+                settings={
+                    str(k): str(v)
+                    for k, v in (as_dict(s["log_summary"]).get("settings") or {}).items()
+                },
+                settings_missing=_settings_missing(as_dict(s["log_summary"])),
+                fit=_fit(as_dict(s["log_summary"]), as_list(s["argv"])),
+            )
             for s in rows(
                 con,
-                "SELECT model, config_label, version, mode, api FROM sel_runs "
+                "SELECT model, config_label, version, mode, api, log_summary, argv FROM sel_runs "
                 "WHERE attempt = 1 AND campaign_id = ? ORDER BY model_order, config_order",
                 [c["campaign_id"]],
             )
