@@ -9,26 +9,56 @@ server that dies mid-stream is restarted and the campaign goes on.
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+from pydantic import ValidationError
 
 from collector import client as http_client
 from collector.apis import GenerationParams
-from collector.config import Config
+from collector.config import Config, validation_message
 from collector.engine import EngineBuild
 from collector.plan import CampaignContext, Cell, ServerPlan, server_plans, test_max_tokens
 from collector.progress import CampaignProgress
 from collector.protocol import PROTOCOL, ProtocolTest
-from collector.recording import create_campaign, finish_campaign, register_models, store_request
+from collector.recording import (
+    create_campaign,
+    finish_campaign,
+    register_models,
+    store_request,
+    stored_config,
+)
 from collector.session import server_session, tokenize
-from common.errors import CampaignFailed, ServerError, StoreError
-from evidence.writer import update_row
+from common.errors import CampaignFailed, ConfigError, ServerError, StoreError
+from common.secrets import REDACTED, Secrets
+from evidence.writer import as_stored, redact_secrets, update_row
 
-__all__ = ["Cell", "ServerPlan", "done_cells", "run_campaign", "server_plans"]
+__all__ = [
+    "CampaignInterrupted",
+    "Cell",
+    "ServerPlan",
+    "StoredDefinition",
+    "done_cells",
+    "run_campaign",
+    "server_plans",
+    "stored_definition",
+]
+
+
+class CampaignInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a campaign, now stored as interrupted; it names
+    the campaign, so the command line can say exactly how to continue it."""
+
+    def __init__(self, campaign_id: str) -> None:
+        super().__init__(campaign_id)
+        self.campaign_id = campaign_id
 
 
 def done_cells(con: duckdb.DuckDBPyConnection, campaign_id: str) -> set[Cell]:
@@ -66,6 +96,131 @@ def find_resumable(con: duckdb.DuckDBPyConnection, campaign_id: str | None) -> s
             "no unfinished campaign to resume in this store; start a new one without --resume"
         )
     return str(row[0])
+
+
+@dataclass(frozen=True)
+class StoredDefinition:
+    """What defines a stored campaign: its profile and its config (as stored, secrets
+    redacted), and the command line that started it."""
+
+    campaign_id: str
+    profile: str
+    config: dict[str, Any]
+    command: list[str]
+
+    def command_line(self) -> str:
+        return shlex.join([*self.command, "--resume", self.campaign_id])
+
+
+def stored_definition(con: duckdb.DuckDBPyConnection, resume: str | bool) -> StoredDefinition:
+    """The definition of the campaign `--resume` names (an id, or True for the latest
+    unfinished one)."""
+    campaign_id = find_resumable(con, resume if isinstance(resume, str) else None)
+    row = con.execute(
+        "SELECT profile, config, command FROM campaigns WHERE campaign_id = ?", [campaign_id]
+    ).fetchone()
+    assert row is not None
+    profile, config, command = row
+    return StoredDefinition(campaign_id, str(profile), json.loads(config), json.loads(command))
+
+
+# The order in which a changed definition is reported: what is measured first (a
+# different endpoint also changes the derived campaign name, which says less).
+_DEFINITION_ORDER = ("server", "models", "configurations", "sweep", "device", "campaign")
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
+    """The first place where two stored configs differ: (dotted path, old, new)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [k for k in _DEFINITION_ORDER if k in old or k in new] if not path else []
+        keys += sorted((old.keys() | new.keys()) - set(keys))
+        for key in keys:
+            where = f"{path}.{key}" if path else key
+            if key not in old or key not in new:
+                return where, old.get(key, "(absent)"), new.get(key, "(absent)")
+            found = _first_difference(old[key], new[key], where)
+            if found:
+                return found
+        return None
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and any(isinstance(x, dict) for x in old)
+    ):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            found = _first_difference(a, b, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(old, str) and REDACTED in old:
+        return None  # a secret: not stored, so not compared (and not what is measured)
+    return None if old == new else (path, old, new)
+
+
+def check_same_definition(stored: StoredDefinition, config: Config, profile: str) -> None:
+    """Refuse to resume `stored` as anything but itself: requests measured with a
+    different server, model, configuration, protocol setting or profile would be
+    mixed into one campaign as if they were the same measurement."""
+    redo = "rerun with the same flags (or --resume alone), or without --resume for a new campaign"
+    if profile != stored.profile:
+        raise ConfigError(
+            f"--resume: this campaign ran with profile {stored.profile}; you asked for "
+            f"{profile}; {redo}"
+        )
+    # Compared as the store holds it: its secrets redacted (and never printed raw).
+    asked = as_stored(
+        json.loads(json.dumps(stored_config(config), default=str)),
+        campaign_secrets(config, [], None),
+    )
+    found = _first_difference(stored.config, asked, "")
+    if found:
+        where, old, new = found
+        raise ConfigError(
+            f"--resume: this campaign ran with {where} {_shown(old)}; you asked for "
+            f"{_shown(new)}; {redo}"
+        )
+
+
+def _redacted(value: Any, path: str = "") -> str | None:
+    """The first place in a stored config whose value was redacted (a secret)."""
+    if isinstance(value, dict):
+        items: list[tuple[str, Any]] = [
+            (f"{path}.{k}" if path else str(k), v) for k, v in value.items()
+        ]
+    elif isinstance(value, list):
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return path if isinstance(value, str) and REDACTED in value else None
+    for where, item in items:
+        found = _redacted(item, where)
+        if found:
+            return found
+    return None
+
+
+def config_of(stored: StoredDefinition) -> Config:
+    """The config a campaign ran with, rebuilt from the store (`--resume` alone)."""
+    secret = _redacted(stored.config)
+    if secret:
+        raise ConfigError(
+            f"--resume: this campaign's {secret} is a secret the store does not keep, so "
+            f"it cannot be rerun from the store; resume with its flags: "
+            f"{stored.command_line()}"
+        )
+    try:
+        return Config.model_validate(stored.config)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"--resume: the stored definition no longer validates "
+            f"({validation_message('config', exc)}); resume with its flags: "
+            f"{stored.command_line()}"
+        ) from exc
 
 
 def _summary(result: http_client.RequestResult, tokens: int | None) -> str:
@@ -164,6 +319,12 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     break
 
 
+def campaign_secrets(config: Config, command: list[str], api_key: str | None) -> Secrets:
+    """The secrets a campaign is given, never stored: in its config, its command line,
+    the environment its server inherits, and the API key."""
+    return Secrets.find(config.model_dump(mode="json"), command, dict(os.environ), values=[api_key])
+
+
 def run_campaign(
     con: duckdb.DuckDBPyConnection,
     config: Config,
@@ -179,6 +340,7 @@ def run_campaign(
     api_key: str | None = None,
 ) -> str:
     """Run (or resume) a campaign into the open store; return its id."""
+    redact_secrets(con, campaign_secrets(config, command, api_key))  # before the first row
     if resume:
         campaign_id = find_resumable(con, resume if isinstance(resume, str) else None)
         skip = done_cells(con, campaign_id)
@@ -208,10 +370,11 @@ def run_campaign(
                 run_plan(ctx, plan, skip)
             except ServerError as exc:
                 failures.append(f"{plan.model.label}/{plan.configuration.label}: {exc}")
-                progress.message(f"error: {exc}")
-    except KeyboardInterrupt:
+                # Said as it happens; the one `error:` line at exit sums them up.
+                progress.message(f"[{plan.model.label} / {plan.configuration.label}] failed: {exc}")
+    except KeyboardInterrupt as exc:
         finish_campaign(con, campaign_id, "interrupted")
-        raise
+        raise CampaignInterrupted(campaign_id) from exc
     except BaseException:
         finish_campaign(con, campaign_id, "failed")
         raise
@@ -225,5 +388,32 @@ def run_campaign(
             f"with --resume",
             campaign_id,
         )
+    nothing = _no_success(con, campaign_id)
+    if nothing:
+        # Every request failed (a server that is healthy but refuses to generate, an
+        # API mismatch): stored, since the failures are evidence too, but never
+        # "complete", which would let it stand in for evidence.
+        finish_campaign(con, campaign_id, "failed")
+        raise CampaignFailed(nothing, campaign_id)
     finish_campaign(con, campaign_id, "complete")
     return campaign_id
+
+
+def _no_success(con: duckdb.DuckDBPyConnection, campaign_id: str) -> str | None:
+    """Why the campaign has no successful request, or None when it has one."""
+    row = con.execute(
+        """
+        SELECT count(*) FILTER (WHERE status = 'ok'), count(*),
+               arg_min(status || ': ' || coalesce(error, ''), started_utc)
+        FROM requests WHERE campaign_id = ?""",
+        [campaign_id],
+    ).fetchone()
+    assert row is not None
+    ok, total, first = row
+    if ok:
+        return None
+    what = " ".join(str(first).split())[:300] if first else "no request was made"
+    return (
+        f"campaign {campaign_id}: none of its {total} requests succeeded (first: {what}); "
+        f"it is stored as failed: fix the server or the settings, then run it again"
+    )

@@ -10,8 +10,16 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from collector.apis import ApiName
 from collector.protocol import TEST_IDS
@@ -20,7 +28,49 @@ from common.thresholds import DEFAULT_THRESHOLDS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or nan anywhere: TOML has both, and an infinite timeout or pause
+    # would hang a campaign (or crash the socket layer) instead of being refused.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def check_test_ids(test_ids: list[str] | None) -> list[str] | None:
+    """`test_ids` if each is a protocol test; None means the whole protocol.
+
+    An empty list is refused: it would run a campaign of nothing that still
+    counts as complete."""
+    if test_ids is None:
+        return None
+    if not test_ids:
+        raise ValueError(
+            "no test ids: name at least one test, or leave tests out for the whole protocol"
+        )
+    for test_id in test_ids:
+        if test_id not in TEST_IDS:
+            raise ValueError(f"unknown test {test_id!r}; known: {', '.join(TEST_IDS)}")
+    return test_ids
+
+
+def endpoint_problem(url: str) -> str | None:
+    """What is wrong with `url` as the base URL of a server to attach to, or None.
+
+    The collector's streaming client speaks plain HTTP/1.1 (collector.http1),
+    so only `http://HOST[:PORT][/prefix]` can work; anything else would pass
+    the health check (httpx speaks more) and then fail every request."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return (
+            f"{url}: https is not supported (the collector speaks plain HTTP/1.1 to the "
+            f"server); give the server's http:// address"
+        )
+    if "://" not in url:
+        return f"{url!r} has no scheme; write http://{url}"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"{url}: the port is not a number between 0 and 65535"
+    if parts.scheme != "http" or not parts.hostname:
+        return f"{url} is not an http://HOST:PORT address; write it as http://HOST:PORT"
+    return None
 
 
 class CampaignSection(_Strict):
@@ -48,12 +98,10 @@ class CampaignSection(_Strict):
     cache_prompt: bool | None = False
     max_restarts: int = Field(3, ge=0)  # server crashes tolerated per configuration
 
-    @model_validator(mode="after")
-    def _known_tests(self) -> CampaignSection:
-        for test_id in self.tests or ():
-            if test_id not in TEST_IDS:
-                raise ValueError(f"unknown test {test_id!r}; known: {', '.join(TEST_IDS)}")
-        return self
+    @field_validator("tests")
+    @classmethod
+    def _known_tests(cls, tests: list[str] | None) -> list[str] | None:
+        return check_test_ids(tests)
 
 
 class ModelEntry(_Strict):
@@ -78,6 +126,14 @@ class ServerSection(_Strict):
     startup_timeout_s: float = Field(600.0, gt=0)
     api_key_env: str | None = None  # the key is read from this variable, never stored
     env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_endpoint(cls, endpoint: str | None) -> str | None:
+        problem = endpoint_problem(endpoint) if endpoint is not None else None
+        if problem:
+            raise ValueError(problem)
+        return endpoint
 
     @model_validator(mode="after")
     def _mode_fields(self) -> ServerSection:
@@ -134,12 +190,10 @@ class SweepSection(_Strict):
     repeats: int = Field(1, ge=1)
     args: list[str] = Field(default_factory=lambda: ["--n-cpu-moe", "{k}"])
 
-    @model_validator(mode="after")
-    def _known_tests(self) -> SweepSection:
-        for test_id in self.tests or ():
-            if test_id not in TEST_IDS:
-                raise ValueError(f"unknown test {test_id!r}; known: {', '.join(TEST_IDS)}")
-        return self
+    @field_validator("tests")
+    @classmethod
+    def _known_tests(cls, tests: list[str] | None) -> list[str] | None:
+        return check_test_ids(tests)
 
 
 class Config(_Strict):
@@ -155,6 +209,38 @@ class Config(_Strict):
     sweep: SweepSection | None = None
     device: DeviceSection = Field(default_factory=DeviceSection)
     gates: dict[str, float] = Field(default_factory=dict)  # common/gate_thresholds.toml
+
+    @field_validator("configurations")
+    @classmethod
+    def _some_configuration(cls, configurations: list[Configuration]) -> list[Configuration]:
+        # An empty list would run nothing and still finish as a complete campaign.
+        if not configurations:
+            raise ValueError(
+                "no configurations: give at least one [[configurations]] (a label), or "
+                "leave the key out for baseline and cpu-moe"
+            )
+        return configurations
+
+    @model_validator(mode="after")
+    def _flags_need_a_launch(self) -> Config:
+        # Attached, the tool does not start the server, so it cannot pass a
+        # configuration's flags: every configuration would measure the same server,
+        # recorded as offload settings it never had.
+        if self.server.mode != "attach":
+            return self
+        if self.sweep is not None:
+            raise ValueError(
+                "sweep: a --n-cpu-moe sweep needs a server the tool launches, and mode is "
+                "'attach'; remove [sweep], or give [server] a command to launch"
+            )
+        for i, configuration in enumerate(self.configurations):
+            if configuration.args:
+                raise ValueError(
+                    f"configurations[{i}].args: {configuration.args} cannot reach a server "
+                    f"in mode 'attach'; start that server with them yourself and give one "
+                    f"[[configurations]] with only its label (and n_cpu_moe) per server"
+                )
+        return self
 
     @model_validator(mode="after")
     def _known_gates(self) -> Config:
@@ -181,19 +267,24 @@ def _location(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+    return out
 
 
 def validation_message(source: str, exc: ValidationError) -> str:
-    """One line naming the first bad key, e.g. `run.toml: models[0].path: ...`."""
+    """One line naming the first bad key, e.g. `run.toml: models[0].path: ...`.
+
+    A check that spans keys (raised at the top level) names its keys itself."""
     errors = exc.errors()
     first = errors[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling; see configs/ for examples)"
+    elif first["type"] == "finite_number":
+        msg = "must be a finite number (inf and nan are not allowed)"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{source}: {_location(loc)}: {msg}{more}"
+    where = f"{_location(loc)}: " if loc else ""
+    return f"{source}: {where}{msg}{more}"
 
 
 def load_config(path: Path) -> Config:

@@ -7,28 +7,61 @@ file and attach mode; everything after it sees one validated `Config`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collector.campaign import run_campaign
+from collector.campaign import (
+    StoredDefinition,
+    check_same_definition,
+    config_of,
+    run_campaign,
+    stored_definition,
+)
 from collector.config import (
     CampaignSection,
     Config,
     Configuration,
     ModelEntry,
     ServerSection,
+    check_test_ids,
+    endpoint_problem,
     load_config,
+    validation_message,
 )
 from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_profile
 from collector.engine import EngineBuild, cached_engine, ensure_engine
 from collector.progress import CampaignProgress
-from common.errors import ConfigError, ModelError
+from common.errors import ConfigError, ModelError, StoreError
 from evidence.store import open_store
+
+# The `collect` flags that define a campaign: all but where it is stored (--db)
+# and --resume. Unset, each is None or False.
+DEFINITION_FLAGS = (
+    "config",
+    "endpoint",
+    "api",
+    "device",
+    "model",
+    "label",
+    "quick",
+    "repeats",
+    "pause",
+    "tests",
+    "release",
+    "no_non_streaming",
+    "no_sweep",
+)
+
+# Profiles of the embedded default campaign (no --config, no --endpoint).
+EMBEDDED_PROFILES = ("default", "quick")
 
 
 def engine_with_progress() -> EngineBuild:
@@ -75,26 +108,45 @@ def engine_with_progress() -> EngineBuild:
 def _attach_config(args: argparse.Namespace) -> Config:
     if not args.model:
         raise ConfigError("--endpoint needs --model NAME (the model name the server knows)")
-    return Config(
-        campaign=CampaignSection(name=f"Attached: {args.model} at {args.endpoint}"),
-        server=ServerSection(mode="attach", endpoint=args.endpoint, api=args.api),
-        models=[ModelEntry(label=args.model, name=args.model)],
-        configurations=[Configuration(label=args.label)],
-    )
+    problem = endpoint_problem(args.endpoint)
+    if problem:
+        raise ConfigError(f"--endpoint {problem}")
+    try:
+        return Config(
+            campaign=CampaignSection(name=f"Attached: {args.model} at {args.endpoint}"),
+            server=ServerSection(
+                mode="attach", endpoint=args.endpoint, api=args.api or "openai-chat"
+            ),
+            models=[ModelEntry(label=args.model, name=args.model)],
+            configurations=[Configuration(label=args.label or "attached")],
+        )
+    except ValidationError as exc:
+        raise ConfigError(validation_message("--endpoint", exc)) from exc
+
+
+def _test_ids(flag: str) -> list[str]:
+    """`--tests a,b`: the ids, each a protocol test (one line naming a bad one)."""
+    try:
+        ids = check_test_ids([t.strip() for t in flag.split(",") if t.strip()])
+    except ValueError as exc:
+        raise ConfigError(f"--tests: {exc}") from exc
+    assert ids is not None
+    return ids
 
 
 def build_config(args: argparse.Namespace) -> tuple[Config, str]:
     """The config the flags ask for, and its profile name."""
+    device = args.device
     if args.config is not None:
         config, profile = load_config(args.config), "config"
     elif args.endpoint is not None:
         config, profile = _attach_config(args), "attach"
     else:
-        config, profile = embedded_config(device=args.device or "rpc"), "default"
-        args.device = None  # applied
-    if args.device is not None:
+        config, profile = embedded_config(device=device or "rpc"), "default"
+        device = None  # applied
+    if device is not None:
         config = config.model_copy(
-            update={"device": config.device.model_copy(update={"kind": args.device})}
+            update={"device": config.device.model_copy(update={"kind": device})}
         )
     updates: dict[str, Any] = {}
     if args.repeats is not None:
@@ -102,9 +154,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
             raise ConfigError("--repeats must be at least 1")
         updates["repeats"] = args.repeats
     if args.pause is not None:
+        if not math.isfinite(args.pause):
+            raise ConfigError("--pause must be a finite number of seconds (0 for none)")
         updates["pause_s"] = max(0.0, args.pause)
-    if args.tests:
-        updates["tests"] = [t.strip() for t in args.tests.split(",") if t.strip()]
+    if args.tests is not None:
+        updates["tests"] = _test_ids(args.tests)
     if args.release:
         updates["release"] = args.release
     if args.no_non_streaming:
@@ -112,8 +166,8 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
     if updates:
         try:
             campaign = CampaignSection.model_validate({**config.campaign.model_dump(), **updates})
-        except ValueError as exc:
-            raise ConfigError(f"bad flag: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(validation_message("flags", exc)) from exc
         config = config.model_copy(update={"campaign": campaign})
     if args.no_sweep:
         config = config.model_copy(update={"sweep": None})
@@ -164,10 +218,42 @@ def env_api_key(name: str | None) -> str | None:
     return value
 
 
+def _definition(args: argparse.Namespace, stored: StoredDefinition) -> tuple[Config, str]:
+    """The config and profile a resume runs: the stored campaign's for `--resume`
+    alone; else the flags', refused where they change the campaign."""
+    if not any(getattr(args, name, None) not in (None, False) for name in DEFINITION_FLAGS):
+        return config_of(stored), stored.profile
+    config, profile = build_config(args)
+    check_same_definition(stored, config, profile)
+    return config, profile
+
+
+def _check_store(db: Path) -> None:
+    """Open the store before anything slow (the engine build, a model download), so
+    a store that cannot be used fails now, in one line. An existing one is only read."""
+    with open_store(db, read_only=db.exists()):
+        pass
+
+
+def _stored(db: Path, resume: str | bool) -> StoredDefinition:
+    """The definition of the campaign `--resume` continues (read only)."""
+    if not db.exists():
+        raise StoreError(f"no evidence store at {db} to resume; pass the --db the campaign used")
+    with open_store(db, read_only=True) as con:
+        return stored_definition(con, resume)
+
+
 def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
     """Run (or resume) the campaign the flags ask for into `db`; return its id."""
-    config, profile = build_config(args)
-    embedded = args.config is None and args.endpoint is None
+    stored: StoredDefinition | None = None
+    if args.resume:
+        stored = _stored(db, args.resume)
+        config, profile = _definition(args, stored)
+    else:
+        # Flags and config files first: a mistake stores nothing.
+        config, profile = build_config(args)
+        _check_store(db)
+    embedded = profile in EMBEDDED_PROFILES
     uses_engine = (
         embedded
         or any("{llama_server}" in part for part in (config.server.command or []))
@@ -176,17 +262,25 @@ def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
     engine = engine_with_progress() if uses_engine else None
     model_paths = _model_paths(config, embedded)
     api_key = env_api_key(config.server.api_key_env)
-    with open_store(db) as con, CampaignProgress() as progress:
-        return run_campaign(
-            con,
-            config,
-            profile=profile,
-            command=command,
-            model_paths=model_paths,
-            engine=engine,
-            inspect=_inspect,
-            resume=args.resume,
-            progress=progress,
-            data_dir=db.parent,
-            api_key=api_key,
-        )
+    try:
+        with open_store(db) as con, CampaignProgress() as progress:
+            return run_campaign(
+                con,
+                config,
+                profile=profile,
+                command=command,
+                model_paths=model_paths,
+                engine=engine,
+                inspect=_inspect,
+                resume=stored.campaign_id if stored else False,
+                progress=progress,
+                data_dir=db.parent,
+                api_key=api_key,
+            )
+    except duckdb.IOException as exc:
+        # The disk filled up, or the file went away, mid-campaign.
+        message = str(exc).splitlines()[0]
+        raise StoreError(
+            f"evidence store {db} failed: {message}; what was written before is kept; "
+            f"free space or pass another file with --db"
+        ) from exc

@@ -7,15 +7,23 @@ It timestamps samples with `time.perf_counter_ns`, which on Linux
 (CLOCK_MONOTONIC), Windows (QueryPerformanceCounter) and macOS is one
 system-wide clock, so sample times compare directly with request times; the
 sampler's first message reports its clock so the parent can check that.
+
+The sampler never outlives the collector. The collector holds the only write
+end of a pipe whose read end the sampler watches: `stop()` sends on it, and a
+collector that dies in any way (SIGKILL, TerminateProcess, a crash) closes it,
+which the sampler reads as end of file and exits. The same on Linux, macOS and
+Windows; a check of the parent's PID once a second backs it up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import queue
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -29,6 +37,9 @@ _TREE_REFRESH_EVERY = 50
 # Samples are sent to the parent in batches: one queue write (and one wake-up
 # of the queue's feeder thread) per batch instead of per sample.
 _BATCH_EVERY = 10
+# How often the sampler checks that its parent still runs (the pipe's end of
+# file is the main signal; this covers a pipe end that leaked into another process).
+_PARENT_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +85,54 @@ def _tree(root: psutil.Process, known: dict[int, psutil.Process]) -> dict[int, p
     return {p.pid: known.get(p.pid, p) for p in members}
 
 
+class _Parent:
+    """The sampler's view of the collector that started it: the pipe it stops us
+    through, and its PID (with its start time, so a reused PID is not mistaken
+    for it)."""
+
+    def __init__(self, control: Connection, pid: int) -> None:
+        self.control = control
+        self.pid = pid
+        self.started: float | None = None
+        with contextlib.suppress(psutil.Error):
+            self.started = psutil.Process(pid).create_time()
+        self.next_check = time.monotonic() + _PARENT_CHECK_S
+
+    def wait(self, timeout: float) -> str | None:
+        """Sleep up to `timeout`; "stop" when told to, "gone" when the parent died."""
+        try:
+            if wait([self.control], timeout):
+                self.control.recv()  # the one message there is: stop
+                return "stop"
+        except (EOFError, OSError):  # the write end closed: the parent is gone
+            return "gone"
+        if time.monotonic() >= self.next_check:
+            self.next_check = time.monotonic() + _PARENT_CHECK_S
+            if not self.alive():
+                return "gone"
+        return None
+
+    def alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return self.started is None or process.create_time() == self.started
+        except psutil.Error:
+            return False
+
+
 def _sampler_main(
-    pid: int | None, device_pids: tuple[int, ...], interval_s: float, out: Any, stop: Any
+    pid: int | None,
+    device_pids: tuple[int, ...],
+    interval_s: float,
+    out: Any,
+    control: Connection,
+    parent_pid: int,
 ) -> None:
-    """Entry point of the sampler process: sample until `stop` is set."""
+    """Entry point of the sampler process: sample until told to stop, or until the
+    process that started it is gone."""
+    parent = _Parent(control, parent_pid)
     _yield_to_the_server()
     out.put(("clock", time.perf_counter_ns()))
     nvml = Nvml()
@@ -97,7 +152,8 @@ def _sampler_main(
     batch: list[Sample] = []
     tick = 0
     next_t = time.perf_counter()
-    while not stop.is_set():
+    ended: str | None = None
+    while ended is None:
         if root is not None and tick % _TREE_REFRESH_EVERY == 0:
             procs = _tree(root, procs)
             if tick == 0:
@@ -114,8 +170,13 @@ def _sampler_main(
         if delay < 0:  # fell behind (suspended laptop, overloaded box): do not burst
             next_t = time.perf_counter()
             delay = 0.0
-        stop.wait(delay)
+        ended = parent.wait(delay)
     nvml.close()
+    if ended == "gone":
+        # Nobody reads the queue any more: exit at once instead of waiting, at
+        # exit, for its feeder thread to write into a pipe no one empties.
+        out.cancel_join_thread()
+        return
     if batch:
         out.put(batch)
     out.put(("end", time.perf_counter_ns()))
@@ -172,10 +233,19 @@ class TelemetrySampler:
         self.interval_s = 1.0 / hz
         ctx = mp.get_context("spawn")
         self._queue: Any = ctx.Queue()
-        self._stop = ctx.Event()
+        # One way, parent to child. Only this process holds the write end (the
+        # child gets the read end alone), so it closes when this process dies.
+        self._control_read, self._control = ctx.Pipe(duplex=False)
         self._proc: SpawnProcess | None = ctx.Process(
             target=_sampler_main,
-            args=(pid, device_pids, self.interval_s, self._queue, self._stop),
+            args=(
+                pid,
+                device_pids,
+                self.interval_s,
+                self._queue,
+                self._control_read,
+                os.getpid(),
+            ),
             name="telemetry-sampler",
             daemon=True,
         )
@@ -184,6 +254,9 @@ class TelemetrySampler:
     def start(self) -> None:
         assert self._proc is not None
         self._proc.start()
+        # The child has its copy of the read end now; ours would only keep the pipe
+        # open on our side.
+        self._control_read.close()
 
     def drain(self) -> list[Sample]:
         """Every sample taken since the last drain, in order."""
@@ -203,7 +276,8 @@ class TelemetrySampler:
         proc, self._proc = self._proc, None
         if proc is None:
             return []
-        self._stop.set()
+        with contextlib.suppress(OSError):  # a sampler that already died
+            self._control.send("stop")
         samples: list[Sample] = []
         deadline = time.monotonic() + 5.0
         # Drain while waiting: a child blocked on a full pipe would never exit.
@@ -215,4 +289,6 @@ class TelemetrySampler:
             proc.join(1.0)
         samples += self.drain()
         self._queue.close()
+        self._control.close()
+        self._control_read.close()  # closed at start(); here too for one never started
         return samples

@@ -33,9 +33,36 @@ def default_db_path() -> Path:
     return Path(env) if env else DEFAULT_DB
 
 
+# A DuckDB file is its headers (a file header and two database headers, 4 KiB
+# each) followed by `total_blocks` blocks of `block_size` bytes (DuckDB 1.x-2.x).
+_HEADER_BYTES = 3 * 4096
+
+
+def _check_whole(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a store file cut short (a copy that did not finish, a full disk).
+
+    DuckDB opens such a file and fails only at the first read of a missing
+    block, mid-campaign; the headers say how long the file must be, so check
+    that at once."""
+    row = con.execute(
+        "SELECT block_size, total_blocks FROM pragma_database_size() "
+        "WHERE database_name = current_database()"
+    ).fetchone()
+    if row is None or not path.exists():
+        return
+    block_size, total_blocks = int(row[0]), int(row[1])
+    expected = _HEADER_BYTES + block_size * total_blocks if total_blocks else 0
+    size = path.stat().st_size
+    if size < expected:
+        raise StoreError(
+            f"evidence store {path} is cut short ({size} of its {expected} bytes): an "
+            f"unfinished copy or a full disk; restore it, or pass another file with --db"
+        )
+
+
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     try:
-        return duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:
         message = str(exc)
         if "lock" in message.lower():
@@ -47,8 +74,15 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         ) from exc
     except duckdb.Error as exc:
         raise StoreError(
-            f"{path} is not a readable DuckDB evidence store ({exc}); pass another file with --db"
+            f"{path} is not a readable DuckDB evidence store ({str(exc).splitlines()[0]}); "
+            f"pass another file with --db"
         ) from exc
+    try:
+        _check_whole(con, path)
+    except BaseException:
+        con.close()
+        raise
+    return con
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -122,7 +156,15 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
         finally:
             con.close()
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.is_file()), None)
+        reason = f"{blocker} is a file" if blocker else (exc.strerror or str(exc))
+        raise StoreError(
+            f"cannot create the folder {path.parent} for the evidence store ({reason}); "
+            f"pass --db a path in a folder you can write"
+        ) from exc
     con = _connect(path, read_only=False)
     try:
         migrate(con, path)

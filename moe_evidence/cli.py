@@ -15,6 +15,7 @@ runs, so `--help` is instant. One error policy for all of them:
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -50,9 +51,11 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", type=Path, help="TOML campaign config (default: embedded)")
     source.add_argument("--endpoint", help="attach to a running server at this URL")
+    # Flags that define the campaign default to None (or False): unset, `--resume`
+    # takes them from the stored campaign (collector.runner.DEFINITION_FLAGS).
     p.add_argument(
         "--api",
-        default="openai-chat",
+        default=None,
         choices=["openai-chat", "openai-completions", "shimmy"],
         help="API of --endpoint (default: openai-chat)",
     )
@@ -65,7 +68,9 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", help="model name to send to --endpoint")
     p.add_argument(
-        "--label", default="attached", help="configuration label for --endpoint runs (e.g. cpu-moe)"
+        "--label",
+        default=None,
+        help="configuration label for --endpoint runs (e.g. cpu-moe; default: attached)",
     )
     p.add_argument(
         "--quick", action="store_true", help="smoke profile: 1 repeat, 32-token cap, no pauses"
@@ -85,14 +90,15 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
         const=True,
         default=False,
         metavar="CAMPAIGN_ID",
-        help="continue an interrupted campaign (default: the latest)",
+        help="continue an interrupted campaign (default: the latest unfinished one) with "
+        "the flags it ran with; flags given must be the same",
     )
 
 
 def _collect(args: argparse.Namespace) -> int:
     from moe_evidence.pipeline import collect_and_score
 
-    return collect_and_score(args, command=["moe-evidence", *sys.argv[1:]])
+    return collect_and_score(args, command=["moe-evidence", *args.argv])
 
 
 # --- the site --------------------------------------------------------------------------
@@ -105,7 +111,8 @@ def _site_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ID",
-        help="campaign to show (repeatable; default: the latest complete one)",
+        help="campaign to show (repeatable; default: the latest with a successful request, "
+        "complete ones first)",
     )
     p.add_argument(
         "--all-campaigns",
@@ -404,6 +411,17 @@ def _interrupt_on_termination() -> None:
             signal.signal(sig, handler)
 
 
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    """The line for an interrupt: for a campaign, the exact command that continues it
+    (`--resume ID` alone reuses the flags the campaign ran with)."""
+    line = "interrupted: everything finished so far is stored"
+    campaign_id = getattr(exc, "campaign_id", None)
+    if campaign_id is None:
+        return line
+    db = f" --db {shlex.quote(str(args.db))}" if getattr(args, "db", None) else ""
+    return f"{line}; continue with `moe-evidence collect --resume {campaign_id}{db}`"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring)."""
     top = parser()
@@ -411,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and args.command != "perf":
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = [*getattr(args, "options", []), *extra]
+    # The command line as given, stored with a campaign (main() may get it as `argv`).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _interrupt_on_termination()
     handler: Handler = args.handler
     try:
@@ -418,10 +438,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EvidenceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(
-            "interrupted: everything finished so far is stored; continue with "
-            "`moe-evidence collect --resume`",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as exc:
+        print(_interrupted(args, exc), file=sys.stderr)
         return EXIT_INTERRUPTED

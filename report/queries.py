@@ -105,7 +105,8 @@ def select_campaigns(
     con: duckdb.DuckDBPyConnection, requested: Sequence[str], every: bool = False
 ) -> Selection:
     """The campaigns named; with `every`, every complete campaign (else every one),
-    oldest first; otherwise the latest complete one (else the latest of any)."""
+    oldest first; otherwise the latest with a successful request, complete ones first
+    (else the latest complete one, else the latest of any)."""
     cols = (
         "campaign_id, name, release_label, profile, protocol_version, status, started_utc, "
         "finished_utc, repeats, host_id"
@@ -130,8 +131,16 @@ def select_campaigns(
                 )
             found.append(Campaign(*row))
         return Selection(tuple(found))
+    # A campaign without one successful request (a server that never answered, a
+    # launch that failed) holds no evidence: it must never hide an earlier one that
+    # does, whatever its status. Among those with evidence, complete ones first.
     row = con.execute(
-        f"SELECT {cols} FROM campaigns ORDER BY status = 'complete' DESC, started_utc DESC LIMIT 1"
+        f"""
+        SELECT {cols} FROM campaigns c
+        ORDER BY EXISTS (SELECT 1 FROM requests r
+                         WHERE r.campaign_id = c.campaign_id AND r.status = 'ok') DESC,
+                 status = 'complete' DESC, started_utc DESC
+        LIMIT 1"""
     ).fetchone()
     return Selection((Campaign(*row),) if row else ())
 

@@ -492,6 +492,42 @@ def test_port_in_use_names_the_port_and_its_holder(
     assert status == "failed_start" and error in line
 
 
+def test_an_unreachable_endpoint_fails_the_campaign(
+    cli_env: dict[str, str], existing_store: tuple[Path, dict[str, int]]
+) -> None:
+    db, before = existing_store
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    done = _collector(
+        ["--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(db)], cli_env
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = _error_lines(done.stderr)
+    assert f"nothing healthy answers at {endpoint}" in line
+    assert _counts(db) == before
+    new = "protocol_version <> 'test'"
+    assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
+
+
+def test_a_campaign_without_one_successful_request_is_failed(
+    cli_env: dict[str, str], existing_store: tuple[Path, dict[str, int]]
+) -> None:
+    """A server that is healthy but refuses every generation: every request is
+    stored with its error, and the campaign is failed (exit 1), never "complete",
+    so it can never stand in for evidence."""
+    db, before = existing_store
+    refusing = Scenario(http_status=500, error_message="no model loaded")
+    with CalibratedServer(refusing) as server:
+        flags = ["--endpoint", server.base_url, "--model", MODEL, "--quick", "--db", str(db)]
+        done = _collector([*flags, "--tests", "simple-response,code-generation"], cli_env)
+    assert done.returncode == 1, done.stderr
+    (line,) = _error_lines(done.stderr)
+    assert "none of its 4 requests succeeded" in line and "no model loaded" in line, line
+    assert _counts(db) == before
+    new = "campaign_id IN (SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')"
+    assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
+    assert _query(db, f"SELECT DISTINCT status FROM requests WHERE {new}") == [("http_error",)]
+
+
 # -- secrets -----------------------------------------------------------------------
 
 SECRET = "sk-moe-evidence-test-7c1d9e2fa4b8"

@@ -1,0 +1,277 @@
+"""Bad input to `moe-evidence collect`: one line, a non-zero exit, nothing stored touched.
+
+Every case runs the real command line in a subprocess against a store that
+already holds a campaign, with a live calibrated server to attach to, so the
+only thing wrong is the input under test. The command must exit 1 with exactly
+one line on stderr, `error: ...`, that says what to do, and leave the store's
+file byte for byte as it was: a refused campaign stores nothing, not even an
+empty campaign that a later build would show instead of the good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from calibration.scenario import Scenario
+from calibration.server import CalibratedServer
+from evidence.store import open_store
+from tests.storefactory import StoreFactory
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "calibration"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[CalibratedServer]:
+    with CalibratedServer(Scenario(tokens=4, gap_s=0.001)) as calibrated:
+        yield calibrated
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A store that already holds one campaign with requests."""
+    db = tmp_path / "evidence.duckdb"
+    with open_store(db) as con:
+        factory = StoreFactory(con).campaign()
+        factory.server_run("baseline")
+        factory.request("baseline", [(10, "a"), (20, "b")])
+    return db
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _collect(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "moe_evidence", "collect", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "EVIDENCE_DB"},
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+
+
+def _one_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The single `error: ...` line of a refused command (asserts there is nothing else)."""
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    return lines[0]
+
+
+def _attached(server: CalibratedServer, *extra: str) -> list[str]:
+    return [
+        "--endpoint",
+        server.base_url,
+        "--model",
+        MODEL,
+        "--quick",
+        "--no-non-streaming",
+        *extra,
+    ]
+
+
+# -- flags ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--tests", ","], ["--tests", "no test"]),
+        (["--tests", " , ,"], ["--tests", "no test"]),
+        (["--tests", "bogus"], ["'bogus'", "simple-response", "research-analysis"]),
+        (["--tests", "simple-response,bogus"], ["'bogus'", "simple-response"]),
+        (["--pause", "inf"], ["--pause", "finite"]),
+        (["--pause", "nan"], ["--pause", "finite"]),
+    ],
+    ids=["comma", "blanks", "unknown", "one-unknown", "pause-inf", "pause-nan"],
+)
+def test_bad_flags_are_one_line(
+    server: CalibratedServer, store: Path, flags: list[str], says: list[str]
+) -> None:
+    before = _digest(store)
+    line = _one_line(_collect(*_attached(server, *flags), "--db", str(store)))
+    for piece in says:
+        assert piece in line
+    assert _digest(store) == before
+
+
+def test_https_endpoint_is_refused_as_unsupported(server: CalibratedServer, store: Path) -> None:
+    before = _digest(store)
+    endpoint = f"https://127.0.0.1:{server.port}"
+    line = _one_line(
+        _collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
+    )
+    assert "https" in line and "not supported" in line and "http://" in line
+    assert _digest(store) == before
+
+
+@pytest.mark.parametrize("endpoint", ["127.0.0.1:{port}", "localhost:{port}"])
+def test_scheme_less_endpoint_names_the_fix(
+    server: CalibratedServer, store: Path, endpoint: str
+) -> None:
+    before = _digest(store)
+    endpoint = endpoint.format(port=server.port)
+    line = _one_line(
+        _collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
+    )
+    assert f"http://{endpoint}" in line
+    assert _digest(store) == before
+
+
+# -- config files --------------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return repr(value)
+
+
+def _config(
+    path: Path,
+    endpoint: str,
+    campaign: dict[str, Any] | None = None,
+    configurations: list[dict[str, Any]] | None = None,
+    extra: str = "",
+) -> Path:
+    settings = {
+        "repeats": 1,
+        "pause_s": 0.0,
+        "non_streaming": False,
+        "idle_window_s": 0.0,
+        "tests": ["simple-response"],
+        **(campaign or {}),
+    }
+    # `configurations = []` is a top-level key: it must come before the first table.
+    lines = ["configurations = []"] if configurations == [] else []
+    lines += ["[campaign]", *(f"{k} = {_toml(v)}" for k, v in settings.items())]
+    lines += ["[server]", 'mode = "attach"', f'endpoint = "{endpoint}"']
+    lines += ["[[models]]", f'label = "{MODEL}"']
+    for configuration in [{"label": "attached"}] if configurations is None else configurations:
+        lines.append("[[configurations]]")
+        lines += [f"{k} = {_toml(v)}" for k, v in configuration.items()]
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("campaign", "says"),
+    [
+        ({"tests": []}, ["campaign.tests", "at least one"]),
+        ({"stall_timeout_s": float("inf")}, ["campaign.stall_timeout_s", "finite"]),
+        ({"stall_timeout_s": float("nan")}, ["campaign.stall_timeout_s"]),
+        ({"stall_timeout_s": -1.0}, ["campaign.stall_timeout_s", "greater than 0"]),
+        ({"request_timeout_s": float("inf")}, ["campaign.request_timeout_s", "finite"]),
+    ],
+    ids=["no-tests", "stall-inf", "stall-nan", "stall-negative", "request-inf"],
+)
+def test_bad_campaign_settings_are_one_line(
+    tmp_path: Path,
+    server: CalibratedServer,
+    store: Path,
+    campaign: dict[str, Any],
+    says: list[str],
+) -> None:
+    before = _digest(store)
+    config = _config(tmp_path / "c.toml", server.base_url, campaign)
+    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    assert line.startswith(f"error: {config}: ")
+    for piece in says:
+        assert piece in line
+    assert _digest(store) == before
+
+
+def test_no_configurations_is_refused(
+    tmp_path: Path, server: CalibratedServer, store: Path
+) -> None:
+    before = _digest(store)
+    config = _config(tmp_path / "c.toml", server.base_url, configurations=[])
+    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    assert "configurations" in line and "at least one" in line
+    assert _digest(store) == before
+
+
+def test_a_sweep_needs_a_server_we_launch(
+    tmp_path: Path, server: CalibratedServer, store: Path
+) -> None:
+    # Attached, the tool cannot pass --n-cpu-moe K: every "sweep" run would be the
+    # same server, recorded as K offloaded layers it never had.
+    before = _digest(store)
+    sweep = '[sweep]\nn_cpu_moe = [0, 8]\ntests = ["simple-response"]\n'
+    config = _config(tmp_path / "c.toml", server.base_url, extra=sweep)
+    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    assert "sweep" in line and "attach" in line
+    assert _digest(store) == before
+
+
+def test_configuration_flags_need_a_server_we_launch(
+    tmp_path: Path, server: CalibratedServer, store: Path
+) -> None:
+    before = _digest(store)
+    config = _config(
+        tmp_path / "c.toml",
+        server.base_url,
+        configurations=[{"label": "cpu-moe", "args": ["--cpu-moe"], "n_cpu_moe": -1}],
+    )
+    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    assert "configurations[0].args" in line and "attach" in line
+    assert _digest(store) == before
+
+
+def test_scheme_less_endpoint_in_a_config(
+    tmp_path: Path, server: CalibratedServer, store: Path
+) -> None:
+    before = _digest(store)
+    endpoint = f"127.0.0.1:{server.port}"
+    config = _config(tmp_path / "c.toml", endpoint)
+    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    assert "server.endpoint" in line and f"http://{endpoint}" in line
+    assert _digest(store) == before
+
+
+# -- the store -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [1000, 0.5], ids=["first-1000-bytes", "first-half"])
+def test_a_truncated_store_is_one_line_and_left_alone(
+    tmp_path: Path, server: CalibratedServer, store: Path, keep: float
+) -> None:
+    data = store.read_bytes()
+    cut = tmp_path / "truncated.duckdb"
+    cut.write_bytes(data[: int(keep if keep > 1 else len(data) * keep)])
+    before = _digest(cut)
+    line = _one_line(_collect(*_attached(server), "--db", str(cut)))
+    assert str(cut) in line and "--db" in line
+    assert _digest(cut) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evidence.duckdb", "truncated.duckdb"]
+
+
+def test_a_store_folder_that_cannot_be_made(tmp_path: Path, server: CalibratedServer) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be", encoding="utf-8")
+    db = blocker / "evidence.duckdb"
+    line = _one_line(_collect(*_attached(server), "--db", str(db)))
+    assert str(blocker) in line and "--db" in line
+    assert blocker.read_text(encoding="utf-8") == "a file where the store's folder should be"

@@ -1,0 +1,69 @@
+"""The telemetry sampler never outlives the collector, however the collector ends.
+
+A collector killed outright (SIGKILL, the task manager, an out-of-memory kill)
+runs no cleanup: its sampler child must notice on its own that its parent is
+gone and exit, instead of sampling on, orphaned, for ever.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A throwaway collector: starts a sampler, says the sampler's PID, then waits to be killed.
+PARENT = textwrap.dedent(
+    """
+    import sys, time
+    from collector.telemetry import TelemetrySampler
+
+    sampler = TelemetrySampler(None, hz=20)
+    sampler.start()
+    while not sampler.drain():
+        time.sleep(0.05)
+    print(sampler._proc.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _exits_within(process: psutil.Process, seconds: float) -> bool:
+    # Exited means gone or a zombie: the orphan's new parent (init, a container's
+    # PID 1) reaps it when it gets round to it, which is not the sampler's doing.
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_sampler_exits_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    child: psutil.Process | None = None
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running()
+        parent.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no cleanup runs
+        parent.wait(10)
+        assert _exits_within(child, 10), f"sampler {child.pid} outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if child is not None and child.is_running():
+            child.kill()
