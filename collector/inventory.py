@@ -13,7 +13,7 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from packaging.markers import Marker
 
 from collector.nvml import Nvml
 from common.files import file_sha256
+from common.secrets import REDACTED
 
 # Variables that change what the engine does and carry no secrets.
 ENV_ALLOWLIST = (
@@ -113,27 +114,6 @@ def lock_inventory(installed: dict[str, str], lock: Path = LOCK_FILE) -> dict[st
 
 def allowlisted_environment() -> dict[str, str]:
     return {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
-
-
-# Server flags whose value is a secret (llama-server's `--api-key KEY`).
-SECRET_FLAGS = ("--api-key",)
-REDACTED = "(redacted)"
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """`argv` as it may be stored: the value of every secret flag replaced."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        flag, eq, _ = arg.partition("=")
-        if hide_next:
-            out.append(REDACTED)
-        elif flag in SECRET_FLAGS and eq:
-            out.append(f"{flag}={REDACTED}")
-        else:
-            out.append(arg)
-        hide_next = not hide_next and arg in SECRET_FLAGS
-    return out
 
 
 def redact_env(env: Mapping[str, str]) -> dict[str, str]:

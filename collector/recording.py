@@ -22,7 +22,6 @@ from collector.inventory import (
     lock_inventory,
     measure_memory_bandwidth,
     package_versions,
-    redact_argv,
     redact_env,
 )
 from collector.nvml import Nvml
@@ -30,6 +29,7 @@ from collector.plan import CampaignContext, Cell, test_max_tokens
 from collector.protocol import PROTOCOL, ProtocolTest
 from collector.session import ServerRunHandle
 from collector.telemetry import Sample
+from common.secrets import redact_argv
 from evidence.writer import (
     Transaction,
     chunk_table,

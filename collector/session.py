@@ -21,7 +21,6 @@ from collector.device import (
     launch_rpc_servers,
     rss_bytes,
 )
-from collector.inventory import redact_argv
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, ServerPlan
 from collector.server import (
@@ -35,6 +34,7 @@ from collector.server import (
 )
 from collector.telemetry import Sample, TelemetrySampler
 from common.errors import EngineError, ServerError
+from common.secrets import redact_argv
 from evidence.writer import (
     Transaction,
     insert_arrow,

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import psutil
 import pytest
 
@@ -21,6 +20,7 @@ from collector.config import CampaignSection, Config, Configuration, ModelEntry,
 from collector.engine import EngineBuild
 from collector.runner import _inspect
 from evidence.store import open_store
+from tests.cli_helpers import query
 from tests.engine_helpers import SWEEP_LABELS, KillOnce, server_command
 
 pytestmark = pytest.mark.engine
@@ -28,17 +28,9 @@ pytestmark = pytest.mark.engine
 UPCYCLED_SHA256 = "2e251c5b96a0b72e7d41f18dfecbe970e79ddf50e5aafebe9686c6b598304237"
 
 
-def _query(db: Path, sql: str, params: list[object] | None = None) -> list[tuple[object, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
-
-
 def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
     db = quick_store
-    ((status, profile, engine_json, bandwidth),) = _query(
+    ((status, profile, engine_json, bandwidth),) = query(
         db, "SELECT status, profile, engine, mem_bandwidth_bytes_per_s FROM campaigns"
     )
     assert (status, profile) == ("complete", "quick")
@@ -46,12 +38,12 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
     assert engine["build"] == "b11434" and engine["sdist_sha256"].startswith("b0a2feb6")
     assert float(bandwidth) > 1e8  # type: ignore[arg-type]
 
-    models = _query(
+    models = query(
         db, "SELECT sha256, expert_count, expert_used_count, expert_tensor_count FROM models"
     )
     assert models == [(UPCYCLED_SHA256, 4, 2, 90)]
 
-    runs = _query(
+    runs = query(
         db,
         "SELECT config_label, status, load_ms, "
         "json_extract(log_summary, '$.overridden_tensor_count')::INT, "
@@ -61,17 +53,17 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
     assert all(r[1] == "stopped" and float(r[2]) > 0 and int(r[4]) > 1000 for r in runs)  # type: ignore[arg-type]
     # --cpu-moe moves all 90 expert tensors; --n-cpu-moe K those of K blocks (3 each)
     assert [r[3] for r in runs] == [0, 90, 0, 30, 60, 90]
-    placement = _query(db, "SELECT status FROM placement_checks")
+    placement = query(db, "SELECT status FROM placement_checks")
     assert placement == [("PASS",)] * 6
 
     # 9 tests x 2 configurations x (1 streamed + 1 non-streamed), + 4 sweep x 2 tests
-    requests = _query(db, "SELECT status, count(*) FROM requests GROUP BY status")
+    requests = query(db, "SELECT status, count(*) FROM requests GROUP BY status")
     assert dict(requests) == {"ok": 44}  # type: ignore[arg-type]
-    assert _query(db, "SELECT DISTINCT max_tokens FROM tests") == [(32,)]
+    assert query(db, "SELECT DISTINCT max_tokens FROM tests") == [(32,)]
 
     # Every streamed request: chunk times after the send, in order; the first
     # content chunk is the first token; the output is the chunks' text.
-    bad = _query(
+    bad = query(
         db,
         """
         WITH c AS (
@@ -89,14 +81,14 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
     """,
     )
     assert bad == []
-    streamed = _query(
+    streamed = query(
         db,
         "SELECT count(*) FROM requests WHERE stream AND "
         "server_timings IS NOT NULL AND tokenized_output_tokens > 0",
     )
     assert streamed == [(26,)]
 
-    samples = _query(
+    samples = query(
         db,
         "SELECT count(*), min(rss_bytes), count(cpu_percent) FROM telemetry GROUP BY server_run_id",
     )
@@ -107,20 +99,20 @@ def test_quick_campaign_stores_every_token(quick_store: Path) -> None:
 
 
 def test_quick_campaign_has_scores_and_gates(quick_store: Path) -> None:
-    per_request = _query(db := quick_store, "SELECT count(DISTINCT request_id) FROM scores")
+    per_request = query(db := quick_store, "SELECT count(DISTINCT request_id) FROM scores")
     assert per_request == [(44,)]
-    gates = dict(_query(db, "SELECT gate_id, status FROM gates"))
+    gates = dict(query(db, "SELECT gate_id, status FROM gates"))
     assert len(gates) == 11
     assert set(gates.values()) <= {"PASS", "FAIL", "NOT MEASURED"}
     # No GPU here, but the RPC device is a real one: the saving is measured on its
     # process and judged against the prediction from the file and the log.
     assert gates["memory-savings"] in ("PASS", "FAIL")
-    ((measured,),) = _query(db, "SELECT measured FROM gates WHERE gate_id = 'memory-savings'")
+    ((measured,),) = query(db, "SELECT measured FROM gates WHERE gate_id = 'memory-savings'")
     assert "measured: RPC device process" in str(measured)
 
 
 def test_quick_campaign_runs_on_the_rpc_device(quick_store: Path) -> None:
-    runs = _query(
+    runs = query(
         quick_store,
         "SELECT config_label, argv, json_extract(device, '$.rpc_servers[0].endpoint'), "
         "json_extract(log_summary, '$.gpu_model_mib')::DOUBLE, device_log_text "
@@ -140,7 +132,7 @@ def test_quick_campaign_runs_on_the_rpc_device(quick_store: Path) -> None:
     assert model_mib["baseline"] == model_mib["n-cpu-moe-0"] == pytest.approx(234.75, abs=0.01)
     assert model_mib["cpu-moe"] == model_mib["n-cpu-moe-30"] == pytest.approx(44.91, abs=0.01)
     assert model_mib["n-cpu-moe-10"] > model_mib["n-cpu-moe-20"] > model_mib["cpu-moe"]
-    samples = _query(
+    samples = query(
         quick_store,
         "SELECT count(device_rss_bytes), min(device_rss_bytes) FROM telemetry "
         "GROUP BY server_run_id",
@@ -181,7 +173,7 @@ def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model
             data_dir=tmp_path,
         )
     assert progress.killed_pid is not None
-    runs = _query(
+    runs = query(
         db,
         "SELECT server_run_id, status, restart_of, exit_code, pid "
         "FROM server_runs ORDER BY started_utc",
@@ -190,7 +182,7 @@ def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model
     first, second = runs
     assert first[1] == "crashed" and first[4] == progress.killed_pid
     assert second[1] == "stopped" and second[2] == first[0]
-    reqs = _query(
+    reqs = query(
         db,
         "SELECT r.repeat, r.status, r.error, r.event_count, r.server_run_id "
         "FROM requests r ORDER BY r.started_utc",
@@ -198,13 +190,13 @@ def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model
     assert [r[1] for r in reqs] == ["disconnected", "ok"]
     assert reqs[0][3] >= 5 and reqs[0][4] == first[0]  # type: ignore[operator]
     assert reqs[1][4] == second[0]
-    partial = _query(
+    partial = query(
         db,
         "SELECT count(*) FROM chunks c JOIN requests r USING (request_id) "
         "WHERE r.status = 'disconnected' AND c.kind = 'content'",
     )
     assert partial[0][0] >= 5  # type: ignore[operator]
-    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+    assert query(db, "SELECT status FROM campaigns") == [("complete",)]
 
 
 def test_ctrl_c_then_resume(
@@ -238,11 +230,11 @@ def test_ctrl_c_then_resume(
     _, rest = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen) + rest
     assert "--resume" in rest
-    ((status,),) = _query(db, "SELECT status FROM campaigns")
+    ((status,),) = query(db, "SELECT status FROM campaigns")
     assert status == "interrupted"
-    stored = _query(db, "SELECT count(*) FROM requests")[0][0]
+    stored = query(db, "SELECT count(*) FROM requests")[0][0]
     assert 1 <= stored < 6  # type: ignore[operator]
-    runs = _query(db, "SELECT status, error FROM server_runs")
+    runs = query(db, "SELECT status, error FROM server_runs")
     assert runs == [("stopped", "campaign interrupted (Ctrl-C)")]
     assert not [
         p
@@ -254,11 +246,11 @@ def test_ctrl_c_then_resume(
         [*argv, "--resume"], capture_output=True, text=True, env=cli_env, timeout=600
     )
     assert done.returncode == 0, done.stderr
-    cells = _query(
+    cells = query(
         db,
         "SELECT s.config_label, r.test_id, r.repeat, r.stream, count(*) "
         "FROM requests r JOIN server_runs s USING (server_run_id) "
         "GROUP BY ALL ORDER BY ALL",
     )
     assert len(cells) == 6 and all(c[4] == 1 for c in cells)  # every cell once, none twice
-    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+    assert query(db, "SELECT status FROM campaigns") == [("complete",)]

@@ -10,10 +10,7 @@ empty campaign that a later build would show instead of the good one.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,9 @@ import pytest
 
 from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
+from common.files import file_sha256
 from evidence.store import open_store
+from tests.cli_helpers import collect
 from tests.storefactory import StoreFactory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,24 +43,6 @@ def store(tmp_path: Path) -> Path:
         factory.server_run("baseline")
         factory.request("baseline", [(10, "a"), (20, "b")])
     return db
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _collect(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-        env={
-            **{k: v for k, v in os.environ.items() if k != "EVIDENCE_DB"},
-            "PYTHONUNBUFFERED": "1",
-        },
-    )
 
 
 def _one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -102,34 +83,34 @@ def _attached(server: CalibratedServer, *extra: str) -> list[str]:
 def test_bad_flags_are_one_line(
     server: CalibratedServer, store: Path, flags: list[str], says: list[str]
 ) -> None:
-    before = _digest(store)
-    line = _one_line(_collect(*_attached(server, *flags), "--db", str(store)))
+    before = file_sha256(store)
+    line = _one_line(collect(*_attached(server, *flags), "--db", str(store)))
     for piece in says:
         assert piece in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 def test_https_endpoint_is_refused_as_unsupported(server: CalibratedServer, store: Path) -> None:
-    before = _digest(store)
+    before = file_sha256(store)
     endpoint = f"https://127.0.0.1:{server.port}"
     line = _one_line(
-        _collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
+        collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
     )
     assert "https" in line and "not supported" in line and "http://" in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 @pytest.mark.parametrize("endpoint", ["127.0.0.1:{port}", "localhost:{port}"])
 def test_scheme_less_endpoint_names_the_fix(
     server: CalibratedServer, store: Path, endpoint: str
 ) -> None:
-    before = _digest(store)
+    before = file_sha256(store)
     endpoint = endpoint.format(port=server.port)
     line = _one_line(
-        _collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
+        collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
     )
     assert f"http://{endpoint}" in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 # -- config files --------------------------------------------------------------------
@@ -194,23 +175,23 @@ def test_bad_campaign_settings_are_one_line(
     campaign: dict[str, Any],
     says: list[str],
 ) -> None:
-    before = _digest(store)
+    before = file_sha256(store)
     config = _config(tmp_path / "c.toml", server.base_url, campaign)
-    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    line = _one_line(collect("--config", str(config), "--db", str(store)))
     assert line.startswith(f"error: {config}: ")
     for piece in says:
         assert piece in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 def test_no_configurations_is_refused(
     tmp_path: Path, server: CalibratedServer, store: Path
 ) -> None:
-    before = _digest(store)
+    before = file_sha256(store)
     config = _config(tmp_path / "c.toml", server.base_url, configurations=[])
-    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    line = _one_line(collect("--config", str(config), "--db", str(store)))
     assert "configurations" in line and "at least one" in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 def test_a_sweep_needs_a_server_we_launch(
@@ -218,37 +199,37 @@ def test_a_sweep_needs_a_server_we_launch(
 ) -> None:
     # Attached, the tool cannot pass --n-cpu-moe K: every "sweep" run would be the
     # same server, recorded as K offloaded layers it never had.
-    before = _digest(store)
+    before = file_sha256(store)
     sweep = '[sweep]\nn_cpu_moe = [0, 8]\ntests = ["simple-response"]\n'
     config = _config(tmp_path / "c.toml", server.base_url, extra=sweep)
-    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    line = _one_line(collect("--config", str(config), "--db", str(store)))
     assert "sweep" in line and "attach" in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 def test_configuration_flags_need_a_server_we_launch(
     tmp_path: Path, server: CalibratedServer, store: Path
 ) -> None:
-    before = _digest(store)
+    before = file_sha256(store)
     config = _config(
         tmp_path / "c.toml",
         server.base_url,
         configurations=[{"label": "cpu-moe", "args": ["--cpu-moe"], "n_cpu_moe": -1}],
     )
-    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    line = _one_line(collect("--config", str(config), "--db", str(store)))
     assert "configurations[0].args" in line and "attach" in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 def test_scheme_less_endpoint_in_a_config(
     tmp_path: Path, server: CalibratedServer, store: Path
 ) -> None:
-    before = _digest(store)
+    before = file_sha256(store)
     endpoint = f"127.0.0.1:{server.port}"
     config = _config(tmp_path / "c.toml", endpoint)
-    line = _one_line(_collect("--config", str(config), "--db", str(store)))
+    line = _one_line(collect("--config", str(config), "--db", str(store)))
     assert "server.endpoint" in line and f"http://{endpoint}" in line
-    assert _digest(store) == before
+    assert file_sha256(store) == before
 
 
 # -- the store -----------------------------------------------------------------------
@@ -261,10 +242,10 @@ def test_a_truncated_store_is_one_line_and_left_alone(
     data = store.read_bytes()
     cut = tmp_path / "truncated.duckdb"
     cut.write_bytes(data[: int(keep if keep > 1 else len(data) * keep)])
-    before = _digest(cut)
-    line = _one_line(_collect(*_attached(server), "--db", str(cut)))
+    before = file_sha256(cut)
+    line = _one_line(collect(*_attached(server), "--db", str(cut)))
     assert str(cut) in line and "--db" in line
-    assert _digest(cut) == before
+    assert file_sha256(cut) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evidence.duckdb", "truncated.duckdb"]
 
 
@@ -272,6 +253,6 @@ def test_a_store_folder_that_cannot_be_made(tmp_path: Path, server: CalibratedSe
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be", encoding="utf-8")
     db = blocker / "evidence.duckdb"
-    line = _one_line(_collect(*_attached(server), "--db", str(db)))
+    line = _one_line(collect(*_attached(server), "--db", str(db)))
     assert str(blocker) in line and "--db" in line
     assert blocker.read_text(encoding="utf-8") == "a file where the store's folder should be"

@@ -10,8 +10,6 @@ the Ctrl-C hint tells the user to run.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import signal
 import subprocess
@@ -26,6 +24,8 @@ import pytest
 
 from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
+from common.files import file_sha256
+from tests.cli_helpers import cli_env, collect, query
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"
@@ -39,43 +39,15 @@ def server() -> Iterator[CalibratedServer]:
         yield calibrated
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "EVIDENCE_DB"}
-    return {**env, "PYTHONUNBUFFERED": "1"}
-
-
-def _collect(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=_env(),
-    )
-
-
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _flags(server: CalibratedServer) -> list[str]:
     return ["--endpoint", server.base_url, "--model", MODEL, "--quick", "--tests", TESTS]
 
 
 def _interrupted(db: Path, *flags: str) -> str:
     """A campaign run with `flags`, then marked interrupted (as if Ctrl-C had stopped it)."""
-    done = _collect(*flags, "--db", str(db))
+    done = collect(*flags, "--db", str(db))
     assert done.returncode == 0, done.stderr
-    ((campaign_id,),) = _query(db, "SELECT campaign_id FROM campaigns")
+    ((campaign_id,),) = query(db, "SELECT campaign_id FROM campaigns")
     con = duckdb.connect(str(db))
     try:
         con.execute("UPDATE campaigns SET status = 'interrupted'")
@@ -116,25 +88,25 @@ def test_resume_refuses_a_different_campaign(
 ) -> None:
     db = tmp_path / "e.duckdb"
     campaign_id = _interrupted(db, *_flags(server), "--no-non-streaming")
-    before = _digest(db)
+    before = file_sha256(db)
     flags = change([*_flags(server), "--no-non-streaming"])
-    done = _collect(*flags, "--db", str(db), "--resume", campaign_id)
+    done = collect(*flags, "--db", str(db), "--resume", campaign_id)
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("error: --resume: ") and says in line, line
     assert line.endswith(
         "; rerun with the same flags (or --resume alone), or without --resume for a new campaign"
     )
-    assert _digest(db) == before
+    assert file_sha256(db) == before
 
 
 def test_resume_with_the_same_flags_continues(tmp_path: Path, server: CalibratedServer) -> None:
     db = tmp_path / "e.duckdb"
     campaign_id = _interrupted(db, *_flags(server))
-    done = _collect(*_flags(server), "--db", str(db), "--resume")
+    done = collect(*_flags(server), "--db", str(db), "--resume")
     assert done.returncode == 0, done.stderr
     assert f"resuming campaign {campaign_id}: 4 cells already stored" in done.stderr
-    assert _query(db, "SELECT campaign_id, status FROM campaigns") == [(campaign_id, "complete")]
+    assert query(db, "SELECT campaign_id, status FROM campaigns") == [(campaign_id, "complete")]
 
 
 def test_resume_alone_refuses_a_definition_it_cannot_rebuild(
@@ -153,16 +125,16 @@ def test_resume_alone_refuses_a_definition_it_cannot_rebuild(
     )
     db = tmp_path / "e.duckdb"
     campaign_id = _interrupted(db, "--config", str(config))
-    before = _digest(db)
-    done = _collect("--db", str(db), "--resume")
+    before = file_sha256(db)
+    done = collect("--db", str(db), "--resume")
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.splitlines()
     assert "server.env.SOME_TOKEN" in line and f"--config {config}" in line, line
-    assert _digest(db) == before
+    assert file_sha256(db) == before
     # With its flags given again, it resumes.
-    done = _collect("--config", str(config), "--db", str(db), "--resume", campaign_id)
+    done = collect("--config", str(config), "--db", str(db), "--resume", campaign_id)
     assert done.returncode == 0, done.stderr
-    assert _query(db, "SELECT status FROM campaigns") == [("complete",)]
+    assert query(db, "SELECT status FROM campaigns") == [("complete",)]
 
 
 def test_interrupt_then_follow_the_hint(tmp_path: Path) -> None:
@@ -177,7 +149,7 @@ def test_interrupt_then_follow_the_hint(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             text=True,
             cwd=ROOT,
-            env=_env(),
+            env=cli_env(),
         )
         assert proc.stderr is not None
         for line in proc.stderr:
@@ -188,7 +160,7 @@ def test_interrupt_then_follow_the_hint(tmp_path: Path) -> None:
         rest = proc.stderr.read()
         proc.stderr.close()
         assert proc.wait(timeout=60) == 130, rest
-        ((campaign_id, status),) = _query(db, "SELECT campaign_id, status FROM campaigns")
+        ((campaign_id, status),) = query(db, "SELECT campaign_id, status FROM campaigns")
         assert status == "interrupted"
         hint = re.search(r"`moe-evidence (collect [^`]*)`", rest)
         assert hint is not None, rest
@@ -200,9 +172,9 @@ def test_interrupt_then_follow_the_hint(tmp_path: Path) -> None:
             text=True,
             timeout=120,
             cwd=ROOT,
-            env=_env(),
+            env=cli_env(),
         )
     assert done.returncode == 0, done.stderr
-    assert _query(db, "SELECT campaign_id, status FROM campaigns") == [(campaign_id, "complete")]
-    cells = _query(db, "SELECT test_id, count(*) FROM requests GROUP BY ALL ORDER BY ALL")
+    assert query(db, "SELECT campaign_id, status FROM campaigns") == [(campaign_id, "complete")]
+    cells = query(db, "SELECT test_id, count(*) FROM requests GROUP BY ALL ORDER BY ALL")
     assert cells == [("code-generation", 1), ("simple-response", 1)]

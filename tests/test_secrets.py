@@ -16,7 +16,6 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import httpx
@@ -40,6 +39,7 @@ from evidence.writer import (
     redact_secrets,
     to_json,
 )
+from tests.cli_helpers import query
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -254,14 +254,6 @@ def _leaks(texts: dict[str, list[str]]) -> dict[str, list[str]]:
     return found
 
 
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
-
-
 # -- the story ---------------------------------------------------------------------
 
 
@@ -270,7 +262,7 @@ def test_the_campaigns_ran_and_their_secrets_were_there_to_leak(
 ) -> None:
     """The plant took: the server logged, the outputs echoed, the 401 was stored."""
     db, _ = secret_store
-    statuses = _query(db, "SELECT test_id, stream, status FROM requests ORDER BY ALL")
+    statuses = query(db, "SELECT test_id, stream, status FROM requests ORDER BY ALL")
     assert statuses == [
         ("code-generation", False, "http_error"),
         ("code-generation", True, "http_error"),
@@ -279,10 +271,10 @@ def test_the_campaigns_ran_and_their_secrets_were_there_to_leak(
         ("simple-response", True, "ok"),
         ("simple-response", True, "ok"),
     ]
-    (log,) = _query(db, "SELECT log_text FROM server_runs WHERE log_text IS NOT NULL")[0]
+    (log,) = query(db, "SELECT log_text FROM server_runs WHERE log_text IS NOT NULL")[0]
     assert "argv:" in log and "env: SOME_SERVICE_TOKEN=" in log
     # The hub token arrived over three chunks; each holds only what is left of it.
-    rows = _query(
+    rows = query(
         db,
         "SELECT c.text FROM chunks c JOIN requests r USING (request_id) "
         "WHERE r.stream AND r.test_id = 'simple-response' AND c.kind = 'content' "
@@ -302,7 +294,7 @@ def test_secret_flags_keep_their_place_in_the_stored_command_line(
     secret_store: tuple[Path, list[str]],
 ) -> None:
     db, _ = secret_store
-    (argv,) = _query(db, "SELECT argv FROM server_runs WHERE mode = 'launch'")[0]
+    (argv,) = query(db, "SELECT argv FROM server_runs WHERE mode = 'launch'")[0]
     stored = json.loads(argv)
     flags = stored[2:12] + stored[-2:]
     assert flags == [
@@ -321,7 +313,7 @@ def test_secret_flags_keep_their_place_in_the_stored_command_line(
     ]
     assert stored[11].endswith("key.txt")
     # The attached endpoints, the one that answered and the one that did not.
-    endpoints = _query(db, "SELECT endpoint FROM server_runs WHERE mode = 'attach'")
+    endpoints = query(db, "SELECT endpoint FROM server_runs WHERE mode = 'attach'")
     assert len(endpoints) == 2
     for (endpoint,) in endpoints:
         assert re.fullmatch(rf"http://{re.escape(REDACTED)}@127\.0\.0\.1:\d+", endpoint)
