@@ -35,6 +35,7 @@ KEYED_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reviews", ("review_id",)),
     ("perf_results", ("perf_run_id", "name")),
     ("placement_checks", ("server_run_id",)),
+    ("server_loads", ("server_run_id", "seq")),
 )
 CHILD_TABLES: tuple[tuple[str, str, str], ...] = (
     # (child, its parent table, the key they share)

@@ -298,12 +298,56 @@ def _lock(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _tokenizer(con: duckdb.DuckDBPyConnection) -> None:
+    # Servers that send no usage (Shimmy 1.7.0) are counted with the model's own
+    # vocabulary offline: say which tokenizer gave requests.tokenized_output_tokens.
+    con.execute(
+        """
+        ALTER TABLE requests ADD COLUMN tokenizer VARCHAR;
+            -- 'server' (its /tokenize), 'llama-tokenize' (the engine's tool, vocab
+            -- only, on the model file); NULL: nothing counted the output
+        """
+    )
+
+
+def _server_loads(con: duckdb.DuckDBPyConnection) -> None:
+    # A server that loads the model per request (Shimmy 1.7.0) repeats its loader
+    # log per request: each load, as the collector saw it appear in the log.
+    con.execute(
+        """
+        CREATE TABLE server_loads (
+            server_run_id VARCHAR NOT NULL,
+            seq           INTEGER NOT NULL,   -- 0: the first load in the run's log
+            request_id    VARCHAR,            -- the request it began in; NULL: start-up/warm-up
+            first_line_ns BIGINT,             -- its first loader line seen (requests.sent_ns clock)
+            last_line_ns  BIGINT,             -- its last loader line seen; NULL: never completed
+            log_offset    BIGINT,             -- byte offset of its first line in the log as written
+            PRIMARY KEY (server_run_id, seq)
+        );
+        """
+    )
+
+
+def _host_load(con: duckdb.DuckDBPyConnection) -> None:
+    # Another process stealing the CPU mid-run slows the server: the collector's
+    # own CPU, so that what neither it nor the server used is the others'.
+    con.execute(
+        """
+        ALTER TABLE telemetry ADD COLUMN collector_cpu_percent DOUBLE;
+            -- the collector process and its sampler, 100 = one core
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial", _initial),
     Migration(2, "placement_checks", _placement_checks),
     Migration(3, "merge_log", _merge_log),
     Migration(4, "rpc_device", _rpc_device),
     Migration(5, "lock", _lock),
+    Migration(6, "tokenizer", _tokenizer),
+    Migration(7, "server_loads", _server_loads),
+    Migration(8, "host_load", _host_load),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
