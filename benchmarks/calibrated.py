@@ -16,19 +16,12 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.request import creative_writing
 from calibration.scenario import Scenario, StreamRecord
-from collector.apis import GenerationParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PARAMS = GenerationParams(
-    prompt="Write a short story about AI discovering emotions",
-    max_tokens=800,
-    temperature=0.3,
-    seed=42,
-    stream=True,
-    model="calibration",
-)
+PARAMS = creative_writing("calibration")
 
 
 @dataclass(frozen=True)

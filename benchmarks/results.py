@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import operator
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,16 +46,26 @@ class Measurement:
         return "PASS" if self.passed else "FAIL"
 
 
-def judged(
-    name: str,
-    value: float,
-    unit: str,
-    target: str,
-    ok: Callable[[float], bool],
-    **detail: Any,
-) -> Measurement:
-    """A figure with a target, passed when `ok(value)`."""
-    return Measurement(name, value, unit, target, ok(value), dict(detail))
+# The condition a target states: its first comparison with a number ("p99 < 1 ms",
+# ">= 100,000 rows/s", "<= 1.1 (linear, ...)").
+_CONDITION = re.compile(r"(<=|>=|<|>)\s*(\d[\d,]*(?:\.\d+)?)")
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+
+def judged(name: str, value: float, unit: str, target: str, **detail: Any) -> Measurement:
+    """A figure with a target, passed when `value` meets the condition the target
+    states, so that each threshold is written once: where the table shows it."""
+    condition = _CONDITION.search(target)
+    if condition is None:
+        raise ValueError(f"the target {target!r} states no condition such as '< 1'")
+    op, bound = condition.groups()
+    passed = _COMPARE[op](value, float(bound.replace(",", "")))
+    return Measurement(name, value, unit, target, passed, dict(detail))
 
 
 def reference(name: str, value: float, unit: str, **detail: Any) -> Measurement:

@@ -88,7 +88,6 @@ def measure_sampler(quick: bool) -> list[Measurement]:
             pct,
             "% of one core",
             "< 1 % of one core",
-            lambda v: v < 1.0,
             cpu_s=cpu,
             wall_s=wall,
             samples=len(taken),

@@ -96,7 +96,6 @@ def measure_site_build(quick: bool, sizes: Sequence[int] | None = None) -> list[
             exponents[-1],
             "",
             GROWTH_TARGET,
-            lambda v: v <= 1.1,
             exponents=exponents,
             sizes=list(sizes),
             seconds=times,

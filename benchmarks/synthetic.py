@@ -418,8 +418,8 @@ def _write_model(con: Any, campaign_id: str, p: ModelPreset, ids: _Ids) -> str:
     total = int(p.file_bytes * 0.995)
     experts = int(total * p.expert_share)
     names = _expert_tensors(p)
-    spec = {
-        "path": f"models/{p.label}.gguf",
+    # What the GGUF header says, stored both in the spec and as columns of `models`.
+    header = {
         "architecture": p.architecture,
         "name": p.name,
         "parameter_count": p.parameter_count,
@@ -428,6 +428,10 @@ def _write_model(con: Any, campaign_id: str, p: ModelPreset, ids: _Ids) -> str:
         "expert_count": p.expert_count,
         "expert_used_count": p.expert_used_count,
         "expert_shared_count": p.expert_shared_count,
+    }
+    spec = {
+        "path": f"models/{p.label}.gguf",
+        **header,
         "file_bytes": p.file_bytes,
         "sha256": _fake_sha(p.label),
         "quantization_mix": {"Q4_K": 200, "Q6_K": 30, "F32": 120},
@@ -455,14 +459,7 @@ def _write_model(con: Any, campaign_id: str, p: ModelPreset, ids: _Ids) -> str:
             "path": spec["path"],
             "sha256": spec["sha256"],
             "file_bytes": p.file_bytes,
-            "architecture": p.architecture,
-            "name": p.name,
-            "parameter_count": p.parameter_count,
-            "block_count": p.block_count,
-            "context_length": p.context_length,
-            "expert_count": p.expert_count,
-            "expert_used_count": p.expert_used_count,
-            "expert_shared_count": p.expert_shared_count,
+            **header,
             "tensor_bytes_total": total,
             "expert_tensor_count": len(names),
             "expert_tensor_bytes": experts,
@@ -813,7 +810,7 @@ def _telemetry(
     else:
         for name in ("gpu_mem_used_bytes", "gpu_proc_mem_bytes", "gpu_util_percent"):
             columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
-    for name in ("device_rss_bytes", "device_cpu_percent"):
+    for name in ("device_rss_bytes", "device_cpu_percent", "collector_cpu_percent"):
         columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
     return pa.table(
         {

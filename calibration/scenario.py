@@ -102,6 +102,9 @@ class Scenario:
     tokens_per_event: int = 1
     events_per_write: int = 1
     words: tuple[str, ...] = DEFAULT_WORDS
+    # Each word is one token's exact text (no space added): for tokens that hold
+    # newlines, start with a space or not, or are a single UTF-8 character.
+    words_are_tokens: bool = False
     # OpenAI APIs only: the last event's finish reason (None: no such event),
     # and a usage event with llama.cpp's `timings` after it.
     finish_reason: str | None = "length"
@@ -149,6 +152,8 @@ class Scenario:
     def token_texts(self) -> list[str]:
         """The text of every token, in order."""
         n = len(self.words)
+        if self.words_are_tokens:
+            return [self.words[i % n] for i in range(self.tokens)]
         return [(" " if i else "") + self.words[i % n] for i in range(self.tokens)]
 
     def text(self) -> str:
@@ -252,12 +257,20 @@ class StreamRecord:
     api: ApiName
     stream: bool
     request: dict[str, Any]
-    received_ns: int  # request body read: the timeline's zero
+    received_ns: int  # request body read
     headers_ns: int | None = None
+    # Shimmy mode: the per-request model load (perf_counter_ns); the timeline starts at its end.
+    load_started_ns: int | None = None
+    load_ended_ns: int | None = None
     events: list[SentEvent] = field(default_factory=list)
     outcome: Outcome = "running"
     error: str | None = None
     finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def zero_ns(self) -> int:
+        """The scenario timeline's zero: the request's arrival, or the end of its model load."""
+        return self.load_ended_ns if self.load_ended_ns is not None else self.received_ns
 
     @property
     def sent_ns(self) -> list[int]:
@@ -273,6 +286,8 @@ class StreamRecord:
             "request": self.request,
             "received_ns": self.received_ns,
             "headers_ns": self.headers_ns,
+            "load_started_ns": self.load_started_ns,
+            "load_ended_ns": self.load_ended_ns,
             "events": [vars(e) for e in self.events],
             "outcome": self.outcome,
             "error": self.error,
@@ -288,6 +303,8 @@ class StreamRecord:
             request=data["request"],
             received_ns=data["received_ns"],
             headers_ns=data["headers_ns"],
+            load_started_ns=data.get("load_started_ns"),
+            load_ended_ns=data.get("load_ended_ns"),
             events=[SentEvent(**e) for e in data["events"]],
             outcome=data["outcome"],
             error=data["error"],

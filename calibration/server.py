@@ -49,12 +49,21 @@ Run as a process (so the server does not share the client's GIL):
 
 It prints `listening on http://127.0.0.1:PORT` once it accepts connections
 (use `--port 0` for any free port) and serves until SIGINT or SIGTERM.
+
+Shimmy 1.7.0 mode (`--shimmy-1.7.0 [--load-s S] [--loader-log FILE]
+[--cpu-moe]`, or `CalibratedServer(shimmy=ShimmyMode(...))`): every generation
+request first "loads the model" for `load_s`, writing a llama.cpp b6686 loader
+log (stderr by default), and the wire is Shimmy's own: see calibration.shimmy.
+Only /api/generate and /v1/chat/completions generate; the scenario's
+`finish_reason` and `usage` are ignored there (Shimmy always says "stop" and
+never counts).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -75,6 +84,15 @@ from urllib.parse import urlsplit
 
 from calibration.scenario import Scenario, SentEvent, StreamRecord
 from calibration.shapes import LAST_CHUNK, Shapes, chunk, prompt_words, timings_object, usage_object
+from calibration.shimmy import (
+    CORS_HEADERS,
+    SHIMMY_PATHS,
+    LoaderLog,
+    ShimmyMode,
+    backend_slot,
+    health_body,
+    play_load,
+)
 from collector.apis import PATHS, ApiName
 from common.errors import ConfigError
 
@@ -85,6 +103,10 @@ _yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 
 _API_BY_PATH: dict[str, ApiName] = {path: api for api, path in PATHS.items()}
 _LONG_LINE_PIECE = 64 * 1024
+_CORS = dict(
+    line.split(": ", 1) for line in CORS_HEADERS.decode().splitlines()
+)  # Shimmy's CORS middleware answers every route with these
+_MISSING_MODEL = "Failed to deserialize the JSON body into the target type: missing field `model`"
 _RECORDS_KEPT = 1000
 
 
@@ -103,8 +125,13 @@ class CalibratedServer:
         host: str = "127.0.0.1",
         port: int = 0,
         spin_s: float = 0.0005,
+        shimmy: ShimmyMode | None = None,
     ) -> None:
         self._scenario = scenario or Scenario()
+        # Shimmy 1.7.0 mode (calibration.shimmy): per-request loads, its wire quirks.
+        self.shimmy = shimmy
+        self.loader_log = LoaderLog(shimmy.log) if shimmy is not None else None
+        self.backend = threading.Lock()
         self._lock = threading.Lock()
         self._records: deque[StreamRecord] = deque(maxlen=_RECORDS_KEPT)
         self._connections: set[socket.socket] = set()
@@ -178,6 +205,8 @@ class CalibratedServer:
             self._httpd.shutdown()
             self._thread.join()
         self._httpd.server_close()
+        if self.loader_log is not None:
+            self.loader_log.close()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -371,13 +400,14 @@ class _Stream:
 
     def play(self) -> None:
         sc, shapes, record = self.sc, self.shapes, self.record
-        t0 = record.received_ns
+        t0 = record.zero_ns
         headers = (
             b"HTTP/1.1 200 OK\r\n"
             b"Content-Type: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n"
-            b"Connection: close\r\n\r\n"
+            + (CORS_HEADERS if shapes.shimmy_1_7 else b"")
+            + b"Connection: close\r\n\r\n"
         )
         record.headers_ns = self.wire.send_head(headers, sc)
         if shapes.api == "openai-chat":
@@ -410,7 +440,10 @@ class _Stream:
     def _tail(self) -> list[tuple[SentEvent, bytes]]:
         sc, shapes = self.sc, self.shapes
         parts: list[tuple[SentEvent, bytes]] = []
-        if shapes.api != "shimmy":
+        if shapes.chat_1_7 is not None:
+            # Shimmy 1.7.0 says "stop" however the generation ended, and sends no usage.
+            parts.append((SentEvent("final", "", 0, 0, 0), shapes.chat_1_7.final()))
+        elif shapes.api != "shimmy":
             first = self.first_token_ns or time.perf_counter_ns()
             last = self.last_token_ns or first
             prompt_n = prompt_words(self.record.request)
@@ -424,7 +457,7 @@ class _Stream:
                 usage = usage_object(prompt_n, self.tokens_sent)
                 parts.append((SentEvent("usage", "", 0, 0, 0), shapes.usage(usage, timings)))
         if sc.send_done:
-            parts.append((SentEvent("done", "", 0, 0, 0), b"data: [DONE]\n\n"))
+            parts.append((SentEvent("done", "", 0, 0, 0), shapes.done()))
         return parts
 
 
@@ -450,7 +483,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         calibration = self.server.calibration
-        if path == "/health":
+        if calibration.shimmy is not None and not path.startswith("/_calibration/"):
+            self._shimmy_get(path)
+        elif path == "/health":
             self._json(200, {"status": "ok"})
         elif path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": "calibration", "object": "model"}]})
@@ -480,7 +515,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": {"code": 400, "message": "body is not a JSON object"}})
             return
         calibration = self.server.calibration
-        if path in _API_BY_PATH:
+        if calibration.shimmy is not None and not path.startswith("/_calibration/"):
+            if path not in SHIMMY_PATHS:
+                self._plain(404, "")  # axum's fallback: no /v1/completions, no /tokenize
+            elif not isinstance(body.get("model"), str):
+                self._plain(422, _MISSING_MODEL)
+            else:
+                self._generate(_API_BY_PATH[path], path, body, received_ns)
+        elif path in _API_BY_PATH:
             self._generate(_API_BY_PATH[path], path, body, received_ns)
         elif path == "/tokenize":
             content = body.get("content")
@@ -496,6 +538,26 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._json(404, {"error": {"code": 404, "message": f"no route for POST {path}"}})
 
+    def _shimmy_get(self, path: str) -> None:
+        if path == "/health":
+            self._json(200, health_body(), _CORS)
+        elif path == "/v1/models":
+            model = {"id": "calibration-moe-8x", "object": "model", "created": 0}
+            self._json(200, {"object": "list", "data": [{**model, "owned_by": "shimmy"}]}, _CORS)
+        else:
+            self._plain(404, "")
+
+    def _plain(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        if data:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in _CORS.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
     def _json(self, status: int, obj: dict[str, Any], extra: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode()
         self.send_response(status)
@@ -509,24 +571,32 @@ class _Handler(BaseHTTPRequestHandler):
     def _generate(self, api: ApiName, path: str, request: dict[str, Any], received_ns: int) -> None:
         calibration = self.server.calibration
         scenario = calibration.scenario
-        record = StreamRecord(path, api, bool(request.get("stream", False)), request, received_ns)
+        shimmy = calibration.shimmy
+        # Shimmy's GenOptions stream by default: only an explicit false is not streamed.
+        stream = request.get("stream") is not False if shimmy else bool(request.get("stream"))
+        if shimmy is not None:
+            # Shimmy's loop stops at max_tokens (default 256) and still says "stop".
+            budget = request.get("max_tokens")
+            budget = budget if isinstance(budget, int) and budget >= 0 else 256
+            scenario = dataclasses.replace(scenario, tokens=min(scenario.tokens, budget))
+        record = StreamRecord(path, api, stream, request, received_ns)
         calibration.add_record(record)
         self.close_connection = True
         wire = _Wire(self, calibration)
-        shapes = Shapes(api, str(request.get("model", "calibration")), scenario.shimmy_shape)
+        model = str(request.get("model", "calibration"))
+        shapes = Shapes(api, model, scenario.shimmy_shape, shimmy_1_7=shimmy is not None)
         try:
-            if scenario.verbatim_response is not None:
-                self._verbatim(wire, scenario.verbatim_response, record)
-                record.outcome = "complete"
-            elif scenario.http_status != 200:
-                self._error_status(scenario, record)
-                record.outcome = "http-error"
-            elif record.stream:
-                _Stream(wire, scenario, record, shapes).play()
-                record.outcome = "complete"
-            else:
-                self._whole_body(wire, scenario, record, shapes)
-                record.outcome = "complete"
+            with contextlib.ExitStack() as held:
+                if shimmy is not None and calibration.loader_log is not None:
+                    if not held.enter_context(backend_slot(calibration.backend)):
+                        # Another request holds llama-cpp-2's one backend: its load fails.
+                        self._plain(502, "")
+                        record.outcome = "http-error"
+                        return
+                    record.load_started_ns, record.load_ended_ns = play_load(
+                        shimmy, calibration.loader_log, wire.wait_until
+                    )
+                self._respond(wire, scenario, record, shapes)
         except _Dropped:
             record.outcome = "disconnected"
         except _Abort:
@@ -536,6 +606,22 @@ class _Handler(BaseHTTPRequestHandler):
             record.error = f"{type(exc).__name__}: {exc}"
         finally:
             record.finished.set()
+
+    def _respond(
+        self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: Shapes
+    ) -> None:
+        if scenario.verbatim_response is not None:
+            self._verbatim(wire, scenario.verbatim_response, record)
+            record.outcome = "complete"
+        elif scenario.http_status != 200:
+            self._error_status(scenario, record)
+            record.outcome = "http-error"
+        elif record.stream:
+            _Stream(wire, scenario, record, shapes).play()
+            record.outcome = "complete"
+        else:
+            self._whole_body(wire, scenario, record, shapes)
+            record.outcome = "complete"
 
     def _error_status(self, scenario: Scenario, record: StreamRecord) -> None:
         status = scenario.http_status
@@ -556,11 +642,12 @@ class _Handler(BaseHTTPRequestHandler):
         self, wire: _Wire, scenario: Scenario, record: StreamRecord, shapes: Shapes
     ) -> None:
         schedule = scenario.schedule()
-        due = record.received_ns + schedule.tail_ns
+        zero = record.zero_ns
+        due = zero + schedule.tail_ns
         wire.wait_until(due)
         prompt_n = prompt_words(record.request)
-        first = record.received_ns + (schedule.writes_ns[0] if schedule.writes_ns else 0)
-        timings = timings_object(prompt_n, scenario.tokens, first - record.received_ns, due - first)
+        first = zero + (schedule.writes_ns[0] if schedule.writes_ns else 0)
+        timings = timings_object(prompt_n, scenario.tokens, first - zero, due - first)
         data = shapes.body(
             scenario.text(),
             scenario.finish_reason,
@@ -569,7 +656,8 @@ class _Handler(BaseHTTPRequestHandler):
         )
         head = (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(data)
+            b"Content-Length: %d\r\n%sConnection: close\r\n\r\n"
+            % (len(data), CORS_HEADERS if shapes.shimmy_1_7 else b"")
         )
         if scenario.drip_headers or scenario.drip_after_tokens is not None:
             record.headers_ns = wire.send_head(head, scenario)
@@ -601,11 +689,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=500.0,
         help="busy-wait this long before each deadline (default 500; 0: sleep only)",
     )
+    shimmy = parser.add_argument_group("Shimmy 1.7.0 mode")
+    shimmy.add_argument(
+        "--shimmy-1.7.0",
+        dest="shimmy",
+        action="store_true",
+        help="behave as Shimmy 1.7.0: a model load per request, its wire quirks",
+    )
+    shimmy.add_argument(
+        "--load-s", type=float, default=0.3, help="each request's model load (default 0.3)"
+    )
+    shimmy.add_argument(
+        "--loader-log", type=Path, help="append the loader log to this file (default: stderr)"
+    )
+    shimmy.add_argument(
+        "--cpu-moe", action="store_true", help="the loader log shows every expert tensor moved"
+    )
     args = parser.parse_args(argv)
     try:
         scenario = Scenario.load(args.scenario) if args.scenario else Scenario()
+        mode = (
+            ShimmyMode(load_s=args.load_s, log=args.loader_log, cpu_moe=args.cpu_moe)
+            if args.shimmy
+            else None
+        )
         server = CalibratedServer(
-            scenario, host=args.host, port=args.port, spin_s=args.spin_us / 1e6
+            scenario, host=args.host, port=args.port, spin_s=args.spin_us / 1e6, shimmy=mode
         )
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -618,6 +727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     with server:
+        if mode is not None:
+            # Shimmy's own start line; it loads nothing before serving.
+            print(f"🚀 Starting Shimmy server on {args.host}:{server.port}", flush=True)
         print(f"listening on {server.base_url}", flush=True)
         while not stop.wait(0.5):
             pass

@@ -1,6 +1,7 @@
 """The API shapes on the wire: llama-server's SSE events (OpenAI chat and
-completions, with `timings` and `usage`), Shimmy's bare-text and JSON events,
-and HTTP/1.1 chunked framing."""
+completions, with `timings` and `usage`), Shimmy's bare-text and JSON events
+(and, in Shimmy 1.7.0 mode, its exact axum framing and chat chunks), and
+HTTP/1.1 chunked framing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from typing import Any
 
 from calibration.scenario import ShimmyShape
+from calibration.shimmy import ChatChunks, axum_event
 from collector.apis import ApiName
 
 
@@ -27,11 +29,16 @@ def sse(obj: dict[str, Any]) -> bytes:
 class Shapes:
     """The JSON shapes of one API's events and bodies (llama-server's, Shimmy's)."""
 
-    def __init__(self, api: ApiName, model: str, shimmy_shape: ShimmyShape) -> None:
+    def __init__(
+        self, api: ApiName, model: str, shimmy_shape: ShimmyShape, shimmy_1_7: bool = False
+    ) -> None:
         self.api = api
         self.model = model
         self.shimmy_shape = shimmy_shape
         self.created = int(time.time())
+        # Shimmy 1.7.0's own wire (axum framing, its chat chunks): see calibration.shimmy.
+        self.chat_1_7 = ChatChunks(model) if shimmy_1_7 and api == "openai-chat" else None
+        self.shimmy_1_7 = shimmy_1_7
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chat = self.api == "openai-chat"
@@ -44,10 +51,16 @@ class Shapes:
         }
 
     def role(self) -> bytes:
+        if self.chat_1_7 is not None:
+            return self.chat_1_7.role()
         delta = {"role": "assistant", "content": None}
         return sse(self._envelope([{"index": 0, "delta": delta, "finish_reason": None}]))
 
     def content(self, text: str) -> bytes:
+        if self.chat_1_7 is not None:
+            return self.chat_1_7.content(text)
+        if self.shimmy_1_7:
+            return axum_event(text)
         if self.api == "shimmy":
             if self.shimmy_shape == "json":
                 return sse({"choices": [{"text": text, "index": 0}]})
@@ -58,6 +71,9 @@ class Shapes:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
         return sse(self._envelope([choice]))
+
+    def done(self) -> bytes:
+        return axum_event("[DONE]") if self.shimmy_1_7 else b"data: [DONE]\n\n"
 
     def final(self, finish_reason: str, timings: dict[str, Any]) -> bytes:
         if self.api == "openai-chat":
@@ -76,7 +92,13 @@ class Shapes:
         usage: dict[str, int],
         timings: dict[str, Any],
     ) -> bytes:
+        if self.chat_1_7 is not None:
+            return self.chat_1_7.body(text)
         if self.api == "shimmy":
+            if self.shimmy_1_7:  # serde_json: compact, UTF-8 unescaped
+                return json.dumps(
+                    {"response": text}, separators=(",", ":"), ensure_ascii=False
+                ).encode()
             return json.dumps({"response": text}).encode()
         if self.api == "openai-chat":
             choice: dict[str, Any] = {

@@ -91,10 +91,11 @@ def request_body(api: ApiName, p: GenerationParams) -> dict[str, Any]:
 def decode_event(api: ApiName, data: str) -> Decoded:
     """Decode one SSE `data` payload. Raises StreamError for JSON that is not an event."""
     stripped = data.strip()
+    if api == "shimmy":
+        # Bare token text: only the exact marker ends it; a token " [DONE] " is text.
+        return Decoded("done") if data == "[DONE]" else _decode_shimmy(data, stripped)
     if stripped == "[DONE]":
         return Decoded("done")
-    if api == "shimmy":
-        return _decode_shimmy(data, stripped)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:

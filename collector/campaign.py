@@ -9,6 +9,7 @@ server that dies mid-stream is restarted and the campaign goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -36,6 +37,7 @@ from collector.recording import (
     stored_config,
 )
 from collector.session import server_session, tokenize
+from collector.tokenizer import OutputCounter, TokenCount
 from common.errors import CampaignFailed, ConfigError, ServerError, StoreError
 from common.secrets import REDACTED, Secrets
 from evidence.writer import as_stored, redact_secrets, update_row
@@ -264,6 +266,8 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
     restarts = 0
     restart_of: str | None = None
     timeouts = http_client.Timeouts(stall_s=camp.stall_timeout_s, request_s=camp.request_timeout_s)
+    model_file = ctx.model_paths.get(plan.model.label) or plan.model.path
+    counter = OutputCounter.for_model(ctx.engine, model_file)
     while todo:
         ctx.progress.server(
             plan.model.label,
@@ -297,11 +301,14 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     on_content=ctx.progress.on_content,
                 )
                 server_died = run.died(request_failed=result.status != "ok")
-                tokenized = None
-                if camp.tokenize and not server_died and ctx.config.server.api != "shimmy":
-                    tokenized = tokenize(run.base_url, result.output_text, auth_headers(ctx))
+                tokenized = TokenCount()
+                if camp.tokenize:
+                    # The server's /tokenize while it is up (Shimmy has none), else offline.
+                    asks_server = not server_died and ctx.config.server.api != "shimmy"
+                    server = functools.partial(tokenize, run.base_url, headers=auth_headers(ctx))
+                    tokenized = counter.count(result.output_text, server if asks_server else None)
                 store_request(ctx, run, cell, result, tokenized, telemetry.drain())
-                ctx.progress.finished(result.status, _summary(result, tokenized))
+                ctx.progress.finished(result.status, _summary(result, tokenized.tokens))
                 todo.pop(0)
                 if server_died:
                     restarts += 1

@@ -11,10 +11,18 @@ Two formats are read:
 Buffers are taken from the last load in the log; overridden tensors are counted
 once per name. The override lines are DEBUG-level in current llama.cpp, so the
 server must run with `-lv 5` (or `--verbose`) for them to be there.
+
+A server that loads the model for every request (Shimmy 1.7.0) repeats the
+whole loader log per request. `LoadSplitter` says where each load begins and
+ends (one definition, used here to split a saved log and by
+`collector.log_watch` to stamp loads as they are written); each load is parsed
+on its own and the summary says how many there were and which facts differ
+between them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -28,10 +36,13 @@ from evidence.llama_names import block_of, is_host_device
 
 __all__ = [
     "BUFFER_KINDS",
+    "LoadSplitter",
     "LoaderLogSummary",
     "format_summary",
+    "loader_line",
     "parse_loader_log",
     "print_log_summary",
+    "split_loads",
 ]
 
 BUFFER_KINDS = ("model", "kv", "compute", "output")
@@ -46,6 +57,18 @@ _FLAGS = re.ASCII
 _LV5_PREFIX = re.compile(r"^\s*[0-9]+(?:\.[0-9]+){3}\s+[A-Z]\s", _FLAGS)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]", _FLAGS)
 _LOAD_START = re.compile(r"llama_model_loader: loaded meta data with", _FLAGS)
+# Where a load's lines begin (before its metadata: the device it loads to) and end:
+# b6686 ends a load with llama_context's "graph splits = N", b11434 with the
+# scheduler's "graph: nodes = N, splits = M".
+_LOAD_OPENER = re.compile(r"^llama_model_load_from_file_impl:", _FLAGS)
+_LOAD_END = re.compile(
+    r"llama_context: graph splits = [0-9]|sched_reserve: graph: nodes = [0-9]+, splits = [0-9]",
+    _FLAGS,
+)
+# b11434's `--fit on` (its default) first sizes the model in a pass of its own
+# (0.00 MiB buffers), then loads it for real: two passes, one load.
+_FIT_BEGIN = re.compile(r"fitting params to device memory", _FLAGS)
+_FIT_DONE = re.compile(r"\bcommon_fit_params: ", _FLAGS)
 _BUFFER = re.compile(
     rf"\s(?P<dev>\S+)\s+(?P<kind>model|KV|compute|output)\s+buffer size\s*=\s*(?P<mib>{_NUM}) MiB",
     _FLAGS,
@@ -128,6 +151,11 @@ class LoaderLogSummary:
     settings: Mapping[str, str] = field(default_factory=dict)
     # `--fit`'s own lines (empty when it did not run, e.g. with `-fit off`).
     fit_lines: tuple[str, ...] = ()
+    # How many times the log loads the model (one per request for Shimmy 1.7.0), and
+    # what differs between those loads (buffers, overrides, settings): every figure
+    # above is the last load's, which stands for all of them only when this is empty.
+    loads: int = 1
+    load_differences: tuple[str, ...] = ()
 
     def gpu_mib(self, kind: str) -> float | None:
         """One kind of buffer (model, kv, compute) summed over every device that is
@@ -199,6 +227,8 @@ class LoaderLogSummary:
             "load_passes": self.load_passes,
             "settings": dict(self.settings),
             "fit_lines": list(self.fit_lines),
+            "loads": self.loads,
+            "load_differences": list(self.load_differences),
         }
 
 
@@ -320,24 +350,128 @@ class _Scan:
         )
 
 
-def parse_loader_log(text: str, *, source: str = "the log") -> LoaderLogSummary:
-    """Summarise a llama.cpp loader log (either format).
+def loader_line(raw: str) -> str:
+    """One log line as the parser reads it: colour codes and the `-lv 5` timestamp and
+    level prefix removed, NUL bytes and the line end dropped."""
+    line = _ANSI.sub("", raw.replace("\x00", "").rstrip("\r\n"))
+    prefix = _LV5_PREFIX.match(line)
+    return line[prefix.end() :] if prefix else line
 
-    Unknown lines are ignored; CRLF line ends, NUL bytes and a log cut off
-    mid-line are tolerated. Raises LogParseError when the text has none of the
-    lines read here (`source` names the text in that message).
-    """
+
+class LoadSplitter:
+    """Where each model load of a log begins and ends, fed one line at a time
+    (`loader_line` applied): `feed` answers "start" on a load's first line, "end" on
+    its last, else None.
+
+    A load begins at the first loader line seen outside a load (the device line, the
+    metadata line, or `--fit`'s announcement) and ends at the context's graph line.
+    `--fit`'s sizing pass is part of the load it sizes: its graph line does not end
+    the load. A metadata line inside a load that already had all its passes begins a
+    new load: the one before never finished (a crash or an abort mid-load)."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self._sizing = False
+        self._passes = 0  # metadata lines seen in the open load
+        self._allowed = 1  # passes the open load may have (2 with a sizing pass)
+
+    def _begin(self) -> str:
+        self.open, self._sizing, self._passes, self._allowed = True, False, 0, 1
+        return "start"
+
+    def feed(self, line: str) -> str | None:
+        event = None
+        if _FIT_BEGIN.search(line):
+            event = None if self.open else self._begin()
+            self._sizing, self._allowed = True, 2
+        elif _LOAD_START.search(line):
+            if not self.open or self._passes >= self._allowed:
+                event = self._begin()
+            self._passes += 1
+        elif _LOAD_OPENER.search(line):
+            event = None if self.open else self._begin()
+        elif _FIT_DONE.search(line):
+            self._sizing = False
+        elif self.open and _LOAD_END.search(line):
+            if self._sizing:
+                self._sizing = False  # the sizing pass ended; the real load follows
+            else:
+                self.open = False
+                event = "end"
+        return event
+
+
+def split_loads(text: str) -> tuple[str, list[str]]:
+    """The log cut into what precedes the first load (the server's start-up: thread
+    counts, devices) and one text per model load, each from its first line to the
+    line before the next load's first."""
+    splitter = LoadSplitter()
+    prefix: list[str] = []
+    parts: list[list[str]] = []
+    for raw in text.splitlines():
+        if splitter.feed(loader_line(raw)) == "start":
+            parts.append([])
+        (parts[-1] if parts else prefix).append(raw)
+    return "\n".join(prefix), ["\n".join(lines) for lines in parts]
+
+
+def _scan(text: str) -> _Scan:
     scan = _Scan()
-    for raw in text.replace("\x00", "").splitlines():
-        line = _ANSI.sub("", raw)
-        prefix = _LV5_PREFIX.match(line)
-        scan.line(line[prefix.end() :] if prefix else line)
-    if not scan.recognised:
+    for raw in text.splitlines():
+        scan.line(loader_line(raw))
+    return scan
+
+
+# The facts every load must agree on for the last load to stand for the whole log.
+_AGREEING = (
+    ("buffers", "buffer sizes"),
+    ("overridden_tensors", "overridden tensors"),
+    ("override_targets", "override targets"),
+    ("layers_offloaded", "layers offloaded"),
+    ("settings", "settings"),
+)
+
+
+def _differences(loads: list[LoaderLogSummary]) -> tuple[str, ...]:
+    """Which facts differ between the loads, naming the first load that differs from
+    the first (loads numbered from 1, as a reader counts them)."""
+    out = []
+    first = loads[0]
+    for attr, label in _AGREEING:
+        for number, load in enumerate(loads[1:], start=2):
+            if getattr(load, attr) != getattr(first, attr):
+                out.append(
+                    f"{label} differ between load 1 and load {number} of {len(loads)}: "
+                    f"{_shown(getattr(first, attr))} vs {_shown(getattr(load, attr))}"
+                )
+                break
+    return tuple(out)
+
+
+def _shown(value: object) -> str:
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def parse_loader_log(text: str, *, source: str = "the log") -> LoaderLogSummary:
+    """Summarise a llama.cpp loader log (either format), with one load or many.
+
+    Each load is parsed on its own; the summary is the last load's, with the number
+    of loads and what differs between them. Unknown lines are ignored; CRLF line
+    ends, NUL bytes and a log cut off mid-line are tolerated. Raises LogParseError
+    when the text has none of the lines read here (`source` names the text).
+    """
+    prefix, parts = split_loads(text.replace("\x00", ""))
+    # The start-up lines (b11434 prints its thread counts there) hold for every load.
+    scans = [_scan(f"{prefix}\n{part}") for part in parts] or [_scan(prefix)]
+    loads = [scan.summary() for scan in scans if scan.recognised]
+    if not loads:
         raise LogParseError(
             f"{source} has none of the llama.cpp loader lines (buffer sizes, print_info, "
             "tensor overrides); pass the full stdout/stderr of llama-server or shimmy"
         )
-    return scan.summary()
+    last = loads[-1]
+    return dataclasses.replace(last, loads=len(loads), load_differences=_differences(loads))
 
 
 def _cell(value: float | None) -> str:

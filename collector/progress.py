@@ -7,6 +7,7 @@ for the GIL and blur the token timestamps being measured.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -14,8 +15,25 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
+
+from common.secrets import Secrets
 
 REDRAW_S = 0.5
+
+# What a terminal would act on rather than show: C0 controls but tab and newline
+# (ESC starts colour, cursor and title sequences), DEL, C1 controls, and the bidi
+# embeddings, overrides and isolates that reorder the rest of the line.
+# (The same bidi set as the site's `report.formatting`.)
+_CONTROLS = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 but tab and newline, DEL, C1
+    r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"  # bidi
+)
+
+
+def visible(text: str) -> str:
+    """`text` with every control character shown as its escape (`\\x1b`, `\\u202e`)."""
+    return _CONTROLS.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 @dataclass
@@ -35,10 +53,16 @@ class _State:
 
 
 class CampaignProgress:
-    """Rich live progress on a terminal, plain lines otherwise."""
+    """Rich live progress on a terminal, plain lines otherwise.
 
-    def __init__(self, console: Console | None = None) -> None:
+    Every line it prints, and every cell of the live table, has the campaign's
+    `secrets` replaced (a 401 body or a server's last log line can echo a key) and
+    is shown as text: never as Rich markup (a `[/x]` in an error body would abort
+    the campaign), never as terminal control sequences a server sent."""
+
+    def __init__(self, console: Console | None = None, secrets: Secrets | None = None) -> None:
         self.console = console or Console(stderr=True)
+        self.secrets = secrets or Secrets()
         self.state = _State()
         self._live: Live | None = None
         self._last_draw = 0.0
@@ -56,11 +80,16 @@ class CampaignProgress:
             self._live.__exit__(None, None, None)
             self._live = None
 
-    def message(self, text: str) -> None:
+    def message(self, text: str, cut: bool = False) -> None:
+        """Print one line (`cut`: it may end inside a secret, being cut short)."""
+        line = self._shown(text, cut)
         if self._live is not None:
-            self._live.console.print(text)
+            self._live.console.print(line, markup=False, highlight=False)
         else:
-            print(text, file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
+
+    def _shown(self, text: str, cut: bool = False) -> str:
+        return visible(self.secrets.text(text, cut=cut))
 
     def plan(self, total: int) -> None:
         self.state.total = total
@@ -90,10 +119,9 @@ class CampaignProgress:
             f"  {self.state.test:<24} r{self.state.repeat} "
             f"{'stream' if self.state.stream else 'no-stream':<9} {status:<12} {summary}"
         )
-        if self._live is None:
-            self.message(line)
-        else:
-            self._live.console.print(line)
+        # The summary of a failed request is its error cut at a fixed length: it may
+        # end inside a key.
+        self.message(line, cut=True)
         self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
@@ -114,10 +142,13 @@ class CampaignProgress:
             rate = f"~{(s.tokens - 1) / ((s.last_ns - s.first_ns) / 1e9):.1f} tok/s"
         table = Table.grid(padding=(0, 2))
         table.add_row(
-            f"[bold]{s.model}[/] / [cyan]{s.config}[/]",
-            f"{s.test} r{s.repeat}/{s.repeats} {'stream' if s.stream else 'no-stream'}",
+            Text.assemble((self._shown(s.model), "bold"), " / ", (self._shown(s.config), "cyan")),
+            Text(
+                self._shown(f"{s.test} r{s.repeat}/{s.repeats} ")
+                + ("stream" if s.stream else "no-stream")
+            ),
             f"{s.tokens} reads {rate}",
             f"{s.done}/{s.total} requests",
-            s.note,
+            Text(self._shown(s.note)),
         )
         return table

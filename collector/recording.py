@@ -27,8 +27,9 @@ from collector.inventory import (
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, Cell, test_max_tokens
 from collector.protocol import PROTOCOL, ProtocolTest
-from collector.session import ServerRunHandle
+from collector.session import ServerRunHandle, record_request_loads
 from collector.telemetry import Sample
+from collector.tokenizer import TokenCount
 from common.secrets import redact_argv
 from evidence.writer import (
     Transaction,
@@ -181,7 +182,7 @@ def store_request(
     run: ServerRunHandle,
     cell: Cell,
     result: http_client.RequestResult,
-    tokenized: int | None,
+    tokenized: TokenCount,
     samples: list[Sample],
 ) -> str:
     request_id = str(uuid.uuid4())
@@ -214,7 +215,9 @@ def store_request(
                 "usage_prompt_tokens": _int(usage.get("prompt_tokens")),
                 "usage_completion_tokens": _int(usage.get("completion_tokens")),
                 "server_timings": to_json(result.timings),
-                "tokenized_output_tokens": tokenized,
+                "tokenized_output_tokens": tokenized.tokens,
+                "tokenizer": tokenized.tokenizer,
+                "tokenizer_error": tokenized.error,
                 "event_count": len(result.chunk_t_ns),
             },
         )
@@ -224,6 +227,8 @@ def store_request(
             chunk_table(request_id, result.chunk_t_ns, result.chunk_text, result.chunk_kind),
         )
         insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
+        # The model loads the server's log showed during this request (and before it).
+        record_request_loads(ctx.con, run, request_id, result.sent_ns)
     return request_id
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from collector.campaign import (
     StoredDefinition,
+    campaign_secrets,
     check_same_definition,
     config_of,
     run_campaign,
@@ -38,9 +40,9 @@ from collector.config import (
 )
 from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_profile
 from collector.engine import EngineBuild, cached_engine, ensure_engine
-from collector.progress import CampaignProgress
-from common.errors import ConfigError, ModelError, StoreError
-from evidence.store import open_store
+from collector.progress import CampaignProgress, visible
+from common.errors import ConfigError, DiskFull, EvidenceError, ModelError, StoreError
+from evidence.store import disk_full, open_store
 
 # The `collect` flags that define a campaign: all but where it is stored (--db)
 # and --resume. Unset, each is None or False.
@@ -148,6 +150,11 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
         config = config.model_copy(
             update={"device": config.device.model_copy(update={"kind": device})}
         )
+    if args.quick:
+        # The profile first, then the flags typed with it: `--quick --repeats 3` is
+        # the smoke profile with three repeats (the --quick help says so).
+        config = quick_profile(config)
+        profile = "quick" if profile == "default" else f"{profile}-quick"
     updates: dict[str, Any] = {}
     if args.repeats is not None:
         if args.repeats < 1:
@@ -171,9 +178,6 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
         config = config.model_copy(update={"campaign": campaign})
     if args.no_sweep:
         config = config.model_copy(update={"sweep": None})
-    if args.quick:
-        config = quick_profile(config)
-        profile = "quick" if profile == "default" else f"{profile}-quick"
     return config, profile
 
 
@@ -243,6 +247,29 @@ def _stored(db: Path, resume: str | bool) -> StoredDefinition:
         return stored_definition(con, resume)
 
 
+def _campaign_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {str(row[0]) for row in con.execute("SELECT campaign_id FROM campaigns").fetchall()}
+
+
+def _new_campaign(con: duckdb.DuckDBPyConnection, before: set[str]) -> str | None:
+    """The campaign this run created, if its row was committed (the store still reads
+    after a commit failed for want of space)."""
+    try:
+        new = _campaign_ids(con) - before
+    except duckdb.Error:
+        return None
+    return next(iter(new)) if len(new) == 1 else None
+
+
+def _resume_hint(args: argparse.Namespace, campaign_id: str | None) -> str:
+    """How to go on once space is free: the campaign's own `--resume`, or a rerun when
+    not even its first row was stored."""
+    if campaign_id is None:
+        return "run the command again"
+    db = f" --db {shlex.quote(str(args.db))}" if getattr(args, "db", None) else ""
+    return f"continue with `moe-evidence collect --resume {campaign_id}{db}`"
+
+
 def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
     """Run (or resume) the campaign the flags ask for into `db`; return its id."""
     stored: StoredDefinition | None = None
@@ -262,21 +289,35 @@ def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
     engine = engine_with_progress() if uses_engine else None
     model_paths = _model_paths(config, embedded)
     api_key = env_api_key(config.server.api_key_env)
+    # What the store never holds, the terminal never shows: progress lines and the
+    # final error line can carry a 401 body or a log line that echoes a key.
+    secrets = campaign_secrets(config, command, api_key)
     try:
-        with open_store(db) as con, CampaignProgress() as progress:
-            return run_campaign(
-                con,
-                config,
-                profile=profile,
-                command=command,
-                model_paths=model_paths,
-                engine=engine,
-                inspect=_inspect,
-                resume=stored.campaign_id if stored else False,
-                progress=progress,
-                data_dir=db.parent,
-                api_key=api_key,
-            )
+        with open_store(db) as con, CampaignProgress(secrets=secrets) as progress:
+            before = _campaign_ids(con)
+            try:
+                return run_campaign(
+                    con,
+                    config,
+                    profile=profile,
+                    command=command,
+                    model_paths=model_paths,
+                    engine=engine,
+                    inspect=_inspect,
+                    resume=stored.campaign_id if stored else False,
+                    progress=progress,
+                    data_dir=db.parent,
+                    api_key=api_key,
+                )
+            except (duckdb.Error, OSError) as exc:
+                if not disk_full(exc):
+                    raise
+                campaign_id = stored.campaign_id if stored else _new_campaign(con, before)
+                raise DiskFull(str(db), _resume_hint(args, campaign_id)) from exc
+    except EvidenceError as exc:
+        # The one `error:` line quotes what failed (a 401 body, a log's last line).
+        exc.args = tuple(visible(secrets.text(a)) if isinstance(a, str) else a for a in exc.args)
+        raise
     except duckdb.IOException as exc:
         # The disk filled up, or the file went away, mid-campaign.
         message = str(exc).splitlines()[0]

@@ -6,17 +6,19 @@ Load time is measured from just before the process is created to the first
 model loads). Health is polled every 50 ms, which bounds the resolution.
 
 The server's stdout and stderr go straight to a log file, so the log survives
-a crash of the server or of the collector.
+a crash of the server or of the collector; once it has stopped, the campaign's
+secrets are redacted in that file (`redact_logs`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -25,6 +27,7 @@ import httpx
 import psutil
 
 from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
+from common.secrets import Secrets
 
 HEALTH_POLL_S = 0.05
 
@@ -284,6 +287,41 @@ def check_endpoint(base_url: str, health_paths: Sequence[str] = ("/health", "/v1
 def _tail(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "(empty log)"
+
+
+def redact_logs(
+    secrets: Secrets, paths: Iterable[Path | None], warn: Callable[[str], None]
+) -> None:
+    """Replace `secrets` in the logs kept on disk (a server's, its devices'), once the
+    processes that wrote them have stopped: a server that prints its arguments or its
+    environment must not leave a key in data/logs/ when the store's copy is redacted.
+
+    Bytes that are not UTF-8 are kept as they are. The redacted copy replaces the log
+    in one step; where it cannot be written (a full disk), the log stays as it was and
+    `warn` says so."""
+    if not secrets:
+        return
+    for path in paths:
+        if path is None:
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+        except OSError:
+            continue  # never written, or gone
+        if not secrets.found_in(text):
+            continue
+        redacted = secrets.text(text).encode("utf-8", errors="surrogateescape")
+        partial = path.with_name(path.name + ".redacting")
+        try:
+            partial.write_bytes(redacted)
+            os.replace(partial, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+            warn(
+                f"could not redact the secrets in {path} ({exc.strerror or exc}); "
+                f"delete it or redact it by hand"
+            )
 
 
 def terminate_tree(pid: int, grace_s: float) -> None:

@@ -1,5 +1,6 @@
-"""One server's life in a campaign: start it (or attach), sample it, stop it,
-and record all of that in `server_runs` and `telemetry`."""
+"""One server's life in a campaign: start it (or attach), sample it, watch its
+log for model loads, stop it, and record all of that in `server_runs`,
+`telemetry` and `server_loads`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 
 from collector.device import (
@@ -21,6 +23,7 @@ from collector.device import (
     launch_rpc_servers,
     rss_bytes,
 )
+from collector.log_watch import LogWatcher, SeenLoad
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, ServerPlan
 from collector.server import (
@@ -30,6 +33,7 @@ from collector.server import (
     fill_placeholders,
     free_port,
     launch,
+    redact_logs,
     server_version,
 )
 from collector.telemetry import Sample, TelemetrySampler
@@ -39,6 +43,7 @@ from evidence.writer import (
     Transaction,
     insert_arrow,
     insert_row,
+    secrets_of,
     telemetry_table,
     to_json,
     update_row,
@@ -119,6 +124,8 @@ class ServerRunHandle:
     server: RunningServer | None
     base_url: str
     devices: list[RpcServer] = field(default_factory=list)
+    # Tails the launched server's log for model loads; None when attached (no log).
+    watcher: LogWatcher | None = None
 
     def died(self, request_failed: bool) -> bool:
         """Whether the launched server or one of its launched devices has died.
@@ -197,6 +204,12 @@ def _start_server(
     log_path = ctx.data_dir / "logs" / f"{run_id}.log"
     insert_row(ctx.con, "server_runs", {**base_row, "endpoint": "", "status": "starting"})
     devices: list[RpcServer] = []
+    watcher = LogWatcher(log_path, clock=ctx.clock)
+
+    def started(s: RunningServer) -> None:
+        telemetry.start(s.pid, device_pids)
+        watcher.start()  # from the first line: a start-up load is a load too
+
     try:
         devices = _start_devices(ctx, run_id)
         spec = _launch_spec(ctx, plan, devices)
@@ -218,18 +231,19 @@ def _start_server(
             spec,
             log_path,
             clock=ctx.clock,
-            on_started=lambda s: telemetry.start(s.pid, device_pids),
+            on_started=started,
         )
     except (ServerError, EngineError) as exc:
         samples = telemetry.stop()
         hint = failure_hint(devices)
         error = f"{hint}; {exc}" if hint else str(exc)
-        _finish_failed_start(ctx, run_id, log_path, error, samples, devices)
+        _finish_failed_start(ctx, run_id, log_path, error, samples, devices, watcher.stop())
         if hint:
             raise type(exc)(error) from exc
         raise
     except BaseException:
         telemetry.stop()
+        watcher.stop()
         _stop_devices(devices)
         raise
     assert server.ready_ns is not None
@@ -252,7 +266,7 @@ def _start_server(
         f"ready in {(server.ready_ns - server.launch_ns) / 1e9:.2f} s "
         f"(pid {server.pid}, {server.base_url})",
     )
-    return ServerRunHandle(run_id, server, server.base_url, devices)
+    return ServerRunHandle(run_id, server, server.base_url, devices, watcher)
 
 
 def _log_summary(text: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -285,12 +299,16 @@ def _finish_failed_start(
     error: str,
     samples: list[Sample],
     devices: list[RpcServer],
+    loads: list[SeenLoad],
 ) -> None:
     text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     summary, _ = _log_summary(text) if text else (None, None)
     device_row = _stop_devices(devices)
+    logs = [log_path, *(d.log_path for d in devices)]
+    redact_logs(secrets_of(ctx.con), logs, ctx.progress.message)
     with Transaction(ctx.con):
         insert_arrow(ctx.con, "telemetry", telemetry_table(run_id, samples))
+        _insert_loads(ctx.con, run_id, loads, None)
         update_row(
             ctx.con,
             "server_runs",
@@ -317,10 +335,13 @@ def _stop_server(
     exit_code = None
     text = None
     summary = None
+    loads: list[SeenLoad] = []
     if run.server is not None:
         # After our own stop this is the terminate signal's code (-15 on POSIX):
         # stored as the fact it is; `status` says whether the server crashed.
         exit_code = run.server.stop(clock=ctx.clock)
+        # Loads after the last recorded request (or in none): no request's.
+        loads = run.watcher.stop() if run.watcher else []
         text = run.server.log_text()
         summary, parse_error = _log_summary(text)
         if parse_error and error is None and status == "stopped":
@@ -329,8 +350,11 @@ def _stop_server(
     # under a live server would make the server abort.
     device_row = _stop_devices(run.devices)
     samples = telemetry.stop()
+    logs = [run.server.log_path if run.server else None, *(d.log_path for d in run.devices)]
+    redact_logs(secrets_of(ctx.con), logs, ctx.progress.message)
     with Transaction(ctx.con):
         insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
+        _insert_loads(ctx.con, run.server_run_id, loads, None)
         update_row(
             ctx.con,
             "server_runs",
@@ -346,6 +370,44 @@ def _stop_server(
                 **device_row,
             },
         )
+
+
+def _insert_loads(
+    con: duckdb.DuckDBPyConnection,
+    server_run_id: str,
+    loads: list[SeenLoad],
+    request_id: str | None,
+) -> None:
+    for load in loads:
+        insert_row(
+            con,
+            "server_loads",
+            {
+                "server_run_id": server_run_id,
+                "seq": load.seq,
+                "request_id": request_id,
+                "first_line_ns": load.first_line_ns,
+                "last_line_ns": load.last_line_ns,
+                "log_offset": load.log_offset,
+            },
+        )
+
+
+def record_request_loads(
+    con: duckdb.DuckDBPyConnection, run: ServerRunHandle, request_id: str, sent_ns: int
+) -> None:
+    """Store the loads the log has shown since the request before, right after this
+    request ended: in the request's name those whose first line was seen after it
+    was sent (the load happened inside it), the ones before it (start-up, the
+    warm-up) in no one's. Requests are served one at a time, so time alone
+    attributes a load."""
+    if run.watcher is None:
+        return  # attached: no log to read
+    loads = run.watcher.take()
+    _insert_loads(con, run.server_run_id, [x for x in loads if x.first_line_ns < sent_ns], None)
+    _insert_loads(
+        con, run.server_run_id, [x for x in loads if x.first_line_ns >= sent_ns], request_id
+    )
 
 
 def tokenize(base_url: str, text: str, headers: dict[str, str]) -> int | None:

@@ -4,7 +4,8 @@ EvidenceError                  base: the CLI prints `error: <message>` and exits
 ├── ConfigError                a config file or flag is wrong (names the key)
 ├── StoreError                 the evidence store cannot be used
 │   ├── StoreLocked            another process holds the DuckDB file (names the PID)
-│   └── SchemaTooNew           the store was written by a newer version of this tool
+│   ├── SchemaTooNew           the store was written by a newer version of this tool
+│   └── DiskFull               the disk under the store filled up (what was committed is kept)
 ├── EngineError                the inference engine cannot be built or found
 ├── ModelError                 a model file is missing or unreadable
 ├── ServerError                the server under test did not start or stay up
@@ -47,6 +48,18 @@ class StoreLocked(StoreError):
 
 class SchemaTooNew(StoreError):
     pass
+
+
+class DiskFull(StoreError):
+    """A write to the store failed for want of space. Each request is one transaction,
+    so what was committed before is whole; `then` says how to go on once space is free."""
+
+    def __init__(self, path: str, then: str = "run the command again") -> None:
+        super().__init__(
+            f"disk full: the evidence store {path} could not be written; everything "
+            f"stored before is kept; free space on that disk, then {then}"
+        )
+        self.path = path
 
 
 class EngineError(EvidenceError):

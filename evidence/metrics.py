@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from common.thresholds import DEFAULT_THRESHOLDS
 from evidence.llama_names import BLOCK_SQL_PATTERN
 
 # The category of the protocol's long tests (tests.category), the population of
@@ -95,6 +96,9 @@ JOIN models m ON m.model_id = s.model_id
 JOIN request_tokens t USING (request_id)
 LEFT JOIN request_itl i USING (request_id)
 LEFT JOIN request_consistency c USING (request_id)
+LEFT JOIN request_host_load hl USING (request_id)
+LEFT JOIN request_loads ld USING (request_id)
+LEFT JOIN request_peak_memory pm USING (request_id)
 """
 _REQUEST_KEYS = """r.request_id, r.campaign_id, r.server_run_id, s.model_id,
        m.label AS model_label, s.config_label, s.n_cpu_moe, r.test_id, r.repeat, r.stream,
@@ -104,15 +108,42 @@ _REQUEST_KEYS = """r.request_id, r.campaign_id, r.server_run_id, s.model_id,
 _MEMORY_FROM = "FROM server_run_windows w JOIN server_run_samples a USING (server_run_id)"
 _MEMORY_KEYS = "w.server_run_id, w.device_before_bytes"
 
+# Per server run: its recorded requests' loads (over request_metrics).
+_LOADS_FROM = """FROM server_runs s
+LEFT JOIN server_run_memory m USING (server_run_id)
+LEFT JOIN (SELECT server_run_id, count(*) AS recorded,
+                  count(*) FILTER (WHERE loads_in_request > 0) AS with_load,
+                  median(model_load_ms) AS load_median,
+                  median(request_device_peak_delta_bytes) AS device_request_median
+           FROM request_metrics GROUP BY server_run_id) q USING (server_run_id)"""
+
 _DEFS: tuple[Metric, ...] = (
+    Metric(
+        "finish_reason_inferred",
+        "Finish reason (inferred)",
+        "",
+        "The server's finish reason, except: `length` when it said `stop` (or, Shimmy's native "
+        "API, nothing) but the output reached `max_tokens`, counted by a tokenizer or, when "
+        "streamed, by content events (each carries at least one token): Shimmy 1.7.0 says "
+        "`stop` whatever ended the generation. Shimmy's native API, which never gives a "
+        "reason, ended short of the budget: `stop`.",
+        sql="CASE WHEN r.status <> 'ok' THEN r.finish_reason "
+        "WHEN (r.finish_reason = 'stop' OR (r.finish_reason IS NULL AND r.api = 'shimmy')) "
+        "AND greatest(CASE WHEN t.token_source <> 'chunks' THEN t.output_tokens END, "
+        "CASE WHEN r.stream THEN t.content_events END) >= r.max_tokens THEN 'length' "
+        "WHEN r.finish_reason IS NULL AND r.api = 'shimmy' THEN 'stop' "
+        "ELSE r.finish_reason END",
+    ),
     Metric(
         "completed",
         "Completed",
         "",
-        "The request finished: status ok and the server's finish reason `stop` or `length` "
-        "(not a timeout, a dropped connection or an error). The population of the performance "
-        "figures (streamed and completed) and of the completion rate.",
-        sql="(r.status = 'ok' AND r.finish_reason IN ('stop', 'length'))",
+        "The request finished: status ok and the finish reason (`finish_reason_inferred`) "
+        "`stop` or `length` (not a timeout, a dropped connection or an error). The "
+        "population of the performance figures (streamed and completed) and of the "
+        "completion rate.",
+        sql="(r.status = 'ok' AND finish_reason_inferred IN ('stop', 'length'))",
+        needs=("finish_reason_inferred",),
     ),
     Metric(
         "ttft_ms",
@@ -120,9 +151,71 @@ _DEFS: tuple[Metric, ...] = (
         "ms",
         "Arrival of the first streamed event whose content is non-empty, minus the moment the "
         "request was sent; both on the collector's monotonic clock (perf_counter_ns). Streamed "
-        "requests only: a non-streamed answer has no first token to time.",
+        "requests only: a non-streamed answer has no first token to time. A server that "
+        "loads the model for each request includes that load (see model load in request).",
         sql="CASE WHEN r.stream AND r.first_token_ns IS NOT NULL "
         "THEN (r.first_token_ns - r.sent_ns) / 1e6 END",
+        higher_is_better=False,
+    ),
+    Metric(
+        "loads_in_request",
+        "Model loads in the request",
+        "loads",
+        "How many model loads the server's log showed during the request: loads whose first "
+        "loader line the collector saw (it reads the launched server's log every 20 ms) "
+        "between the request's send and the end of its answer. NULL for an attached server: "
+        "there is no log to read, so a per-request reload is not verifiable.",
+        sql="CASE WHEN s.mode <> 'attach' THEN coalesce(ld.loads, 0) END",
+    ),
+    # Not `load_ms`: that is server_runs' start-up load (launch to healthy), and a
+    # later metric naming `load_ms` would read that column instead.
+    Metric(
+        "model_load_ms",
+        "Model load in the request",
+        "ms",
+        "From the request's send to the moment the collector saw the last line of the load "
+        "inside it (`graph splits` / `sched_reserve: graph`), on the clock of the request "
+        "times. From the send, not from the load's first line: whatever the server does "
+        "before its loader prints (resolving and opening the model file) is part of what the "
+        "reload costs the request. A line is seen at most one poll (20 ms) after it is "
+        "written. NULL when the request contained no load, or the load never finished.",
+        sql="CASE WHEN ld.load_end_ns IS NOT NULL THEN (ld.load_end_ns - r.sent_ns) / 1e6 END",
+        higher_is_better=False,
+    ),
+    Metric(
+        "ttft_after_load_ms",
+        "Time to first token after the load",
+        "ms",
+        "Time to first token minus the model load in the request: prompt processing and the "
+        "first token once the model is loaded, the figure comparable with a server that "
+        "keeps the model loaded. Floored at 0 (the load's end is seen up to one poll late). "
+        "NULL without a load in the request.",
+        sql="CASE WHEN ttft_ms IS NOT NULL AND model_load_ms IS NOT NULL "
+        "THEN greatest(ttft_ms - model_load_ms, 0) END",
+        needs=("ttft_ms", "model_load_ms"),
+        higher_is_better=False,
+    ),
+    Metric(
+        "request_rss_peak_bytes",
+        "Server RSS peak during the request",
+        "bytes",
+        "Highest resident set size of the server's process tree over the telemetry samples "
+        "taken between the request's send and its end. The memory figure of a server that "
+        "loads the model per request: it holds the model only while a request runs.",
+        sql="pm.rss_peak",
+        higher_is_better=False,
+    ),
+    Metric(
+        "request_device_peak_delta_bytes",
+        "Device memory peak during the request (measured)",
+        "bytes",
+        "Highest device memory sample (the launched RPC device processes' resident memory, "
+        "else NVML's device memory in use) between the request's send and its end, minus "
+        "the same figure taken before the server was launched.",
+        sql="CASE WHEN json_extract_string(s.device, '$.source') IS NOT NULL "
+        "THEN pm.dev_peak - TRY_CAST(json_extract(s.device, '$.mem_before_bytes') AS BIGINT) "
+        "ELSE pm.gpu_peak - TRY_CAST(json_extract(s.gpu_before, '$.mem_used_bytes') AS BIGINT) "
+        "END",
         higher_is_better=False,
     ),
     Metric(
@@ -138,8 +231,10 @@ _DEFS: tuple[Metric, ...] = (
         "output_tokens",
         "Output tokens",
         "tokens",
-        "The server's `usage.completion_tokens` when sent; else llama.cpp's "
-        "`timings.predicted_n`; else the server's `/tokenize` count of the output text; else "
+        "The server's `usage.completion_tokens` when sent (a usage of 0 for a non-empty output, "
+        "Shimmy's, is no count); else llama.cpp's `timings.predicted_n`; else the tokenizer's "
+        "count of the output text (the server's `/tokenize`, or `llama-tokenize` offline on the "
+        "model file: `requests.tokenizer`); else "
         "the number of content events, flagged as an estimate. `token_source` says which; "
         "`tokens_disagree` flags requests whose available sources differ by more than 10%.",
         sql="t.output_tokens",
@@ -167,9 +262,14 @@ _DEFS: tuple[Metric, ...] = (
         "tokens_disagree",
         "Token counts disagree",
         "",
-        "The available tokenizer counts (usage, timings, /tokenize) differ by more than 10%.",
-        sql="(greatest(r.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens) "
-        "> 1.10 * least(r.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens))",
+        "The available token counts (usage, timings, the tokenizer's) differ by more than "
+        "10%; or, for a streamed request counted only by a tokenizer (no usage, no timings: "
+        "Shimmy), its count and the number of content events differ by more than 10% (and "
+        "more than one).",
+        sql="((greatest(t.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens) "
+        "> 1.10 * least(t.usage_completion_tokens, t.timings_tokens, r.tokenized_output_tokens))"
+        " OR (r.stream AND t.token_source = 'tokenize' AND abs(r.tokenized_output_tokens - "
+        "t.content_events) > greatest(1, 0.10 * r.tokenized_output_tokens)))",
     ),
     Metric(
         "avg_tps",
@@ -270,12 +370,51 @@ _DEFS: tuple[Metric, ...] = (
         needs=("decode_tps", "server_decode_tps"),
     ),
     Metric(
+        "other_cpu_cores",
+        "CPU used by other processes",
+        "cores",
+        "The cores other processes kept busy while the request ran: per telemetry sample, the "
+        "whole machine's busy CPU (sys_cpu_percent x logical CPUs / 100) minus the server's "
+        "process tree, its launched RPC device processes and the collector with its sampler "
+        "(each 100 = one core). Each sample's CPU figures are averages since the sample "
+        "before; the request's figure is their mean over its send to done, each sample "
+        "weighted by the part of the request its span covers, floored at 0. NULL "
+        "(not measured) without telemetry, without the collector's or the server's CPU "
+        "(an attached server, a store older than migration 8) or without the host's CPU count.",
+        sql="hl.other_cpu_cores",
+        higher_is_better=False,
+    ),
+    Metric(
+        "starved",
+        "Starved by other processes",
+        "",
+        "Other processes used more than `max_other_cpu_cores` (default "
+        f"{DEFAULT_THRESHOLDS['max_other_cpu_cores']:g}) cores on average during the request "
+        "(other CPU above): the server may have waited for a core, so its timings describe "
+        "the host's load, not the configuration. NULL, not false, when the CPU of other "
+        "processes was not measured.",
+        sql="(other_cpu_cores > hl.starved_above_cores)",
+        needs=("other_cpu_cores",),
+    ),
+    Metric(
+        "in_headline",
+        "In the headline figures",
+        "",
+        "Completed and not starved: the population of the paired offload/baseline ratios, "
+        "the per-configuration means and the timing gates (consistent speed, completion "
+        "time, responsiveness). A request whose host load was not measured counts. "
+        "`moe-evidence build --include-starved` counts starved requests too.",
+        sql="(completed AND (NOT coalesce(starved, false) OR {include_starved}))",
+        needs=("completed", "starved"),
+    ),
+    Metric(
         "offload_ratio",
         "Offload / baseline (paired)",
         "",
         "For a metric (TTFT, decode tokens/s, E2E, average tokens/s): each offload request is "
         "paired with the baseline request of the same model, test, repeat and streaming mode "
-        "(same prompt and seed), both completed; the figure is the geometric mean of the "
+        "(same prompt and seed), both completed and neither starved by other processes "
+        "(`in_headline`); the figure is the geometric mean of the "
         "per-pair ratios offload / baseline, with a 95 % interval from the t distribution of "
         "their logarithms, shown from 3 pairs on. Below 1: the offload configuration is "
         "slower to decode, or faster to its first token.",
@@ -291,6 +430,21 @@ _DEFS: tuple[Metric, ...] = (
         sql="100.0 * avg(completed::INTEGER)",
         needs=("completed",),
         higher_is_better=True,
+    ),
+    Metric(
+        "starved_rate",
+        "Starved requests",
+        "%",
+        "Streamed requests flagged `starved` / all streamed requests of the group (those "
+        "whose host load was not measured count as not starved), in percent. A campaign "
+        "above `max_starved_share` (default "
+        f"{100 * DEFAULT_THRESHOLDS['max_starved_share']:g} %) says in its verdict that the "
+        "host was busy.",
+        view="group",
+        sql="100.0 * count(*) FILTER (WHERE stream AND starved) "
+        "/ nullif(count(*) FILTER (WHERE stream), 0)",
+        needs=("starved",),
+        higher_is_better=False,
     ),
     Metric(
         "rss_idle_bytes",
@@ -424,13 +578,63 @@ _DEFS: tuple[Metric, ...] = (
         sql="a.samples",
     ),
     Metric(
+        "requests_with_load",
+        "Requests that contained a model load",
+        "requests",
+        "Recorded requests of the server run with at least one model load in them "
+        "(`loads_in_request` > 0); NULL for an attached server (no log).",
+        view="server_run_loads",
+        sql="CASE WHEN s.mode <> 'attach' THEN coalesce(q.with_load, 0) END",
+    ),
+    Metric(
+        "reloads_per_request",
+        "Loads the model for each request",
+        "",
+        "The server run loaded the model inside at least half of its recorded requests (and "
+        "inside at least one): a server that does not keep the model between requests "
+        "(Shimmy 1.7.0). Its time to first token then includes a load, its memory after "
+        "start-up says nothing (the model is not resident), and its memory is taken per "
+        "request. NULL when not verifiable: an attached server has no log to read.",
+        view="server_run_loads",
+        sql="CASE WHEN s.mode <> 'attach' AND q.recorded > 0 "
+        "THEN requests_with_load > 0 AND 2 * requests_with_load >= q.recorded END",
+        needs=("requests_with_load",),
+    ),
+    Metric(
+        "model_load_ms_median",
+        "Model load per request (median)",
+        "ms",
+        "The median of the model load in the request (`model_load_ms`) over the server run's "
+        "recorded requests that contained a finished load.",
+        view="server_run_loads",
+        sql="q.load_median",
+        higher_is_better=False,
+    ),
+    Metric(
+        "device_loaded_delta_bytes",
+        "Device memory with the model loaded (measured)",
+        "bytes",
+        "The device memory figure VRAM saved compares: the memory after load "
+        "(`device_idle_delta_bytes`), except for a server run that loads the model per "
+        "request (`reloads_per_request`), whose model is not resident after start-up: there, "
+        "the median over its requests of the device memory peak during each request "
+        "(`request_device_peak_delta_bytes`).",
+        view="server_run_loads",
+        sql="CASE WHEN reloads_per_request THEN q.device_request_median "
+        "ELSE m.device_idle_delta_bytes END",
+        needs=("reloads_per_request",),
+        higher_is_better=False,
+    ),
+    Metric(
         "vram_saved_pct",
         "VRAM saved",
         "%",
         "1 - offload / baseline device memory after load, in percent, for the same model in "
         "the same campaign (same host and build). Source, in order of preference, and the same "
         "source on both sides: measured (device memory after load minus before launch: NVML "
-        "on a GPU, the RPC device process's resident memory on llama.cpp's RPC device), else "
+        "on a GPU, the RPC device process's resident memory on llama.cpp's RPC device; for a "
+        "server that loads the model per request, the median per-request peak instead: "
+        "`device_loaded_delta_bytes`), else "
         "log (the device buffers, model + KV + compute, the server's loader log printed), "
         "else estimated (the GGUF weight bytes that stay on the device plus the KV cache and "
         "compute buffers the log printed; weights only when there is no log). The source is "
@@ -529,16 +733,22 @@ SELECT r.request_id,
        TRY_CAST(json_extract(r.server_timings, '$.predicted_n') AS BIGINT) AS timings_tokens,
        TRY_CAST(json_extract(r.server_timings, '$.predicted_per_second') AS DOUBLE)
            AS server_decode_tps,
-       coalesce(r.usage_completion_tokens,
+       coalesce(u.usage_tokens,
                 TRY_CAST(json_extract(r.server_timings, '$.predicted_n') AS BIGINT),
                 r.tokenized_output_tokens,
                 ev.content_events, 0) AS output_tokens,
-       CASE WHEN r.usage_completion_tokens IS NOT NULL THEN 'usage'
+       CASE WHEN u.usage_tokens IS NOT NULL THEN 'usage'
             WHEN json_extract(r.server_timings, '$.predicted_n') IS NOT NULL THEN 'timings'
             WHEN r.tokenized_output_tokens IS NOT NULL THEN 'tokenize'
             ELSE 'chunks' END AS token_source,
-       r.usage_completion_tokens, r.tokenized_output_tokens
-FROM requests r LEFT JOIN ev USING (request_id);
+       u.usage_tokens AS usage_completion_tokens, r.tokenized_output_tokens
+FROM requests r LEFT JOIN ev USING (request_id)
+-- Shimmy 1.7.0 answers usage 0/0 whatever it generated: zero tokens for a
+-- non-empty output is no count at all.
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN r.usage_completion_tokens = 0 AND r.output_text <> '' THEN NULL
+                ELSE r.usage_completion_tokens END AS usage_tokens
+) u;
 
 -- The gap before each content event (from the one before it): a stream's
 -- inter-token latency as the reader sees it. Nothing is divided: an event that
@@ -586,6 +796,62 @@ WITH q AS (
 SELECT f.request_id, l.rate / nullif(f.rate, 0) AS consistency_ratio
 FROM rates f JOIN rates l ON f.request_id = l.request_id
 WHERE f.quarter = 'first' AND l.quarter = 'last';
+
+-- Per telemetry sample, the cores busy with processes other than the server, its
+-- device and the collector (METRICS['other_cpu_cores']). psutil's CPU figures
+-- are averages since the previous sample, so each sample covers from_ns..t_ns.
+CREATE OR REPLACE TEMP VIEW telemetry_other_cpu AS
+SELECT t.server_run_id, t.t_ns,
+       coalesce(lag(t.t_ns) OVER (PARTITION BY t.server_run_id ORDER BY t.t_ns), t.t_ns)
+           AS from_ns,
+       t.sys_cpu_percent * h.cpu_threads / 100
+           - (t.cpu_percent + coalesce(t.device_cpu_percent, 0) + t.collector_cpu_percent)
+             / 100 AS other_cores
+FROM telemetry t
+JOIN server_runs s USING (server_run_id)
+JOIN campaigns cp USING (campaign_id)
+JOIN hosts h USING (host_id);
+
+-- Each request's time-weighted mean of those samples (a sample weighs the part of
+-- the request its span covers), and the campaign's starvation threshold (its
+-- config's [gates] max_other_cpu_cores, else the default).
+CREATE OR REPLACE TEMP VIEW request_host_load AS
+WITH covered AS (
+    SELECT r.request_id, r.campaign_id, o.other_cores,
+           least(o.t_ns, r.done_ns) - greatest(o.from_ns, r.sent_ns) AS overlap_ns
+    FROM requests r
+    JOIN telemetry_other_cpu o ON o.server_run_id = r.server_run_id
+         AND o.t_ns > r.sent_ns AND o.from_ns < r.done_ns
+    WHERE o.other_cores IS NOT NULL
+)
+SELECT c.request_id,
+       -- (greatest() skips NULLs: test first, so a request with no weight stays NULL)
+       CASE WHEN sum(c.overlap_ns) > 0
+            THEN greatest(sum(c.other_cores * c.overlap_ns) / sum(c.overlap_ns), 0) END
+           AS other_cpu_cores,
+       count(*) AS host_load_samples,
+       any_value(coalesce(TRY_CAST(json_extract(cp.config, '$.gates.max_other_cpu_cores')
+                                   AS DOUBLE), {max_other_cpu_cores})) AS starved_above_cores
+FROM covered c
+JOIN campaigns cp USING (campaign_id)
+GROUP BY c.request_id;
+
+-- The model loads the server's log showed inside each request (collector.log_watch);
+-- the last one's end is the end of the load(s) the request waited for.
+CREATE OR REPLACE TEMP VIEW request_loads AS
+SELECT request_id, count(*) AS loads,
+       CASE WHEN count(last_line_ns) = count(*) THEN max(last_line_ns) END AS load_end_ns
+FROM server_loads WHERE request_id IS NOT NULL
+GROUP BY request_id;
+
+-- Memory peaks over each request's own telemetry samples (send to end).
+CREATE OR REPLACE TEMP VIEW request_peak_memory AS
+SELECT r.request_id, max(t.rss_bytes) AS rss_peak, max(t.device_rss_bytes) AS dev_peak,
+       max(t.gpu_mem_used_bytes) AS gpu_peak
+FROM requests r
+JOIN telemetry t ON t.server_run_id = r.server_run_id
+     AND t.t_ns BETWEEN r.sent_ns AND r.done_ns
+GROUP BY r.request_id;
 
 -- Per server run: the telemetry windows the memory figures are taken over.
 CREATE OR REPLACE TEMP VIEW server_run_windows AS
@@ -650,7 +916,8 @@ JOIN request_metrics b ON b.campaign_id = o.campaign_id AND b.model_id = o.model
      AND b.config_label = oc.baseline_label AND b.test_id = o.test_id
      AND b.repeat = o.repeat AND b.stream = o.stream;
 
--- Offload / baseline per pair of completed requests, one row per metric
+-- Offload / baseline per pair of requests in the headline (completed, not
+-- starved), one row per metric
 -- (METRICS['offload_ratio']); summarised by evidence.statistics.paired_ratio.
 CREATE OR REPLACE TEMP VIEW offload_pair_ratios AS
 WITH r AS (
@@ -662,7 +929,7 @@ WITH r AS (
     FROM offload_pairs p
     JOIN request_metrics o ON o.request_id = p.offload_request_id
     JOIN request_metrics b ON b.request_id = p.baseline_request_id
-    WHERE o.completed AND b.completed
+    WHERE o.in_headline AND b.in_headline
 )
 UNPIVOT r ON ttft_ms, decode_tps, e2e_s, avg_tps INTO NAME metric VALUE offload_ratio;
 
@@ -681,7 +948,7 @@ HAVING count(DISTINCT config_label) = (
 -- Memory per (campaign, model, configuration), over its server runs that loaded.
 CREATE OR REPLACE TEMP VIEW config_memory AS
 SELECT s.campaign_id, s.model_id, s.config_label, any_value(s.n_cpu_moe) AS n_cpu_moe,
-       avg(m.device_idle_delta_bytes) AS gpu_measured_bytes,
+       avg(l.device_loaded_delta_bytes) AS gpu_measured_bytes,
        -- NULL when the runs measured their device differently.
        CASE WHEN count(DISTINCT m.device_source) <= 1 THEN any_value(m.device_source) END
            AS measured_source,
@@ -700,6 +967,7 @@ SELECT s.campaign_id, s.model_id, s.config_label, any_value(s.n_cpu_moe) AS n_cp
        CASE WHEN count(DISTINCT s.version) <= 1 THEN any_value(s.version) END AS version,
        count(*) AS server_runs
 FROM server_runs s JOIN server_run_memory m USING (server_run_id)
+JOIN server_run_loads l USING (server_run_id)
 WHERE s.ready_ns IS NOT NULL
 GROUP BY ALL;
 
@@ -806,7 +1074,7 @@ SELECT b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token,
 FROM config_bytes_per_token b
 JOIN campaigns cp USING (campaign_id)
 LEFT JOIN request_metrics r ON r.campaign_id = b.campaign_id AND r.model_id = b.model_id
-     AND r.config_label = b.config_label AND r.stream AND r.completed
+     AND r.config_label = b.config_label AND r.stream AND r.in_headline
 GROUP BY b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token;
 
 -- The offload speed model (METRICS['predicted_decode_tps']).
@@ -815,7 +1083,7 @@ WITH cfg AS (
     SELECT o.campaign_id, o.model_id, o.config_label,
            avg(o.decode_tps) AS decode_tps, count(o.decode_tps) AS n
     FROM request_metrics o JOIN common_tests USING (campaign_id, model_id, test_id)
-    WHERE o.stream AND o.completed
+    WHERE o.stream AND o.in_headline
     GROUP BY ALL
     HAVING count(o.decode_tps) > 0
 ), per_token AS (
@@ -851,7 +1119,7 @@ WITH tt AS (
     FROM event_times t
     JOIN request_metrics r USING (request_id)
     JOIN tests ts USING (campaign_id, test_id)
-    WHERE r.stream AND r.completed AND ts.category = '{long_category}' AND t.n_events >= 20
+    WHERE r.stream AND r.in_headline AND ts.category = '{long_category}' AND t.n_events >= 20
 )
 SELECT request_id, decile,
        decode_rate(count(*), min(t_ns), max(t_ns)) * any_value(tokens_per_event)
@@ -860,22 +1128,31 @@ FROM tt GROUP BY request_id, decile;
 """
 
 
-def views_sql() -> str:
-    """Every macro and view, in dependency order."""
+def views_sql(include_starved: bool = False) -> str:
+    """Every macro and view, in dependency order; with `include_starved`, requests
+    starved by other processes count in the headline figures (`in_headline`)."""
+    inputs = _INPUT_VIEWS.replace("{consistency_min_tokens}", str(CONSISTENCY_MIN_TOKENS))
+    inputs = inputs.replace(
+        "{max_other_cpu_cores}", repr(DEFAULT_THRESHOLDS["max_other_cpu_cores"])
+    )
     return "\n".join(
         (
             MACROS,
-            _INPUT_VIEWS.replace("{consistency_min_tokens}", str(CONSISTENCY_MIN_TOKENS)),
-            _generated_view("request_metrics", _REQUEST_KEYS, _REQUEST_FROM),
+            inputs,
+            _generated_view("request_metrics", _REQUEST_KEYS, _REQUEST_FROM).replace(
+                "{include_starved}", "TRUE" if include_starved else "FALSE"
+            ),
             _generated_view("server_run_memory", _MEMORY_KEYS, _MEMORY_FROM),
+            _generated_view("server_run_loads", "s.server_run_id", _LOADS_FROM),
             _DERIVED_VIEWS.replace("{long_category}", LONG_CATEGORY),
         )
     )
 
 
-def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the metric macros and views on `con` (works on read-only connections)."""
-    con.execute(views_sql())
+def create_views(con: duckdb.DuckDBPyConnection, include_starved: bool = False) -> None:
+    """Create the metric macros and views on `con` (works on read-only connections);
+    `include_starved` as in `views_sql`."""
+    con.execute(views_sql(include_starved))
 
 
 def group_sql(name: str) -> str:

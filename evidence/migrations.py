@@ -306,6 +306,8 @@ def _tokenizer(con: duckdb.DuckDBPyConnection) -> None:
         ALTER TABLE requests ADD COLUMN tokenizer VARCHAR;
             -- 'server' (its /tokenize), 'llama-tokenize' (the engine's tool, vocab
             -- only, on the model file); NULL: nothing counted the output
+        ALTER TABLE requests ADD COLUMN tokenizer_error VARCHAR;
+            -- why nothing counted it (no llama-tokenize, no model file, it failed)
         """
     )
 

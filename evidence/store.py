@@ -7,6 +7,7 @@ connection is open; a second writer (or a reader while a writer runs) gets
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import uuid
@@ -18,8 +19,9 @@ from pathlib import Path
 
 import duckdb
 
-from common.errors import SchemaTooNew, StoreError, StoreLocked
+from common.errors import DiskFull, SchemaTooNew, StoreError, StoreLocked
 from evidence.migrations import MIGRATIONS, SCHEMA_VERSION
+from evidence.writer import Transaction
 
 DEFAULT_DB = Path("data") / "evidence.duckdb"
 DB_ENV = "EVIDENCE_DB"
@@ -68,6 +70,8 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         if "lock" in message.lower():
             match = _LOCK_PID.search(message)
             raise StoreLocked(str(path), int(match.group(1)) if match else None) from exc
+        if disk_full(exc):
+            raise DiskFull(str(path)) from exc
         raise StoreError(
             f"cannot open evidence store {path}: {message.splitlines()[0]}; "
             f"pass another file with --db"
@@ -119,8 +123,7 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     for migration in MIGRATIONS:
         if migration.version <= version:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with Transaction(con):
             migration.apply(con)
             con.execute(
                 "INSERT INTO schema_migrations VALUES (?, ?, ?)",
@@ -131,10 +134,6 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
                     "INSERT INTO store_meta VALUES ('store_id', ?), ('created_utc', ?)",
                     [str(uuid.uuid4()), datetime.now(UTC).isoformat()],
                 )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
 
 @contextmanager
@@ -144,33 +143,72 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
     Readers never modify the file: an older store is read as it is (the report
     queries only columns every version has), a newer one is refused.
     """
-    if read_only:
-        if not path.exists():
-            raise StoreError(
-                f"no evidence store at {path}; run `nox -s collect` first or pass --db"
-            )
-        con = _connect(path, read_only=True)
-        try:
+    if read_only and not path.exists():
+        raise StoreError(f"no evidence store at {path}; run `nox -s collect` first or pass --db")
+    if not read_only:
+        _make_folder(path)
+    con = _connect(path, read_only)
+    try:
+        if read_only:
             check_version(con, path)
-            yield con
-        finally:
+        else:
+            migrate(con, path)
+        yield con
+    except (duckdb.Error, OSError) as exc:
+        if disk_full(exc):
+            raise DiskFull(str(path)) from exc
+        raise
+    finally:
+        try:
             con.close()
-        return
+        except duckdb.Error as exc:
+            # Closing checkpoints the WAL into the file; on a full disk that fails,
+            # and the WAL, which holds every committed row, is replayed on next open.
+            if not disk_full(exc):
+                raise
+
+
+def _make_folder(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if disk_full(exc):
+            raise DiskFull(str(path)) from exc
         blocker = next((p for p in path.parents if p.is_file()), None)
         reason = f"{blocker} is a file" if blocker else (exc.strerror or str(exc))
         raise StoreError(
             f"cannot create the folder {path.parent} for the evidence store ({reason}); "
             f"pass --db a path in a folder you can write"
         ) from exc
-    con = _connect(path, read_only=False)
-    try:
-        migrate(con, path)
-        yield con
-    finally:
-        con.close()
+
+
+# How a full disk reads in DuckDB's messages (it gives the OS's text, not an errno):
+# ENOSPC on POSIX, ERROR_DISK_FULL / ERROR_HANDLE_DISK_FULL on Windows, and a quota.
+_NO_SPACE = (
+    "no space left on device",
+    "not enough space on the disk",
+    "disk is full",
+    "disk quota exceeded",
+)
+_NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or an error it was raised while handling, says the disk is full.
+
+    The chain matters: a failed commit is often followed by a failed attempt to mark
+    the campaign failed, whose own message may say nothing about space."""
+    seen: BaseException | None = exc
+    for _ in range(16):  # a chain is short; a cycle must not hang us
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE_ERRNOS:
+            return True
+        text = str(seen).lower()
+        if any(phrase in text for phrase in _NO_SPACE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)

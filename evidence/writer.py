@@ -50,6 +50,7 @@ TELEMETRY_SCHEMA = pa.schema(
         ("gpu_util_percent", pa.float64()),
         ("device_rss_bytes", pa.int64()),
         ("device_cpu_percent", pa.float64()),
+        ("collector_cpu_percent", pa.float64()),
     ]
 )
 
@@ -63,12 +64,21 @@ _SECRETS: weakref.WeakKeyDictionary[duckdb.DuckDBPyConnection, Secrets] = (
 _BARE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S*", re.IGNORECASE)
 # Tables of streamed pieces: their `text` is redacted per request and kind as one text.
 _STREAM_COLUMNS = frozenset({"request_id", "kind", "text"})
+# Columns whose text may end cut short (an error quotes the first bytes of a body):
+# a tail that is the start of a secret is redacted too (see `Secrets.text`).
+_CUT_COLUMNS = frozenset({"error"})
 
 
 def redact_secrets(con: duckdb.DuckDBPyConnection, secrets: Secrets) -> None:
     """From now on, replace `secrets` (added to any named before) in every row
     written through `con` by `insert_row`, `update_row` and `insert_arrow`."""
     _SECRETS[con] = _SECRETS.get(con, Secrets()) | secrets
+
+
+def secrets_of(con: duckdb.DuckDBPyConnection) -> Secrets:
+    """The secrets named for `con` (none yet: an empty Secrets), for what the campaign
+    keeps outside the store and must redact the same way (its logs on disk)."""
+    return _SECRETS.get(con, Secrets())
 
 
 class JsonText(str):
@@ -106,10 +116,10 @@ def as_stored(value: Any, secrets: Secrets | None = None) -> Any:
 
 def _redacted(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> list[Any]:
     secrets = _SECRETS.get(con)
-    return [_redact(v, secrets) for v in row.values()]
+    return [_redact(v, secrets, cut=k in _CUT_COLUMNS) for k, v in row.items()]
 
 
-def _redact(value: Any, secrets: Secrets | None) -> Any:
+def _redact(value: Any, secrets: Secrets | None, cut: bool = False) -> Any:
     if isinstance(value, JsonText):
         if not secrets:
             return value
@@ -117,7 +127,7 @@ def _redact(value: Any, secrets: Secrets | None) -> Any:
     if isinstance(value, str):
         if _BARE_URL.fullmatch(value):
             value = redact_url(value)
-        return secrets.text(value) if secrets else value
+        return secrets.text(value, cut=cut) if secrets else value
     return value
 
 

@@ -15,6 +15,7 @@ runs, so `--help` is instant. One error policy for all of them:
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import signal
 import sys
@@ -24,6 +25,8 @@ from pathlib import Path
 from common.errors import EvidenceError
 
 Handler = Callable[[argparse.Namespace], int]
+# Adds a command's arguments to its parser.
+Configure = Callable[[argparse.ArgumentParser], None]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -73,7 +76,10 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
         help="configuration label for --endpoint runs (e.g. cpu-moe; default: attached)",
     )
     p.add_argument(
-        "--quick", action="store_true", help="smoke profile: 1 repeat, 32-token cap, no pauses"
+        "--quick",
+        action="store_true",
+        help="smoke profile: 1 repeat, 32-token cap, no pauses (--repeats/--pause given "
+        "with it apply on top)",
     )
     p.add_argument("--repeats", type=int, help="override the number of repeats")
     p.add_argument("--pause", type=float, help="override the pause between tests (s)")
@@ -131,6 +137,12 @@ def _site_args(p: argparse.ArgumentParser) -> None:
 def _build_args(p: argparse.ArgumentParser) -> None:
     _site_args(p)
     p.add_argument("--site-dir", type=Path, default=None, help="output folder (default: site/)")
+    p.add_argument(
+        "--include-starved",
+        action="store_true",
+        help="count requests that other processes starved of CPU in the headline figures "
+        "and gates (default: left out, and counted beside the headline)",
+    )
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -143,6 +155,7 @@ def _build(args: argparse.Namespace) -> int:
             all_campaigns=args.all_campaigns,
             root=args.root,
             site_dir=args.site_dir,
+            include_starved=args.include_starved,
         )
     )
     total = sum(result.timings.values())
@@ -268,28 +281,21 @@ def _import(args: argparse.Namespace) -> int:
 # --- models, logs, texts, the engine, the instrument -----------------------------------
 
 
-def _inspect_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, help="the .gguf model file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+def _inspect_file(path_help: str, target: str) -> tuple[Configure, Handler]:
+    """A command that reads one file and prints what it finds (a table, or JSON with
+    --json) by `target`, "module:function", imported only when the command runs."""
 
+    def configure(p: argparse.ArgumentParser) -> None:
+        p.add_argument("path", type=Path, help=path_help)
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-def _inspect_model(args: argparse.Namespace) -> int:
-    from collector.gguf_inspect import print_spec
+    def handler(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        show: Callable[..., None] = getattr(importlib.import_module(module), function)
+        show(args.path, as_json=args.json)
+        return EXIT_OK
 
-    print_spec(args.path, as_json=args.json)
-    return EXIT_OK
-
-
-def _inspect_log_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", type=Path, help="a saved stdout/stderr log")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-
-def _inspect_log(args: argparse.Namespace) -> int:
-    from collector.loader_log import print_log_summary
-
-    print_log_summary(args.path, as_json=args.json)
-    return EXIT_OK
+    return configure, handler
 
 
 def _score_text_args(p: argparse.ArgumentParser) -> None:
@@ -338,7 +344,7 @@ def _perf(args: argparse.Namespace) -> int:
     return benchmarks(args.options)
 
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
+COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
     "collect": (
         "run the protocol against a server and store every token and sample, then score",
         _collect_args,
@@ -351,13 +357,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handle
     "campaigns": ("list the campaigns in a store", _campaigns_args, _campaigns),
     "inspect-model": (
         "model specs and the weights --cpu-moe keeps off the device, from a GGUF file",
-        _inspect_model_args,
-        _inspect_model,
+        *_inspect_file("the .gguf model file", "collector.gguf_inspect:print_spec"),
     ),
     "inspect-log": (
         "buffers and expert-tensor overrides from a llama.cpp loader log",
-        _inspect_log_args,
-        _inspect_log,
+        *_inspect_file("a saved stdout/stderr log", "collector.loader_log:print_log_summary"),
     ),
     "score-text": (
         "repetition score and loop detection (and a test's check) for a text on stdin",

@@ -93,6 +93,9 @@ class BuildOptions:
     site_dir: Path | None = None
     version: str | None = None  # set when publishing; shown on every page
     run_mkdocs: bool = True
+    # Count requests other processes starved in the headline figures and gates
+    # (by default they are left out, and counted beside the headline).
+    include_starved: bool = False
 
 
 @dataclass
@@ -227,7 +230,7 @@ def build_site(options: BuildOptions) -> BuildResult:
         facts = source_facts(options.db)
         with timer.step("select + views"):
             sel = select_campaigns(con, options.campaigns, options.all_campaigns)
-            prepare(con, sel)
+            prepare(con, sel, options.include_starved)
         with timer.step("contexts"):
             mem = memory.build(con, sel)
             perf = performance.build(con, sel, mem.runs)

@@ -18,19 +18,18 @@ import altair as alt
 
 from common.errors import BuildError
 from report.context.history import HistoryContext, HistoryMetric
-from report.context.memory import MemoryContext
+from report.context.memory import MemoryContext, TradeoffPoint
 from report.context.performance import MetricTable, PerformanceContext
 from report.context.quality import QualityContext
 from report.context.streaming import StreamingContext
 from report.formatting import inline_json, release_text, visible_controls
-from report.values import SOURCE_TEXT, Missing, Quantity
+from report.values import SOURCE_TEXT, Missing, Quantity, Stat
 
 WIDTH = 560
 ROW_HEIGHT = 170
 # Colours per configuration, fixed across every chart of a site.
 PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#b279a2", "#e45756", "#72b7b2", "#9d755d")
 MIB = 1 << 20
-MIB_BYTES = 1 << 20
 # Facet labels above each panel, so long model names do not eat the width.
 _HEADER = alt.Header(
     labelOrient="top", labelAnchor="start", labelFontWeight="bold", labelFontSize=12
@@ -104,6 +103,17 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _chart(
+    chart_id: str,
+    title: str,
+    chart: Any,
+    datasets: dict[str, list[dict[str, Any]]],
+    alt_text: str | None = None,
+) -> Chart:
+    """The finished chart: its spec titled, its datasets attached, the site's style set."""
+    return Chart(chart_id, title, alt_text or title, _finish(chart, title, datasets))
+
+
 def _finish(chart: Any, title: str, datasets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     # Validation against the Vega-Lite schema costs seconds on large inline data;
     # the specs are built here from typed rows and drawn by vl-convert right after.
@@ -127,17 +137,76 @@ def _clip(value: float | None) -> float | None:
     return None if value is None else max(value, 0.0)
 
 
+def _mib(figure: Quantity) -> float:
+    """A memory figure in MiB (figures stored in bytes are converted)."""
+    return figure.value / MIB if figure.unit == "bytes" else figure.value
+
+
+def _stat_fields(stat: Stat) -> dict[str, Any]:
+    """A statistic as chart fields: its mean, its 95 % CI (clipped at zero) and N."""
+    return {"mean": stat.mean, "lo": _clip(stat.ci_low), "hi": stat.ci_high, "n": stat.n}
+
+
+# A tooltip entry: a field shown as stored, or (field, number format[, title]).
+Tip = str | tuple[str, str] | tuple[str, str, str]
+
+
+def _tooltip(*fields: Tip) -> list[Any]:
+    """The tooltip channel's entries, in order."""
+    return [f if isinstance(f, str) else _tip(*f) for f in fields]
+
+
+def _tip(field: str, number_format: str, title: str | None = None) -> alt.Tooltip:
+    # No title: Vega-Lite's default (the field name); `None` would be written as null.
+    return alt.Tooltip(field, format=number_format, title=alt.Undefined if title is None else title)
+
+
+def _stat_tooltip() -> list[Any]:
+    """Tooltip entries for the fields of `_stat_fields`."""
+    return _tooltip(
+        ("mean:Q", ".3~g"), ("lo:Q", ".3~g", "CI low"), ("hi:Q", ".3~g", "CI high"), "n:Q"
+    )
+
+
+def _ci_rules(base: Any, rows: list[dict[str, Any]], **mark: Any) -> list[Any]:
+    """The CI error bars as a layer over `base`, or none where no row has an interval."""
+    if not _has_ci(rows):
+        return []
+    return [base.mark_rule(**mark).encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)]
+
+
+def _config_color(configs: Sequence[str], rows: list[dict[str, Any]]) -> alt.Color:
+    """The colour channel: one fixed colour per configuration."""
+    return alt.Color("config:N", scale=_colors(configs, rows), title="configuration")
+
+
+def _test_axis(tests: Sequence[str]) -> alt.X:
+    """The x channel of per-test charts: tests in protocol order."""
+    return alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30))
+
+
+def _by_config(
+    configs: Sequence[str],
+    rows: list[dict[str, Any]],
+    mark: str,
+    style: dict[str, Any],
+    **channels: Any,
+) -> Any:
+    """One mark (`mark_<mark>(**style)`) over the chart's dataset, one colour per configuration."""
+    chart = getattr(alt.Chart(_data()), f"mark_{mark}")(**style)
+    return chart.encode(color=_config_color(configs, rows), **channels)
+
+
+def _panels(chart: Any, row: str = "model", width: int = WIDTH, height: Any = ROW_HEIGHT) -> Any:
+    """One panel per value of `row` (a model by default), its label above the panel."""
+    return chart.properties(width=width, height=height).facet(
+        row=alt.Row(f"{row}:N", title=None, header=_HEADER)
+    )
+
+
 def _stat_rows(table: MetricTable) -> list[dict[str, Any]]:
     return [
-        {
-            "model": r.model,
-            "test": r.test_id,
-            "config": r.config,
-            "mean": r.stat.mean,
-            "lo": _clip(r.stat.ci_low),
-            "hi": r.stat.ci_high,
-            "n": r.stat.n,
-        }
+        {"model": r.model, "test": r.test_id, "config": r.config, **_stat_fields(r.stat)}
         for r in table.rows
         if r.stat.mean is not None
     ]
@@ -152,38 +221,22 @@ def per_test_chart(
         return Missing(f"no {table.title.lower()} was measured")
     unit = f" ({table.unit})" if table.unit else ""
     base = alt.Chart().encode(
-        x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
+        x=_test_axis(tests),
         xOffset=alt.XOffset("config:N", sort=list(configs)),
-        color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
+        color=_config_color(configs, data),
     )
     points = base.mark_point(filled=True, size=60).encode(
         y=alt.Y("mean:Q", title=f"{table.title}{unit}"),
-        tooltip=[
-            "model:N",
-            "test:N",
-            "config:N",
-            alt.Tooltip("mean:Q", format=".3~g"),
-            alt.Tooltip("lo:Q", format=".3~g", title="CI low"),
-            alt.Tooltip("hi:Q", format=".3~g", title="CI high"),
-            "n:Q",
-        ],
+        tooltip=["model:N", "test:N", "config:N", *_stat_tooltip()],
     )
-    layers = [points]
-    if _has_ci(data):
-        layers.insert(
-            0, base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
-        )
-    chart = (
-        alt.layer(*layers, data=_data())
-        .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
-    )
+    chart = _panels(alt.layer(*_ci_rules(base, data, strokeWidth=2), points, data=_data()))
     title = f"{table.title} per test: mean, and its 95 % CI where N >= 3"
-    return Chart(
+    return _chart(
         f"perf-{table.name.replace('_', '-')}",
         title,
+        chart,
+        {"data": data},
         f"{title}, per model and configuration",
-        _finish(chart, title, {"data": data}),
     )
 
 
@@ -194,32 +247,28 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
             continue
         for config, fig in ((c.baseline_config, c.baseline_gpu), (c.config, c.offload_gpu)):
             if isinstance(fig, Quantity):
-                mib = fig.value / MIB if fig.unit == "bytes" else fig.value
                 data.append(
                     {
                         "series": f"{c.model} · {c.config} ({c.headline.source})",
                         "config": config,
-                        "mib": mib,
+                        "mib": _mib(fig),
                     }
                 )
     if not data:
         return Missing("no GPU memory figure, measured, logged or estimated")
-    chart = (
-        alt.Chart(_data())
-        .mark_bar()
-        .encode(
-            y=alt.Y("config:N", sort=list(configs), title=None),
-            x=alt.X("mib:Q", title="device memory (MiB)"),
-            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            tooltip=["series:N", "config:N", alt.Tooltip("mib:Q", format=",.1f")],
-        )
-        .properties(width=WIDTH - 120, height=40)
-        .facet(row=alt.Row("series:N", title=None, header=_HEADER))
-        # Each row compares two configurations; a shared y scale would list all.
-        .resolve_scale(y="independent")
+    bars = _by_config(
+        configs,
+        data,
+        "bar",
+        {},
+        y=alt.Y("config:N", sort=list(configs), title=None),
+        x=alt.X("mib:Q", title="device memory (MiB)"),
+        tooltip=_tooltip("series:N", "config:N", ("mib:Q", ",.1f")),
     )
+    # Each row compares two configurations; a shared y scale would list all.
+    chart = _panels(bars, "series", WIDTH - 120, 40).resolve_scale(y="independent")
     title = "Device memory, baseline vs offload (source in each row's label)"
-    return Chart("memory-vram", title, title, _finish(chart, title, {"data": data}))
+    return _chart("memory-vram", title, chart, {"data": data})
 
 
 def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
@@ -237,64 +286,39 @@ def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
     ]
     if not data:
         return Missing("no loader log with buffer sizes was parsed")
-    chart = (
+    bars = (
         alt.Chart(_data())
         .mark_bar()
         .encode(
             y=alt.Y("config:N", title=None),
             x=alt.X("sum(mib):Q", title="buffer size (MiB), from the loader log"),
             color=alt.Color("buffer:N", title="device and buffer"),
-            tooltip=[
-                "model:N",
-                "config:N",
-                "buffer:N",
-                "where:N",
-                alt.Tooltip("mib:Q", format=",.2f"),
-            ],
+            tooltip=_tooltip("model:N", "config:N", "buffer:N", "where:N", ("mib:Q", ",.2f")),
         )
-        .properties(width=WIDTH - 120, height=alt.Step(22))
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
     )
+    chart = _panels(bars, width=WIDTH - 120, height=alt.Step(22))
     title = "Memory distribution by device and buffer (loader log)"
-    return Chart("memory-distribution", title, title, _finish(chart, title, {"data": data}))
+    return _chart("memory-distribution", title, chart, {"data": data})
 
 
 def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
     points = memory.tradeoff
     if len({p.config for p in points}) < 2:
         return Missing("fewer than two configurations to compare")
-    gpu = [
-        {
-            "model": p.model,
-            "config": p.config,
-            "layers": p.layers_on_cpu,
-            "mib": (
-                p.chart_gpu.value / MIB_BYTES if p.chart_gpu.unit == "bytes" else p.chart_gpu.value
-            ),
-        }
-        for p in points
-        if isinstance(p.chart_gpu, Quantity)
-    ]
-    speed = [
-        {
-            "model": p.model,
-            "config": p.config,
-            "layers": p.layers_on_cpu,
-            "mean": p.decode.mean,
-            "lo": _clip(p.decode.ci_low),
-            "hi": p.decode.ci_high,
-            "n": p.decode.n,
-        }
-        for p in points
-        if p.decode.mean is not None
-    ]
+
+    def at(p: TradeoffPoint) -> dict[str, Any]:
+        return {"model": p.model, "config": p.config, "layers": p.layers_on_cpu}
+
+    gpu = [{**at(p), "mib": _mib(p.chart_gpu)} for p in points if isinstance(p.chart_gpu, Quantity)]
+    speed = [{**at(p), **_stat_fields(p.decode)} for p in points if p.decode.mean is not None]
     predicted = [
-        {"model": p.model, "config": p.config, "layers": p.layers_on_cpu, "tps": p.predicted.value}
+        {**at(p), "tps": p.predicted.value}
         for p in sorted(points, key=lambda p: (p.model, p.layers_on_cpu))
         if isinstance(p.predicted, Quantity)
     ]
     x = alt.X("layers:Q", title="MoE layers with experts in CPU memory")
     color = alt.Color("model:N", title="model")
+    keys = ["model:N", "config:N", "layers:Q"]
     panels = []
     if gpu:
         panels.append(
@@ -304,7 +328,7 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
                 x=x,
                 y=alt.Y("mib:Q", title=f"device memory (MiB, {memory.tradeoff_source})"),
                 color=color,
-                tooltip=["model:N", "config:N", "layers:Q", alt.Tooltip("mib:Q", format=",.1f")],
+                tooltip=_tooltip(*keys, ("mib:Q", ",.1f")),
             )
             .properties(width=WIDTH // 2 - 20, height=220)
         )
@@ -313,19 +337,10 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
         speed_layers = [
             base.mark_line(point=True).encode(
                 y=alt.Y("mean:Q", title="decode tokens/s (mean; 95 % CI where N >= 3)"),
-                tooltip=[
-                    "model:N",
-                    "config:N",
-                    "layers:Q",
-                    alt.Tooltip("mean:Q", format=".3~g"),
-                    "n:Q",
-                ],
+                tooltip=_tooltip(*keys, ("mean:Q", ".3~g"), "n:Q"),
             ),
+            *_ci_rules(base, speed),
         ]
-        if _has_ci(speed):
-            speed_layers.append(
-                base.mark_rule().encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
-            )
         if predicted:
             speed_layers.append(
                 alt.Chart(_data("predicted"))
@@ -334,71 +349,45 @@ def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
                     x=x,
                     y="tps:Q",
                     color=color,
-                    tooltip=[
-                        "model:N",
-                        "config:N",
-                        "layers:Q",
-                        alt.Tooltip("tps:Q", title="predicted", format=".3~g"),
-                    ],
+                    tooltip=_tooltip(*keys, ("tps:Q", ".3~g", "predicted")),
                 )
             )
         panels.append(alt.layer(*speed_layers).properties(width=WIDTH // 2 - 20, height=220))
     if not panels:
         return Missing("neither GPU memory nor decode speed was measured for these runs")
     title = "The --n-cpu-moe trade-off: device memory and decode speed"
-    return Chart(
+    return _chart(
         "memory-tradeoff",
         title,
-        title,
-        _finish(alt.hconcat(*panels), title, {"gpu": gpu, "speed": speed, "predicted": predicted}),
+        alt.hconcat(*panels),
+        {"gpu": gpu, "speed": speed, "predicted": predicted},
     )
 
 
 def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missing:
-    data = []
-    for p in memory.timeline:
-        if p.rss_bytes is not None:
-            data.append(
-                {
-                    "model": p.model,
-                    "config": p.config,
-                    "t": p.t_s,
-                    "mib": p.rss_bytes / MIB_BYTES,
-                    "memory": "host RSS",
-                }
-            )
-        if p.gpu_bytes is not None:
-            data.append(
-                {
-                    "model": p.model,
-                    "config": p.config,
-                    "t": p.t_s,
-                    "mib": p.gpu_bytes / MIB_BYTES,
-                    "memory": "device (RPC process or NVML)",
-                }
-            )
+    data = [
+        {"model": p.model, "config": p.config, "t": p.t_s, "mib": size / MIB, "memory": memory_kind}
+        for p in memory.timeline
+        for size, memory_kind in (
+            (p.rss_bytes, "host RSS"),
+            (p.gpu_bytes, "device (RPC process or NVML)"),
+        )
+        if size is not None
+    ]
     if not data:
         return Missing("no telemetry samples")
-    chart = (
-        alt.Chart(_data())
-        .mark_line()
-        .encode(
-            x=alt.X("t:Q", title="seconds since launch"),
-            y=alt.Y("mib:Q", title="MiB (max per interval)"),
-            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            strokeDash=alt.StrokeDash("memory:N", title="memory"),
-            tooltip=[
-                "config:N",
-                "memory:N",
-                alt.Tooltip("t:Q", format=".0f"),
-                alt.Tooltip("mib:Q", format=",.1f"),
-            ],
-        )
-        .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
+    lines = _by_config(
+        configs,
+        data,
+        "line",
+        {},
+        x=alt.X("t:Q", title="seconds since launch"),
+        y=alt.Y("mib:Q", title="MiB (max per interval)"),
+        strokeDash=alt.StrokeDash("memory:N", title="memory"),
+        tooltip=_tooltip("config:N", "memory:N", ("t:Q", ".0f"), ("mib:Q", ",.1f")),
     )
     title = "Server memory over each run (telemetry, ~10 Hz)"
-    return Chart("memory-timeline", title, title, _finish(chart, title, {"data": data}))
+    return _chart("memory-timeline", title, _panels(lines), {"data": data})
 
 
 def _itl_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
@@ -407,26 +396,17 @@ def _itl_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Miss
     ]
     if not data:
         return Missing("no gaps: no successful streamed request with two content events")
-    chart = (
-        alt.Chart(_data())
-        .mark_line(interpolate="step-after")
-        .encode(
-            x=alt.X(
-                "ms:Q", scale=alt.Scale(type="log"), title="gap between content events (ms, log)"
-            ),
-            y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of gaps"),
-            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            tooltip=[
-                "config:N",
-                alt.Tooltip("ms:Q", format=".3~g"),
-                alt.Tooltip("share:Q", format=".2%"),
-            ],
-        )
-        .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
+    steps = _by_config(
+        configs,
+        data,
+        "line",
+        {"interpolate": "step-after"},
+        x=alt.X("ms:Q", scale=alt.Scale(type="log"), title="gap between content events (ms, log)"),
+        y=alt.Y("share:Q", axis=alt.Axis(format="%"), title="share of gaps"),
+        tooltip=_tooltip("config:N", ("ms:Q", ".3~g"), ("share:Q", ".2%")),
     )
     title = "Inter-token latency distribution"
-    return Chart("perf-itl", title, title, _finish(chart, title, {"data": data}))
+    return _chart("perf-itl", title, _panels(steps), {"data": data})
 
 
 def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
@@ -435,10 +415,7 @@ def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Mi
             "model": p.model,
             "config": p.config,
             "tenth": p.decile + 1,
-            "mean": p.rate.mean,
-            "lo": _clip(p.rate.ci_low),
-            "hi": p.rate.ci_high,
-            "n": p.rate.n,
+            **_stat_fields(p.rate),
         }
         for p in perf.curve
         if p.rate.mean is not None
@@ -447,23 +424,15 @@ def _curve_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Mi
         return Missing("no long test with at least 20 tokens")
     base = alt.Chart().encode(
         x=alt.X("tenth:O", title="tenth of the generation"),
-        color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
+        color=_config_color(configs, data),
     )
-    layers = [
-        base.mark_line(point=True).encode(
-            y=alt.Y("mean:Q", title="decode tokens/s"),
-            tooltip=["config:N", "tenth:O", alt.Tooltip("mean:Q", format=".3~g"), "n:Q"],
-        )
-    ]
-    if _has_ci(data):
-        layers.append(base.mark_rule().encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI))
-    chart = (
-        alt.layer(*layers, data=_data())
-        .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("mean:Q", title="decode tokens/s"),
+        tooltip=_tooltip("config:N", "tenth:O", ("mean:Q", ".3~g"), "n:Q"),
     )
+    chart = _panels(alt.layer(line, *_ci_rules(base, data), data=_data()))
     title = "Decode rate along long generations (mean; 95 % CI where N >= 3)"
-    return Chart("perf-consistency", title, title, _finish(chart, title, {"data": data}))
+    return _chart("perf-consistency", title, chart, {"data": data})
 
 
 def _timeline_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart | Missing:
@@ -473,19 +442,17 @@ def _timeline_chart(perf: PerformanceContext, configs: Sequence[str]) -> Chart |
     data = [{"config": p.label, "ms": p.t_ms, "tokens": p.tokens} for p in tl.points]
     if not data:
         return Missing("the chosen request has no content events")
-    chart = (
-        alt.Chart(_data())
-        .mark_line(interpolate="step-after")
-        .encode(
-            x=alt.X("ms:Q", title="ms since the request was sent"),
-            y=alt.Y("tokens:Q", title="content events received"),
-            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            tooltip=["config:N", alt.Tooltip("ms:Q", format=".0f"), "tokens:Q"],
-        )
-        .properties(width=WIDTH, height=240)
-    )
+    chart = _by_config(
+        configs,
+        data,
+        "line",
+        {"interpolate": "step-after"},
+        x=alt.X("ms:Q", title="ms since the request was sent"),
+        y=alt.Y("tokens:Q", title="content events received"),
+        tooltip=_tooltip("config:N", ("ms:Q", ".0f"), "tokens:Q"),
+    ).properties(width=WIDTH, height=240)
     title = f"Token timeline: {tl.test_id}, repeat {tl.repeat}, {tl.model}"
-    return Chart("perf-timeline", title, title, _finish(chart, title, {"data": data}))
+    return _chart("perf-timeline", title, chart, {"data": data})
 
 
 def _stream_compare_chart(
@@ -507,22 +474,19 @@ def _stream_compare_chart(
                 )
     if not data:
         return Missing("no non-streamed run in this campaign")
-    chart = (
-        alt.Chart(_data())
-        .mark_point(filled=True, size=60)
-        .encode(
-            x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
-            y=alt.Y("e2e:Q", title="end-to-end time (s, mean)"),
-            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            shape=alt.Shape("mode:N", title="mode"),
-            xOffset=alt.XOffset("series:N"),
-            tooltip=["config:N", "mode:N", "test:N", alt.Tooltip("e2e:Q", format=".3~g")],
-        )
-        .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
+    points = _by_config(
+        configs,
+        data,
+        "point",
+        {"filled": True, "size": 60},
+        x=_test_axis(tests),
+        y=alt.Y("e2e:Q", title="end-to-end time (s, mean)"),
+        shape=alt.Shape("mode:N", title="mode"),
+        xOffset=alt.XOffset("series:N"),
+        tooltip=_tooltip("config:N", "mode:N", "test:N", ("e2e:Q", ".3~g")),
     )
     title = "Streamed vs non-streamed end-to-end time"
-    return Chart("streaming-compare", title, title, _finish(chart, title, {"data": data}))
+    return _chart("streaming-compare", title, _panels(points), {"data": data})
 
 
 def _repetition_chart(
@@ -545,26 +509,18 @@ def _repetition_chart(
         return Missing(
             "every repetition score is 0: no output repeated a 4-word window", not_applicable=True
         )
-    chart = (
-        alt.Chart(_data())
-        .mark_bar()
-        .encode(
-            x=alt.X("test:N", sort=list(tests), title=None, axis=alt.Axis(labelAngle=-30)),
-            xOffset=alt.XOffset("config:N", sort=list(configs)),
-            y=alt.Y("mean:Q", title="repetition score (mean; 0 = none)"),
-            color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
-            tooltip=[
-                "config:N",
-                "test:N",
-                alt.Tooltip("mean:Q", format=".3f"),
-                alt.Tooltip("max:Q", format=".3f"),
-            ],
-        )
-        .properties(width=WIDTH, height=ROW_HEIGHT)
-        .facet(row=alt.Row("model:N", title=None, header=_HEADER))
+    bars = _by_config(
+        configs,
+        data,
+        "bar",
+        {},
+        x=_test_axis(tests),
+        xOffset=alt.XOffset("config:N", sort=list(configs)),
+        y=alt.Y("mean:Q", title="repetition score (mean; 0 = none)"),
+        tooltip=_tooltip("config:N", "test:N", ("mean:Q", ".3f"), ("max:Q", ".3f")),
     )
     title = "Repetition score per test"
-    return Chart("quality-repetition", title, title, _finish(chart, title, {"data": data}))
+    return _chart("quality-repetition", title, _panels(bars), {"data": data})
 
 
 def _history_chart(
@@ -588,10 +544,7 @@ def _history_chart(
                     "panel": panel,
                     "config": s.config,
                     "release": release_text(p.release),
-                    "mean": p.stat.mean,
-                    "lo": _clip(p.stat.ci_low),
-                    "hi": p.stat.ci_high,
-                    "n": p.stat.n,
+                    **_stat_fields(p.stat),
                     "change": p.change.verdict if p.change else "first release",
                 }
             )
@@ -600,55 +553,38 @@ def _history_chart(
     unit = f" ({m.unit})" if m.unit else ""
     base = alt.Chart().encode(
         x=alt.X("release:O", sort=order, title="release", axis=alt.Axis(labelAngle=-20)),
-        color=alt.Color("config:N", scale=_colors(configs, data), title="configuration"),
+        color=_config_color(configs, data),
     )
+    changes = ["improvement", "regression", "within", "not judged", "first release"]
     layers = [
+        *_ci_rules(base, data, strokeWidth=2),
         base.mark_line(opacity=0.5).encode(y=alt.Y("mean:Q", title=f"{m.title}{unit}")),
         base.mark_point(filled=True).encode(
             y="mean:Q",
             size=alt.Size(
                 "change:N",
-                scale=alt.Scale(
-                    domain=["improvement", "regression", "within", "not judged", "first release"],
-                    range=[220, 220, 50, 50, 50],
-                ),
+                scale=alt.Scale(domain=changes, range=[220, 220, 50, 50, 50]),
                 title="change from the previous release",
             ),
             shape=alt.Shape(
                 "change:N",
                 scale=alt.Scale(
-                    domain=["improvement", "regression", "within", "not judged", "first release"],
+                    domain=changes,
                     range=["triangle-up", "triangle-down", "circle", "circle", "circle"],
                 ),
                 title="change from the previous release",
             ),
-            tooltip=[
-                "panel:N",
-                "config:N",
-                "release:O",
-                alt.Tooltip("mean:Q", format=".3~g"),
-                alt.Tooltip("lo:Q", format=".3~g", title="CI low"),
-                alt.Tooltip("hi:Q", format=".3~g", title="CI high"),
-                "n:Q",
-                "change:N",
-            ],
+            tooltip=["panel:N", "config:N", "release:O", *_stat_tooltip(), "change:N"],
         ),
     ]
-    if _has_ci(data):
-        layers.insert(
-            0, base.mark_rule(strokeWidth=2).encode(y="lo:Q", y2="hi:Q").transform_filter(_VALID_CI)
-        )
-    chart = (
-        alt.layer(*layers, data=_data())
-        .properties(width=WIDTH - 120, height=150)
-        .facet(row=alt.Row("panel:N", title=None, header=_HEADER))
-    )
+    chart = _panels(alt.layer(*layers, data=_data()), "panel", WIDTH - 120, 150)
     title = f"{m.title} by release: mean, and its 95 % CI where N >= 3"
-    return Chart(
+    return _chart(
         f"history-{m.name}",
         title,
+        chart,
+        {"data": data},
         f"{title}, per model and configuration",
-        _finish(chart, title, {"data": data}),
     )
 
 

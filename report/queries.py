@@ -19,6 +19,7 @@ from common.errors import BuildError
 from evidence.metrics import METRICS, Metric, create_views
 from evidence.statistics import aggregate_sql, summarize
 from report.values import Stat
+from scoring.gates import evaluate_gates
 
 # Metrics computed from a token count: estimated when the count came from
 # stream events rather than a tokenizer.
@@ -32,9 +33,11 @@ CONFIG_ORDER_SQL = (
 
 
 def ok_streamed(alias: str = "") -> str:
-    """SQL for "a successful streamed request", the population of the performance figures."""
+    """SQL for "a successful streamed request in the headline" (completed, and not
+    starved by other processes unless the build includes them: `in_headline`), the
+    population of the performance figures."""
     prefix = f"{alias}." if alias else ""
-    return f"{prefix}stream AND {prefix}completed"
+    return f"{prefix}stream AND {prefix}in_headline"
 
 
 OK_STREAMED = ok_streamed()
@@ -145,10 +148,14 @@ def select_campaigns(
     return Selection((Campaign(*row),) if row else ())
 
 
-def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
-    """Create the metric views and this build's TEMP working tables."""
+def prepare(
+    con: duckdb.DuckDBPyConnection, selection: Selection, include_starved: bool = False
+) -> None:
+    """Create the metric views and this build's TEMP working tables; with
+    `include_starved`, requests starved by other processes count in the headline
+    figures and the gates are evaluated again over them (`sel_gates`)."""
     con.execute("SET enable_progress_bar = false")
-    create_views(con)
+    create_views(con, include_starved)
     con.execute("CREATE OR REPLACE TEMP TABLE sel_campaigns (campaign_id VARCHAR)")
     if selection.ids:
         con.executemany("INSERT INTO sel_campaigns VALUES (?)", [[i] for i in selection.ids])
@@ -216,8 +223,28 @@ def prepare(con: duckdb.DuckDBPyConnection, selection: Selection) -> None:
                string_agg(DISTINCT scorer_version, ', ') AS scorer_versions
         FROM scores s JOIN sel_requests USING (request_id)
         GROUP BY s.request_id;
+
+        CREATE OR REPLACE TEMP TABLE sel_gates AS
+        SELECT campaign_id, gate_id, title, status, threshold, measured FROM gates
+        WHERE campaign_id IN (SELECT campaign_id FROM sel_campaigns);
         """
     )
+    if include_starved:
+        _gates_with_starved(con)
+
+
+def _gates_with_starved(con: duckdb.DuckDBPyConnection) -> None:
+    """The stored gates were decided without the starved requests; decide them again,
+    over the same stored rows, with them (the views already count them). Only the
+    campaigns that were scored: the gates need their stored scores."""
+    scored = [r[0] for r in con.execute("SELECT DISTINCT campaign_id FROM sel_gates").fetchall()]
+    for campaign_id in scored:
+        results = evaluate_gates(con, campaign_id)
+        con.execute("DELETE FROM sel_gates WHERE campaign_id = ?", [campaign_id])
+        con.executemany(
+            "INSERT INTO sel_gates VALUES (?, ?, ?, ?, ?, ?)",
+            [(campaign_id, g.gate_id, g.title, g.status, g.threshold, g.measured) for g in results],
+        )
 
 
 def stats_by(

@@ -15,7 +15,7 @@ filters in `report.formatting` turn them into text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from evidence.statistics import Summary
@@ -53,17 +53,11 @@ Figure = Quantity | Missing
 
 
 @dataclass(frozen=True)
-class Stat:
-    """One metric summarised over one group of requests."""
+class Stat(Summary):
+    """One metric summarised over one group of requests: the `Summary` (N, mean,
+    spread, 95 % CI) with its unit, so it also goes straight into `ratio_of_means`."""
 
     unit: str
-    n: int
-    mean: float | None
-    sd: float | None
-    ci_low: float | None
-    ci_high: float | None
-    min: float | None
-    max: float | None
     # Requests in the group whose token count came from stream events, not a
     # tokenizer: the figure is then an estimate and the page says so.
     estimated_n: int = 0
@@ -73,16 +67,10 @@ class Stat:
     def of(
         cls, summary: Summary, unit: str, estimated_n: int = 0, missing: str | None = None
     ) -> Stat:
-        """A `Stat` from `evidence.metrics.summarize`'s result."""
+        """A `Stat` from `evidence.statistics.summarize`'s result."""
         return cls(
+            **asdict(summary),
             unit=unit,
-            n=summary.n,
-            mean=summary.mean,
-            sd=summary.sd,
-            ci_low=summary.ci_low,
-            ci_high=summary.ci_high,
-            min=summary.min,
-            max=summary.max,
             estimated_n=estimated_n,
             missing=missing if summary.n == 0 else None,
         )
@@ -90,12 +78,7 @@ class Stat:
     @classmethod
     def empty(cls, unit: str, reason: str) -> Stat:
         """A group with no value at all, and why."""
-        return cls(unit, 0, None, None, None, None, None, None, 0, reason)
-
-    @property
-    def summary(self) -> Summary:
-        """Back to `evidence.metrics.Summary` (for `ratio_of_means`)."""
-        return Summary(self.n, self.mean, self.sd, self.ci_low, self.ci_high, self.min, self.max)
+        return cls(0, None, None, None, None, None, None, unit=unit, missing=reason)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,17 @@ def check_placement(
     missing = sorted(expected - overridden)
     unexpected = sorted(overridden - expected)
     total = expert_tensors
+    # A server that loads the model per request logs one placement per load; the
+    # summary is the last load's, so a placement that changed between loads (the
+    # parser names the first that differs) must not pass on the last one alone.
+    moved = [
+        d
+        for d in log_summary.get("load_differences") or []
+        if d.startswith(("overridden tensors", "override targets"))
+    ]
+    if moved:
+        message = f"expert placement not the same in every load: {moved[0]}"
+        return Placement("FAIL", len(expected), len(overridden), missing, unexpected, message)
     if not missing and not unexpected:
         if expected:
             where = "all" if len(expected) == total else f"{len(expected)} of {total}"

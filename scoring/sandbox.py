@@ -81,7 +81,7 @@ from typing import Any
 import psutil
 
 from common.errors import SandboxError
-from scoring.sandbox_harness import EXIT_CPU_LIMIT
+from scoring.sandbox_harness import EXIT_CPU_LIMIT, json_object
 from scoring.score import JSONObject
 
 _HARNESS_SOURCE = Path(__file__).with_name("sandbox_harness.py")
@@ -247,16 +247,16 @@ class LaunchPlan:
     root's supplementary groups; `expect_uid` is the uid the code ends up with.
     With `read_only` set, the harness builds a private root showing only those
     paths and then switches to `become` (or, in a user namespace, just drops
-    its capabilities).
+    its capabilities). The defaults are the plan with no operating-system layer.
     """
 
-    prefix: tuple[str, ...]
     interpreter: str
-    run_as: tuple[int, int] | None
-    clear_groups: bool
-    expect_uid: int | None
     mechanisms: tuple[str, ...]
-    network_namespace: bool
+    prefix: tuple[str, ...] = ()
+    run_as: tuple[int, int] | None = None
+    clear_groups: bool = False
+    expect_uid: int | None = None
+    network_namespace: bool = False
     read_only: tuple[str, ...] | None = None
     become: tuple[int, int] | None = None
 
@@ -515,11 +515,8 @@ class _Channel:
             if line is None:
                 self._ended = True
                 return None
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
+            record = json_object(line)
+            if record is not None:
                 return record
         return None
 
@@ -745,92 +742,73 @@ def _candidate_plans() -> Iterator[LaunchPlan]:
     """Layer combinations, strongest first, each with every interpreter that suits it."""
     interpreters = _interpreter_candidates()
     common = ("fresh-temp-cwd", "scrubbed-env", "process-tree-kill")
-    none = LaunchPlan(
-        prefix=(),
-        interpreter="",
-        run_as=None,
-        clear_groups=False,
-        expect_uid=None,
-        mechanisms=common,
-        network_namespace=False,
-    )
+    none = LaunchPlan(interpreter="", mechanisms=common)
     unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
     namespaces = ("ipc-namespace", "network-namespace", "pid-namespace")
     ns_flags = ("--ipc", "--net", "--pid", "--fork", "--kill-child")
     private = ("--mount", *ns_flags)
-    layers: list[LaunchPlan] = []
+
+    def unshared(
+        base: LaunchPlan, prefix: tuple[str, ...], layers: tuple[str, ...], **changes: Any
+    ) -> LaunchPlan:
+        """`base` started by `unshare` (`prefix`), in fresh IPC, network and PID namespaces."""
+        mechanisms = (*common, *layers, *namespaces)
+        return replace(
+            base, prefix=prefix, mechanisms=mechanisms, network_namespace=True, **changes
+        )
+
+    plans: list[LaunchPlan] = []
     if os.name == "posix" and os.geteuid() == 0:
         uid, gid = _nobody_ids()
         nobody = replace(none, expect_uid=uid, clear_groups=True)
         if unshare is not None:
-            layers.append(
-                replace(
+            plans.append(
+                unshared(
                     none,
-                    prefix=(unshare, *private),
+                    (unshare, *private),
+                    ("uid-nobody", "mount-namespace"),
                     expect_uid=uid,
                     become=(uid, gid),
                     read_only=(),
-                    mechanisms=(*common, "uid-nobody", "mount-namespace", *namespaces),
-                    network_namespace=True,
                 )
             )
-            layers.append(
-                replace(
+            plans.append(
+                unshared(
                     nobody,
-                    prefix=(unshare, "--map-current-user", *ns_flags),
+                    (unshare, "--map-current-user", *ns_flags),
+                    ("uid-nobody", "user-namespace"),
                     run_as=(uid, gid),
-                    mechanisms=(*common, "uid-nobody", "user-namespace", *namespaces),
-                    network_namespace=True,
                 )
             )
             # Without user namespaces, root can still make the namespaces
             # and switch to nobody inside them.
-            layers.append(
-                replace(
-                    nobody,
-                    prefix=(unshare, *ns_flags, f"--setuid={uid}", f"--setgid={gid}"),
-                    mechanisms=(*common, "uid-nobody", *namespaces),
-                    network_namespace=True,
-                )
-            )
-        layers.append(replace(nobody, run_as=(uid, gid), mechanisms=(*common, "uid-nobody")))
+            setuid = (f"--setuid={uid}", f"--setgid={gid}")
+            plans.append(unshared(nobody, (unshare, *ns_flags, *setuid), ("uid-nobody",)))
+        plans.append(replace(nobody, run_as=(uid, gid), mechanisms=(*common, "uid-nobody")))
         if unshare is not None:
-            layers.append(
-                replace(
-                    none,
-                    prefix=(unshare, *ns_flags),
-                    mechanisms=(*common, *namespaces),
-                    network_namespace=True,
-                )
-            )
+            plans.append(unshared(none, (unshare, *ns_flags), ()))
     elif unshare is not None:
-        layers.append(
-            replace(
+        plans.append(
+            unshared(
                 none,
-                prefix=(unshare, "--map-root-user", *private),
+                (unshare, "--map-root-user", *private),
+                ("user-namespace", "mount-namespace"),
                 read_only=(),
-                mechanisms=(*common, "user-namespace", "mount-namespace", *namespaces),
-                network_namespace=True,
             )
         )
-        layers.append(
-            replace(
-                none,
-                prefix=(unshare, "--map-current-user", *ns_flags),
-                mechanisms=(*common, "user-namespace", *namespaces),
-                network_namespace=True,
-            )
+        plans.append(
+            unshared(none, (unshare, "--map-current-user", *ns_flags), ("user-namespace",))
         )
-    layers.append(none)
-    for layer in layers:
+    plans.append(none)
+    for plan in plans:
         for interpreter in interpreters:
-            if layer.read_only is None:
-                yield replace(layer, interpreter=interpreter)
+            if plan.read_only is None:
+                yield replace(plan, interpreter=interpreter)
                 continue
             read_only = _read_only_paths(interpreter)
             if read_only is not None:
                 real = os.path.realpath(interpreter)
-                yield replace(layer, interpreter=real, read_only=read_only)
+                yield replace(plan, interpreter=real, read_only=read_only)
 
 
 def _read_only_paths(interpreter: str) -> tuple[str, ...] | None:

@@ -1,4 +1,5 @@
-"""The child side of the sandbox: a standalone script, never imported by the caller.
+"""The child side of the sandbox: a standalone script (the caller imports only its
+exit codes and its line parser, `json_object`, which both ends of the pipes share).
 
 `scoring.sandbox` copies this file next to a spec and runs it as
 `python -I -S harness.py spec.json REQUESTS ANSWERS`, where REQUESTS and
@@ -215,12 +216,19 @@ def _requests(fd: int) -> Iterator[dict[str, Any]]:
         if len(buffered) > _REQUEST_LIMIT:
             return
         for line in lines:
-            try:
-                request = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(request, dict):
+            request = json_object(line)
+            if request is not None:
                 yield request
+
+
+def json_object(line: bytes) -> dict[str, Any] | None:
+    """One line of the pipe protocol as a JSON object, or None where it is not one
+    (both ends skip such lines: the untrusted code may write anything to the pipes)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _enter_private_root(fs: dict[str, Any]) -> list[str]:

@@ -21,14 +21,34 @@ def cli_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
-def collect(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`moe-evidence collect ARGS` in a new process."""
+def collect_argv(*args: str) -> list[str]:
+    """`moe-evidence collect ARGS` as the command line of a new process."""
+    return [sys.executable, "-m", "moe_evidence", "collect", *args]
+
+
+def collect(
+    *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`moe-evidence collect ARGS` in a new process (in `env`, else `cli_env()`)."""
     return subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", *args],
+        collect_argv(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=cwd,
+        env=cli_env() if env is None else env,
+    )
+
+
+def start_collect(*args: str) -> subprocess.Popen[str]:
+    """`moe-evidence collect ARGS` started in a new process, its output piped, for a
+    test that acts while it runs."""
+    return subprocess.Popen(
+        collect_argv(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
         env=cli_env(),
     )
 

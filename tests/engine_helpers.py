@@ -1,13 +1,31 @@
-"""What the tests on the real engine share: the server command, and a progress
-display that kills a process at a chosen moment of a stream (fault injection)."""
+"""What the tests that run campaigns in-process share: the real engine's server
+command, the campaign call itself, and progress displays that inject faults at a
+chosen moment (kill a process mid-stream, script the calibrated server per test)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
 import psutil
 
+from calibration.scenario import Scenario
+from collector.campaign import run_campaign
+from collector.config import (
+    CampaignSection,
+    Config,
+    Configuration,
+    DeviceSection,
+    ModelEntry,
+    ServerSection,
+)
 from collector.defaults import LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
+from collector.runner import _inspect
 
 # Every configuration of the embedded sweep, in plan order.
 SWEEP_LABELS = [
@@ -20,12 +38,35 @@ SWEEP_LABELS = [
 ]
 
 
+CPU_MOE = Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)
+
+
 def server_command(engine: EngineBuild, *extra: str) -> list[str]:
     """The embedded llama-server command with the engine's binary filled in."""
     return [
         engine.server.as_posix() if part == "{llama_server}" else part
         for part in (*LLAMA_SERVER_COMMAND, *extra)
     ]
+
+
+def engine_config(
+    model: Path,
+    engine: EngineBuild,
+    *,
+    configurations: Sequence[Configuration] = (CPU_MOE,),
+    server_args: Sequence[str] = (),
+    device: DeviceSection | None = None,
+    **campaign: Any,
+) -> Config:
+    """A small campaign on the real engine, `model` as label "moe": no pauses, no
+    non-streamed runs, the `campaign` settings given (name, tests, repeats, ...)."""
+    return Config(
+        campaign=CampaignSection(pause_s=0, non_streaming=False, **campaign),
+        server=ServerSection(command=server_command(engine, *server_args)),
+        models=[ModelEntry(label="moe", path=model)],
+        configurations=list(configurations),
+        device=device or DeviceSection(),
+    )
 
 
 class KillOnce(CampaignProgress):
@@ -45,3 +86,46 @@ class KillOnce(CampaignProgress):
                     self.killed_pid = child.pid
                     child.kill()
                     return
+
+
+def run_in_process(
+    con: duckdb.DuckDBPyConnection,
+    config: Config,
+    progress: CampaignProgress,
+    data_dir: Path,
+    *,
+    engine: EngineBuild | None = None,
+    model: Path | None = None,
+    profile: str = "test",
+    command: Sequence[str] = ("test",),
+    api_key: str | None = None,
+) -> str:
+    """`run_campaign` as the command line calls it; the campaign's id. With `engine`
+    and `model`: the real engine, the model as label "moe", inspected as `collect`
+    does; without: a server the test runs itself (no model file, nothing to inspect)."""
+    return run_campaign(
+        con,
+        config,
+        profile=profile,
+        command=list(command),
+        model_paths={} if model is None else {"moe": model},
+        engine=engine,
+        inspect=_inspect if model is not None else lambda _: {},
+        progress=progress,
+        data_dir=data_dir,
+        api_key=api_key,
+    )
+
+
+class ScenarioPerTest(CampaignProgress):
+    """Scripts the calibrated server at `base_url` with the test's scenario just
+    before its request."""
+
+    def __init__(self, base_url: str, scenarios: Mapping[str, Scenario]) -> None:
+        super().__init__()
+        self.base_url, self.scenarios = base_url, scenarios
+
+    def request(self, test: str, repeat: int, repeats: int, stream: bool) -> None:
+        super().request(test, repeat, repeats, stream)
+        scenario = self.scenarios[test].to_dict()
+        httpx.post(f"{self.base_url}/_calibration/scenario", json=scenario, trust_env=False)

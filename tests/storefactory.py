@@ -122,6 +122,8 @@ class StoreFactory:
         usage_tokens: int | None = None,
         timings: dict[str, Any] | None = None,
         tokenized: int | None = None,
+        api: str = "openai-chat",
+        max_tokens: int = 50,
     ) -> str:
         request_id = str(uuid.uuid4())
         times = [t for t, _ in chunks]
@@ -137,9 +139,9 @@ class StoreFactory:
                 "test_id": test_id,
                 "repeat": repeat,
                 "stream": stream,
-                "api": "openai-chat",
+                "api": api,
                 "prompt": "p",
-                "max_tokens": 50,
+                "max_tokens": max_tokens,
                 "temperature": 0.3,
                 "seed": 1,
                 "started_utc": datetime.now(UTC),

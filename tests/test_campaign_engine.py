@@ -9,19 +9,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
-from collector.campaign import run_campaign
-from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
+from collector.config import Config
 from collector.engine import EngineBuild
-from collector.runner import _inspect
 from evidence.store import open_store
-from tests.cli_helpers import query
-from tests.engine_helpers import SWEEP_LABELS, KillOnce, server_command
+from tests.cli_helpers import collect_argv, query
+from tests.engine_helpers import SWEEP_LABELS, KillOnce, engine_config, run_in_process
 
 pytestmark = pytest.mark.engine
 
@@ -141,18 +138,8 @@ def test_quick_campaign_runs_on_the_rpc_device(quick_store: Path) -> None:
 
 
 def _config(model: Path, engine: EngineBuild, tests: list[str], repeats: int) -> Config:
-    return Config(
-        campaign=CampaignSection(
-            name="fault test",
-            repeats=repeats,
-            pause_s=0,
-            max_tokens_cap=48,
-            tests=tests,
-            non_streaming=False,
-        ),
-        server=ServerSection(command=server_command(engine)),
-        models=[ModelEntry(label="moe", path=model)],
-        configurations=[Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)],
+    return engine_config(
+        model, engine, name="fault test", repeats=repeats, max_tokens_cap=48, tests=tests
     )
 
 
@@ -161,17 +148,7 @@ def test_server_killed_mid_stream(tmp_path: Path, engine: EngineBuild, moe_model
     progress = KillOnce("llama-server")
     config = _config(moe_model, engine, ["technical-explanation"], repeats=2)
     with open_store(db) as con, progress:
-        run_campaign(
-            con,
-            config,
-            profile="test",
-            command=["test"],
-            model_paths={"moe": moe_model},
-            engine=engine,
-            inspect=_inspect,
-            progress=progress,
-            data_dir=tmp_path,
-        )
+        run_in_process(con, config, progress, tmp_path, engine=engine, model=moe_model)
     assert progress.killed_pid is not None
     runs = query(
         db,
@@ -204,19 +181,9 @@ def test_ctrl_c_then_resume(
 ) -> None:
     db = tmp_path / "resume.duckdb"
     tests = "simple-response,code-generation,technical-explanation"
-    argv = [
-        sys.executable,
-        "-m",
-        "moe_evidence",
-        "collect",
-        "--quick",
-        "--tests",
-        tests,
-        "--no-non-streaming",
-        "--no-sweep",
-        "--db",
-        str(db),
-    ]
+    argv = collect_argv(
+        "--quick", "--tests", tests, "--no-non-streaming", "--no-sweep", "--db", str(db)
+    )
     proc = subprocess.Popen(
         argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cli_env
     )

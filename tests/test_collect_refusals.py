@@ -53,6 +53,15 @@ def _one_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def _refused(db: Path, *args: str) -> str:
+    """The one error line of `moe-evidence collect ARGS --db DB`, which must leave
+    the store's file byte for byte as it was."""
+    before = file_sha256(db)
+    line = _one_line(collect(*args, "--db", str(db)))
+    assert file_sha256(db) == before
+    return line
+
+
 def _attached(server: CalibratedServer, *extra: str) -> list[str]:
     return [
         "--endpoint",
@@ -83,34 +92,24 @@ def _attached(server: CalibratedServer, *extra: str) -> list[str]:
 def test_bad_flags_are_one_line(
     server: CalibratedServer, store: Path, flags: list[str], says: list[str]
 ) -> None:
-    before = file_sha256(store)
-    line = _one_line(collect(*_attached(server, *flags), "--db", str(store)))
+    line = _refused(store, *_attached(server, *flags))
     for piece in says:
         assert piece in line
-    assert file_sha256(store) == before
 
 
 def test_https_endpoint_is_refused_as_unsupported(server: CalibratedServer, store: Path) -> None:
-    before = file_sha256(store)
     endpoint = f"https://127.0.0.1:{server.port}"
-    line = _one_line(
-        collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
-    )
+    line = _refused(store, "--endpoint", endpoint, "--model", MODEL, "--quick")
     assert "https" in line and "not supported" in line and "http://" in line
-    assert file_sha256(store) == before
 
 
 @pytest.mark.parametrize("endpoint", ["127.0.0.1:{port}", "localhost:{port}"])
 def test_scheme_less_endpoint_names_the_fix(
     server: CalibratedServer, store: Path, endpoint: str
 ) -> None:
-    before = file_sha256(store)
     endpoint = endpoint.format(port=server.port)
-    line = _one_line(
-        collect("--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(store))
-    )
+    line = _refused(store, "--endpoint", endpoint, "--model", MODEL, "--quick")
     assert f"http://{endpoint}" in line
-    assert file_sha256(store) == before
 
 
 # -- config files --------------------------------------------------------------------
@@ -157,79 +156,54 @@ def _config(
     return path
 
 
+# Attached, the tool cannot pass --n-cpu-moe K: every "sweep" run would be the same
+# server, recorded as K offloaded layers it never had.
+SWEEP = '[sweep]\nn_cpu_moe = [0, 8]\ntests = ["simple-response"]\n'
+FLAGGED = [{"label": "cpu-moe", "args": ["--cpu-moe"], "n_cpu_moe": -1}]
+
+
 @pytest.mark.parametrize(
-    ("campaign", "says"),
+    ("config", "says"),
     [
-        ({"tests": []}, ["campaign.tests", "at least one"]),
-        ({"stall_timeout_s": float("inf")}, ["campaign.stall_timeout_s", "finite"]),
-        ({"stall_timeout_s": float("nan")}, ["campaign.stall_timeout_s"]),
-        ({"stall_timeout_s": -1.0}, ["campaign.stall_timeout_s", "greater than 0"]),
-        ({"request_timeout_s": float("inf")}, ["campaign.request_timeout_s", "finite"]),
+        ({"campaign": {"tests": []}}, ["campaign.tests", "at least one"]),
+        ({"campaign": {"stall_timeout_s": float("inf")}}, ["campaign.stall_timeout_s", "finite"]),
+        ({"campaign": {"stall_timeout_s": float("nan")}}, ["campaign.stall_timeout_s"]),
+        ({"campaign": {"stall_timeout_s": -1.0}}, ["campaign.stall_timeout_s", "greater than 0"]),
+        (
+            {"campaign": {"request_timeout_s": float("inf")}},
+            ["campaign.request_timeout_s", "finite"],
+        ),
+        ({"configurations": []}, ["configurations", "at least one"]),
+        ({"extra": SWEEP}, ["sweep", "attach"]),
+        ({"configurations": FLAGGED}, ["configurations[0].args", "attach"]),
+        ({"endpoint": "127.0.0.1:{port}"}, ["server.endpoint", "http://127.0.0.1:{port}"]),
     ],
-    ids=["no-tests", "stall-inf", "stall-nan", "stall-negative", "request-inf"],
+    ids=[
+        "no-tests",
+        "stall-inf",
+        "stall-nan",
+        "stall-negative",
+        "request-inf",
+        "no-configurations",
+        "sweep-attached",
+        "flags-attached",
+        "scheme-less-endpoint",
+    ],
 )
-def test_bad_campaign_settings_are_one_line(
+def test_bad_config_files_are_one_line(
     tmp_path: Path,
     server: CalibratedServer,
     store: Path,
-    campaign: dict[str, Any],
+    config: dict[str, Any],
     says: list[str],
 ) -> None:
-    before = file_sha256(store)
-    config = _config(tmp_path / "c.toml", server.base_url, campaign)
-    line = _one_line(collect("--config", str(config), "--db", str(store)))
-    assert line.startswith(f"error: {config}: ")
+    endpoint = str(config.get("endpoint", server.base_url)).format(port=server.port)
+    shape = {k: v for k, v in config.items() if k != "endpoint"}
+    path = _config(tmp_path / "c.toml", endpoint, **shape)
+    line = _refused(store, "--config", str(path))
+    assert line.startswith(f"error: {path}: ")
     for piece in says:
-        assert piece in line
-    assert file_sha256(store) == before
-
-
-def test_no_configurations_is_refused(
-    tmp_path: Path, server: CalibratedServer, store: Path
-) -> None:
-    before = file_sha256(store)
-    config = _config(tmp_path / "c.toml", server.base_url, configurations=[])
-    line = _one_line(collect("--config", str(config), "--db", str(store)))
-    assert "configurations" in line and "at least one" in line
-    assert file_sha256(store) == before
-
-
-def test_a_sweep_needs_a_server_we_launch(
-    tmp_path: Path, server: CalibratedServer, store: Path
-) -> None:
-    # Attached, the tool cannot pass --n-cpu-moe K: every "sweep" run would be the
-    # same server, recorded as K offloaded layers it never had.
-    before = file_sha256(store)
-    sweep = '[sweep]\nn_cpu_moe = [0, 8]\ntests = ["simple-response"]\n'
-    config = _config(tmp_path / "c.toml", server.base_url, extra=sweep)
-    line = _one_line(collect("--config", str(config), "--db", str(store)))
-    assert "sweep" in line and "attach" in line
-    assert file_sha256(store) == before
-
-
-def test_configuration_flags_need_a_server_we_launch(
-    tmp_path: Path, server: CalibratedServer, store: Path
-) -> None:
-    before = file_sha256(store)
-    config = _config(
-        tmp_path / "c.toml",
-        server.base_url,
-        configurations=[{"label": "cpu-moe", "args": ["--cpu-moe"], "n_cpu_moe": -1}],
-    )
-    line = _one_line(collect("--config", str(config), "--db", str(store)))
-    assert "configurations[0].args" in line and "attach" in line
-    assert file_sha256(store) == before
-
-
-def test_scheme_less_endpoint_in_a_config(
-    tmp_path: Path, server: CalibratedServer, store: Path
-) -> None:
-    before = file_sha256(store)
-    endpoint = f"127.0.0.1:{server.port}"
-    config = _config(tmp_path / "c.toml", endpoint)
-    line = _one_line(collect("--config", str(config), "--db", str(store)))
-    assert "server.endpoint" in line and f"http://{endpoint}" in line
-    assert file_sha256(store) == before
+        assert piece.format(port=server.port) in line
 
 
 # -- the store -----------------------------------------------------------------------
@@ -242,10 +216,8 @@ def test_a_truncated_store_is_one_line_and_left_alone(
     data = store.read_bytes()
     cut = tmp_path / "truncated.duckdb"
     cut.write_bytes(data[: int(keep if keep > 1 else len(data) * keep)])
-    before = file_sha256(cut)
-    line = _one_line(collect(*_attached(server), "--db", str(cut)))
+    line = _refused(cut, *_attached(server))
     assert str(cut) in line and "--db" in line
-    assert file_sha256(cut) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evidence.duckdb", "truncated.duckdb"]
 
 

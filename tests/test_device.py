@@ -19,23 +19,18 @@ import pytest
 
 import collector.device
 import collector.session
-from collector.campaign import run_campaign
 from collector.config import (
-    CampaignSection,
     Config,
     Configuration,
     DeviceSection,
-    ModelEntry,
-    ServerSection,
 )
 from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
-from collector.runner import _inspect
 from common.errors import EngineError, ServerError
 from evidence.metrics import create_views
 from evidence.store import open_store
 from scoring.store import rescore_campaign
-from tests.engine_helpers import KillOnce, server_command
+from tests.engine_helpers import CPU_MOE, KillOnce, engine_config, run_in_process
 
 pytestmark = pytest.mark.engine
 
@@ -56,24 +51,19 @@ def _config(
     device: DeviceSection | None = None,
     tests: tuple[str, ...] = ("technical-explanation",),
     repeats: int = 1,
-    configurations: tuple[Configuration, ...] = (
-        Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1),
-    ),
+    configurations: tuple[Configuration, ...] = (CPU_MOE,),
 ) -> Config:
-    return Config(
-        campaign=CampaignSection(
-            name="device test",
-            repeats=repeats,
-            pause_s=0,
-            max_tokens_cap=48,
-            tests=list(tests),
-            non_streaming=False,
-            warmup=False,
-        ),
-        server=ServerSection(command=server_command(engine, "-t", "1")),
-        models=[ModelEntry(label="moe", path=model)],
-        configurations=list(configurations),
+    return engine_config(
+        model,
+        engine,
+        configurations=configurations,
+        server_args=("-t", "1"),
         device=device or DeviceSection(kind="rpc", threads=1),
+        name="device test",
+        repeats=repeats,
+        max_tokens_cap=48,
+        tests=list(tests),
+        warmup=False,
     )
 
 
@@ -85,17 +75,7 @@ def _run(
     progress: CampaignProgress | None = None,
 ) -> str:
     with open_store(db) as con, progress or CampaignProgress() as shown:
-        campaign_id = run_campaign(
-            con,
-            config,
-            profile="test",
-            command=["test"],
-            model_paths={"moe": model},
-            engine=engine,
-            inspect=_inspect,
-            progress=shown,
-            data_dir=db.parent,
-        )
+        campaign_id = run_in_process(con, config, shown, db.parent, engine=engine, model=model)
         rescore_campaign(con, campaign_id)
         return campaign_id
 
@@ -113,7 +93,7 @@ def test_baseline_and_cpu_moe_move_expert_tensors_off_the_device(
         engine,
         configurations=(
             Configuration(label="baseline"),
-            Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1),
+            CPU_MOE,
         ),
     )
     _run(db, config, engine, moe_model)

@@ -23,22 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import httpx
-import numpy as np
 import psutil
 import pytest
-from gguf import GGUFWriter
 
 from calibration.scenario import BAD_JSON, NOT_JSON, Injection, Scenario
 from calibration.server import CalibratedServer
-from collector.campaign import run_campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.progress import CampaignProgress
 from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
 from common.errors import CampaignFailed
 from evidence.store import open_store
+from tests.cli_helpers import collect, collect_argv
+from tests.engine_helpers import ScenarioPerTest, run_in_process
 from tests.storefactory import StoreFactory
+from tests.test_gguf_inspect import f32, write_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"
@@ -103,36 +102,6 @@ KEPT = {
 }
 
 
-class _FaultPerTest(CampaignProgress):
-    """Scripts the calibrated server with the test's fault just before its request."""
-
-    def __init__(self, base_url: str) -> None:
-        super().__init__()
-        self.base_url = base_url
-
-    def request(self, test: str, repeat: int, repeats: int, stream: bool) -> None:
-        super().request(test, repeat, repeats, stream)
-        scenario = FAULTS[test][0].to_dict()
-        httpx.post(f"{self.base_url}/_calibration/scenario", json=scenario, trust_env=False)
-
-
-def _run_attached(
-    con: duckdb.DuckDBPyConnection, config: Config, progress: CampaignProgress, data_dir: Path
-) -> None:
-    """A campaign against a server the test runs itself (attach mode: no model, no engine)."""
-    run_campaign(
-        con,
-        config,
-        profile="test",
-        command=["test"],
-        model_paths={},
-        engine=None,
-        inspect=lambda _: {},
-        progress=progress,
-        data_dir=data_dir,
-    )
-
-
 def _campaign(**changes: Any) -> CampaignSection:
     settings: dict[str, Any] = {
         "name": "fault test",
@@ -186,9 +155,10 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             Configuration(label="faults"),
         ],
     )
-    progress = _FaultPerTest(f"http://127.0.0.1:{port}")
+    # The calibrated server is scripted with each test's fault just before its request.
+    progress = ScenarioPerTest(f"http://127.0.0.1:{port}", {t: f[0] for t, f in FAULTS.items()})
     with open_store(db) as con, progress, pytest.raises(CampaignFailed) as failed:
-        _run_attached(con, config, progress, tmp)
+        run_in_process(con, config, progress, tmp)
     # Two configurations never started: the campaign goes on past them, then says so.
     assert "2 server configuration(s) failed" in str(failed.value)
     return db
@@ -288,7 +258,7 @@ def test_attached_server_that_goes_away_mid_campaign(tmp_path: Path) -> None:
     tests = ["simple-response", "code-generation", "technical-explanation"]
     try:
         with open_store(db) as con, progress:
-            _run_attached(con, _attach_config(server.base_url, tests), progress, tmp_path)
+            run_in_process(con, _attach_config(server.base_url, tests), progress, tmp_path)
     finally:
         server.close()
     rows = _query(
@@ -313,7 +283,7 @@ def test_attaching_to_nothing_is_recorded(tmp_path: Path) -> None:
         CampaignProgress() as progress,
         pytest.raises(CampaignFailed, match="nothing healthy answers at"),
     ):
-        _run_attached(con, config, progress, tmp_path)
+        run_in_process(con, config, progress, tmp_path)
     ((status, error),) = _query(db, "SELECT status, error FROM server_runs")
     assert status == "failed_start" and f"nothing healthy answers at {endpoint}" in error
     assert _query(db, "SELECT count(*) FROM requests") == [(0,)]
@@ -325,15 +295,7 @@ def test_attaching_to_nothing_is_recorded(tmp_path: Path) -> None:
 
 
 def _tiny_gguf(path: Path) -> Path:
-    writer = GGUFWriter(path, "llama")
-    writer.add_string("general.name", "tiny test model")
-    writer.add_uint32("llama.block_count", 1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return write_gguf(path, "llama", {"block_count": 1}, [("token_embd.weight", f32(4, 4), None)])
 
 
 def _toml(value: Any) -> str:
@@ -342,9 +304,10 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
 
 
-def _write_config(path: Path, sections: dict[str, dict[str, Any]], model: Path) -> Path:
+def _write_config(directory: Path, server: dict[str, Any], model: Path) -> Path:
+    """`directory`/c.toml: the small campaign below, `server`, `model`, one configuration."""
     lines = []
-    for name, fields in sections.items():
+    for name, fields in (("campaign", CAMPAIGN_TOML), ("server", server)):
         lines.append(f"[{name}]")
         lines += [f"{k} = {_toml(v)}" for k, v in fields.items()]
     lines += [
@@ -354,6 +317,7 @@ def _write_config(path: Path, sections: dict[str, dict[str, Any]], model: Path) 
         "[[configurations]]",
         'label = "plain"',
     ]
+    path = directory / "c.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -368,19 +332,25 @@ CAMPAIGN_TOML = {
 }
 
 
-def _collector(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        cwd=ROOT,
-    )
-
-
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _failed(args: list[str], env: dict[str, str]) -> list[str]:
+    """The error lines of `moe-evidence collect ARGS`, which must exit 1."""
+    done = collect(*args, env=env)
+    assert done.returncode == 1, done.stderr
+    return _error_lines(done.stderr)
+
+
+# The campaign the command made (StoreFactory's has protocol_version 'test').
+NEW = "campaign_id IN (SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')"
+
+
+def _new_server_run(db: Path) -> tuple[Any, ...]:
+    """(status, error) of the one server run of the campaign the command made."""
+    (run,) = _query(db, f"SELECT status, error FROM server_runs WHERE {NEW}")
+    return run
 
 
 @pytest.fixture
@@ -413,27 +383,14 @@ def test_missing_server_binary(
 ) -> None:
     db, before = existing_store
     binary = tmp_path / "no" / "llama-server"
-    config = _write_config(
-        tmp_path / "c.toml",
-        {
-            "campaign": CAMPAIGN_TOML,
-            "server": {"command": [str(binary), "--port", "{port}"], "env": SERVER_ENV},
-        },
-        _tiny_gguf(tmp_path / "m.gguf"),
-    )
-    done = _collector(["--config", str(config), "--db", str(db)], cli_env)
-    assert done.returncode == 1, done.stderr
-    assert _error_lines(done.stderr) == [
+    server = {"command": [str(binary), "--port", "{port}"], "env": SERVER_ENV}
+    config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
+    assert _failed(["--config", str(config), "--db", str(db)], cli_env) == [
         f"error: server binary not found: {binary}; install it or fix the command in the config"
     ]
     assert _counts(db) == before
-    new = "protocol_version <> 'test'"
-    assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
-    ((status, error),) = _query(
-        db,
-        "SELECT status, error FROM server_runs WHERE campaign_id "
-        f"IN (SELECT campaign_id FROM campaigns WHERE {new})",
-    )
+    assert _query(db, f"SELECT status FROM campaigns WHERE {NEW}") == [("failed",)]
+    status, error = _new_server_run(db)
     assert status == "failed_start" and "server binary not found" in error
 
 
@@ -442,17 +399,8 @@ def test_missing_model_file(
 ) -> None:
     db, before = existing_store
     missing = tmp_path / "models" / "absent.gguf"
-    config = _write_config(
-        tmp_path / "c.toml",
-        {
-            "campaign": CAMPAIGN_TOML,
-            "server": {"command": SERVER, "env": SERVER_ENV},
-        },
-        missing,
-    )
-    done = _collector(["--config", str(config), "--db", str(db)], cli_env)
-    assert done.returncode == 1, done.stderr
-    (line,) = _error_lines(done.stderr)
+    config = _write_config(tmp_path, {"command": SERVER, "env": SERVER_ENV}, missing)
+    (line,) = _failed(["--config", str(config), "--db", str(db)], cli_env)
     assert line.startswith(f"error: model file {missing} for '{MODEL}' does not exist")
     assert _counts(db) == before
     assert _query(db, "SELECT count(*) FROM campaigns") == [(1,)]
@@ -466,29 +414,18 @@ def test_port_in_use_names_the_port_and_its_holder(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        config = _write_config(
-            tmp_path / "c.toml",
-            {
-                "campaign": CAMPAIGN_TOML,
-                "server": {"command": SERVER, "port": port, "env": SERVER_ENV},
-            },
-            _tiny_gguf(tmp_path / "m.gguf"),
-        )
-        done = _collector(["--config", str(config), "--db", str(db)], cli_env)
-    # A configuration that cannot start is recorded and skipped; the campaign is failed
-    # and the exit code says so (it used to exit 0 as if all were well).
-    assert done.returncode == 1, done.stderr
+        server = {"command": SERVER, "port": port, "env": SERVER_ENV}
+        config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
+        # A configuration that cannot start is recorded and skipped; the campaign is failed
+        # and the exit code says so (it used to exit 0 as if all were well).
+        lines = _failed(["--config", str(config), "--db", str(db)], cli_env)
     # The progress display names the failure as it happens; the exit line sums it up.
-    line = _error_lines(done.stderr)[-1]
+    line = lines[-1]
     assert f"port {port} on 127.0.0.1 is already in use" in line
     assert f"by PID {os.getpid()}" in line  # the holder is visible here: it is this test
     assert "--resume" in line
     assert _counts(db) == before
-    ((status, error),) = _query(
-        db,
-        "SELECT status, error FROM server_runs WHERE campaign_id IN "
-        "(SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')",
-    )
+    status, error = _new_server_run(db)
     assert status == "failed_start" and error in line
 
 
@@ -497,15 +434,12 @@ def test_an_unreachable_endpoint_fails_the_campaign(
 ) -> None:
     db, before = existing_store
     endpoint = f"http://127.0.0.1:{free_port()}"
-    done = _collector(
+    (line,) = _failed(
         ["--endpoint", endpoint, "--model", MODEL, "--quick", "--db", str(db)], cli_env
     )
-    assert done.returncode == 1, done.stderr
-    (line,) = _error_lines(done.stderr)
     assert f"nothing healthy answers at {endpoint}" in line
     assert _counts(db) == before
-    new = "protocol_version <> 'test'"
-    assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
+    assert _query(db, f"SELECT status FROM campaigns WHERE {NEW}") == [("failed",)]
 
 
 def test_a_campaign_without_one_successful_request_is_failed(
@@ -518,14 +452,11 @@ def test_a_campaign_without_one_successful_request_is_failed(
     refusing = Scenario(http_status=500, error_message="no model loaded")
     with CalibratedServer(refusing) as server:
         flags = ["--endpoint", server.base_url, "--model", MODEL, "--quick", "--db", str(db)]
-        done = _collector([*flags, "--tests", "simple-response,code-generation"], cli_env)
-    assert done.returncode == 1, done.stderr
-    (line,) = _error_lines(done.stderr)
+        (line,) = _failed([*flags, "--tests", "simple-response,code-generation"], cli_env)
     assert "none of its 4 requests succeeded" in line and "no model loaded" in line, line
     assert _counts(db) == before
-    new = "campaign_id IN (SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')"
-    assert _query(db, f"SELECT status FROM campaigns WHERE {new}") == [("failed",)]
-    assert _query(db, f"SELECT DISTINCT status FROM requests WHERE {new}") == [("http_error",)]
+    assert _query(db, f"SELECT status FROM campaigns WHERE {NEW}") == [("failed",)]
+    assert _query(db, f"SELECT DISTINCT status FROM requests WHERE {NEW}") == [("http_error",)]
 
 
 # -- secrets -----------------------------------------------------------------------
@@ -569,31 +500,25 @@ def test_an_api_key_never_reaches_the_store_or_the_site(
 ) -> None:
     db = tmp_path / "secrets.duckdb"
     scenario = _scenario_file(tmp_path, Scenario(tokens=6))
-    config = _write_config(
-        tmp_path / "c.toml",
-        {
-            "campaign": CAMPAIGN_TOML,
-            "server": {
-                "command": [
-                    sys.executable,
-                    "-c",
-                    WITH_KEY_FLAG,
-                    "--api-key",
-                    SECRET,
-                    "--port",
-                    "{port}",
-                    "--scenario",
-                    str(scenario),
-                ],
-                "api_key_env": "MOE_TEST_API_KEY",
-                # llama-server also reads its key from LLAMA_API_KEY.
-                "env": {**SERVER_ENV, "LLAMA_API_KEY": SECRET, "OMP_NUM_THREADS": "1"},
-            },
-        },
-        _tiny_gguf(tmp_path / "m.gguf"),
-    )
+    server = {
+        "command": [
+            sys.executable,
+            "-c",
+            WITH_KEY_FLAG,
+            "--api-key",
+            SECRET,
+            "--port",
+            "{port}",
+            "--scenario",
+            str(scenario),
+        ],
+        "api_key_env": "MOE_TEST_API_KEY",
+        # llama-server also reads its key from LLAMA_API_KEY.
+        "env": {**SERVER_ENV, "LLAMA_API_KEY": SECRET, "OMP_NUM_THREADS": "1"},
+    }
+    config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
     env = {**cli_env, "MOE_TEST_API_KEY": SECRET, "SOME_OTHER_TOKEN": SECRET}
-    done = _collector(["--config", str(config), "--db", str(db)], env)
+    done = collect("--config", str(config), "--db", str(db), env=env)
     assert done.returncode == 0, done.stderr
     assert _query(db, "SELECT status FROM requests") == [("ok",)], done.stderr
     assert _holding(db, SECRET) == []
@@ -626,13 +551,9 @@ def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: P
     db = tmp_path / "term.duckdb"
     slow = _scenario_file(tmp_path, Scenario(tokens=400, gap_s=0.05))
     server = {"command": [*SERVER, "--scenario", str(slow)], "env": SERVER_ENV}
-    config = _write_config(
-        tmp_path / "c.toml",
-        {"campaign": CAMPAIGN_TOML, "server": server},
-        _tiny_gguf(tmp_path / "m.gguf"),
-    )
+    config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moe_evidence", "collect", "--config", str(config), "--db", str(db)],
+        collect_argv("--config", str(config), "--db", str(db)),
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

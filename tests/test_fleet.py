@@ -20,17 +20,16 @@ import duckdb
 import pytest
 
 from collector import campaign
-from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
+from collector.config import Config, Configuration
 from collector.engine import EngineBuild
 from collector.inventory import Host, collect_host
 from collector.progress import CampaignProgress
-from collector.runner import _inspect
 from evidence.bundle import export_bundle
 from evidence.merge import merge_store
 from evidence.store import open_store
 from report.build import BuildResult
 from scoring.store import rescore_campaign
-from tests.engine_helpers import server_command
+from tests.engine_helpers import CPU_MOE, engine_config, run_in_process
 from tests.fixtures.report.support import build, project
 
 pytestmark = pytest.mark.engine
@@ -64,22 +63,15 @@ class Machine:
 
 
 def _config(model: Path, engine: EngineBuild, release: str) -> Config:
-    return Config(
-        campaign=CampaignSection(
-            name="fleet test",
-            release=release,
-            repeats=2,
-            pause_s=0,
-            max_tokens_cap=16,
-            tests=["simple-response"],
-            non_streaming=False,
-        ),
-        server=ServerSection(command=server_command(engine)),
-        models=[ModelEntry(label="moe", path=model)],
-        configurations=[
-            Configuration(label="baseline"),
-            Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1),
-        ],
+    return engine_config(
+        model,
+        engine,
+        configurations=(Configuration(label="baseline"), CPU_MOE),
+        name="fleet test",
+        release=release,
+        repeats=2,
+        max_tokens_cap=16,
+        tests=["simple-response"],
     )
 
 
@@ -113,16 +105,15 @@ def stores(
             if m.host is not None:
                 mp.setattr(recording, "collect_host", lambda nvml=None, h=m.host: h)
             with open_store(db) as con, CampaignProgress() as progress:
-                campaign_id = campaign.run_campaign(
+                campaign_id = run_in_process(
                     con,
                     _config(moe_model, engine, m.release),
+                    progress,
+                    tmp,
+                    engine=engine,
+                    model=moe_model,
                     profile="quick",
                     command=["test_fleet"],
-                    model_paths={"moe": moe_model},
-                    engine=engine,
-                    inspect=_inspect,
-                    progress=progress,
-                    data_dir=tmp,
                 )
                 rescore_campaign(con, campaign_id)
         paths.append(db)

@@ -22,6 +22,8 @@ needs_real_logs = pytest.mark.skipif(
 JSON_KEYS = {
     "settings",
     "fit_lines",
+    "loads",
+    "load_differences",
     "expert_count",
     "expert_used_count",
     "expert_shared_count",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -567,28 +568,20 @@ def test_a_printed_result_line_does_not_pass_a_failing_case(limits: SandboxLimit
     assert result.passed_cases == 0
 
 
-FULL_CONTAINMENT = {
-    "mount-namespace",
-    "minimal-root",
-    "fresh-proc",
-    "private-tmp",
-    "pid-namespace",
-    "network-namespace",
-    "uid-nobody",
-    "no-capabilities",
-    "no-new-privs",
-    "RLIMIT_AS",
-    "RLIMIT_CPU",
-    "RLIMIT_NPROC",
-    "RLIMIT_FSIZE",
-    "RLIMIT_NOFILE",
-    "RLIMIT_CORE",
-}
+# The layers that only the launch plan (namespaces, private root, privileges) gives.
+OS_LAYERS = {layer for layer in sandbox._LAYERS if not layer.startswith("RLIMIT_")}
+
+
+def test_the_module_documents_every_layer_it_reports() -> None:
+    # The docstring names each layer as `a-layer`; a layer added or dropped in one
+    # place and not the other fails here.
+    assert set(re.findall(r"`([a-z]+(?:-[a-z]+)+)`", sandbox.__doc__ or "")) == OS_LAYERS
 
 
 def test_the_result_says_which_layers_are_missing_here() -> None:
     isolation = run("def factorial(n):\n    return 1\n").isolation
-    assert set(isolation.missing) == FULL_CONTAINMENT - set(isolation.mechanisms)
+    # Every layer of the full set is either in effect or listed as missing, never both.
+    assert set(isolation.missing) == set(sandbox._LAYERS) - set(isolation.mechanisms)
     detail = isolation.as_detail()
     assert detail["missing"] == list(isolation.missing)
     assert detail["filesystem"] == isolation.filesystem
@@ -599,41 +592,25 @@ def test_the_result_says_which_layers_are_missing_here() -> None:
 
 
 def test_a_weaker_plan_records_what_it_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No operating-system layer: as on a machine with no namespaces and no user to switch to.
     weak = sandbox.LaunchPlan(
-        prefix=(),
         interpreter=sys.executable,
-        run_as=None,
-        clear_groups=False,
-        expect_uid=None,
         mechanisms=("fresh-temp-cwd", "scrubbed-env", "process-tree-kill"),
-        network_namespace=False,
     )
     monkeypatch.setattr(sandbox, "launch_plan", lambda: weak)
     result = run("def factorial(n):\n    return 1 if n < 2 else n * factorial(n - 1)\n")
     assert result.all_passed
     isolation = result.isolation
-    assert {
-        "mount-namespace",
-        "minimal-root",
-        "fresh-proc",
-        "private-tmp",
-        "pid-namespace",
-        "network-namespace",
-        "uid-nobody",
-    } <= set(isolation.missing)
+    # Every layer the namespaces and the user switch give is missing; the harness's
+    # own rlimits remain.
+    assert set(isolation.missing) >= OS_LAYERS
     assert isolation.filesystem == "host-as-caller"
     assert isolation.network == "audit-hook"
 
 
 def test_a_sandbox_that_cannot_start_raises_sandbox_error(monkeypatch: pytest.MonkeyPatch) -> None:
     broken = sandbox.LaunchPlan(
-        prefix=(),
-        interpreter=os.path.join(os.sep, "nonexistent", "python3"),
-        run_as=None,
-        clear_groups=False,
-        expect_uid=None,
-        mechanisms=(),
-        network_namespace=False,
+        interpreter=os.path.join(os.sep, "nonexistent", "python3"), mechanisms=()
     )
     monkeypatch.setattr(sandbox, "launch_plan", lambda: broken)
     with pytest.raises(SandboxError, match="cannot start the code sandbox"):

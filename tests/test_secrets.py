@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from calibration.scenario import Injection, Scenario
 from calibration.server import CalibratedServer
-from collector.campaign import run_campaign
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.progress import CampaignProgress
 from collector.server import free_port
@@ -40,6 +38,7 @@ from evidence.writer import (
     to_json,
 )
 from tests.cli_helpers import query
+from tests.engine_helpers import ScenarioPerTest, run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,19 +104,6 @@ UNAUTHORIZED = Scenario(http_status=401, error_message=f"Invalid API key {API_KE
 SCENARIOS = {"simple-response": ECHO, "code-generation": UNAUTHORIZED}
 
 
-class _ScenarioPerTest(CampaignProgress):
-    """Scripts the server with the test's scenario just before its request."""
-
-    def __init__(self, base_url: str) -> None:
-        super().__init__()
-        self.base_url = base_url
-
-    def request(self, test: str, repeat: int, repeats: int, stream: bool) -> None:
-        super().request(test, repeat, repeats, stream)
-        scenario = SCENARIOS[test].to_dict()
-        httpx.post(f"{self.base_url}/_calibration/scenario", json=scenario, trust_env=False)
-
-
 def _campaign(tests: list[str]) -> CampaignSection:
     return CampaignSection(
         name="secrets",
@@ -165,19 +151,9 @@ def _launched(tmp: Path, con: duckdb.DuckDBPyConnection) -> str:
         models=[ModelEntry(label="calibration")],
         configurations=[Configuration(label="plain", args=["--client-secret", CLIENT_SECRET])],
     )
-    with _ScenarioPerTest(f"http://127.0.0.1:{port}") as progress:
-        return run_campaign(
-            con,
-            config,
-            profile="test",
-            command=["moe-evidence", "collect", "--config", "c.toml"],
-            model_paths={},
-            engine=None,
-            inspect=lambda _: {},
-            progress=progress,
-            data_dir=tmp,
-            api_key=API_KEY,
-        )
+    with ScenarioPerTest(f"http://127.0.0.1:{port}", SCENARIOS) as progress:
+        command = ["moe-evidence", "collect", "--config", "c.toml"]
+        return run_in_process(con, config, progress, tmp, command=command, api_key=API_KEY)
 
 
 def _attached(con: duckdb.DuckDBPyConnection, endpoint: str, data_dir: Path) -> str:
@@ -190,18 +166,8 @@ def _attached(con: duckdb.DuckDBPyConnection, endpoint: str, data_dir: Path) -> 
         configurations=[Configuration(label="attached")],
     )
     with CampaignProgress() as progress:
-        return run_campaign(
-            con,
-            config,
-            profile="test",
-            command=["moe-evidence", "collect", "--endpoint", endpoint, "--model", "calibration"],
-            model_paths={},
-            engine=None,
-            inspect=lambda _: {},
-            progress=progress,
-            data_dir=data_dir,
-            api_key=API_KEY,
-        )
+        command = ["moe-evidence", "collect", "--endpoint", endpoint, "--model", "calibration"]
+        return run_in_process(con, config, progress, data_dir, command=command, api_key=API_KEY)
 
 
 @pytest.fixture(scope="module")

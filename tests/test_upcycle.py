@@ -16,6 +16,7 @@ from collector.gguf_inspect import ModelSpec, inspect_model
 from collector.upcycle import find_smollm2_gguf, upcycle_cache_key, upcycle_to_moe
 from common.errors import GGUFError, ModelError
 from common.files import file_sha256
+from tests.test_gguf_inspect import f32, write_gguf
 
 # The upcycled file's bytes are pinned: a change here means every cached copy
 # is stale, so bump UPCYCLE_FORMAT_VERSION along with this digest.
@@ -170,15 +171,12 @@ def test_missing_source_is_a_model_error(tmp_path: Path) -> None:
 
 
 def test_refuses_a_model_that_already_has_experts(tmp_path: Path) -> None:
-    src = tmp_path / "moe.gguf"
-    writer = GGUFWriter(src, "llama")
-    writer.add_uint32("llama.embedding_length", 4)
-    writer.add_uint32("llama.expert_count", 4)
-    writer.add_tensor("blk.0.ffn_up.weight", np.zeros((2, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    src = write_gguf(
+        tmp_path / "moe.gguf",
+        "llama",
+        {"embedding_length": 4, "expert_count": 4},
+        [("blk.0.ffn_up.weight", f32(2, 4), None)],
+    )
 
     with pytest.raises(GGUFError, match="already a mixture-of-experts"):
         upcycle_to_moe(src, tmp_path / "twice.gguf")
@@ -186,17 +184,17 @@ def test_refuses_a_model_that_already_has_experts(tmp_path: Path) -> None:
 
 
 def write_tiny_dense(src: Path) -> Path:
-    writer = GGUFWriter(src, "llama")
-    writer.add_uint32("llama.embedding_length", 4)
-    writer.add_uint32("llama.block_count", 1)
-    writer.add_tensor("blk.0.ffn_gate.weight", np.ones((8, 4), dtype=np.float32))
-    writer.add_tensor("blk.0.ffn_up.weight", np.ones((8, 4), dtype=np.float32))
-    writer.add_tensor("blk.0.ffn_down.weight", np.ones((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return src
+    ones = np.ones((8, 4), dtype=np.float32)
+    return write_gguf(
+        src,
+        "llama",
+        {"embedding_length": 4, "block_count": 1},
+        [
+            ("blk.0.ffn_gate.weight", ones, None),
+            ("blk.0.ffn_up.weight", ones, None),
+            ("blk.0.ffn_down.weight", ones.T.copy(), None),
+        ],
+    )
 
 
 def test_small_dense_model_upcycles_with_other_settings(tmp_path: Path) -> None:

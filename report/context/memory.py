@@ -9,12 +9,14 @@ available for *both* runs of a comparison is the headline.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, cast
 
 import duckdb
 
 from evidence.llama_names import is_host_device
+from report.context import reloads
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
 from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, Source, Stat
@@ -138,6 +140,8 @@ class MemoryContext:
     timeline: tuple[MemorySample, ...]
     gpu_reason: str | None  # why no GPU figure is measured, when none is
     buffer_columns: tuple[tuple[str, bool], ...]  # ("device kind", on GPU), first seen first
+    # Servers that loaded the model for each request: their memory is per request.
+    model_loads: tuple[reloads.ReloadRow, ...] = ()
 
 
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
@@ -171,7 +175,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
         ORDER BY r.model_order, r.config_order
         """,
     )
-    runs = tuple(_run_memory(f) for f in facts)
+    model_loads = reloads.build(con)
+    per_request = {r.server_run_id for r in model_loads if r.reloads}
+    runs = tuple(_not_resident(_run_memory(f), f["server_run_id"] in per_request) for f in facts)
     expected = {f["model_id"]: f["expected_vram_saved_pct"] for f in facts}
     comparisons = tuple(_comparisons(con, runs, expected))
     tradeoff, source, tests = _tradeoff(con, runs, comparisons)
@@ -188,6 +194,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
             dict.fromkeys((f"{b.device} {b.kind}", b.on_gpu) for r in runs for b in r.buffers)
         ),
         gpu_reason="; ".join(sorted(reasons)) if reasons and len(reasons) == 1 else None,
+        model_loads=model_loads,
     )
 
 
@@ -278,6 +285,18 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         placement=placement,
         layers_on_cpu=layers_on_cpu,
     )
+
+
+def _not_resident(run: RunMemory, reloads_per_request: bool) -> RunMemory:
+    """A server that loads the model for each request holds it only while a request
+    runs: its memory in the idle window after start-up is not the model's."""
+    if not reloads_per_request:
+        return run
+    why = Missing(
+        "not resident between requests: this server loaded the model for each request "
+        "(memory per request below)"
+    )
+    return dataclasses.replace(run, rss_idle=why, gpu_idle_measured=why)
 
 
 def _estimate(spec: dict[str, Any], f: dict[str, Any]) -> Figure:

@@ -2,7 +2,8 @@
 distribution; consistency over long generations; one request's token timeline;
 client/server cross-check; where the time goes (memory traffic, estimated).
 
-Every figure is over successful streamed requests (stream and completed);
+Every figure is over successful streamed requests (stream and completed) that
+other processes did not starve (`in_headline`, unless the build includes them);
 requests that failed are counted on the quality page's completion rate.
 """
 
@@ -16,6 +17,7 @@ import duckdb
 
 from evidence.metrics import LONG_CATEGORY
 from evidence.statistics import paired_ratio, summarize
+from report.context import host_load, reloads
 from report.context.memory import RunMemory
 from report.queries import (
     OK_STREAMED,
@@ -171,6 +173,9 @@ class PerformanceContext:
     tokens_disagree: int
     streamed_ok: int
     streamed_total: int
+    host_load: host_load.HostLoadContext  # requests other processes starved
+    # Whether each configuration's server loaded the model inside its requests.
+    model_loads: tuple[reloads.ReloadRow, ...] = ()
 
 
 def _table(con: duckdb.DuckDBPyConnection, name: str, where: str = OK_STREAMED) -> MetricTable:
@@ -225,7 +230,8 @@ def build(
     compare = _compare(con)
     counts = rows(
         con,
-        f"SELECT count(*) FILTER (WHERE {OK_STREAMED}) AS ok, count(*) FILTER (WHERE stream) "
+        "SELECT count(*) FILTER (WHERE stream AND completed) AS ok, "
+        "count(*) FILTER (WHERE stream) "
         "AS total, count(*) FILTER (WHERE tokens_disagree) AS disagree FROM sel_requests",
     )[0]
     return PerformanceContext(
@@ -252,11 +258,13 @@ def build(
         tokens_disagree=int(counts["disagree"] or 0),
         streamed_ok=int(counts["ok"] or 0),
         streamed_total=int(counts["total"] or 0),
+        host_load=host_load.build(con),
+        model_loads=reloads.build(con),
     )
 
 
 def _pair_values(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Every streamed pair of completed requests (`offload_pairs`) of the selection,
+    """Every streamed pair of headline requests (`offload_pairs`) of the selection,
     with each compared metric on both sides and its ratio (`offload_pair_ratios`)."""
     sides = ", ".join(
         f"o.{m} AS o_{m}, b.{m} AS b_{m}, r_{m}.offload_ratio AS r_{m}" for m in COMPARE_METRICS
@@ -277,7 +285,7 @@ def _pair_values(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
         JOIN sel_requests o ON o.request_id = p.offload_request_id
         JOIN request_metrics b ON b.request_id = p.baseline_request_id
         {joins}
-        WHERE p.stream AND o.completed AND b.completed
+        WHERE p.stream AND o.in_headline AND b.in_headline
         ORDER BY o.model_order, o.config_order, o.test_order, p.repeat
         """,
     )

@@ -132,6 +132,7 @@ class Transcript:
     stream: bool
     status: str
     finish_reason: str | None
+    finish_reason_inferred: str | None  # evidence.metrics: `length` when the count hit the budget
     output_tokens: int
     token_source: str
     e2e_s: float | None
@@ -442,7 +443,8 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
         con,
         """
         SELECT q.request_id, q.model, q.config_label, q.repeat, q.stream, q.status,
-               q.finish_reason, q.output_tokens, q.token_source, q.e2e_s, q.test_id,
+               q.finish_reason, q.finish_reason_inferred, q.output_tokens, q.token_source,
+               q.e2e_s, q.test_id,
                r.error, r.output_text, q.repetition, q.loop, q.check_pct, q.quality,
                q.review, q.not_judged
         FROM sel_request_scores q JOIN requests r USING (request_id)
@@ -460,6 +462,7 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
                 stream=bool(d["stream"]),
                 status=d["status"],
                 finish_reason=d["finish_reason"],
+                finish_reason_inferred=d["finish_reason_inferred"],
                 output_tokens=int(d["output_tokens"] or 0),
                 token_source=d["token_source"],
                 e2e_s=d["e2e_s"],

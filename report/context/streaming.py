@@ -120,7 +120,7 @@ def _compare(
         e2e_s = stat_or_empty(s_e2e, key, "s", "no successful streamed request")
         e2e_p = stat_or_empty(p_e2e, key, "s", "no successful non-streamed request")
         if e2e_s.n and e2e_p.n:
-            r = ratio_of_means(e2e_s.summary, e2e_p.summary)
+            r = ratio_of_means(e2e_s, e2e_p)
             ratio = RatioFigure(r.ratio, r.ci_low, r.ci_high)
         else:
             ratio = RatioFigure(None, None, None, "one side has no successful request")

@@ -3,11 +3,13 @@ protocol's summary table (one row per model and configuration)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import duckdb
 
 from report.context.common import gate_rank
+from report.context.host_load import HostLoadContext
 from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
 from report.context.quality import QualityContext
@@ -104,9 +106,25 @@ class SummaryContext:
     server: str  # the server that ran, as the intro names it
     failing_gates: tuple[Gate, ...]  # FAIL and NOT MEASURED: shown open
     passing_gates: tuple[Gate, ...]  # PASS: one click away
+    host_load: HostLoadContext  # requests other processes starved, beside the headline
 
 
-def _verdict(gates: tuple[Gate, ...]) -> Verdict:
+def _verdict(gates: tuple[Gate, ...], load: HostLoadContext) -> Verdict:
+    """The gates' verdict, and what a busy host did to the campaigns it disturbed."""
+    verdict = _gates_verdict(gates)
+    busy = " ".join(
+        f"The host was busy during campaign {c.name}: other processes starved "
+        f"{c.starved} of its {c.streamed} streamed requests (more than "
+        f"{c.limit.value:g} %), so its timings describe the host's load as much as the "
+        "configurations; rerun it on a quiet machine."
+        for c in load.busy
+    )
+    if not busy:
+        return verdict
+    return dataclasses.replace(verdict, sentence=f"{verdict.sentence} {busy}")
+
+
+def _gates_verdict(gates: tuple[Gate, ...]) -> Verdict:
     passed = sum(g.status == "PASS" for g in gates)
     failed = sum(g.status == "FAIL" for g in gates)
     unmeasured = len(gates) - passed - failed
@@ -151,8 +169,7 @@ def build(
         con,
         """
         SELECT c.name, c.started_utc, g.gate_id, g.title, g.status, g.threshold, g.measured
-        FROM gates g JOIN campaigns c USING (campaign_id)
-        WHERE g.campaign_id IN (SELECT campaign_id FROM sel_campaigns)
+        FROM sel_gates g JOIN campaigns c USING (campaign_id)
         """,
     )
     found.sort(key=lambda g: (g["started_utc"], gate_rank(g["gate_id"])))
@@ -243,7 +260,7 @@ def build(
     }
     return SummaryContext(
         campaigns=sel.campaigns,
-        verdict=_verdict(gates),
+        verdict=_verdict(gates, performance.host_load),
         gates=gates,
         rows=tuple(table),
         headlines=tuple(headlines),
@@ -258,7 +275,18 @@ def build(
         server=server_name(con),
         failing_gates=tuple(g for g in gates if g.status != "PASS"),
         passing_gates=tuple(g for g in gates if g.status == "PASS"),
+        host_load=performance.host_load,
     )
+
+
+def _no_pair_reason(load: HostLoadContext) -> str:
+    """Why an offload configuration has no paired figure."""
+    if load.excluded:
+        return (
+            "no pair of successful streamed requests that other processes did not starve "
+            f"({load.excluded} excluded)"
+        )
+    return "no pair of successful streamed requests"
 
 
 def _answers(
@@ -276,8 +304,9 @@ def _answers(
         if (c.model, c.config) not in main:
             continue
         row = overall.get((c.model, c.config))
-        none = RatioFigure(None, None, None, "no pair of successful streamed requests")
-        empty = Stat.empty("tokens/s", "no pair of successful streamed requests")
+        why = _no_pair_reason(performance.host_load)
+        none = RatioFigure(None, None, None, why)
+        empty = Stat.empty("tokens/s", why)
         pres = kept.get((c.model, c.config))
         out.append(
             Answer(

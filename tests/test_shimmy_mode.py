@@ -1,0 +1,235 @@
+"""Shimmy 1.7.0 as it really behaves, met by the real collector.
+
+The calibration server's Shimmy mode (calibration.shimmy) plays what Shimmy's v1.7.0 source
+does: a model load per request with its loader log, axum's SSE framing of bare tokens, chat
+chunks that end "stop" whatever happened, no usage (0/0 when not streamed), no /tokenize. The
+collector must store every output byte for byte, the finish reason as the server said it and
+as inferred, and token counts from the model's own tokenizer (llama-tokenize, offline).
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from calibration.scenario import Scenario
+from calibration.server import CalibratedServer
+from calibration.shimmy import ShimmyMode, axum_event
+from collector.engine import EngineBuild
+from collector.tokenizer import LlamaTokenize, OutputCounter
+from evidence.metrics import create_views
+from evidence.store import open_store
+from tests.cli_helpers import ROOT, cli_env, collect, query
+from tests.fixtures.report.support import build, project
+from tests.storefactory import MS, StoreFactory
+from tests.test_metrics import store as hand_made_store  # noqa: F401 - fixture `store`
+
+# Tokens as a real model streams them: leading spaces or none, newlines alone and inside a
+# token, indentation, multi-byte UTF-8, text that looks like SSE or JSON.
+TOKENS = (
+    "Hello", ",", " world", "!\n", "\n", "  two spaces", "x\ny", "é", " 日本語", " 🙂",
+    '{"k": 1}', "data: z", " [DONE] ", "\ttab", " ", "end.",
+)  # fmt: skip
+TEXT = "".join(TOKENS)
+TEST = "simple-response"
+
+
+def test_axum_framing_is_shimmys() -> None:
+    # axum 0.7's Event::data: "data:" + one extra space only before a leading space; one
+    # `data:` line per line of the token; the blank line ends the event.
+    assert axum_event("Hello") == b"data:Hello\n\n"
+    assert axum_event(" world") == b"data:  world\n\n"
+    assert axum_event("x\ny") == b"data:x\ndata:y\n\n"
+    assert axum_event("\n") == b"data:\ndata:\n\n"
+    assert axum_event("[DONE]") == b"data:[DONE]\n\n"
+
+
+@pytest.fixture
+def shimmy() -> Iterator[tuple[CalibratedServer, io.StringIO]]:
+    log = io.StringIO()
+    scenario = Scenario(tokens=len(TOKENS), words=TOKENS, words_are_tokens=True, gap_s=0.001)
+    with CalibratedServer(scenario, shimmy=ShimmyMode(load_s=0.05, log=log)) as server:
+        yield server, log
+
+
+def _metrics(db: Path, columns: str, order: str = "m.request_id") -> list[tuple[Any, ...]]:
+    """`columns` of request_metrics m joined with requests r, from the store at `db`."""
+    with open_store(db, read_only=True) as con:
+        create_views(con)
+        return con.execute(
+            f"SELECT {columns} FROM request_metrics m JOIN requests r USING (request_id) "
+            f"ORDER BY {order}"
+        ).fetchall()
+
+
+def _attach(server: CalibratedServer, api: str, db: Path) -> None:
+    flags = ["--endpoint", server.base_url, "--api", api, "--model", "m", "--quick"]
+    done = collect(*flags, "--tests", TEST, "--db", str(db))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("api", ["shimmy", "openai-chat"])
+def test_outputs_are_stored_byte_for_byte(
+    shimmy: tuple[CalibratedServer, io.StringIO], api: str, tmp_path: Path
+) -> None:
+    server, log = shimmy
+    db = tmp_path / "e.duckdb"
+    _attach(server, api, db)
+    rows = query(db, "SELECT request_id, stream, output_text, finish_reason FROM requests")
+    assert {stream for _, stream, _, _ in rows} == {True, False}
+    for request_id, stream, output, finish in rows:
+        assert output == TEXT
+        # As the server said it: /api/generate never says; chat always says "stop".
+        assert finish == (None if api == "shimmy" else "stop")
+        if stream:
+            chunks = query(
+                db,
+                "SELECT text FROM chunks WHERE request_id = ? AND kind = 'content' ORDER BY seq",
+                [request_id],
+            )
+            assert [t for (t,) in chunks] == list(TOKENS)
+    # One load per generation request (the warm-up's too), each logged whole.
+    assert log.getvalue().count("llama_context: graph splits = ") == len(server.records)
+    assert len(server.records) == 3
+    assert all(r.load_ended_ns and r.headers_ns and r.headers_ns > r.load_ended_ns
+               for r in server.records)  # fmt: skip
+
+
+def test_chat_usage_zero_is_no_count_and_nothing_counted_says_why(
+    shimmy: tuple[CalibratedServer, io.StringIO], tmp_path: Path
+) -> None:
+    server, _ = shimmy
+    db = tmp_path / "e.duckdb"
+    _attach(server, "openai-chat", db)
+    usage = query(db, "SELECT usage_completion_tokens FROM requests WHERE NOT stream")
+    assert usage == [(0,)]  # stored as the server sent it
+    rows = _metrics(db, "m.stream, m.token_source, r.tokenizer, r.tokenizer_error")
+    for _, source, tokenizer, error in rows:
+        # Attached with no model file: no tokenizer, the reason stored, the count estimated.
+        assert source == "chunks" and tokenizer is None and error
+
+
+def test_a_budget_cut_stream_is_inferred_length(tmp_path: Path) -> None:
+    # 100 words asked, the quick profile's 32-token budget: Shimmy stops at 32 and says "stop".
+    with CalibratedServer(
+        Scenario(tokens=100, gap_s=0.001), shimmy=ShimmyMode(load_s=0.01, log=io.StringIO())
+    ) as server:
+        db = tmp_path / "e.duckdb"
+        _attach(server, "openai-chat", db)
+    rows = _metrics(db, "m.stream, m.finish_reason, finish_reason_inferred, completed, "
+                    "content_events", order="m.stream")  # fmt: skip
+    streamed = rows[-1]
+    assert streamed[:4] == (True, "stop", "length", True) and streamed[4] == 32
+    # The site shows both: the server's "stop" and the inferred length beside it.
+    root = project(tmp_path)
+    build(db, root)
+    page = (root / "docs" / "transcripts" / f"{TEST}.md").read_text(encoding="utf-8")
+    shown = 'stop</span>; inferred <span class="untrusted">length</span>: count reached max_tokens'
+    assert shown in page
+
+
+@pytest.fixture
+def store(hand_made_store: StoreFactory) -> StoreFactory:  # noqa: F811 - test_metrics' fixture
+    return hand_made_store
+
+
+def test_stop_at_exactly_max_tokens_is_completed_and_inferred_length(store: StoreFactory) -> None:
+    # Issue 12: a finish reason "stop" at exactly max_tokens counts as completed.
+    rid = store.request("baseline", [(t * MS, "w") for t in range(1, 9)], max_tokens=8, tokenized=8)
+    m = store.metrics(rid)
+    assert m["finish_reason"] == "stop" and m["finish_reason_inferred"] == "length"
+    assert m["completed"]
+    short = store.metrics(store.request("baseline", [(MS, "w")], max_tokens=8, tokenized=1))
+    assert short["finish_reason_inferred"] == "stop" and short["completed"]
+
+
+def test_shimmys_native_api_gives_no_reason_and_still_completes(store: StoreFactory) -> None:
+    # Regression: `completed` wanted a finish reason, which /api/generate never sends.
+    rid = store.request(
+        "baseline", [(MS, "a"), (2 * MS, "b")], finish_reason=None, api="shimmy", tokenized=2
+    )
+    m = store.metrics(rid)
+    assert m["finish_reason_inferred"] == "stop" and m["completed"]
+    full = store.request(
+        "baseline", [(MS, "a")] * 3, finish_reason=None, api="shimmy", max_tokens=3
+    )
+    assert store.metrics(full)["finish_reason_inferred"] == "length"
+
+
+def test_usage_zero_for_an_output_is_no_count(store: StoreFactory) -> None:
+    # Regression: Shimmy's non-streamed usage 0/0 made output_tokens 0 ('usage').
+    rid = store.request("baseline", [(MS, "seven tokens")], stream=False, usage_tokens=0,
+                        tokenized=7)  # fmt: skip
+    m = store.metrics(rid)
+    assert m["token_source"] == "tokenize" and m["output_tokens"] == 7
+    assert not m["tokens_disagree"]
+    empty = store.metrics(store.request("baseline", [], stream=False, usage_tokens=0))
+    assert empty["token_source"] == "usage" and empty["output_tokens"] == 0
+
+
+def test_tokenizer_count_is_cross_checked_against_events(store: StoreFactory) -> None:
+    events = [(t * MS, "w") for t in range(1, 11)]
+    assert not store.metrics(store.request("baseline", events, tokenized=10))["tokens_disagree"]
+    assert store.metrics(store.request("baseline", events, tokenized=20))["tokens_disagree"]
+
+
+def test_no_llama_tokenize_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVIDENCE_CACHE_DIR", str(tmp_path))  # no engine cached here
+    counted = OutputCounter.for_model(None, tmp_path / "m.gguf").count("hi", None)
+    assert counted.tokens is None and counted.error and "llama-tokenize" in counted.error
+
+
+@pytest.mark.engine
+def test_llama_tokenize_counts_the_text_as_sent(engine: EngineBuild, moe_model: Path) -> None:
+    assert engine.tokenize is not None
+    tool = LlamaTokenize(engine.tokenize, moe_model)
+    assert tool.count("") == 0
+    # No BOS, no escape expansion (a literal backslash-n is two characters), no special tokens.
+    assert tool.count(" Hello world\n\ndef é") == 6
+    assert tool.count("a\\nb") == 3
+    assert tool.count("<|im_end|>") > 1
+
+
+@pytest.mark.engine
+def test_a_launched_shimmy_is_counted_by_llama_tokenize(
+    engine: EngineBuild, moe_model: Path, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "scenario.json"
+    scenario.write_text('{"tokens": 100, "gap_s": 0.001}', encoding="utf-8")
+    python = sys.executable.replace("\\", "/")
+    command = [python, "-m", "calibration.server", "--port", "{port}", "--shimmy-1.7.0",
+               "--load-s", "0.2", "--scenario", scenario.as_posix()]  # fmt: skip
+    config = tmp_path / "shimmy.toml"
+    config.write_text(
+        "[campaign]\nrepeats = 1\npause_s = 0\nidle_window_s = 0\n"
+        f'tests = ["{TEST}"]\n\n'
+        f'[server]\nmode = "launch"\ncommand = {command!r}\napi = "openai-chat"\n\n'
+        '[[configurations]]\nlabel = "baseline"\n\n'
+        f'[[models]]\nlabel = "smollm2-moe"\npath = "{moe_model.as_posix()}"\n',
+        encoding="utf-8",
+    )
+    db = tmp_path / "e.duckdb"
+    done = subprocess.run(
+        [sys.executable, "-m", "moe_evidence", "collect", "--quick", "--config", str(config),
+         "--db", str(db)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _metrics(db, "r.output_text, r.tokenizer, r.tokenized_output_tokens, m.token_source, "
+                    "m.finish_reason, m.finish_reason_inferred, m.completed")  # fmt: skip
+    (log,) = query(db, "SELECT log_text FROM server_runs")[0]
+    tool = LlamaTokenize(engine.tokenize or Path(), moe_model)
+    assert len(rows) == 2
+    for text, tokenizer, tokens, source, finish, inferred, completed in rows:
+        assert tokenizer == "llama-tokenize" and tokens == tool.count(text)
+        assert source == "tokenize"
+        # 32 words of 100 by the quick budget: the server said "stop", the count says length.
+        assert (finish, inferred, completed) == ("stop", "length", True)
+    # The per-request loads reached the server's captured log: warm-up + 2 requests.
+    assert log.count("llama_context: graph splits = ") == 3
