@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from collector.http1 import HTTPFailure
+from collector.http1 import HTTPFailure, PostRequest
 
 
 class HttpxResponse:
@@ -44,28 +44,23 @@ class HttpxResponse:
         self._client.close()
 
 
-def httpx_post(
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    *,
-    connect_timeout_s: float,
-    read_timeout_s: float,
-    deadline: float | None = None,
-) -> HttpxResponse:
+def httpx_post(request: PostRequest) -> HttpxResponse:
     """`collector.http1.post`'s contract, over httpx (a new client per request, as the
     collector opens a new connection per request). httpx has no deadline over connect and
     headers: the time left is its timeout for each, the closest it can do."""
-    left = read_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
+    read_s, deadline = request.read_timeout_s, request.deadline
+    left = read_s if deadline is None else max(deadline - time.monotonic(), 0.001)
     client = httpx.Client(
         timeout=httpx.Timeout(
-            min(read_timeout_s, left), connect=min(connect_timeout_s, left), pool=left
+            min(read_s, left), connect=min(request.connect_timeout_s, left), pool=left
         ),
         trust_env=False,
     )
     try:
-        request = client.build_request("POST", url, content=body, headers=headers)
-        return HttpxResponse(client, client.send(request, stream=True))
+        sent = client.build_request(
+            "POST", request.url, content=request.body, headers=dict(request.headers)
+        )
+        return HttpxResponse(client, client.send(sent, stream=True))
     except httpx.ConnectError as exc:
         client.close()
         raise HTTPFailure("connect", f"cannot connect: {exc}") from exc

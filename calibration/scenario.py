@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from collector.apis import ApiName
 from common.errors import ConfigError
+from common.json_fields import json_fields
 
 ShimmyShape = Literal["text", "json"]
 Outcome = Literal["running", "complete", "http-error", "disconnected", "client-gone", "aborted"]
@@ -191,15 +192,7 @@ class Scenario:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that `from_dict` reads back."""
-        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["words"] = list(self.words)
-        out["stalls"] = [
-            {"after_tokens": s.after_tokens, "seconds": s.seconds} for s in self.stalls
-        ]
-        out["injections"] = [
-            {"after_tokens": i.after_tokens, "text": i.text} for i in self.injections
-        ]
-        return out
+        return json_fields(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scenario:
@@ -278,36 +271,12 @@ class StreamRecord:
         return [e.sent_ns for e in self.events]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict that `from_dict` reads back."""
-        return {
-            "path": self.path,
-            "api": self.api,
-            "stream": self.stream,
-            "request": self.request,
-            "received_ns": self.received_ns,
-            "headers_ns": self.headers_ns,
-            "load_started_ns": self.load_started_ns,
-            "load_ended_ns": self.load_ended_ns,
-            "events": [vars(e) for e in self.events],
-            "outcome": self.outcome,
-            "error": self.error,
-        }
+        """A JSON-ready dict that `from_dict` reads back (all but the `finished` flag)."""
+        return json_fields(self, skip={"finished"})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StreamRecord:
-        """Rebuild a record fetched from /_calibration/last."""
-        record = cls(
-            path=data["path"],
-            api=data["api"],
-            stream=data["stream"],
-            request=data["request"],
-            received_ns=data["received_ns"],
-            headers_ns=data["headers_ns"],
-            load_started_ns=data.get("load_started_ns"),
-            load_ended_ns=data.get("load_ended_ns"),
-            events=[SentEvent(**e) for e in data["events"]],
-            outcome=data["outcome"],
-            error=data["error"],
-        )
+        """Rebuild a record fetched from /_calibration/last: a finished one."""
+        record = cls(**{**data, "events": [SentEvent(**e) for e in data["events"]]})
         record.finished.set()
         return record

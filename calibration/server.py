@@ -277,6 +277,10 @@ class _Wire:
         self._handler = handler
         self._stopping = calibration.stopping
         self._spin_ns = calibration.spin_ns
+        # Called once the last token is generated, before the end of the answer is
+        # written: Shimmy frees its one backend when generation returns, so a client
+        # that sends its next request after [DONE] never finds it taken.
+        self.generated: Callable[[], None] = lambda: None
 
     def wait_until(self, deadline_ns: int) -> None:
         """Return at `deadline_ns` (perf_counter_ns); raise _Abort if the server closes."""
@@ -427,6 +431,7 @@ class _Stream:
             stamp = self.record.events[-1].sent_ns
             self.first_token_ns = self.first_token_ns or stamp
             self.last_token_ns = stamp
+        self.wire.generated()
         self._boundary()
         self._write(self._tail(), t0 + schedule.tail_ns)
         if self.dripping:
@@ -588,11 +593,13 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with contextlib.ExitStack() as held:
                 if shimmy is not None and calibration.loader_log is not None:
-                    if not held.enter_context(backend_slot(calibration.backend)):
+                    slot = held.enter_context(backend_slot(calibration.backend))
+                    if not slot.held:
                         # Another request holds llama-cpp-2's one backend: its load fails.
                         self._plain(502, "")
                         record.outcome = "http-error"
                         return
+                    wire.generated = slot.release
                     record.load_started_ns, record.load_ended_ns = play_load(
                         shimmy, calibration.loader_log, wire.wait_until
                     )
@@ -645,6 +652,7 @@ class _Handler(BaseHTTPRequestHandler):
         zero = record.zero_ns
         due = zero + schedule.tail_ns
         wire.wait_until(due)
+        wire.generated()
         prompt_n = prompt_words(record.request)
         first = zero + (schedule.writes_ns[0] if schedule.writes_ns else 0)
         timings = timings_object(prompt_n, scenario.tokens, first - zero, due - first)

@@ -294,12 +294,25 @@ CORS_HEADERS = (
 )
 
 
+class BackendSlot:
+    """llama-cpp-2's one backend, as one request holds it (`held` False: it was taken)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.held = lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        """Free it (once): when generation returns, or when the request ends."""
+        if self.held:
+            self.held = False
+            self._lock.release()
+
+
 @contextlib.contextmanager
-def backend_slot(lock: threading.Lock) -> Iterator[bool]:
-    """Hold llama-cpp-2's one backend for a request; yields False when it is taken."""
-    got = lock.acquire(blocking=False)
+def backend_slot(lock: threading.Lock) -> Iterator[BackendSlot]:
+    """Hold llama-cpp-2's one backend for a request, released at the latest on exit."""
+    slot = BackendSlot(lock)
     try:
-        yield got
+        yield slot
     finally:
-        if got:
-            lock.release()
+        slot.release()

@@ -65,19 +65,9 @@ class Response(Protocol):
     def close(self) -> None: ...
 
 
-class Post(Protocol):
-    """Send a POST; return the response whose body `reads()` yields per network read."""
-
-    def __call__(
-        self,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        *,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        deadline: float | None = None,
-    ) -> Response: ...
+# The HTTP seam: send a POST; return the response whose body `reads()` yields per
+# network read (`http1.post`, or the benchmarks' httpx arm).
+Post = Callable[[http1.PostRequest], Response]
 
 
 @dataclass(frozen=True)
@@ -145,12 +135,14 @@ def generate(
         # One deadline for connect, headers and body: a server dripping its headers
         # is held to it like one dripping its body.
         response = post(
-            url,
-            body,
-            all_headers,
-            connect_timeout_s=timeouts.connect_s,
-            read_timeout_s=timeouts.stall_s,
-            deadline=deadline,
+            http1.PostRequest(
+                url,
+                body,
+                all_headers,
+                connect_timeout_s=timeouts.connect_s,
+                read_timeout_s=timeouts.stall_s,
+                deadline=deadline,
+            )
         )
         result.http_status = response.status
         reads = response.reads(timeouts.stall_s, deadline)

@@ -77,6 +77,9 @@ LLAMA_SERVER_COMMAND = [
 
 DeviceKind = Literal["none", "rpc"]
 
+# The offload configuration: every expert tensor kept in the server's CPU memory.
+CPU_MOE = Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)
+
 
 def embedded_config(device: DeviceKind = "rpc", cores: int | None = None) -> Config:
     """The default campaign: both configurations, N=3, 5 s pauses, protocol budgets,
@@ -98,7 +101,7 @@ def embedded_config(device: DeviceKind = "rpc", cores: int | None = None) -> Con
         models=[ModelEntry(label=EMBEDDED_MODEL_LABEL, path=None)],
         configurations=[
             Configuration(label="baseline"),
-            Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1),
+            CPU_MOE,
         ],
         # The --n-cpu-moe trade-off: K of the 30 MoE blocks keep their experts on
         # the CPU (0 = none, 30 = all), on two tests, once each.

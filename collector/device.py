@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -34,7 +34,7 @@ from collector.server import (
     fill_placeholders,
     free_port,
     spawn,
-    terminate_tree,
+    stop_spawned,
 )
 from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
 
@@ -65,7 +65,7 @@ class RpcServer:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     argv: list[str] | None = None
-    _log_handle: Any = field(default=None, repr=False)
+    _log_handle: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def launched(self) -> bool:
@@ -91,17 +91,7 @@ class RpcServer:
         """Stop a launched rpc-server; return its exit code (None when attached)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            terminate_tree(self.process.pid, grace_s)
-        try:
-            code = self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        if self._log_handle is not None:
-            with contextlib.suppress(OSError):
-                self._log_handle.close()
-        return code
+        return stop_spawned(self.process, self._log_handle, grace_s)
 
     def facts(self) -> dict[str, Any]:
         """What `server_runs.device` keeps of this rpc-server."""

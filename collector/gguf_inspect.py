@@ -21,6 +21,7 @@ from gguf import GGUFReader, GGUFValueType
 
 from common.errors import GGUFError, ModelError
 from common.files import file_sha256
+from common.json_fields import json_fields
 from evidence.llama_names import block_of, is_expert_tensor
 from evidence.metrics import weights_on_device
 
@@ -66,30 +67,9 @@ class ModelSpec:
         return len(self.moe_layers)
 
     def to_json(self) -> dict[str, Any]:
-        """The spec as a JSON-ready dict (snake_case keys, sizes in bytes)."""
-        return {
-            "path": self.path,
-            "architecture": self.architecture,
-            "name": self.name,
-            "parameter_count": self.parameter_count,
-            "block_count": self.block_count,
-            "context_length": self.context_length,
-            "expert_count": self.expert_count,
-            "expert_used_count": self.expert_used_count,
-            "expert_shared_count": self.expert_shared_count,
-            "file_bytes": self.file_bytes,
-            "sha256": self.sha256,
-            "quantization_mix": dict(self.quantization_mix),
-            "tensor_count": self.tensor_count,
-            "tensor_bytes_total": self.tensor_bytes_total,
-            "expert_tensor_count": self.expert_tensor_count,
-            "expert_tensor_bytes": self.expert_tensor_bytes,
-            "moe_layer_count": self.moe_layer_count,
-            "moe_layers": list(self.moe_layers),
-            "expert_tensor_names": list(self.expert_tensor_names),
-            # [block, expert bytes] pairs: what --n-cpu-moe K estimates are made from.
-            "expert_bytes_by_layer": [list(pair) for pair in self.expert_bytes_by_layer],
-        }
+        """The spec as a JSON-ready dict (snake_case keys, sizes in bytes); its
+        `expert_bytes_by_layer` as [block, expert bytes] pairs."""
+        return {**json_fields(self), "moe_layer_count": self.moe_layer_count}
 
 
 def inspect_model(path: Path) -> ModelSpec:

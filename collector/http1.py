@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -166,22 +166,29 @@ class Response:
         return bytes(out)
 
 
-def post(
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    *,
-    connect_timeout_s: float,
-    read_timeout_s: float,
-    deadline: float | None = None,
-) -> Response:
-    """Send a POST and read the status line and headers; the body is read by
-    the caller through `Response.reads()` (then `close()`).
+@dataclass(frozen=True)
+class PostRequest:
+    """One POST as the client's HTTP seam takes it: `post` here, or any other
+    transport behind the same seam (the benchmarks' httpx arm).
 
     `read_timeout_s` is the longest wait for any one read. `deadline`, a
     `time.monotonic()` value, bounds the connect, the send and the whole head
     (kind `deadline`): a server that drips its headers a byte at a time never
     trips the read timeout, and the request's deadline must still hold."""
+
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    connect_timeout_s: float
+    read_timeout_s: float
+    deadline: float | None = None
+
+
+def post(request: PostRequest) -> Response:
+    """Send a POST and read the status line and headers; the body is read by
+    the caller through `Response.reads()` (then `close()`)."""
+    url, body, deadline = request.url, request.body, request.deadline
+    connect_timeout_s, read_timeout_s = request.connect_timeout_s, request.read_timeout_s
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
         raise HTTPFailure("connect", f"only plain http:// URLs are supported, not {url}")
@@ -199,7 +206,7 @@ def post(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         head = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in headers.items()]
+        head += [f"{k}: {v}" for k, v in request.headers.items()]
         timeout, kind = _wait(read_timeout_s, deadline)
         sock.settimeout(timeout)
         try:

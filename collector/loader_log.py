@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import LogParseError
+from common.json_fields import json_fields
 from evidence.llama_names import block_of, is_host_device
 
 __all__ = [
@@ -200,16 +201,10 @@ class LoaderLogSummary:
         return tuple(sorted(blocks))
 
     def to_json(self) -> dict[str, Any]:
-        """The summary as a JSON-ready dict (sizes in MiB, as the log prints them)."""
+        """The summary as a JSON-ready dict (sizes in MiB, as the log prints them):
+        every field, and the totals derived from them."""
         return {
-            "expert_count": self.expert_count,
-            "expert_used_count": self.expert_used_count,
-            "expert_shared_count": self.expert_shared_count,
-            "model_params_text": self.model_params_text,
-            "model_params": self.model_params,
-            "file_size_text": self.file_size_text,
-            "file_size_mib": self.file_size_mib,
-            "buffers": {dev: dict(kinds) for dev, kinds in self.buffers.items()},
+            **json_fields(self),
             "gpu_total_mib": self.gpu_total_mib,
             "gpu_model_mib": self.gpu_mib("model"),
             "gpu_kv_mib": self.gpu_mib("kv"),
@@ -218,17 +213,7 @@ class LoaderLogSummary:
             "compute_mib": self.all_mib("compute"),
             "cpu_mapped_mib": self.cpu_mapped_mib,
             "overridden_tensor_count": self.overridden_tensor_count,
-            "overridden_mib": self.overridden_mib,
-            "override_targets": list(self.override_targets),
-            "overridden_tensors": list(self.overridden_tensors),
             "overridden_layers": list(self.overridden_layers),
-            "layers_offloaded": self.layers_offloaded,
-            "layers_total": self.layers_total,
-            "load_passes": self.load_passes,
-            "settings": dict(self.settings),
-            "fit_lines": list(self.fit_lines),
-            "loads": self.loads,
-            "load_differences": list(self.load_differences),
         }
 
 

@@ -54,7 +54,7 @@ class RunningServer:
     ready_ns: int | None = None
     exit_code: int | None = None
     stopped_ns: int | None = None
-    _log_handle: object = field(default=None, repr=False)
+    _log_handle: IO[bytes] | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -86,19 +86,9 @@ class RunningServer:
 
     def stop(self, grace_s: float = 10.0, clock: Callable[[], int] = time.perf_counter_ns) -> int:
         """Terminate the server and its children; return the exit code."""
-        if self.alive():
-            terminate_tree(self.process.pid, grace_s)
-        try:
-            code = self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = stop_spawned(self.process, self._log_handle, grace_s)
         self.exit_code = code
         self.stopped_ns = clock()
-        handle = self._log_handle
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.close()  # type: ignore[attr-defined]
         return code
 
 
@@ -200,6 +190,22 @@ def spawn(
         log.close()
         raise
     return process, log
+
+
+def stop_spawned(process: subprocess.Popen[bytes], log: IO[bytes] | None, grace_s: float) -> int:
+    """Stop what `spawn` started: terminate it and its children, kill it if it is
+    still there after `grace_s`, close its log; return its exit code."""
+    if process.poll() is None:
+        terminate_tree(process.pid, grace_s)
+    try:
+        code = process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = process.wait()
+    if log is not None:
+        with contextlib.suppress(OSError):
+            log.close()
+    return code
 
 
 def launch(

@@ -141,7 +141,7 @@ def open_store(path: Path, *, read_only: bool = False) -> Iterator[duckdb.DuckDB
     """Open (and, for writers, create and migrate) the store at `path`.
 
     Readers never modify the file: an older store is read as it is (the report
-    queries only columns every version has), a newer one is refused.
+    presents it as today's schema, evidence.current_schema), a newer one is refused.
     """
     if read_only and not path.exists():
         raise StoreError(f"no evidence store at {path}; run `nox -s collect` first or pass --db")

@@ -195,14 +195,15 @@ def chunk_table(
     request_id: str, t_ns: Sequence[int], text: Sequence[str], kind: Sequence[str]
 ) -> pa.Table:
     n = len(t_ns)
-    return pa.Table.from_arrays(
-        [
-            pa.array([request_id] * n, pa.string()),
-            pa.array(range(n), pa.int32()),
-            pa.array(t_ns, pa.int64()),
-            pa.array(text, pa.string()),
-            pa.array(kind, pa.string()),
-        ],
+    # The column types are CHUNK_SCHEMA's alone: from_pydict converts to them.
+    return pa.Table.from_pydict(
+        {
+            "request_id": [request_id] * n,
+            "seq": range(n),
+            "t_ns": t_ns,
+            "text": text,
+            "kind": kind,
+        },
         schema=CHUNK_SCHEMA,
     )
 

@@ -216,23 +216,24 @@ def per_test_chart(
     table: MetricTable, configs: Sequence[str], tests: Sequence[str]
 ) -> Chart | Missing:
     """Mean per test with 95 % CI error bars, one colour per configuration."""
+    m = table.metric
     data = _stat_rows(table)
     if not data:
-        return Missing(f"no {table.title.lower()} was measured")
-    unit = f" ({table.unit})" if table.unit else ""
+        return Missing(f"no {m.title.lower()} was measured")
+    unit = f" ({m.unit})" if m.unit else ""
     base = alt.Chart().encode(
         x=_test_axis(tests),
         xOffset=alt.XOffset("config:N", sort=list(configs)),
         color=_config_color(configs, data),
     )
     points = base.mark_point(filled=True, size=60).encode(
-        y=alt.Y("mean:Q", title=f"{table.title}{unit}"),
+        y=alt.Y("mean:Q", title=f"{m.title}{unit}"),
         tooltip=["model:N", "test:N", "config:N", *_stat_tooltip()],
     )
     chart = _panels(alt.layer(*_ci_rules(base, data, strokeWidth=2), points, data=_data()))
-    title = f"{table.title} per test: mean, and its 95 % CI where N >= 3"
+    title = f"{m.title} per test: mean, and its 95 % CI where N >= 3"
     return _chart(
-        f"perf-{table.name.replace('_', '-')}",
+        f"perf-{m.name.replace('_', '-')}",
         title,
         chart,
         {"data": data},
@@ -610,7 +611,9 @@ def build_charts(
         "quality-repetition": _repetition_chart(quality, configs, tests),
     }
     for table in perf.metrics:
-        charts[f"perf-{table.name.replace('_', '-')}"] = per_test_chart(table, configs, tests)
+        charts[f"perf-{table.metric.name.replace('_', '-')}"] = per_test_chart(
+            table, configs, tests
+        )
     if history is not None:
         for m in history.metrics:
             charts[f"history-{m.name}"] = _history_chart(history, m, configs)

@@ -8,10 +8,12 @@ TEMP, so it works on the read-only connection and leaves the store untouched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
@@ -20,6 +22,11 @@ from evidence.metrics import METRICS, Metric, create_views
 from evidence.statistics import aggregate_sql, summarize
 from report.values import Stat
 from scoring.gates import evaluate_gates
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+_Record = TypeVar("_Record", bound="DataclassInstance")
 
 # Metrics computed from a token count: estimated when the count came from
 # stream events rather than a tokenizer.
@@ -96,6 +103,37 @@ def rows(
     cur = con.execute(sql, list(params))
     names = [d[0] for d in cur.description or ()]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# The field types a column's value is converted to: DuckDB hands back a count as
+# an int but a sum as HUGEINT, a flag as 0/1, an average as a Decimal, and a page
+# must not print them differently. A field of any other type takes the value as is.
+_CONVERSIONS: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool}
+
+
+@functools.cache
+def _conversions(cls: type[DataclassInstance]) -> dict[str, Callable[[Any], Any] | None]:
+    """Each field of `cls` and the conversion its declared type asks for (`int`,
+    `float`, `bool`, or one of them or None); the modules use postponed annotations,
+    so a field's type is its text."""
+    out: dict[str, Callable[[Any], Any] | None] = {}
+    for f in dataclasses.fields(cls):
+        text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        kinds = {part.strip() for part in text.split("|")} - {"None"}
+        out[f.name] = _CONVERSIONS.get(kinds.pop()) if len(kinds) == 1 else None
+    return out
+
+
+def record(cls: type[_Record], row: Mapping[str, Any], /, **given: Any) -> _Record:
+    """A `cls` dataclass from one row of `rows`: each field not `given` is the column
+    of its name (a missing one is a KeyError naming it), converted to the field's
+    type where `_CONVERSIONS` says; NULL stays None."""
+    values = dict(given)
+    for name, convert in _conversions(cls).items():
+        if name not in values:
+            value = row[name]
+            values[name] = value if convert is None or value is None else convert(value)
+    return cls(**values)
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> Any:

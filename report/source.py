@@ -20,6 +20,7 @@ import duckdb
 
 from common.errors import BuildError
 from evidence.bundle import open_source
+from evidence.current_schema import present_as_current
 
 # Tables every bundle of a fleet may repeat, and the key that makes a row one.
 SHARED: tuple[tuple[str, str], ...] = (
@@ -37,6 +38,9 @@ def open_evidence(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         # order that varies from run to run, and the last bits of a mean or a
         # standard deviation with them; the site must be the same bytes every time.
         con.execute("SET threads = 1")
+        # A store (or bundles) from an earlier collector: read as today's schema, the
+        # columns it never had NULL, which the pages show as not measured.
+        present_as_current(con)
         if path.is_dir():
             _one_row_per_key(con)
             _one_bundle_per_campaign(con, path)

@@ -22,7 +22,7 @@ from collector.config import (
     ModelEntry,
     ServerSection,
 )
-from collector.defaults import LLAMA_SERVER_COMMAND
+from collector.defaults import CPU_MOE, LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
 from collector.runner import _inspect
@@ -36,9 +36,6 @@ SWEEP_LABELS = [
     "n-cpu-moe-20",
     "n-cpu-moe-30",
 ]
-
-
-CPU_MOE = Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)
 
 
 def server_command(engine: EngineBuild, *extra: str) -> list[str]:

@@ -50,8 +50,12 @@ JSON_KEYS = {
 }
 
 
-def parse_fixture(name: str) -> LoaderLogSummary:
-    return parse_loader_log((FIXTURES / name).read_text(encoding="utf-8"))
+def parse_fixture(name: str, folder: Path = FIXTURES) -> LoaderLogSummary:
+    return parse_loader_log((folder / name).read_text(encoding="utf-8"))
+
+
+def parse_lines(*lines: str) -> LoaderLogSummary:
+    return parse_loader_log("\n".join(lines))
 
 
 # --- own fixtures: old format (Shimmy 1.7.0 / llama.cpp b6686) ---------------------------
@@ -175,18 +179,14 @@ def test_truncated_before_the_first_meta_line_counts_one_load() -> None:
 
 
 def test_older_llama_cpp_spellings() -> None:
-    text = "\n".join(
-        [
-            "llm_load_print_meta: n_expert         = 8",
-            "llm_load_print_meta: model params     = 46.70 B",
-            "tensor blk.3.ffn_up_exps.weight buffer type overriden to CPU",
-            "llm_load_tensors:      CUDA0 buffer size =  1234.50 MiB",
-            "llama_kv_cache_init:      CUDA0 KV buffer size =   256.00 MiB",
-            "llama_new_context_with_model:      CUDA0 compute buffer size =   100.00 MiB",
-        ]
+    summary = parse_lines(
+        "llm_load_print_meta: n_expert         = 8",
+        "llm_load_print_meta: model params     = 46.70 B",
+        "tensor blk.3.ffn_up_exps.weight buffer type overriden to CPU",
+        "llm_load_tensors:      CUDA0 buffer size =  1234.50 MiB",
+        "llama_kv_cache_init:      CUDA0 KV buffer size =   256.00 MiB",
+        "llama_new_context_with_model:      CUDA0 compute buffer size =   100.00 MiB",
     )
-
-    summary = parse_loader_log(text)
 
     assert summary.expert_count == 8
     assert summary.model_params == 46.7e9
@@ -196,17 +196,13 @@ def test_older_llama_cpp_spellings() -> None:
 
 
 def test_lookalike_lines_are_ignored() -> None:
-    text = "\n".join(
-        [
-            "~llama_context:      CUDA0 compute buffer size is  30.7500 MiB, matches expectation",
-            "llama_kv_cache: size =   90.00 MiB (  4096 cells,  30 layers,  1/1 seqs)",
-            "llama_kv_cache: kv_size = 4096 overridden to 2048 to match the shared source cache",
-            "llama_context:      CUDA0 LoRA buffer size =     5.00 MiB",
-            "load_tensors:        CUDA0 model buffer size =    10.00 MiB",
-        ]
+    summary = parse_lines(
+        "~llama_context:      CUDA0 compute buffer size is  30.7500 MiB, matches expectation",
+        "llama_kv_cache: size =   90.00 MiB (  4096 cells,  30 layers,  1/1 seqs)",
+        "llama_kv_cache: kv_size = 4096 overridden to 2048 to match the shared source cache",
+        "llama_context:      CUDA0 LoRA buffer size =     5.00 MiB",
+        "load_tensors:        CUDA0 model buffer size =    10.00 MiB",
     )
-
-    summary = parse_loader_log(text)
 
     assert summary.buffers == {"CUDA0": {"model": 10.0}}
     assert summary.overridden_tensor_count == 0
@@ -287,9 +283,7 @@ def test_cli_names_the_file_when_it_has_no_loader_lines(tmp_path: Path) -> None:
 
 @needs_real_logs
 def test_real_deepseek_baseline() -> None:
-    summary = parse_loader_log(
-        (REAL_LOGS / "deepseek-moe-16b-q4_k_m-baseline.log").read_text(encoding="utf-8")
-    )
+    summary = parse_fixture("deepseek-moe-16b-q4_k_m-baseline.log", REAL_LOGS)
 
     assert summary.buffers["CUDA0"] == {"model": 10231.24, "kv": 896.0, "compute": 236.26}
     assert summary.gpu_total_mib == 11363.5
@@ -304,9 +298,7 @@ def test_real_deepseek_baseline() -> None:
 
 @needs_real_logs
 def test_real_deepseek_cpu_moe() -> None:
-    summary = parse_loader_log(
-        (REAL_LOGS / "deepseek-moe-16b-q4_k_m-cpu-moe.log").read_text(encoding="utf-8")
-    )
+    summary = parse_fixture("deepseek-moe-16b-q4_k_m-cpu-moe.log", REAL_LOGS)
 
     assert summary.buffers["CUDA0"] == {"model": 760.24, "kv": 896.0, "compute": 243.51}
     assert summary.gpu_total_mib == 1899.75
@@ -317,9 +309,7 @@ def test_real_deepseek_cpu_moe() -> None:
 
 @needs_real_logs
 def test_real_smollm2_moe_lv5_cpu_only() -> None:
-    summary = parse_loader_log(
-        (REAL_LOGS / "smollm2-moe-4x-b11434-cpu-moe-lv5.log").read_text(encoding="utf-8")
-    )
+    summary = parse_fixture("smollm2-moe-4x-b11434-cpu-moe-lv5.log", REAL_LOGS)
 
     assert summary.gpu_total_mib is None
     assert summary.load_passes == 2
@@ -349,9 +339,7 @@ def test_no_fit_lines_when_fit_did_not_run() -> None:
 
 @needs_real_logs
 def test_real_settings_b11434() -> None:
-    summary = parse_loader_log(
-        (REAL_LOGS / "smollm2-moe-4x-b11434-cpu-moe-lv5.log").read_text(encoding="utf-8")
-    )
+    summary = parse_fixture("smollm2-moe-4x-b11434-cpu-moe-lv5.log", REAL_LOGS)
     assert summary.settings == {
         "n_seq_max": "1",
         "n_ctx": "4096",
@@ -369,9 +357,7 @@ def test_real_settings_b11434() -> None:
 
 @needs_real_logs
 def test_real_settings_shimmy_b6686() -> None:
-    summary = parse_loader_log(
-        (REAL_LOGS / "deepseek-moe-16b-q4_k_m-baseline.log").read_text(encoding="utf-8")
-    )
+    summary = parse_fixture("deepseek-moe-16b-q4_k_m-baseline.log", REAL_LOGS)
     assert {k: summary.settings[k] for k in ("n_ctx", "n_batch", "n_ubatch", "flash_attn")} == {
         "n_ctx": "4096",
         "n_batch": "2048",

@@ -1,10 +1,36 @@
-"""Small helpers the page contexts share: JSON columns, reasons, ranges."""
+"""Small helpers the page contexts share: JSON columns, reasons, ranges, GPUs."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from report.values import Figure, Missing, Quantity
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU of a host, as `hosts.gpus` recorded it."""
+
+    name: str
+    memory: Figure
+
+
+def gpus(value: Any, missing: str) -> tuple[Gpu, ...]:
+    """The GPUs of a `hosts.gpus` column (an empty tuple: none); `missing` is why a
+    GPU shows no memory size."""
+    return tuple(
+        Gpu(
+            str(g.get("name", "unnamed GPU")),
+            Quantity(float(g["memory_bytes"]), "bytes", "measured")
+            if g.get("memory_bytes") is not None
+            else Missing(missing),
+        )
+        for g in as_list(value)
+        if isinstance(g, dict)
+    )
 
 
 def loads(value: Any) -> Any:
@@ -50,6 +76,19 @@ def ranges(values: Iterable[int]) -> str:
         start = prev = v
     parts.append(str(start) if start == prev else f"{start}–{prev}")
     return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate of one campaign as the scorer stored it (`gates`, or `sel_gates` when
+    the build decided them again with the starved requests)."""
+
+    campaign: str
+    gate_id: str
+    title: str
+    status: str
+    threshold: str
+    measured: str
 
 
 def gate_rank(gate_id: str) -> tuple[int, str]:

@@ -14,7 +14,7 @@ import duckdb
 
 from common.thresholds import DEFAULT_THRESHOLDS
 from evidence.metrics import group_sql
-from report.queries import rows
+from report.queries import record, rows
 from report.values import Figure, Missing, Quantity
 from scoring.gates import campaign_thresholds
 
@@ -77,13 +77,9 @@ def build(con: duckdb.DuckDBPyConnection) -> HostLoadContext:
            FROM sel_requests""",
     )[0]
     flagged = tuple(
-        StarvedRequest(
-            model=r["model"],
-            config=r["config_label"],
-            test_id=r["test_id"],
-            repeat=int(r["repeat"]),
-            stream=bool(r["stream"]),
-            request_id=r["request_id"],
+        record(
+            StarvedRequest,
+            r,
             other_cores=Quantity(float(r["other_cpu_cores"]), "cores", "measured"),
             e2e=_figure(r["e2e_s"], "s", "the request has no end time"),
             avg_tps=_figure(r["avg_tps"], "tokens/s", "no token count or no end time"),
@@ -91,7 +87,7 @@ def build(con: duckdb.DuckDBPyConnection) -> HostLoadContext:
         )
         for r in rows(
             con,
-            """SELECT model, config_label, test_id, repeat, stream, request_id,
+            """SELECT model, config_label AS config, test_id, repeat, stream, request_id,
                       other_cpu_cores, e2e_s, avg_tps, completed, in_headline
                FROM sel_requests WHERE starved
                ORDER BY model_order, config_order, test_order, repeat, stream DESC""",
@@ -114,12 +110,11 @@ def build(con: duckdb.DuckDBPyConnection) -> HostLoadContext:
         limit_pct = 100.0 * limits["max_starved_share"]
         if c["pct"] is not None and c["pct"] > limit_pct:
             busy.append(
-                BusyCampaign(
-                    c["name"],
-                    int(c["starved"]),
-                    int(c["streamed"]),
-                    Quantity(float(c["pct"]), "%", "measured"),
-                    Quantity(limit_pct, "%"),
+                record(
+                    BusyCampaign,
+                    c,
+                    share=Quantity(float(c["pct"]), "%", "measured"),
+                    limit=Quantity(limit_pct, "%"),
                 )
             )
     return HostLoadContext(

@@ -11,21 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import duckdb
 
-from report.context.common import as_dict, as_list
-from report.queries import Selection, rows
+from report.context.common import Gpu, as_dict, as_list, gpus
+from report.queries import Campaign, Selection, rows
 from report.values import Figure, Missing, Quantity
-
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    memory: Figure
-
 
 # One host's value of one fact: text, a figure, or its GPUs (an empty tuple: none).
 Cell = str | Quantity | Missing | tuple[Gpu, ...]
@@ -40,18 +32,9 @@ class HostFact:
 
 
 @dataclass(frozen=True)
-class HostCampaign:
-    name: str
-    campaign_id: str
-    release_label: str | None
-    started_utc: datetime
-    status: str
-
-
-@dataclass(frozen=True)
 class HostColumn:
     host_id: str
-    campaigns: tuple[HostCampaign, ...]
+    campaigns: tuple[Campaign, ...]  # the shown campaigns run on this host, oldest first
 
 
 @dataclass(frozen=True)
@@ -103,14 +86,7 @@ def _count(value: Any, what: str) -> Figure:
 
 
 def _gpus(h: dict[str, Any]) -> tuple[Gpu, ...]:
-    return tuple(
-        Gpu(
-            str(g.get("name", "unnamed GPU")),
-            _figure(g.get("memory_bytes"), "bytes", "GPU memory size"),
-        )
-        for g in as_list(h["gpus"])
-        if isinstance(g, dict)
-    )
+    return gpus(h["gpus"], "GPU memory size not recorded")
 
 
 def _gpu_key(h: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -121,38 +97,28 @@ def _gpu_key(h: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     )
 
 
+def _column(name: str, column: str, cell: Callable[[Any], Cell] = str) -> _Fact:
+    """A fact that is one column of the host's row: its value compared, `cell` of it shown."""
+    return (name, lambda h: h[column], lambda h: cell(h[column]))
+
+
 FACTS: tuple[_Fact, ...] = (
-    ("CPU", lambda h: h["cpu_model"], lambda h: _text(h["cpu_model"])),
-    (
-        "Physical cores",
-        lambda h: h["cpu_cores"],
-        lambda h: _count(h["cpu_cores"], "physical cores"),
-    ),
-    (
-        "Logical CPUs",
-        lambda h: h["cpu_threads"],
-        lambda h: _count(h["cpu_threads"], "logical CPUs"),
-    ),
-    ("Memory", lambda h: h["ram_bytes"], lambda h: _figure(h["ram_bytes"], "bytes", "RAM size")),
-    ("Operating system", lambda h: h["os_text"], lambda h: h["os_text"]),
-    ("Kernel", lambda h: h["kernel"], lambda h: _text(h["kernel"])),
-    ("Architecture", lambda h: h["machine"], lambda h: _text(h["machine"])),
+    _column("CPU", "cpu_model", _text),
+    _column("Physical cores", "cpu_cores", lambda v: _count(v, "physical cores")),
+    _column("Logical CPUs", "cpu_threads", lambda v: _count(v, "logical CPUs")),
+    _column("Memory", "ram_bytes", lambda v: _figure(v, "bytes", "RAM size")),
+    _column("Operating system", "os_text"),
+    _column("Kernel", "kernel", _text),
+    _column("Architecture", "machine", _text),
     ("GPUs", _gpu_key, _gpus),
-    (
-        "NVIDIA driver",
-        lambda h: h["gpu_driver"],
-        lambda h: _text(h["gpu_driver"], "not reported"),
-    ),
-    (
-        "CUDA (driver API)",
-        lambda h: h["cuda_version"],
-        lambda h: _text(h["cuda_version"], "not reported"),
-    ),
-    ("GPU status", lambda h: h["gpu_status"], lambda h: _text(h["gpu_status"])),
-    ("Engine build", lambda h: h["engine_build"], lambda h: h["engine_build"]),
-    ("Engine compiler", lambda h: h["engine_compiler"], lambda h: h["engine_compiler"]),
-    ("Server version", lambda h: h["server_version"], lambda h: h["server_version"]),
-    ("Release labels", lambda h: h["releases"], lambda h: h["releases"]),
+    _column("NVIDIA driver", "gpu_driver", lambda v: _text(v, "not reported")),
+    _column("CUDA (driver API)", "cuda_version", lambda v: _text(v, "not reported")),
+    _column("GPU status", "gpu_status", _text),
+    # Set by `build` from the host's campaigns and server runs, already as text.
+    _column("Engine build", "engine_build"),
+    _column("Engine compiler", "engine_compiler"),
+    _column("Server version", "server_version"),
+    _column("Release labels", "releases"),
 )
 
 
@@ -178,6 +144,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> HostsContext:
         "SELECT c.host_id, r.version FROM sel_runs r JOIN campaigns c USING (campaign_id) "
         "WHERE r.attempt = 1",
     )
+    shown = {c.campaign_id: c for c in sel.campaigns}
     columns = []
     for h in hosts:
         mine = [c for c in campaigns if c["host_id"] == h["host_id"]]
@@ -193,21 +160,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> HostsContext:
             "not recorded (attached server)",
         )
         h["releases"] = _joined([c["release_label"] for c in mine], "none")
-        columns.append(
-            HostColumn(
-                h["host_id"],
-                tuple(
-                    HostCampaign(
-                        c["name"],
-                        c["campaign_id"],
-                        c["release_label"],
-                        c["started_utc"],
-                        c["status"],
-                    )
-                    for c in mine
-                ),
-            )
-        )
+        columns.append(HostColumn(h["host_id"], tuple(shown[c["campaign_id"]] for c in mine)))
     facts: list[HostFact] = []
     same: list[str] = []
     for name, raw, cell in FACTS:

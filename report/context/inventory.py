@@ -9,15 +9,9 @@ from typing import Any
 
 import duckdb
 
-from report.context.common import as_dict, as_list, no_gpu_reason
-from report.queries import Selection, rows
+from report.context.common import Gpu, as_dict, as_list, gpus, no_gpu_reason
+from report.queries import Selection, record, rows
 from report.values import Figure, Missing, Quantity
-
-
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    memory: Figure
 
 
 @dataclass(frozen=True)
@@ -117,16 +111,6 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
         GROUP BY ALL ORDER BY min(c.started_utc)
         """,
     ):
-        gpus = tuple(
-            Gpu(
-                str(g.get("name", "unnamed GPU")),
-                Quantity(float(g["memory_bytes"]), "bytes", "measured")
-                if g.get("memory_bytes") is not None
-                else Missing("NVML reported no memory size"),
-            )
-            for g in as_list(h["gpus"])
-            if isinstance(g, dict)
-        )
         status = h["gpu_status"] or "not recorded"
         hosts.append(
             Host(
@@ -141,7 +125,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
                 os=" ".join(x for x in (h["os"], h["os_release"]) if x) or "not recorded",
                 kernel=h["kernel"] or "not recorded",
                 machine=h["machine"] or "not recorded",
-                gpus=gpus,
+                gpus=gpus(h["gpus"], "NVML reported no memory size"),
                 gpu_driver=h["gpu_driver"],
                 cuda_version=h["cuda_version"],
                 gpu_status=status,
@@ -157,12 +141,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
         """,
     ):
         servers = tuple(
-            ServerBuild(
-                s["model"],
-                s["config_label"],
-                s["version"],
-                s["mode"],
-                s["api"],
+            record(
+                ServerBuild,
+                s,
                 settings={
                     str(k): str(v)
                     for k, v in (as_dict(s["log_summary"]).get("settings") or {}).items()
@@ -172,18 +153,18 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> InventoryContext:
             )
             for s in rows(
                 con,
-                "SELECT model, config_label, version, mode, api, log_summary, argv FROM sel_runs "
-                "WHERE attempt = 1 AND campaign_id = ? ORDER BY model_order, config_order",
+                "SELECT model, config_label AS config, version, mode, api, log_summary, argv "
+                "FROM sel_runs WHERE attempt = 1 AND campaign_id = ? "
+                "ORDER BY model_order, config_order",
                 [c["campaign_id"]],
             )
         )
         bw = c["mem_bandwidth_bytes_per_s"]
         software.append(
-            Software(
+            record(
+                Software,
+                c,
                 campaign=c["name"],
-                campaign_id=c["campaign_id"],
-                tool_version=c["tool_version"],
-                started_utc=c["started_utc"],
                 packages=_pairs(c["packages"]),
                 engine=_pairs(c["engine"]),
                 environment=_pairs(c["environment"]),

@@ -13,9 +13,9 @@ import duckdb
 
 from common.thresholds import DEFAULT_THRESHOLDS
 from evidence import metrics, statistics
-from report.context.common import as_dict, as_list, gate_rank, loads
+from report.context.common import Gate, as_dict, as_list, gate_rank, loads
 from report.machine_paths import user_command
-from report.queries import Selection, rows
+from report.queries import Selection, record, rows
 
 # Scoring modules whose docstrings describe an algorithm a page figure uses;
 # those not installed are skipped.
@@ -33,15 +33,6 @@ SCORING_MODULES = (
 
 
 @dataclass(frozen=True)
-class MetricDoc:
-    name: str
-    title: str
-    unit: str
-    definition: str
-    view: str
-
-
-@dataclass(frozen=True)
 class Doc:
     title: str
     body: str  # Markdown from this repository's own docstrings
@@ -56,13 +47,6 @@ class TestAsRun:
     max_tokens: int
     protocol_max_tokens: int
     success_criteria: str
-
-
-@dataclass(frozen=True)
-class GateThreshold:
-    gate_id: str
-    title: str
-    threshold: str
 
 
 @dataclass(frozen=True)
@@ -98,7 +82,7 @@ class CampaignMethod:
     pause_s: float
     procedure: tuple[tuple[str, Any], ...]  # (title, the config's value)
     tests: tuple[TestAsRun, ...]
-    gates: tuple[GateThreshold, ...]
+    gates: tuple[Gate, ...]  # as stored: the page shows their thresholds
     command: tuple[str, ...]
     config: Any
     servers: tuple[ServerCommand, ...]
@@ -110,7 +94,7 @@ class CampaignMethod:
 class MethodologyContext:
     """The methodology page: definitions, statistics, scoring, procedure."""
 
-    metrics: tuple[MetricDoc, ...]
+    metrics: tuple[metrics.Metric, ...]  # every metric of the registry, in its order
     statistics: tuple[Doc, ...]
     scoring: tuple[Doc, ...]
     campaigns: tuple[CampaignMethod, ...]
@@ -214,15 +198,9 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
         cid = c["campaign_id"]
         config = as_dict(c["config"])
         campaigns.append(
-            CampaignMethod(
-                name=c["name"],
-                campaign_id=cid,
-                profile=c["profile"],
-                protocol_version=c["protocol_version"],
-                repeats=int(c["repeats"]),
-                temperature=float(c["temperature"]),
-                seed=c["seed"],
-                pause_s=float(c["pause_s"]),
+            record(
+                CampaignMethod,
+                c,
                 procedure=_procedure(config),
                 tests=tuple(
                     TestAsRun(**t)
@@ -237,12 +215,8 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
                 gates=tuple(
                     sorted(
                         (
-                            GateThreshold(**g)
-                            for g in rows(
-                                con,
-                                "SELECT gate_id, title, threshold FROM gates WHERE campaign_id = ?",
-                                [cid],
-                            )
+                            record(Gate, g, campaign=c["name"])
+                            for g in rows(con, "SELECT * FROM gates WHERE campaign_id = ?", [cid])
                         ),
                         key=lambda g: gate_rank(g.gate_id),
                     )
@@ -252,16 +226,14 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
                 command=tuple(user_command(as_list(c["command"]))),
                 config=loads(c["config"]),
                 servers=tuple(
-                    ServerCommand(
-                        s["model"],
-                        s["config_label"],
-                        tuple(str(a) for a in as_list(s["argv"])) if s["argv"] else None,
-                        s["endpoint"],
-                        s["mode"],
+                    record(
+                        ServerCommand,
+                        s,
+                        argv=tuple(str(a) for a in as_list(s["argv"])) if s["argv"] else None,
                     )
                     for s in rows(
                         con,
-                        "SELECT model, config_label, argv, endpoint, mode FROM sel_runs "
+                        "SELECT model, config_label AS config, argv, endpoint, mode FROM sel_runs "
                         "WHERE attempt = 1 AND campaign_id = ? ORDER BY model_order, config_order",
                         [cid],
                     )
@@ -274,10 +246,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
         if inspect.getdoc(fn)
     )
     return MethodologyContext(
-        metrics=tuple(
-            MetricDoc(m.name, m.title, m.unit, m.definition, m.view)
-            for m in metrics.METRICS.values()
-        ),
+        metrics=tuple(metrics.METRICS.values()),
         statistics=stats,
         scoring=_scoring_docs(),
         campaigns=tuple(campaigns),

@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from report.context.common import as_dict
-from report.queries import Selection, rows
+from report.queries import Selection, record, rows
 from report.values import Figure, Missing, Quantity
 
 _NOT_INSPECTED = "the model file was not inspected (attached server)"
@@ -90,13 +90,10 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> ModelsContext:
         experts = m["expert_tensor_bytes"]
         mix = as_dict(spec.get("quantization_mix"))
         out.append(
-            ModelInfo(
+            record(
+                ModelInfo,
+                m,
                 model=m["display"],
-                label=m["label"],
-                name=m["name"],
-                architecture=m["architecture"],
-                path=m["path"],
-                sha256=m["sha256"],
                 parameters=_fact(m["parameter_count"], "params"),
                 experts=_fact(m["expert_count"], "", "the GGUF header has no expert count"),
                 experts_used=_fact(m["expert_used_count"], "", "not in the GGUF header"),

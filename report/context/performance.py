@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from evidence.metrics import LONG_CATEGORY
+from evidence.metrics import LONG_CATEGORY, Metric
 from evidence.statistics import paired_ratio, summarize
 from report.context import host_load, reloads
 from report.context.memory import RunMemory
@@ -48,10 +48,7 @@ class MetricRow:
 class MetricTable:
     """One metric per (model, test, configuration), plus all tests pooled."""
 
-    name: str
-    title: str
-    unit: str
-    definition: str
+    metric: Metric  # as `evidence.metrics` defines it
     rows: tuple[MetricRow, ...]
     overall: tuple[MetricRow, ...]
 
@@ -188,10 +185,7 @@ def _table(con: duckdb.DuckDBPyConnection, name: str, where: str = OK_STREAMED) 
     per_test = stats_by(con, name, by_test + test_order, where=where)
     overall = stats_by(con, name, by_model + model_order, where=where)
     return MetricTable(
-        name=name,
-        title=m.title,
-        unit=m.unit,
-        definition=m.definition,
+        metric=m,
         rows=tuple(
             MetricRow(k[0], k[1], k[2], stat_or_empty(per_test, k, m.unit, missing))
             for k in group_keys(con, by_test, test_order, where)

@@ -15,7 +15,7 @@ import duckdb
 
 from evidence.statistics import summarize
 from report.context.common import as_dict
-from report.queries import Selection, rows, scalar, stat_or_empty, stats_by
+from report.queries import Selection, record, rows, scalar, stat_or_empty, stats_by
 from report.values import Missing, Quantity, Stat
 
 # (column of the `sel_request_scores` table, display unit, what a missing value means)
@@ -203,14 +203,11 @@ def _rows(
     for b in base:
         key = tuple(b[k] for k in keys)
         out.append(
-            QualityRow(
-                model=b["model"],
+            record(
+                QualityRow,
+                b,
                 test_id=b.get("test_id", "all tests"),
                 config=b["config_label"],
-                requests=int(b["requests"]),
-                completed=int(b["completed"]),
-                loops=int(b["loops"]),
-                loop_scored=int(b["loop_scored"]),
                 scores={
                     col: stat_or_empty(
                         tables[col],
@@ -259,18 +256,11 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
         containment=_containment(con),
         preservation=_preservation(con, reason),
         reviews=tuple(
-            Review(
-                r["model"],
-                r["config_label"],
-                r["test_id"],
-                int(r["score"]),
-                r["reviewer"],
-                r["note"],
-            )
+            record(Review, r)
             for r in rows(
                 con,
                 """
-                SELECT q.model, q.config_label, q.test_id, v.score, v.reviewer, v.note
+                SELECT q.model, q.config_label AS config, q.test_id, v.score, v.reviewer, v.note
                 FROM reviews v JOIN sel_requests q USING (request_id)
                 ORDER BY q.model_order, q.test_order, q.config_order, v.reviewed_utc
                 """,
@@ -295,7 +285,8 @@ def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
     data = rows(
         con,
         """
-        SELECT q.request_id, q.model, q.config_label, q.repeat, q.stream, s.value, s.detail
+        SELECT q.request_id, q.model, q.config_label AS config, q.repeat, q.stream, s.value,
+               s.detail
         FROM scores s JOIN sel_requests q USING (request_id)
         WHERE s.name = 'check' AND json_extract(s.detail, '$.cases') IS NOT NULL
         ORDER BY q.model_order, q.config_order, q.stream DESC, q.repeat
@@ -323,17 +314,14 @@ def _code(con: duckdb.DuckDBPyConnection) -> tuple[CodeResult, ...]:
         )
         passed_cases = detail.get("passed_cases")
         out.append(
-            CodeResult(
-                model=d["model"],
-                config=d["config_label"],
-                repeat=int(d["repeat"]),
-                stream=bool(d["stream"]),
+            record(
+                CodeResult,
+                d,
                 passed=bool(d["value"]),
                 passed_cases=int(passed_cases) if isinstance(passed_cases, int) else None,
                 cases=len(cases) if isinstance(cases, list) else None,
                 function=str(detail["function"]) if detail.get("function") else None,
                 problem=str(problem) if problem else None,
-                request_id=d["request_id"],
             )
         )
     return tuple(out)
@@ -389,12 +377,12 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
             JOIN sel_request_scores o ON o.request_id = p.offload_request_id
             JOIN sel_request_scores b ON b.request_id = p.baseline_request_id
         )
-        SELECT model, model_id, config_label, 'baseline' AS baseline,
+        SELECT model, model_id, config_label AS config, 'baseline' AS baseline_config,
                count(same_similarity) AS pairs,
                count(*) FILTER (WHERE same_exact = 1) AS identical,
                avg(same_similarity) AS mean, stddev_samp(same_similarity) AS sd,
                min(same_similarity) AS lo, max(same_similarity) AS hi,
-               avg(same_prefix_words) AS prefix,
+               avg(same_prefix_words) AS prefix_words,
                avg(dq) AS dq, avg(drep) AS drep, avg(dchk) AS dchk
         FROM pairs
         GROUP BY model, model_order, model_id, config_label, config_order
@@ -407,10 +395,9 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
         else "scoring has not compared these outputs with the baseline's"
     )
     return tuple(
-        Preservation(
-            model=d["model"],
-            config=d["config_label"],
-            baseline_config=d["baseline"],
+        record(
+            Preservation,
+            d,
             quality_delta=_delta(d["dq"], "points"),
             repetition_delta=_delta(d["drep"], ""),
             check_delta=_delta(d["dchk"], "points"),
@@ -419,9 +406,6 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
                 "",
                 missing=no_pairs,
             ),
-            identical=int(d["identical"]),
-            pairs=int(d["pairs"]),
-            prefix_words=None if d["prefix"] is None else float(d["prefix"]),
         )
         for d in data
     )
@@ -442,10 +426,10 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
     data = rows(
         con,
         """
-        SELECT q.request_id, q.model, q.config_label, q.repeat, q.stream, q.status,
+        SELECT q.request_id, q.model, q.config_label AS config, q.repeat, q.stream, q.status,
                q.finish_reason, q.finish_reason_inferred, q.output_tokens, q.token_source,
                q.e2e_s, q.test_id,
-               r.error, r.output_text, q.repetition, q.loop, q.check_pct, q.quality,
+               r.error, r.output_text AS output, q.repetition, q.loop, q.check_pct, q.quality,
                q.review, q.not_judged
         FROM sel_request_scores q JOIN requests r USING (request_id)
         ORDER BY q.test_order, q.model_order, q.config_order, q.stream DESC, q.repeat
@@ -454,37 +438,19 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
     by_test: dict[str, list[Transcript]] = {}
     for d in data:
         by_test.setdefault(d["test_id"], []).append(
-            Transcript(
-                request_id=d["request_id"],
-                model=d["model"],
-                config=d["config_label"],
-                repeat=int(d["repeat"]),
-                stream=bool(d["stream"]),
-                status=d["status"],
-                finish_reason=d["finish_reason"],
-                finish_reason_inferred=d["finish_reason_inferred"],
+            record(
+                Transcript,
+                d,
                 output_tokens=int(d["output_tokens"] or 0),
-                token_source=d["token_source"],
-                e2e_s=d["e2e_s"],
-                error=d["error"],
-                output=d["output_text"],
-                repetition=d["repetition"],
                 loop=None if d["loop"] is None else d["loop"] >= 1,
                 check_pass=None if d["check_pct"] is None else d["check_pct"] >= 100,
-                quality=d["quality"],
-                review=d["review"],
-                not_judged=d["not_judged"],
             )
         )
     pages = [
-        TranscriptPage(
-            test_id=t["test_id"],
+        record(
+            TranscriptPage,
+            t,
             slug=slug(t["test_id"]),
-            category=t["category"],
-            prompt=t["prompt"],
-            success_criteria=t["success_criteria"],
-            max_tokens=int(t["max_tokens"]),
-            protocol_max_tokens=int(t["protocol_max_tokens"]),
             transcripts=tuple(by_test.get(t["test_id"], ())),
         )
         for t in tests

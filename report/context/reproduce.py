@@ -10,7 +10,7 @@ import duckdb
 
 from report.context.common import as_dict, as_list
 from report.machine_paths import user_command
-from report.queries import Selection, rows, scalar
+from report.queries import Selection, record, rows, scalar
 from report.values import Figure, Missing, Quantity
 
 
@@ -83,11 +83,9 @@ def build(
         )
         packages: dict[str, Any] = as_dict(c["packages"])
         campaigns.append(
-            CampaignRecipe(
-                name=c["name"],
-                campaign_id=c["campaign_id"],
-                protocol_version=c["protocol_version"],
-                tool_version=c["tool_version"],
+            record(
+                CampaignRecipe,
+                c,
                 engine=tuple(
                     (str(k), ", ".join(map(str, v)) if isinstance(v, list) else str(v))
                     for k, v in sorted(engine.items())

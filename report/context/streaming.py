@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 import duckdb
 
+from evidence.metrics import Metric
 from evidence.statistics import ratio_of_means
 from report.queries import (
     OK_STREAMED,
     Selection,
     group_keys,
     metric,
+    record,
     rows,
     stat_or_empty,
     stats_by,
@@ -57,18 +59,10 @@ class EventRow:
 
 
 @dataclass(frozen=True)
-class Column:
-    name: str
-    title: str
-    unit: str
-    definition: str
-
-
-@dataclass(frozen=True)
 class StreamingContext:
     """The streaming page: responsiveness and streamed vs not."""
 
-    columns: tuple[Column, ...]
+    columns: tuple[Metric, ...]  # STREAM_METRICS, as `evidence.metrics` defines them
     overall: tuple[StreamRow, ...]
     per_test: tuple[StreamRow, ...]
     compare: tuple[CompareRow, ...]
@@ -144,7 +138,7 @@ def _events(con: duckdb.DuckDBPyConnection) -> tuple[EventRow, ...]:
     found = rows(
         con,
         f"""
-        SELECT model, config_label, count(*) AS requests,
+        SELECT model, config_label AS config, count(*) AS requests,
                sum(content_events) AS content_events,
                sum(greatest(content_events - 1, 0)) AS gaps,
                sum(output_tokens) AS tokens,
@@ -155,17 +149,12 @@ def _events(con: duckdb.DuckDBPyConnection) -> tuple[EventRow, ...]:
         """,
     )
     return tuple(
-        EventRow(
-            model=r["model"],
-            config=r["config_label"],
-            requests=int(r["requests"]),
-            content_events=int(r["content_events"]),
-            gaps=int(r["gaps"]),
-            tokens=int(r["tokens"]),
-            estimated=int(r["estimated"]),
+        record(
+            EventRow,
+            r,
             tokens_per_event=stat_or_empty(
                 per_event,
-                (r["model"], r["config_label"]),
+                (r["model"], r["config"]),
                 "tokens",
                 "no streamed request with a content event",
             ),
@@ -182,9 +171,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> StreamingContext:
     model_order = ["model_order", "config_order"]
     non_streamed = rows(con, f"SELECT count(*) AS n FROM sel_requests WHERE {NON_STREAMED}")[0]["n"]
     return StreamingContext(
-        columns=tuple(
-            Column(n, metric(n).title, metric(n).unit, metric(n).definition) for n in STREAM_METRICS
-        ),
+        columns=tuple(metric(n) for n in STREAM_METRICS),
         overall=_stream_rows(con, by_model, model_order),
         per_test=_stream_rows(con, by_test, test_order),
         compare=_compare(con, by_test, test_order),

@@ -8,24 +8,14 @@ from dataclasses import dataclass
 
 import duckdb
 
-from report.context.common import gate_rank
+from report.context.common import Gate, gate_rank
 from report.context.host_load import HostLoadContext
 from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
 from report.context.quality import QualityContext
 from report.context.scope import ScopeLine, scope_lines, server_name
-from report.queries import Campaign, Selection, rows, scalar, stat_or_empty, stats_by
+from report.queries import Campaign, Selection, record, rows, scalar, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
-
-
-@dataclass(frozen=True)
-class Gate:
-    campaign: str
-    gate_id: str
-    title: str
-    status: str
-    threshold: str
-    measured: str
 
 
 @dataclass(frozen=True)
@@ -168,15 +158,13 @@ def build(
     found = rows(
         con,
         """
-        SELECT c.name, c.started_utc, g.gate_id, g.title, g.status, g.threshold, g.measured
+        SELECT c.name AS campaign, c.started_utc, g.gate_id, g.title, g.status, g.threshold,
+               g.measured
         FROM sel_gates g JOIN campaigns c USING (campaign_id)
         """,
     )
     found.sort(key=lambda g: (g["started_utc"], gate_rank(g["gate_id"])))
-    gates = tuple(
-        Gate(g["name"], g["gate_id"], g["title"], g["status"], g["threshold"], g["measured"])
-        for g in found
-    )
+    gates = tuple(record(Gate, g) for g in found)
     avg = stats_by(con, "avg_tps", ["model", "config_label"])
     models = rows(con, "SELECT display, parameter_count, host_id FROM sel_models")
     params = {r["display"]: r["parameter_count"] for r in models}
