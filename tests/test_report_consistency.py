@@ -149,13 +149,17 @@ def vram_saved_in_store(db: Path) -> dict[tuple[str, str], float]:
 
 def gaps_from_raw_chunks(db: Path) -> dict[tuple[str, str], tuple[int, int]]:
     """(content events, gaps) per (model, configuration), recounted from the chunks table
-    itself: successful streamed requests, events whose text is not empty."""
+    itself: successful streamed requests, events whose text is not empty. The population
+    is the headline's: requests other processes starved are left out (the registry's
+    `in_headline`; on a loaded machine a quick campaign has some)."""
     with duckdb.connect(str(db), read_only=True) as con:
+        create_views(con)
         found = con.execute(
             """
             WITH per AS (
                 SELECT r.request_id, count(c.seq) AS events
                 FROM requests r
+                JOIN request_metrics rm ON rm.request_id = r.request_id AND rm.in_headline
                 LEFT JOIN chunks c ON c.request_id = r.request_id
                      AND c.kind = 'content' AND c.text <> ''
                 WHERE r.stream AND r.status = 'ok' AND r.finish_reason IN ('stop', 'length')
