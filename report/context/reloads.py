@@ -70,7 +70,11 @@ def build(con: duckdb.DuckDBPyConnection) -> tuple[ReloadRow, ...]:
         median = r["model_load_ms_median"]
 
         def stat(name: str, unit: str, key: tuple[str, str] = key) -> Stat:
-            return stat_or_empty(stats[name], key, unit, "no load inside a successful request")
+            # The population is the headline's: a request other processes starved is
+            # left out, so "none" may mean "all starved", which the reason must not hide.
+            return stat_or_empty(
+                stats[name], key, unit, "no counted request had a load (starved ones are left out)"
+            )
 
         out.append(
             ReloadRow(
