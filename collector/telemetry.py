@@ -214,7 +214,12 @@ def _measure(procs: list[psutil.Process]) -> tuple[int, int | None, float | None
                     # Exited, not yet reaped: it has no memory left and would
                     # report an RSS of 0 as if measured.
                     continue
-                rss += p.memory_info().rss
+                resident = p.memory_info().rss
+                if resident == 0:
+                    # Exiting, its memory already released but not yet a zombie (seen
+                    # on an RPC device sampled while it stops): gone, not 0 bytes.
+                    continue
+                rss += resident
                 cpu += p.cpu_percent(None)
             alive += 1
         except psutil.Error:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import psutil
 
@@ -68,3 +70,30 @@ def test_an_exited_unreaped_server_is_absent_not_zero() -> None:
         assert sample.proc_count == 0 and sample.rss_bytes is None
     finally:
         proc.wait()
+
+
+class _Exiting:
+    """A process caught mid-exit: running, its memory already released (RSS 0). Real
+    ones show up for a sample or two while a device stops; a stub, because no test can
+    time a real exit to land between two /proc reads."""
+
+    pid = 4242
+
+    def oneshot(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def status(self) -> str:
+        return psutil.STATUS_RUNNING
+
+    def memory_info(self) -> SimpleNamespace:
+        return SimpleNamespace(rss=0)
+
+    def cpu_percent(self, interval: float | None) -> float:
+        return 20.8
+
+
+def test_a_process_mid_exit_is_absent_not_zero_bytes() -> None:
+    # Seen in a quick campaign: the last sample of a run, taken while its RPC device
+    # stopped, stored device_rss_bytes = 0.
+    sample = _sample({}, [_Exiting()], Nvml(), watching=False)  # type: ignore[list-item]
+    assert sample.device_rss_bytes is None and sample.device_cpu_percent is None
