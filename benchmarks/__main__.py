@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmarks.accuracy import measure_accuracy, measure_collector_cpu
+from benchmarks.device_limit import measure_device_limit
 from benchmarks.ingest import measure_ingest
 from benchmarks.interference import measure_interference
 from benchmarks.results import Measurement, not_measured, print_table, store_figures
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, tuple[Benchmark, str]] = {
     "interference": (measure_interference, "real engine: sampler on/off, client vs server"),
     "ingest": (measure_ingest, "store ingest, batched vs row by row"),
     "site": (measure_site_build, "site build time vs store size"),
+    "device-limit": (measure_device_limit, "RPC device memory limit: admitted vs set"),
 }
 
 

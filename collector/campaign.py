@@ -9,6 +9,7 @@ server that dies mid-stream is restarted and the campaign goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -22,9 +23,10 @@ from typing import Any
 import duckdb
 from pydantic import ValidationError
 
+from collector import advisor
 from collector import client as http_client
 from collector.apis import GenerationParams
-from collector.config import Config, validation_message
+from collector.config import CampaignSection, Config, validation_message
 from collector.engine import EngineBuild
 from collector.plan import CampaignContext, Cell, ServerPlan, server_plans, test_max_tokens
 from collector.progress import CampaignProgress
@@ -36,9 +38,9 @@ from collector.recording import (
     store_request,
     stored_config,
 )
-from collector.session import server_session, tokenize
+from collector.session import ServerRunHandle, server_session, tokenize
 from collector.tokenizer import OutputCounter, TokenCount
-from common.errors import CampaignFailed, ConfigError, ServerError, StoreError
+from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError, StoreError
 from common.secrets import REDACTED, Secrets
 from evidence.writer import as_stored, redact_secrets, update_row
 
@@ -76,6 +78,19 @@ def done_cells(con: duckdb.DuckDBPyConnection, campaign_id: str) -> set[Cell]:
         [campaign_id],
     ).fetchall()
     return {Cell(*row) for row in rows}
+
+
+def unfit_configurations(con: duckdb.DuckDBPyConnection, campaign_id: str) -> set[tuple[str, str]]:
+    """(model, configuration) labels of `campaign_id` whose load did not fit the device."""
+    rows = con.execute(
+        """
+        SELECT DISTINCT m.label, s.config_label
+        FROM server_runs s JOIN models m USING (model_id)
+        WHERE s.campaign_id = ? AND s.status = 'does_not_fit'
+        """,
+        [campaign_id],
+    ).fetchall()
+    return {(str(model), str(config)) for model, config in rows}
 
 
 def find_resumable(con: duckdb.DuckDBPyConnection, campaign_id: str | None) -> str:
@@ -123,7 +138,33 @@ def stored_definition(con: duckdb.DuckDBPyConnection, resume: str | bool) -> Sto
     ).fetchone()
     assert row is not None
     profile, config, command = row
-    return StoredDefinition(campaign_id, str(profile), json.loads(config), json.loads(command))
+    return StoredDefinition(
+        campaign_id, str(profile), _with_budget_deadlines(json.loads(config)), json.loads(command)
+    )
+
+
+# What a collector before budget deadlines stored as `campaign.request_timeout_s`
+# when the config did not set it: one fixed limit for every request.
+_FIXED_DEADLINE_DEFAULT_S = 900.0
+
+
+def _with_budget_deadlines(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as this collector reads it, deadlines included.
+
+    A campaign stored before deadlines came from token budgets has no
+    `min_tokens_per_s`, and a `request_timeout_s` of 900 s that every request was
+    held to: the old default, which cut slow answers it should have waited for. It
+    is read with today's defaults (no cap, 1 token/s), so it resumes, with its flags
+    or without, under the deadlines a new campaign gets; any other value it set
+    stays, as a cap."""
+    campaign = config.get("campaign")
+    if not isinstance(campaign, dict) or "min_tokens_per_s" in campaign:
+        return config
+    defaults = CampaignSection.model_fields
+    campaign = {**campaign, "min_tokens_per_s": defaults["min_tokens_per_s"].default}
+    if campaign.get("request_timeout_s") == _FIXED_DEADLINE_DEFAULT_S:
+        campaign["request_timeout_s"] = defaults["request_timeout_s"].default
+    return {**config, "campaign": campaign}
 
 
 # The order in which a changed definition is reported: what is measured first (a
@@ -143,6 +184,10 @@ def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | N
         keys += sorted((old.keys() | new.keys()) - set(keys))
         for key in keys:
             where = f"{path}.{key}" if path else key
+            if key not in old and new[key] is None:
+                # A setting added since the campaign was stored, left unset: what the
+                # older collector did (e.g. device.memory: no limit).
+                continue
             if key not in old or key not in new:
                 return where, old.get(key, "(absent)"), new.get(key, "(absent)")
             found = _first_difference(old[key], new[key], where)
@@ -256,6 +301,82 @@ def _params(
     )
 
 
+def _timeouts(
+    ctx: CampaignContext, params: GenerationParams, load_s: float
+) -> http_client.Timeouts:
+    """The limits one request is held to: its deadline from its token budget."""
+    camp = ctx.config.campaign
+    deadline = http_client.request_deadline(
+        params.max_tokens,
+        min_tokens_per_s=camp.min_tokens_per_s,
+        first_byte_s=camp.stall_timeout_s,
+        load_s=load_s,
+        cap_s=camp.request_timeout_s,
+    )
+    return http_client.Timeouts(
+        stall_s=camp.stall_timeout_s,
+        request_s=deadline.seconds,
+        request_why=deadline.why,
+        load_s=load_s,
+    )
+
+
+def _load_allowance_s(ctx: CampaignContext, plan: ServerPlan, run: ServerRunHandle) -> float:
+    """The model load a request of this model may wait for inside it, in seconds.
+
+    A server that loads the model for every request (Shimmy 1.7.0) shows each load
+    in its log during the request (`server_loads` with a request id): the longest
+    such load of this model in this campaign. Before any request of the model is
+    stored it is not known whether the server loads per request, so the server
+    run's start-up load (launch to healthy; for a server that loads once, that very
+    load) stands in; a server that loads per request but not at start-up is then
+    covered by the stall timeout's allowance alone, until its first load is seen.
+    Once requests are stored without a load in them, the server keeps its model: 0.
+    Attached servers have no log and no start-up to time: 0."""
+    model_id = ctx.model_ids[plan.model.label]
+    row = ctx.con.execute(
+        """
+        SELECT (SELECT max(l.last_line_ns - l.first_line_ns)
+                FROM server_loads l JOIN server_runs s USING (server_run_id)
+                WHERE s.campaign_id = $campaign AND s.model_id = $model
+                  AND l.request_id IS NOT NULL),
+               (SELECT count(*) FROM requests r JOIN server_runs s USING (server_run_id)
+                WHERE s.campaign_id = $campaign AND s.model_id = $model)
+        """,
+        {"campaign": ctx.campaign_id, "model": model_id},
+    ).fetchone()
+    assert row is not None
+    longest_ns, stored = row
+    if longest_ns is not None:
+        return max(int(longest_ns), 0) / 1e9
+    server = run.server
+    if stored or server is None or server.ready_ns is None:
+        return 0.0
+    return (server.ready_ns - server.launch_ns) / 1e9
+
+
+def _warn_of_cap(ctx: CampaignContext, plan: ServerPlan) -> None:
+    """Say before the first request when `request_timeout_s` is shorter than a test's
+    budget allows: such a request may be cut though the server keeps the minimum rate."""
+    camp = ctx.config.campaign
+    cap = camp.request_timeout_s
+    if cap is None or not plan.tests:
+        return
+    test = max(plan.tests, key=lambda t: test_max_tokens(ctx.config, t))
+    allowed = http_client.request_deadline(
+        test_max_tokens(ctx.config, test),
+        min_tokens_per_s=camp.min_tokens_per_s,
+        first_byte_s=camp.stall_timeout_s,
+    )
+    if allowed.seconds <= cap:
+        return
+    ctx.progress.message(
+        f"campaign.request_timeout_s = {cap:g} s is shorter than {test.test_id}'s budget "
+        f"allows ({round(allowed.seconds, 2):g} s: {allowed.why}): a request that needs it "
+        f"is cut at the cap; raise or remove request_timeout_s"
+    )
+
+
 def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
     """Serve every cell of `plan` not in `skip`, restarting a crashed server."""
     todo = [c for c in plan.cells if c not in skip]
@@ -265,7 +386,7 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
     camp = ctx.config.campaign
     restarts = 0
     restart_of: str | None = None
-    timeouts = http_client.Timeouts(stall_s=camp.stall_timeout_s, request_s=camp.request_timeout_s)
+    _warn_of_cap(ctx, plan)
     model_file = ctx.model_paths.get(plan.model.label) or plan.model.path
     counter = OutputCounter.for_model(ctx.engine, model_file)
     while todo:
@@ -277,11 +398,12 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
         with server_session(ctx, plan, restart_of) as (run, telemetry):
             time.sleep(camp.idle_window_s)
             if camp.warmup:
+                warmup = _params(ctx, plan, PROTOCOL.tests[0], True)
                 http_client.generate(
                     run.base_url,
                     ctx.config.server.api,
-                    _params(ctx, plan, PROTOCOL.tests[0], True),
-                    timeouts=timeouts,
+                    warmup,
+                    timeouts=_timeouts(ctx, warmup, _load_allowance_s(ctx, plan, run)),
                     headers=auth_headers(ctx),
                 )
             previous_test: str | None = None
@@ -291,11 +413,12 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                     time.sleep(camp.pause_s)
                 previous_test = cell.test_id
                 ctx.progress.request(cell.test_id, cell.repeat, camp.repeats, cell.stream)
+                params = _params(ctx, plan, tests[cell.test_id], cell.stream)
                 result = http_client.generate(
                     run.base_url,
                     ctx.config.server.api,
-                    _params(ctx, plan, tests[cell.test_id], cell.stream),
-                    timeouts=timeouts,
+                    params,
+                    timeouts=_timeouts(ctx, params, _load_allowance_s(ctx, plan, run)),
                     clock=ctx.clock,
                     headers=auth_headers(ctx),
                     on_content=ctx.progress.on_content,
@@ -324,6 +447,31 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                             f"see its log in data/logs/{run.server_run_id}.log"
                         )
                     break
+
+
+def _resolve_auto(ctx: CampaignContext, plan: ServerPlan) -> ServerPlan:
+    """`plan` with an `n_cpu_moe = "auto"` configuration made concrete: the K the advisor
+    recommends for this model and the device memory in force, in its args."""
+    configuration = plan.configuration
+    if configuration.n_cpu_moe != "auto":
+        return plan
+    row = ctx.con.execute(
+        "SELECT spec FROM models WHERE model_id = ?", [ctx.model_ids[plan.model.label]]
+    ).fetchone()
+    spec = json.loads(row[0]) if row and row[0] else None
+    if not spec:
+        raise ConfigError(
+            f'configurations: {configuration.label!r} has n_cpu_moe = "auto", which needs the '
+            f"model file to predict from; {plan.model.label!r} has none (attached server)"
+        )
+    k = advisor.auto_k(spec, ctx.config.device, list(ctx.config.server.command or []))
+    args = [a.replace("{k}", str(k)) for a in configuration.args] or ["--n-cpu-moe", str(k)]
+    ctx.progress.message(
+        f"[{plan.model.label} / {configuration.label}] n_cpu_moe auto: K = {k} (the advice "
+        f"for this device's memory)"
+    )
+    resolved = configuration.model_copy(update={"args": args if k else [], "n_cpu_moe": k})
+    return dataclasses.replace(plan, configuration=resolved)
 
 
 def campaign_secrets(config: Config, command: list[str], api_key: str | None) -> Secrets:
@@ -368,13 +516,23 @@ def run_campaign(
         api_key=api_key,
     )
     register_models(ctx, inspect)
-    plans = server_plans(config)
+    plans = [_resolve_auto(ctx, plan) for plan in server_plans(config)]
     progress.plan(sum(len(p.cells) for p in plans) - len(skip))
     failures: list[str] = []
+    unfit = unfit_configurations(con, campaign_id)
     try:
         for plan in plans:
+            if (plan.model.label, plan.configuration.label) in unfit:
+                continue  # resumed: it did not fit this device before, and would not now
             try:
                 run_plan(ctx, plan, skip)
+            except DoesNotFit as exc:
+                # The finding on a device too small for it, stored with its server run;
+                # the other configurations still run.
+                progress.message(
+                    f"[{plan.model.label} / {plan.configuration.label}] {exc}; stored as "
+                    f"evidence, the campaign goes on (which K fits: moe-evidence advise)"
+                )
             except ServerError as exc:
                 failures.append(f"{plan.model.label}/{plan.configuration.label}: {exc}")
                 # Said as it happens; the one `error:` line at exit sums them up.
@@ -419,6 +577,17 @@ def _no_success(con: duckdb.DuckDBPyConnection, campaign_id: str) -> str | None:
     ok, total, first = row
     if ok:
         return None
+    unfit = con.execute(
+        "SELECT config_label, error FROM server_runs WHERE campaign_id = ? "
+        "AND status = 'does_not_fit' ORDER BY started_utc LIMIT 1",
+        [campaign_id],
+    ).fetchone()
+    if not total and unfit:
+        return (
+            f"campaign {campaign_id}: no configuration fit the device ({unfit[0]}: "
+            f"{unfit[1]}); it is stored as failed: give the device more memory, or keep "
+            f"more experts on the CPU (moe-evidence advise --model FILE --device-memory SIZE)"
+        )
     what = " ".join(str(first).split())[:300] if first else "no request was made"
     return (
         f"campaign {campaign_id}: none of its {total} requests succeeded (first: {what}); "

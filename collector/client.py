@@ -15,7 +15,10 @@ What is not an inference server's answer is named, not parsed: a status of
 400 or more, a redirect (never followed: the config should point at the
 endpoint itself), or a body whose Content-Type is not the one asked for (a
 proxy's or another service's HTML page). One deadline covers the connect, the
-head and the body; a body, streamed or not, stops at MAX_RESPONSE_BYTES.
+head and the body (`request_deadline` says how long: the token budget at the
+slowest rate the campaign accepts); a stream is also cut when it stalls, but a
+non-streamed answer is silent until it is complete, so only the deadline holds
+it. A body, streamed or not, stops at MAX_RESPONSE_BYTES.
 """
 
 from __future__ import annotations
@@ -73,8 +76,55 @@ Post = Callable[[http1.PostRequest], Response]
 @dataclass(frozen=True)
 class Timeouts:
     connect_s: float = 10.0
-    stall_s: float = 120.0  # no byte for this long: the stream has stalled
+    # A stream with no byte for this long has stalled; a stream's head may take this
+    # plus `load_s`. Not applied to a non-streamed answer, silent by nature.
+    stall_s: float = 120.0
     request_s: float = 900.0  # whole request: connect, headers and body
+    # How `request_s` was reached (`Deadline.why`), for the error line of a request it cuts.
+    request_why: str = ""
+    load_s: float = 0.0  # a model load the server may do before it answers (Shimmy 1.7.0)
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A request's whole-request deadline in seconds, and what it is made of."""
+
+    seconds: float
+    why: str  # "1000 tokens at 1 tok/s + 120 s to first byte + 35 s model load"
+
+
+def _secs(seconds: float) -> str:
+    return f"{round(seconds, 2):g}" if seconds >= 1 else f"{seconds:.2g}"
+
+
+def request_deadline(
+    max_tokens: int,
+    *,
+    min_tokens_per_s: float,
+    first_byte_s: float,
+    load_s: float = 0.0,
+    cap_s: float | None = None,
+) -> Deadline:
+    """How long a request with a budget of `max_tokens` may take, all of it.
+
+    Its whole budget at `min_tokens_per_s` (the slowest generation the campaign
+    accepts: the protocol expects 1-3 tokens/s on local hardware), plus
+    `first_byte_s` for the prompt and the first byte (the campaign's stall timeout),
+    plus `load_s` for a model load the server does inside the request (Shimmy 1.7.0
+    loads the model for every request). `cap_s` (the config's `request_timeout_s`)
+    cuts it shorter when set, and then `why` says so: a request the budget allows
+    is never cut without the error naming what cut it.
+    """
+    total = max_tokens / min_tokens_per_s + first_byte_s + load_s
+    why = f"{max_tokens} tokens at {min_tokens_per_s:g} tok/s"
+    why += f" + {_secs(first_byte_s)} s to first byte"
+    if load_s > 0:
+        why += f" + {_secs(load_s)} s model load"
+    if cap_s is not None and cap_s < total:
+        return Deadline(
+            float(cap_s), f"campaign.request_timeout_s; the budget allowed {_secs(total)} s: {why}"
+        )
+    return Deadline(total, why)
 
 
 @dataclass
@@ -130,6 +180,9 @@ def generate(
     all_headers.update(headers or {})
     result = RequestResult(api, params, started_utc=datetime.now(UTC), sent_ns=clock())
     deadline = time.monotonic() + timeouts.request_s
+    # A non-streamed answer sends nothing until it is whole: its reads wait as long as
+    # the deadline allows, never a stall timeout.
+    stall_s, head_s = _waits(timeouts, params.stream)
     response: Response | None = None
     try:
         # One deadline for connect, headers and body: a server dripping its headers
@@ -140,12 +193,12 @@ def generate(
                 body,
                 all_headers,
                 connect_timeout_s=timeouts.connect_s,
-                read_timeout_s=timeouts.stall_s,
+                read_timeout_s=head_s,
                 deadline=deadline,
             )
         )
         result.http_status = response.status
-        reads = response.reads(timeouts.stall_s, deadline)
+        reads = response.reads(stall_s, deadline)
         if response.status >= 400:
             _http_error(result, reads, clock, f"HTTP {response.status}", ": ")
         elif (refusal := _not_an_answer(response, url, params.stream)) is not None:
@@ -155,7 +208,9 @@ def generate(
         else:
             _read_body(result, reads, clock)
     except http1.HTTPFailure as exc:
-        result.status, result.error = _failure(exc, timeouts, headers_read=response is not None)
+        result.status, result.error = _failure(
+            exc, timeouts, headers_read=response is not None, stream=params.stream
+        )
     except StreamError as exc:
         result.status = "error"
         result.error = str(exc)
@@ -167,16 +222,29 @@ def generate(
     return result
 
 
+def _waits(timeouts: Timeouts, stream: bool) -> tuple[float, float]:
+    """The longest wait for one read of the body, and for the head."""
+    if not stream:
+        return timeouts.request_s, timeouts.request_s
+    return timeouts.stall_s, timeouts.stall_s + timeouts.load_s
+
+
 def _failure(
-    exc: http1.HTTPFailure, timeouts: Timeouts, *, headers_read: bool
+    exc: http1.HTTPFailure, timeouts: Timeouts, *, headers_read: bool, stream: bool
 ) -> tuple[RequestStatus, str]:
-    if exc.kind == "timeout":
-        return "timeout", f"no data for {timeouts.stall_s:g} s"
-    if exc.kind == "deadline":
-        # Before the head, the server has not answered at all (or drips its
-        # headers): say so, the body's chunks cannot show it.
-        waiting = "" if headers_read else " waiting for the response headers"
-        return "timeout", f"request exceeded {timeouts.request_s:g} s{waiting}"
+    # Before the head, the server has not answered at all (or drips its headers):
+    # say so, the body's chunks cannot show it.
+    waiting = "" if headers_read else " waiting for the response headers"
+    # Only a stream stalls: a non-streamed read waits as long as the deadline.
+    if exc.kind == "timeout" and stream:
+        wait_s = timeouts.stall_s if headers_read else timeouts.stall_s + timeouts.load_s
+        return "timeout", f"no data for {_secs(wait_s)} s{waiting}"
+    if exc.kind in ("deadline", "timeout"):
+        why = f" ({timeouts.request_why})" if timeouts.request_why else ""
+        return (
+            "timeout",
+            f"request exceeded its deadline of {_secs(timeouts.request_s)} s{why}{waiting}",
+        )
     if exc.kind == "connect":
         return "error", f"connect failed: {exc}"
     if exc.kind == "disconnected":

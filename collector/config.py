@@ -24,6 +24,7 @@ from pydantic import (
 from collector.apis import ApiName
 from collector.protocol import TEST_IDS
 from common.errors import ConfigError
+from common.sizes import parse_size
 from common.thresholds import DEFAULT_THRESHOLDS
 
 
@@ -84,7 +85,15 @@ class CampaignSection(_Strict):
     warmup: bool = True  # one unrecorded request after each server start
     tests: list[str] | None = None  # a subset of the protocol, in protocol order
     max_tokens_cap: int | None = Field(None, ge=1)  # the quick profile caps budgets
-    request_timeout_s: float = Field(900.0, gt=0)
+    # Each request's deadline is its token budget at this rate, plus the stall timeout
+    # for the prompt and first byte, plus a per-request model load where the server
+    # does one (collector.client.request_deadline). The protocol expects local
+    # hardware at 1-3 tokens/s: set it below the slowest rate a server may run at.
+    min_tokens_per_s: float = Field(1.0, gt=0)
+    # An optional cap on that deadline (None: none); a request it cuts names it.
+    request_timeout_s: float | None = Field(None, gt=0)
+    # A stream with no byte for this long has stalled. Not applied to a non-streamed
+    # request: it is silent until its answer is complete.
     stall_timeout_s: float = Field(120.0, gt=0)
     telemetry_hz: float = Field(10.0, gt=0, le=100)
     # Idle telemetry after the server is ready and before the warm-up: the
@@ -164,11 +173,30 @@ class DeviceSection(_Strict):
     # Placeholders: {rpc_server}, {host}, {port}, {threads}.
     command: list[str] | None = None
     startup_timeout_s: float = Field(30.0, gt=0)
+    # The device's memory in bytes ("160MiB" in a file): each launched rpc-server is
+    # held to it (collector.device_limit), as a GPU of that size would be. None: the
+    # device takes what the host gives it.
+    memory: int | None = Field(None, ge=1)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        return parse_size(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _has_device(self) -> DeviceSection:
         if self.kind == "rpc" and self.launch == 0 and not self.endpoints:
             raise ValueError("kind 'rpc' needs launch >= 1 or at least one endpoint")
+        if self.memory is not None and self.kind != "rpc":
+            raise ValueError(
+                "memory is enforced on llama.cpp's RPC device only (kind = 'rpc'); a GPU's "
+                "memory is its own, read from NVML at each server start"
+            )
+        if self.memory is not None and (self.endpoints or self.launch == 0):
+            raise ValueError(
+                "memory can be enforced only on rpc-servers this tool launches; remove "
+                "endpoints (they run elsewhere, as they are) or remove memory"
+            )
         for endpoint in self.endpoints:
             host, sep, port = endpoint.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -180,8 +208,10 @@ class Configuration(_Strict):
     label: str
     args: list[str] = Field(default_factory=list)
     # Recorded with every server run: None = no offload flag, -1 = --cpu-moe (all
-    # layers), K = --n-cpu-moe K.
-    n_cpu_moe: int | None = None
+    # layers), K = --n-cpu-moe K. "auto": the K `moe-evidence advise` recommends for the
+    # device memory in force (collector.advisor.auto_k), filled into the args' "{k}"
+    # (no args: `--n-cpu-moe K`) when the server starts, and recorded as that K.
+    n_cpu_moe: int | Literal["auto"] | None = None
 
 
 class SweepSection(_Strict):
@@ -234,6 +264,11 @@ class Config(_Strict):
                 "'attach'; remove [sweep], or give [server] a command to launch"
             )
         for i, configuration in enumerate(self.configurations):
+            if configuration.n_cpu_moe == "auto":
+                raise ValueError(
+                    f'configurations[{i}].n_cpu_moe: "auto" chooses the K a launched server '
+                    f"gets, and mode is 'attach'; give the K the server runs with"
+                )
             if configuration.args:
                 raise ValueError(
                     f"configurations[{i}].args: {configuration.args} cannot reach a server "

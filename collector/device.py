@@ -29,6 +29,7 @@ from typing import IO, Any
 import psutil
 
 from collector.config import DeviceSection
+from collector.device_limit import hold_to_size
 from collector.server import (
     check_port_free,
     fill_placeholders,
@@ -65,6 +66,8 @@ class RpcServer:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     argv: list[str] | None = None
+    # How the device is held to its memory size (collector.device_limit), when it is.
+    memory_limit: dict[str, Any] | None = None
     _log_handle: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -102,6 +105,7 @@ class RpcServer:
             "threads": self.threads,
             "argv": self.argv,
             "exit_code": None if self.process is None else self.process.returncode,
+            "memory_limit": self.memory_limit,
         }
 
 
@@ -176,6 +180,11 @@ def _launch_one(
     server = RpcServer(f"{device.host}:{port}", threads, process, log_path, argv, _log_handle=log)
     try:
         _wait_listening(server, device.host, port, device.startup_timeout_s)
+        if device.memory is not None:
+            # Once it listens: its idle address space is then known, and it allocates
+            # nothing before a client asks.
+            assert process.pid is not None
+            server.memory_limit = hold_to_size(process.pid, device.memory, threads)
     except BaseException:
         server.stop()
         raise

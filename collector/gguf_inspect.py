@@ -60,6 +60,18 @@ class ModelSpec:
     expert_tensor_names: tuple[str, ...]
     # (block index, expert tensor bytes in that block), for --n-cpu-moe estimates.
     expert_bytes_by_layer: tuple[tuple[int, int], ...]
+    # The shapes the device memory of a load follows (collector.fit, the SQL macro
+    # `predicted_device_bytes`); None where the file does not say.
+    embedding_length: int | None = None
+    feed_forward_length: int | None = None  # the dense FFN's width (the largest layer's)
+    expert_feed_forward_length: int | None = None  # one expert's FFN width
+    expert_shared_feed_forward_length: int | None = None
+    # K and V elements one context cell holds, summed over every layer (heads x length).
+    kv_elements_per_token: int | None = None
+    # Bytes of the input layer (token embeddings), which llama.cpp keeps in host memory
+    # whatever -ngl says, and of the output matrix when it is the embeddings reused.
+    input_tensor_bytes: int = 0
+    tied_output_bytes: int = 0
 
     @property
     def moe_layer_count(self) -> int:
@@ -112,10 +124,15 @@ def _spec_from_reader(reader: GGUFReader, path: Path, file_bytes: int, sha256: s
     by_layer: dict[int, int] = {}
     parameter_count = 0
     tensor_bytes = 0
+    input_bytes = 0
+    names = set()
     for tensor in reader.tensors:
         quant_mix[tensor.tensor_type.name] += 1
         parameter_count += int(tensor.n_elements)
         tensor_bytes += int(tensor.n_bytes)
+        names.add(tensor.name)
+        if tensor.name.split(".", 1)[0] in _INPUT_LAYER:
+            input_bytes += int(tensor.n_bytes)
         # The same pattern llama.cpp uses for --cpu-moe / --n-cpu-moe, so the spec
         # lists exactly the tensors the server moves, biases and scales included.
         if is_expert_tensor(tensor.name):
@@ -128,6 +145,13 @@ def _spec_from_reader(reader: GGUFReader, path: Path, file_bytes: int, sha256: s
     def arch_int(key: str) -> int | None:
         return _int_field(reader, path, f"{architecture}.{key}")
 
+    def arch_ints(key: str) -> list[int] | None:
+        return _ints_field(reader, path, f"{architecture}.{key}")
+
+    blocks = arch_int("block_count")
+    embd = arch_int("embedding_length")
+    ff = arch_ints("feed_forward_length")
+    embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     return ModelSpec(
         path=str(path.resolve()),
         architecture=architecture,
@@ -148,7 +172,55 @@ def _spec_from_reader(reader: GGUFReader, path: Path, file_bytes: int, sha256: s
         moe_layers=tuple(sorted(by_layer)),
         expert_tensor_names=tuple(sorted(expert_names)),
         expert_bytes_by_layer=tuple(sorted(by_layer.items())),
+        embedding_length=embd,
+        feed_forward_length=max(ff) if ff else None,
+        expert_feed_forward_length=arch_int("expert_feed_forward_length"),
+        expert_shared_feed_forward_length=arch_int("expert_shared_feed_forward_length"),
+        kv_elements_per_token=_kv_elements(
+            blocks,
+            embd,
+            arch_ints("attention.head_count"),
+            arch_ints("attention.head_count_kv"),
+            arch_int("attention.key_length"),
+            arch_int("attention.value_length"),
+        ),
+        input_tensor_bytes=input_bytes,
+        # No output matrix in the file: llama.cpp reuses the embeddings for it and puts
+        # that copy with the output layer, on the device.
+        tied_output_bytes=int(embedding.n_bytes)
+        if embedding is not None and "output.weight" not in names
+        else 0,
     )
+
+
+# The tensors of llama.cpp's input layer (LLM_TENSOR_LAYER_INPUT), by name prefix.
+_INPUT_LAYER = frozenset({"token_embd", "position_embd", "token_types", "per_layer_token_embd"})
+
+
+def _kv_elements(
+    blocks: int | None,
+    embd: int | None,
+    heads: list[int] | None,
+    kv_heads: list[int] | None,
+    key_length: int | None,
+    value_length: int | None,
+) -> int | None:
+    """K and V elements per context cell over all layers: for each layer its KV heads x
+    (key length + value length), the lengths defaulting to n_embd / n_head as in
+    llama.cpp; a per-layer head count (an array) is taken layer by layer."""
+    if not blocks or not embd or not heads:
+        return None
+    per_layer_heads = heads if len(heads) == blocks else [heads[0]] * blocks
+    per_layer_kv = kv_heads or per_layer_heads
+    per_layer_kv = per_layer_kv if len(per_layer_kv) == blocks else [per_layer_kv[0]] * blocks
+    total = 0
+    for n_head, n_kv in zip(per_layer_heads, per_layer_kv, strict=True):
+        if not n_head:
+            continue
+        k = key_length or embd // n_head
+        v = value_length or embd // n_head
+        total += n_kv * (k + v)
+    return total
 
 
 _INT_TYPES = frozenset(
@@ -172,6 +244,21 @@ def _int_field(reader: GGUFReader, path: Path, key: str) -> int | None:
     if len(field.types) != 1 or field.types[0] not in _INT_TYPES:
         raise GGUFError(f"{path}: key {key} is not an integer; the file is damaged, re-download it")
     return int(field.contents())
+
+
+def _ints_field(reader: GGUFReader, path: Path, key: str) -> list[int] | None:
+    """An integer key that some models write per layer (an array): its values."""
+    field = reader.get_field(key)
+    if field is None:
+        return None
+    if field.types and field.types[0] == GGUFValueType.ARRAY:
+        if len(field.types) != 2 or field.types[1] not in _INT_TYPES:
+            raise GGUFError(
+                f"{path}: key {key} is not a list of integers; the file is damaged, re-download it"
+            )
+        return [int(v) for v in field.contents()]
+    value = _int_field(reader, path, key)
+    return None if value is None else [value]
 
 
 def _str_field(reader: GGUFReader, path: Path, key: str) -> str | None:

@@ -111,6 +111,23 @@ _KV_TYPES = re.compile(
 )
 _FIT = re.compile(r"\b(?:common_params_fit\w*|common_fit_params): (?P<text>.+?)\s*$", _FLAGS)
 _FIT_LINES_KEPT = 12
+# A buffer the device could not hold: ggml's allocators name the buffer type and the
+# bytes ("failed to allocate RPC0[127.0.0.1:50052] buffer of size 246153216"); CUDA
+# says it in MiB on a device index; llama.cpp then names the type alone ("unable to
+# allocate CUDA0 buffer").
+_ALLOC_FAILED = re.compile(
+    rf"failed to allocate (?P<buft>\S+) buffer of size (?P<bytes>[0-9]{{1,18}})\b|"
+    rf"allocating (?P<mib>{_NUM}) MiB on device (?P<cuda>{_INT}): cudaMalloc failed: "
+    r"out of memory|"
+    r"unable to allocate (?P<named>\S+) buffer\b",
+    _FLAGS,
+)
+# Which of the load's allocations failed, from the message that follows ggml's.
+_ALLOC_WHAT = (
+    (re.compile(r"unable to allocate \S+ buffer|load_tensors:", _FLAGS), "model"),
+    (re.compile(r"failed to allocate buffer for kv cache", _FLAGS), "kv"),
+    (re.compile(r"failed to allocate compute|sched_reserve", _FLAGS), "compute"),
+)
 _PARAMS = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMBT])\b", _FLAGS)
 _FILE_SIZE = re.compile(rf"^(?P<num>{_NUM})\s*(?P<unit>[KMGT]iB)\b", _FLAGS)
 
@@ -157,6 +174,11 @@ class LoaderLogSummary:
     # above is the last load's, which stands for all of them only when this is empty.
     loads: int = 1
     load_differences: tuple[str, ...] = ()
+    # The first allocation the load could not make on a device (not host memory):
+    # {"buffer": "RPC0[127.0.0.1:50052]", "device": "RPC0", "bytes": N or None,
+    # "kind": "model" | "kv" | "compute" | None}; None when every allocation was made.
+    # The device's own words for "does not fit".
+    device_alloc_failure: Mapping[str, Any] | None = None
 
     def gpu_mib(self, kind: str) -> float | None:
         """One kind of buffer (model, kv, compute) summed over every device that is
@@ -232,8 +254,12 @@ class _Scan:
         self.offloaded: tuple[int, int] | None = None
         self.settings: dict[str, str] = {}
         self.fit: list[str] = []
+        self.alloc_failure: dict[str, Any] | None = None
 
     def line(self, line: str) -> None:
+        if self._alloc_failed(line):
+            self.recognised = True
+            return
         if _LOAD_START.search(line):
             # A new load (the real one after a sizing pass): its buffers replace the last.
             self.recognised = True
@@ -271,6 +297,30 @@ class _Scan:
             self.settings["kv_type_v"] = kv.group("v")
         elif (fit := _FIT.search(line)) and len(self.fit) < _FIT_LINES_KEPT:
             self.fit.append(fit.group("text"))
+
+    def _alloc_failed(self, line: str) -> bool:
+        """Note the first failed device allocation, and which allocation it was."""
+        failure = self.alloc_failure
+        if failure is not None and failure["kind"] is None:
+            for pattern, kind in _ALLOC_WHAT:
+                if pattern.search(line):
+                    failure["kind"] = kind
+                    break
+        match = _ALLOC_FAILED.search(line)
+        if not match:
+            return False
+        if match["cuda"] is not None:
+            buffer = f"CUDA{match['cuda']}"
+            size: int | None = int(Decimal(match["mib"]) * (1 << 20))
+        else:
+            buffer = match["buft"] or match["named"]
+            size = int(match["bytes"]) if match["bytes"] else None
+        device = buffer.split("[", 1)[0]
+        if failure is None and not is_host_device(device):
+            self.alloc_failure = {"buffer": buffer, "device": device, "bytes": size, "kind": None}
+        elif failure is not None and buffer == failure["buffer"] and match["bytes"]:
+            failure["bytes"] = size  # the exact byte count beats CUDA's MiB
+        return True
 
     def _buffer(self, line: str) -> bool:
         match = _BUFFER.search(line)
@@ -332,6 +382,7 @@ class _Scan:
             load_passes=max(self.load_starts, 1),
             settings=dict(self.settings),
             fit_lines=tuple(self.fit),
+            device_alloc_failure=None if self.alloc_failure is None else dict(self.alloc_failure),
         )
 
 

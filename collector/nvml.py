@@ -22,6 +22,8 @@ class GpuDevice:
     name: str
     memory_total_bytes: int
     uuid_hash: str  # sha256 prefix of the device UUID: stable, not identifying
+    # Free when asked (each server start asks): the device memory in force on a GPU.
+    memory_free_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class Nvml:
                     name=_text(self._nv.nvmlDeviceGetName(handle)),
                     memory_total_bytes=int(memory.total),
                     uuid_hash=hashlib.sha256(uuid.encode()).hexdigest()[:16],
+                    memory_free_bytes=int(memory.free),
                 )
             )
         return out

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from collector import device_limit
 from collector.campaign import (
     StoredDefinition,
     campaign_secrets,
@@ -31,6 +32,7 @@ from collector.config import (
     CampaignSection,
     Config,
     Configuration,
+    DeviceSection,
     ModelEntry,
     ServerSection,
     check_test_ids,
@@ -42,6 +44,7 @@ from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_prof
 from collector.engine import EngineBuild, cached_engine, ensure_engine
 from collector.progress import CampaignProgress, visible
 from common.errors import ConfigError, DiskFull, EvidenceError, ModelError, StoreError
+from common.sizes import parse_size
 from evidence.store import disk_full, open_store
 
 # The `collect` flags that define a campaign: all but where it is stored (--db)
@@ -51,6 +54,7 @@ DEFINITION_FLAGS = (
     "endpoint",
     "api",
     "device",
+    "device_memory",
     "model",
     "label",
     "quick",
@@ -126,6 +130,26 @@ def _attach_config(args: argparse.Namespace) -> Config:
         raise ConfigError(validation_message("--endpoint", exc)) from exc
 
 
+def _with_device(config: Config, kind: str | None, memory: str | None) -> Config:
+    """`config` with the device the flags name: its kind, and the memory it is held to."""
+    updates: dict[str, Any] = {}
+    if kind is not None:
+        updates["kind"] = kind
+    if memory is not None:
+        try:
+            updates["memory"] = parse_size(memory)
+        except ValueError as exc:
+            raise ConfigError(f"--device-memory: {exc}") from exc
+        unsupported = device_limit.supported()
+        if unsupported:
+            raise ConfigError(f"--device-memory: {unsupported}")
+    try:
+        device = DeviceSection.model_validate({**config.device.model_dump(), **updates})
+    except ValidationError as exc:
+        raise ConfigError(validation_message("--device-memory", exc)) from exc
+    return config.model_copy(update={"device": device})
+
+
 def _test_ids(flag: str) -> list[str]:
     """`--tests a,b`: the ids, each a protocol test (one line naming a bad one)."""
     try:
@@ -146,10 +170,9 @@ def build_config(args: argparse.Namespace) -> tuple[Config, str]:
     else:
         config, profile = embedded_config(device=device or "rpc"), "default"
         device = None  # applied
-    if device is not None:
-        config = config.model_copy(
-            update={"device": config.device.model_copy(update={"kind": device})}
-        )
+    memory = getattr(args, "device_memory", None)
+    if device is not None or memory is not None:
+        config = _with_device(config, device, memory)
     if args.quick:
         # The profile first, then the flags typed with it: `--quick --repeats 3` is
         # the smoke profile with three repeats (the --quick help says so).

@@ -37,8 +37,9 @@ from collector.server import (
     server_version,
 )
 from collector.telemetry import Sample, TelemetrySampler
-from common.errors import EngineError, ServerError
+from common.errors import DoesNotFit, EngineError, ServerError
 from common.secrets import redact_argv
+from common.sizes import MIB, mib
 from evidence.writer import (
     Transaction,
     insert_arrow,
@@ -160,6 +161,8 @@ def _device_facts(ctx: CampaignContext, devices: list[RpcServer]) -> dict[str, A
         "source": DEVICE_SOURCE,
         "rpc_servers": [d.facts() for d in devices],
         "mem_before_bytes": rss_bytes(devices),
+        # The size it is held to (each launched rpc-server; None: what the host gives).
+        "memory_bytes": device.memory,
     }
 
 
@@ -235,9 +238,17 @@ def _start_server(
         )
     except (ServerError, EngineError) as exc:
         samples = telemetry.stop()
+        text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+        summary, _ = _log_summary(text) if text else (None, None)
+        unfit = _does_not_fit(ctx, summary)
         hint = failure_hint(devices)
-        error = f"{hint}; {exc}" if hint else str(exc)
-        _finish_failed_start(ctx, run_id, log_path, error, samples, devices, watcher.stop())
+        error = unfit or (f"{hint}; {exc}" if hint else str(exc))
+        status = "does_not_fit" if unfit else "failed_start"
+        _finish_failed_start(
+            ctx, run_id, log_path, status, error, (text, summary), samples, devices, watcher.stop()
+        )
+        if unfit:
+            raise DoesNotFit(error) from exc
         if hint:
             raise type(exc)(error) from exc
         raise
@@ -292,17 +303,38 @@ def _stop_devices(devices: list[RpcServer]) -> dict[str, Any]:
     }
 
 
+def _does_not_fit(ctx: CampaignContext, summary: dict[str, Any] | None) -> str | None:
+    """The one line for a load the device could not hold, from the device's own
+    out-of-memory words in the log; None when the load failed for another reason."""
+    failure = (summary or {}).get("device_alloc_failure")
+    if not failure:
+        return None
+    size = failure.get("bytes")
+    kind = f"{failure['kind']} buffer" if failure.get("kind") else "a buffer"
+    tried = f"{mib(size)} ({kind})" if size else kind
+    # What the load already held on that device (a KV or compute buffer fails after
+    # the model buffer was made): the size it needed in all, at least.
+    held = (summary or {}).get("buffers", {}).get(failure["buffer"], {})
+    held_bytes = sum(v for k, v in held.items() if k != "output") * MIB
+    if held_bytes and size:
+        tried += f" after {mib(held_bytes)} of other buffers ({mib(held_bytes + size)} in all)"
+    memory = ctx.config.device.memory
+    on = f"on a {mib(memory)} device" if memory else f"on {failure['device']}"
+    return f"does not fit: the server could not allocate {tried} {on}"
+
+
 def _finish_failed_start(
     ctx: CampaignContext,
     run_id: str,
     log_path: Path,
+    status: str,
     error: str,
+    log: tuple[str, dict[str, Any] | None],
     samples: list[Sample],
     devices: list[RpcServer],
     loads: list[SeenLoad],
 ) -> None:
-    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
-    summary, _ = _log_summary(text) if text else (None, None)
+    text, summary = log
     device_row = _stop_devices(devices)
     logs = [log_path, *(d.log_path for d in devices)]
     redact_logs(secrets_of(ctx.con), logs, ctx.progress.message)
@@ -315,7 +347,7 @@ def _finish_failed_start(
             "server_run_id",
             run_id,
             {
-                "status": "failed_start",
+                "status": status,
                 "error": error,
                 "log_text": text,
                 "log_summary": to_json(summary),

@@ -12,6 +12,7 @@ EvidenceError                  base: the CLI prints `error: <message>` and exits
 │   ├── PortInUse
 │   ├── ServerExited           died during load (exit code and log tail attached)
 │   ├── ServerNotHealthy       never answered /health in time
+│   ├── DoesNotFit             the device ran out of memory loading it: evidence, not a failure
 │   └── CampaignFailed         configurations failed; the rest of the campaign is stored
 ├── StreamError                a response stream broke the protocol (malformed SSE, bad JSON)
 ├── LogParseError              a file has none of the llama.cpp loader lines we parse
@@ -84,6 +85,12 @@ class ServerExited(ServerError):
 
 class ServerNotHealthy(ServerError):
     pass
+
+
+class DoesNotFit(ServerError):
+    """The configuration's load failed because the device could not hold it (the
+    device's own out-of-memory words in the log). The campaign records it and goes
+    on: on a card too small for the baseline this is the finding, not a fault."""
 
 
 class CampaignFailed(ServerError):

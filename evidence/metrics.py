@@ -20,7 +20,7 @@ same store.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +83,77 @@ CREATE OR REPLACE TEMP MACRO cpu_expert_bytes(spec, n_cpu_moe) AS
                   lambda x: expert_on_cpu(x[1], n_cpu_moe)), lambda x: x[2])), 0)
     END;
 
--- GGUF weight bytes a configuration leaves on the device (every layer offloaded).
+-- GGUF weight bytes a configuration leaves on the device (every layer offloaded):
+-- all but the input layer (token embeddings stay in host memory whatever -ngl says)
+-- and the experts kept on the CPU, plus the embeddings' copy that serves as the
+-- output matrix when the file has none.
 CREATE OR REPLACE TEMP MACRO device_weight_bytes(spec, n_cpu_moe) AS
     TRY_CAST(json_extract(spec, '$.tensor_bytes_total') AS BIGINT)
+        - coalesce(TRY_CAST(json_extract(spec, '$.input_tensor_bytes') AS BIGINT), 0)
+        + coalesce(TRY_CAST(json_extract(spec, '$.tied_output_bytes') AS BIGINT), 0)
         - cpu_expert_bytes(spec, n_cpu_moe);
+
+-- The value after a flag in a stored command line (`argv` JSON list), by its short
+-- or long spelling; NULL when neither is there.
+CREATE OR REPLACE TEMP MACRO argv_value(argv, short_flag, long_flag) AS
+    list_extract(CAST(json_extract_string(argv, '$[*]') AS VARCHAR[]),
+                 greatest(list_position(CAST(json_extract_string(argv, '$[*]') AS VARCHAR[]),
+                                        short_flag),
+                          list_position(CAST(json_extract_string(argv, '$[*]') AS VARCHAR[]),
+                                        long_flag)) + 1);
+
+-- The KV cache of n_ctx cells on the device: K and V of every layer in f16
+-- (llama.cpp's default cache types).
+CREATE OR REPLACE TEMP MACRO kv_cache_bytes(spec, n_ctx) AS
+    n_ctx * TRY_CAST(json_extract(spec, '$.kv_elements_per_token') AS BIGINT) * 2;
+
+-- Does the device still run expert FFNs? Not when every expert is kept on the CPU,
+-- unless the device computes host-resident weights for prompt batches (CUDA's op
+-- offload copies them over; the RPC device has none).
+CREATE OR REPLACE TEMP MACRO experts_computed_on_device(spec, n_cpu_moe, op_offload) AS
+    op_offload OR NOT coalesce(n_cpu_moe < 0 OR cpu_expert_bytes(spec, n_cpu_moe)
+        >= TRY_CAST(json_extract(spec, '$.expert_tensor_bytes') AS BIGINT), false);
+
+-- The f32 elements per token of the widest FFN step the device computes: an expert
+-- FFN's gate, up and activation for every expert used, a dense block's, or the shared
+-- experts'; NULL when the device computes none (attention only).
+CREATE OR REPLACE TEMP MACRO ffn_peak_elements(spec, n_cpu_moe, op_offload) AS
+    greatest(
+        CASE WHEN experts_computed_on_device(spec, n_cpu_moe, op_offload)
+             THEN 3 * coalesce(TRY_CAST(json_extract(spec, '$.expert_feed_forward_length')
+                                        AS BIGINT),
+                               TRY_CAST(json_extract(spec, '$.feed_forward_length') AS BIGINT))
+                    * TRY_CAST(json_extract(spec, '$.expert_used_count') AS BIGINT) END,
+        CASE WHEN TRY_CAST(json_extract(spec, '$.block_count') AS BIGINT)
+                  > TRY_CAST(json_extract(spec, '$.moe_layer_count') AS BIGINT)
+             THEN 3 * TRY_CAST(json_extract(spec, '$.feed_forward_length') AS BIGINT) END,
+        CASE WHEN TRY_CAST(json_extract(spec, '$.expert_shared_count') AS BIGINT) > 0
+             THEN 3 * coalesce(
+                 TRY_CAST(json_extract(spec, '$.expert_shared_feed_forward_length') AS BIGINT),
+                 TRY_CAST(json_extract(spec, '$.expert_shared_count') AS BIGINT)
+                     * coalesce(TRY_CAST(json_extract(spec, '$.expert_feed_forward_length')
+                                         AS BIGINT),
+                                TRY_CAST(json_extract(spec, '$.feed_forward_length') AS BIGINT)))
+             END);
+
+-- The device's compute buffer: what llama.cpp's graph allocator reserves for the
+-- worst-case micro-batch of n_ubatch tokens. Per token, its peak is four f32
+-- hidden-state vectors plus the widest FFN step's intermediates, or, where the
+-- experts run on the host, plus their outputs coming back (one hidden-state vector
+-- per expert used); and the f16 attention mask of n_ctx x n_ubatch. Checked against
+-- the loader log for every K on two model shapes (tests/engine/test_fit_engine.py).
+CREATE OR REPLACE TEMP MACRO compute_buffer_bytes(spec, n_ctx, n_ubatch, n_cpu_moe, op_offload) AS
+    n_ubatch * 4 * (4 * TRY_CAST(json_extract(spec, '$.embedding_length') AS BIGINT)
+        + greatest(
+            TRY_CAST(json_extract(spec, '$.expert_used_count') AS BIGINT)
+                * TRY_CAST(json_extract(spec, '$.embedding_length') AS BIGINT),
+            ffn_peak_elements(spec, n_cpu_moe, op_offload)))
+    + n_ubatch * n_ctx * 2;
+
+-- The device memory a load needs: weights left there, KV cache, compute buffer.
+CREATE OR REPLACE TEMP MACRO predicted_device_bytes(spec, n_ctx, n_ubatch, n_cpu_moe, op_offload)
+    AS device_weight_bytes(spec, n_cpu_moe) + kv_cache_bytes(spec, n_ctx)
+       + compute_buffer_bytes(spec, n_ctx, n_ubatch, n_cpu_moe, op_offload);
 """
 
 _REQUEST_FROM = """
@@ -636,9 +703,14 @@ _DEFS: tuple[Metric, ...] = (
         "server that loads the model per request, the median per-request peak instead: "
         "`device_loaded_delta_bytes`), else "
         "log (the device buffers, model + KV + compute, the server's loader log printed), "
-        "else estimated (the GGUF weight bytes that stay on the device plus the KV cache and "
-        "compute buffers the log printed; weights only when there is no log). The source is "
-        "always shown with the figure.",
+        "else estimated (predicted from the model file alone: the GGUF weight bytes left on "
+        "the device, the f16 KV cache of the context, and the compute buffer of one "
+        "micro-batch from the model's shapes; never from the log, which checks it). A "
+        "baseline that does not fit the device (its load failed for want of device memory) "
+        "has only its estimate: the saving is then the offload's device memory as the "
+        "server reported it (log, else measured) against that estimate, labelled "
+        "estimated, each side's source named, as the protocol's model table does. The "
+        "source is always shown with the figure.",
         view="vram_saved",
         higher_is_better=True,
     ),
@@ -971,37 +1043,82 @@ JOIN server_run_loads l USING (server_run_id)
 WHERE s.ready_ns IS NOT NULL
 GROUP BY ALL;
 
--- The predicted device memory per configuration: the GGUF weight bytes that stay
--- on the device (the file's, not the log's rounded sizes) plus the KV cache and
--- compute buffers the loader log printed; weights only when there is no log.
+-- Per (campaign, model, configuration): did it load, did it not fit the device,
+-- the device size it was held to, and the settings its device memory follows
+-- (context and micro-batch as the server reported them, else as its command line
+-- asked, else llama.cpp's defaults; whether the device computes host-resident
+-- experts for prompt batches: CUDA's op offload does, the RPC device does not).
+CREATE OR REPLACE TEMP VIEW config_fit AS
+SELECT s.campaign_id, s.model_id, s.config_label, any_value(s.n_cpu_moe) AS n_cpu_moe,
+       bool_or(s.ready_ns IS NOT NULL) AS loaded,
+       bool_or(s.status = 'does_not_fit') AND NOT bool_or(s.ready_ns IS NOT NULL)
+           AS does_not_fit,
+       any_value(s.error) FILTER (WHERE s.status = 'does_not_fit') AS unfit_error,
+       max(TRY_CAST(json_extract(s.device, '$.memory_bytes') AS BIGINT)) AS device_memory_bytes,
+       coalesce(
+           max(TRY_CAST(json_extract_string(s.log_summary, '$.settings.n_ctx') AS BIGINT)),
+           max(TRY_CAST(argv_value(s.argv, '-c', '--ctx-size') AS BIGINT)),
+           max(TRY_CAST(json_extract(md.spec, '$.context_length') AS BIGINT))) AS n_ctx,
+       coalesce(
+           max(TRY_CAST(json_extract_string(s.log_summary, '$.settings.n_ubatch') AS BIGINT)),
+           max(TRY_CAST(argv_value(s.argv, '-ub', '--ubatch-size') AS BIGINT)),
+           512) AS n_ubatch,
+       NOT bool_or(json_extract_string(s.device, '$.kind') = 'rpc') AS op_offload
+FROM server_runs s JOIN models md ON md.model_id = s.model_id
+GROUP BY s.campaign_id, s.model_id, s.config_label;
+
+-- The predicted device memory per configuration (METRICS['vram_saved_pct']'s
+-- estimate, and `moe-evidence advise`'s): the GGUF weight bytes left on the device,
+-- the KV cache and the compute buffer, from the model's shapes and the settings
+-- alone (never from the log, so the log can check it). A store written before the
+-- shapes were recorded has no KV or compute prediction: the log's buffers stand in.
 CREATE OR REPLACE TEMP VIEW config_device_estimate AS
-WITH w AS (
-    SELECT c.campaign_id, c.model_id, c.config_label, c.log_kv_mib, c.log_compute_mib,
-           device_weight_bytes(md.spec, c.n_cpu_moe) AS weights_gpu_bytes
-    FROM config_memory c JOIN models md USING (model_id)
+WITH p AS (
+    SELECT f.campaign_id, f.model_id, f.config_label, f.n_ctx, f.n_ubatch, f.op_offload,
+           device_weight_bytes(md.spec, f.n_cpu_moe) AS weights_gpu_bytes,
+           kv_cache_bytes(md.spec, f.n_ctx) AS kv_predicted,
+           compute_buffer_bytes(md.spec, f.n_ctx, f.n_ubatch, f.n_cpu_moe, f.op_offload)
+               AS compute_predicted,
+           (c.log_kv_mib * 1048576)::BIGINT AS kv_log,
+           (c.log_compute_mib * 1048576)::BIGINT AS compute_log
+    FROM config_fit f JOIN models md ON md.model_id = f.model_id
+    LEFT JOIN config_memory c ON c.campaign_id = f.campaign_id AND c.model_id = f.model_id
+         AND c.config_label = f.config_label
 )
-SELECT campaign_id, model_id, config_label, weights_gpu_bytes,
-       (log_kv_mib * 1048576)::BIGINT AS kv_bytes,
-       (log_compute_mib * 1048576)::BIGINT AS compute_bytes,
-       weights_gpu_bytes + coalesce((log_kv_mib * 1048576)::BIGINT, 0)
-           + coalesce((log_compute_mib * 1048576)::BIGINT, 0) AS estimated_bytes,
-       CASE WHEN log_kv_mib IS NOT NULL AND log_compute_mib IS NOT NULL
-            THEN 'weights + KV + compute' ELSE 'weights only' END AS estimate_parts
-FROM w;
+SELECT campaign_id, model_id, config_label, n_ctx, n_ubatch, weights_gpu_bytes,
+       coalesce(kv_predicted, kv_log) AS kv_bytes,
+       coalesce(compute_predicted, compute_log) AS compute_bytes,
+       weights_gpu_bytes + coalesce(kv_predicted, kv_log, 0)
+           + coalesce(compute_predicted, compute_log, 0) AS estimated_bytes,
+       CASE WHEN kv_predicted IS NOT NULL AND compute_predicted IS NOT NULL
+                THEN 'weights + KV + compute'
+            WHEN kv_log IS NOT NULL AND compute_log IS NOT NULL
+                THEN 'weights + log KV + log compute'
+            ELSE 'weights only' END AS estimate_parts
+FROM p;
 
 -- VRAM saved per offload configuration against its baseline (offload_configs).
 -- Each source's saving where both sides have it; the headline (`source`,
 -- `vram_saved_pct`) is the best of them: measured > log > estimated. Measured
 -- figures compare only runs of one server build measured the same way (one
--- campaign is one host by construction).
+-- campaign is one host by construction). A baseline that does not fit the device
+-- has only its estimate: then the headline is the offload's best figure against it
+-- (source 'estimated baseline': the protocol's own "baseline GPU memory
+-- (estimated)"), the offload side from the log before the process (the log's
+-- buffers are what the estimate predicts), each side's source named.
 CREATE OR REPLACE TEMP VIEW vram_saved AS
 WITH sized AS (
-    SELECT c.*, e.estimated_bytes, e.estimate_parts
-    FROM config_memory c
+    SELECT f.campaign_id, f.model_id, f.config_label, f.n_cpu_moe, f.loaded, f.does_not_fit,
+           f.unfit_error, f.device_memory_bytes,
+           c.gpu_measured_bytes, c.gpu_log_mib, c.measured_source, c.version,
+           e.estimated_bytes, e.estimate_parts
+    FROM config_fit f
     JOIN config_device_estimate e USING (campaign_id, model_id, config_label)
+    LEFT JOIN config_memory c USING (campaign_id, model_id, config_label)
 ), pairs AS (
     SELECT o.campaign_id, o.model_id, o.config_label, o.n_cpu_moe,
-           oc.baseline_label,
+           oc.baseline_label, b.does_not_fit AS baseline_does_not_fit,
+           b.unfit_error AS baseline_unfit_error, b.device_memory_bytes,
            b.gpu_measured_bytes AS b_measured, o.gpu_measured_bytes AS o_measured,
            b.gpu_log_mib * 1048576 AS b_log, o.gpu_log_mib * 1048576 AS o_log,
            b.estimated_bytes AS b_est, o.estimated_bytes AS o_est,
@@ -1013,6 +1130,7 @@ WITH sized AS (
     JOIN offload_configs oc USING (campaign_id, model_id, config_label)
     JOIN sized b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
          AND b.config_label = oc.baseline_label
+    WHERE o.loaded
 ), pcts AS (
     SELECT *,
            CASE WHEN b_measured > 0 AND o_measured IS NOT NULL AND same_build
@@ -1020,22 +1138,36 @@ WITH sized AS (
            CASE WHEN b_log > 0 AND o_log IS NOT NULL
                 THEN 100 * (1 - o_log / b_log) END AS log_pct,
            CASE WHEN b_est > 0 AND o_est IS NOT NULL
-                THEN 100 * (1 - o_est / b_est) END AS estimated_pct
+                THEN 100 * (1 - o_est / b_est) END AS estimated_pct,
+           CASE WHEN o_log IS NOT NULL THEN 'log'
+                WHEN o_measured IS NOT NULL THEN 'measured' END AS offload_best_source
     FROM pairs
 ), chosen AS (
     SELECT *,
-           CASE WHEN measured_pct IS NOT NULL THEN 'measured'
+           CASE WHEN baseline_does_not_fit AND b_est > 0 AND offload_best_source IS NOT NULL
+                    THEN 'estimated baseline'
+                WHEN measured_pct IS NOT NULL THEN 'measured'
                 WHEN log_pct IS NOT NULL THEN 'log'
                 WHEN estimated_pct IS NOT NULL THEN 'estimated' END AS source
     FROM pcts
 )
 SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
-       measured_source, estimate_parts,
+       measured_source, estimate_parts, baseline_does_not_fit, baseline_unfit_error,
+       device_memory_bytes,
+       CASE WHEN source = 'estimated baseline' THEN 'estimated' ELSE source END
+           AS baseline_source,
+       CASE WHEN source = 'estimated baseline' THEN offload_best_source ELSE source END
+           AS offload_source,
        CASE source WHEN 'measured' THEN b_measured WHEN 'log' THEN b_log
-                   WHEN 'estimated' THEN b_est END AS baseline_bytes,
+                   WHEN 'estimated' THEN b_est WHEN 'estimated baseline' THEN b_est
+                   END AS baseline_bytes,
        CASE source WHEN 'measured' THEN o_measured WHEN 'log' THEN o_log
-                   WHEN 'estimated' THEN o_est END AS offload_bytes,
-       coalesce(measured_pct, log_pct, estimated_pct) AS vram_saved_pct,
+                   WHEN 'estimated' THEN o_est
+                   WHEN 'estimated baseline' THEN coalesce(o_log, o_measured) END
+           AS offload_bytes,
+       CASE WHEN source = 'estimated baseline'
+            THEN 100 * (1 - coalesce(o_log, o_measured) / b_est)
+            ELSE coalesce(measured_pct, log_pct, estimated_pct) END AS vram_saved_pct,
        measured_pct, log_pct, estimated_pct, same_build,
        b_measured, o_measured, b_log, o_log, b_est, o_est
 FROM chosen;
@@ -1175,3 +1307,35 @@ def weights_on_device(spec: Mapping[str, Any], n_cpu_moe: int | None) -> int | N
     finally:
         con.close()
     return None if row is None or row[0] is None else int(row[0])
+
+
+def predicted_device_memory(
+    spec: Mapping[str, Any], n_ctx: int, n_ubatch: int, ks: Sequence[int], op_offload: bool
+) -> list[tuple[int, int | None, int | None, int | None]]:
+    """(K, weights, KV cache, compute buffer) bytes on the device per `--n-cpu-moe K`:
+    the SQL macros the store's estimate uses (`predicted_device_bytes`), evaluated for
+    a model inspection outside a store (`moe-evidence advise`)."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(MACROS)
+        found = con.execute(
+            """
+            SELECT k, device_weight_bytes(s, k), kv_cache_bytes(s, $ctx),
+                   compute_buffer_bytes(s, $ctx, $ub, k, $offload)
+            FROM (SELECT $spec::JSON AS s), unnest($ks::BIGINT[]) AS t(k) ORDER BY k
+            """,
+            {
+                "spec": json.dumps(spec),
+                "ctx": n_ctx,
+                "ub": n_ubatch,
+                "ks": list(ks),
+                "offload": op_offload,
+            },
+        ).fetchall()
+    finally:
+        con.close()
+
+    def size(value: Any) -> int | None:
+        return None if value is None else int(value)
+
+    return [(int(k), size(w), size(kv), size(c)) for k, w, kv, c in found]

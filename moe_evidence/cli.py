@@ -69,6 +69,13 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
         help="offload device: llama.cpp's RPC device (a second process standing in for "
         "the GPU; the embedded default) or none (the server's CPU only)",
     )
+    p.add_argument(
+        "--device-memory",
+        metavar="SIZE",
+        default=None,
+        help="hold the RPC device to this much memory (e.g. 160MiB, 8GiB), as a GPU of that "
+        "size: a configuration that does not fit is stored as such and the campaign goes on",
+    )
     p.add_argument("--model", help="model name to send to --endpoint")
     p.add_argument(
         "--label",
@@ -312,6 +319,59 @@ def _score_text(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _advise_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="the .gguf model file (default: the embedded model, on the RPC device)",
+    )
+    p.add_argument(
+        "--device-memory",
+        required=True,
+        metavar="SIZE",
+        help="the device's memory, e.g. 8GiB, 24GB, 160MiB",
+    )
+    p.add_argument(
+        "--ctx",
+        type=int,
+        default=None,
+        help="context size in tokens (default: the model's trained context; 2048 for the "
+        "embedded model)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["gpu", "rpc"],
+        default=None,
+        help="a CUDA GPU (default for --model) or llama.cpp's RPC device (the embedded "
+        "default's): they differ in the compute buffer and the margin",
+    )
+    p.add_argument(
+        "--margin",
+        metavar="SIZE",
+        default=None,
+        help="memory a fitting K must leave free (default: 1024MiB on a GPU, as llama.cpp's "
+        "--fit; 2%% of the device, at least 2.5MiB, on the RPC device)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from collector.advisor import advise_command
+
+    print(
+        advise_command(
+            args.model,
+            args.device_memory,
+            device=args.device,
+            n_ctx=args.ctx,
+            margin=args.margin,
+            as_json=args.json,
+        )
+    )
+    return EXIT_OK
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
     del p  # no options: it builds the embedded engine once and shows it
 
@@ -362,6 +422,11 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
     "inspect-log": (
         "buffers and expert-tensor overrides from a llama.cpp loader log",
         *_inspect_file("a saved stdout/stderr log", "collector.loader_log:print_log_summary"),
+    ),
+    "advise": (
+        "which --n-cpu-moe K fits a device: device memory per K, predicted from the GGUF file",
+        _advise_args,
+        _advise,
     ),
     "score-text": (
         "repetition score and loop detection (and a test's check) for a text on stdin",

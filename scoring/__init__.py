@@ -20,7 +20,7 @@ from scoring.repetition import RepetitionResult, analyse_repetition
 from scoring.score import Score
 from scoring.similarity import Similarity, compare_outputs, similarity_scores
 
-SCORER_VERSION = "3+rubric.1"
+SCORER_VERSION = "4+rubric.1"
 
 __all__ = [
     "SCORER_VERSION",

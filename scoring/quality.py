@@ -19,8 +19,16 @@ is, because fluency only counts for content that does its job; repetition and
 a loop each take up to one point from what the check earned. The formula is
 monotone: quality never drops when c rises, r falls, or a loop goes away.
 
-A request that did not complete still gets its repetition, loop and check
-scores, computed on whatever text arrived; only its quality is pinned to 1.
+A request that returned an answer but did not complete (an unexpected finish
+reason) still gets its repetition, loop and check scores, computed on its
+text; only its quality is pinned to 1.
+
+**Not measured**: a request that returned no answer (status not `ok`: it timed
+out, lost its connection, got an HTTP error or broke off) is given no
+repetition, loop, check or quality score at all, only `completed` = 0. What
+arrived before the fault is a fragment; judging it would report the server's
+failure, or the collector's deadline, as the model's quality. The request's
+status and error say why, and every page shows "not measured" with them.
 
 **Not judged**: an output the campaign's profile cut short on purpose (the
 quick profile caps budgets below the protocol's, and the output reached the
@@ -72,8 +80,21 @@ def score_request(
     when code cannot be run at all; the caller should then store nothing for
     this request rather than a failed check. A request with no stored text
     (`output_text` None) is scored as the empty text. `completed` is the store's
-    `completed` metric; `finish_reason` and `status` are kept in the detail.
+    `completed` metric; `finish_reason` and `status` are kept in the detail. A
+    request whose `status` is not "ok" (None counts as ok) gets `completed` alone.
     """
+    completion = Score(
+        "completed",
+        1.0 if completed else 0.0,
+        {
+            "status": status,
+            "finish_reason": finish_reason,
+            "max_tokens": max_tokens,
+            "hit_token_budget": finish_reason == "length",
+        },
+    )
+    if status not in (None, "ok"):
+        return [completion]  # no answer: nothing to judge (the module docstring)
     output_text = output_text or ""
     repetition = analyse_repetition(output_text)
     scores = [
@@ -88,16 +109,7 @@ def score_request(
                 "kind": repetition.loop_kind,
             },
         ),
-        Score(
-            "completed",
-            1.0 if completed else 0.0,
-            {
-                "status": status,
-                "finish_reason": finish_reason,
-                "max_tokens": max_tokens,
-                "hit_token_budget": finish_reason == "length",
-            },
-        ),
+        completion,
     ]
     if test_id not in load_rubrics().tests:
         return scores

@@ -418,15 +418,26 @@ def test_a_jug_request_also_reports_the_text_signal() -> None:
     assert by_name["quality"] == 3.0
 
 
-def test_an_incomplete_request_keeps_its_scores_but_has_quality_one() -> None:
+def test_an_incomplete_answer_keeps_its_scores_but_has_quality_one() -> None:
+    # An answer came back (status ok) but did not end normally: judged, quality pinned.
     scores = score_request(
-        "code-generation", CODE_ANSWER, False, 150, finish_reason=None, status="timeout"
+        "code-generation", CODE_ANSWER, False, 150, finish_reason="content_filter", status="ok"
     )
     by_name = {s.name: s for s in scores}
     assert by_name["completed"].value == 0.0
     assert by_name["check"].value == 1.0
     assert by_name["quality"].value == 1.0
-    assert by_name["completed"].detail["status"] == "timeout"
+    assert by_name["completed"].detail["finish_reason"] == "content_filter"
+
+
+def test_a_request_with_no_answer_gets_completion_alone() -> None:
+    # Timed out mid-answer: what arrived would pass its check, and is still not judged.
+    for status in ("timeout", "disconnected", "http_error", "error"):
+        scores = score_request(
+            "code-generation", CODE_ANSWER, False, 150, finish_reason=None, status=status
+        )
+        assert [(s.name, s.value) for s in scores] == [("completed", 0.0)]
+        assert scores[0].detail["status"] == status
 
 
 def test_hitting_the_token_budget_counts_as_completed() -> None:
@@ -491,9 +502,7 @@ def test_a_malformed_rubric_names_the_bad_key() -> None:
 def test_a_request_with_no_stored_text_scores_as_empty() -> None:
     scores = {
         s.name: s.value
-        for s in score_request(
-            "simple-response", None, False, 50, finish_reason=None, status="error"
-        )
+        for s in score_request("simple-response", None, False, 50, finish_reason=None, status="ok")
     }
     assert scores == {
         "repetition": 0.0,

@@ -304,7 +304,7 @@ def test_a_drip_feed_past_the_request_deadline_is_a_timeout(server: CalibratedSe
     scenario = Scenario(tokens=10, drip_after_tokens=2, drip_interval_s=0.01)
     result = run(server, "openai-chat", scenario, timeouts=Timeouts(stall_s=1.0, request_s=0.4))
     assert result.status == "timeout"
-    assert result.error == "request exceeded 0.4 s"
+    assert result.error == "request exceeded its deadline of 0.4 s"
     assert 2 <= result.content_events < 10
 
 
@@ -325,7 +325,7 @@ def test_headers_dripped_past_the_deadline_are_cut_at_the_deadline(
     result = run(server, "openai-chat", scenario, stream=stream, timeouts=DEADLINE)
     elapsed = time.monotonic() - start
     assert result.status == "timeout"
-    assert result.error == "request exceeded 0.5 s waiting for the response headers"
+    assert result.error == "request exceeded its deadline of 0.5 s waiting for the response headers"
     assert elapsed < 0.5 + SLACK_S, f"cut after {elapsed:.2f} s, not at the 0.5 s deadline"
     assert (result.http_status, result.chunk_t_ns) == (None, [])
 
@@ -338,7 +338,7 @@ def test_a_slow_non_streamed_answer_is_cut_at_the_deadline(server: CalibratedSer
     elapsed = time.monotonic() - start
     assert (result.status, result.error) == (
         "timeout",
-        "request exceeded 0.5 s waiting for the response headers",
+        "request exceeded its deadline of 0.5 s waiting for the response headers",
     )
     assert elapsed < 0.5 + SLACK_S, f"cut after {elapsed:.2f} s, not at the 0.5 s deadline"
 

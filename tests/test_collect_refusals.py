@@ -97,6 +97,25 @@ def test_bad_flags_are_one_line(
         assert piece in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--device-memory", "lots"], ["--device-memory", "'lots' is not a size", "160MiB"]),
+        (["--device-memory", "0MiB"], ["--device-memory", "not a positive size"]),
+        (["--device", "none", "--device-memory", "1GiB"], ["--device-memory", "RPC device only"]),
+        (["--device-memory", "1GiB"], ["--device-memory", "RPC device only"]),
+    ],
+    ids=["not-a-size", "zero", "no-device", "attached"],
+)
+def test_a_device_memory_that_cannot_be_held_is_one_line(
+    server: CalibratedServer, store: Path, flags: list[str], says: list[str]
+) -> None:
+    # Attached, the server's device is not this tool's to limit: refused like --device none.
+    line = _refused(store, *(flags if "--device" in flags else _attached(server, *flags)))
+    for piece in says:
+        assert piece in line
+
+
 def test_https_endpoint_is_refused_as_unsupported(server: CalibratedServer, store: Path) -> None:
     endpoint = f"https://127.0.0.1:{server.port}"
     line = _refused(store, "--endpoint", endpoint, "--model", MODEL, "--quick")

@@ -178,10 +178,11 @@ def test_device_killed_mid_stream_restarts_both_processes(
     assert not _rpc_children()
 
 
-def test_a_device_out_of_memory_is_named(
+def test_a_device_out_of_memory_is_stored_as_does_not_fit(
     tmp_path: Path, engine: EngineBuild, moe_model: Path
 ) -> None:
-    # The device gets 200 MB of address space, less than the model's 235 MiB buffer.
+    # The device gets 200 MB of address space, less than the model's 235 MiB buffer,
+    # through the config's own [device] command (as a user limits it by hand).
     limited = DeviceSection(
         kind="rpc",
         threads=1,
@@ -199,16 +200,20 @@ def test_a_device_out_of_memory_is_named(
     baseline = _config(
         moe_model, engine, device=limited, configurations=(Configuration(label="baseline"),)
     )
+    # Its only configuration did not fit: nothing was measured, so the campaign fails,
+    # saying so and what to do; the server run is stored as the finding it is.
     with pytest.raises(ServerError) as caught:
         _run(db, baseline, engine, moe_model)
     message = str(caught.value)
-    assert "ran out of memory" in message and "--n-cpu-moe" in message
+    assert "no configuration fit the device" in message and "moe-evidence advise" in message
     assert "\n" not in message
     ((status, error, device_log),) = _query(
         db, "SELECT status, error, device_log_text FROM server_runs"
     )
-    assert status == "failed_start" and "ran out of memory" in error
+    assert status == "does_not_fit"
+    assert error == "does not fit: the server could not allocate 234.7 MiB (model buffer) on RPC0"
     assert "insufficient memory" in device_log
+    assert _query(db, "SELECT status FROM campaigns") == [("failed",)]
     assert not _rpc_children()
 
 

@@ -36,6 +36,13 @@ JSON_KEYS = {
     "moe_layers",
     "expert_tensor_names",
     "expert_bytes_by_layer",
+    "embedding_length",
+    "feed_forward_length",
+    "expert_feed_forward_length",
+    "expert_shared_feed_forward_length",
+    "kv_elements_per_token",
+    "input_tensor_bytes",
+    "tied_output_bytes",
 }
 
 Tensor = tuple[str, npt.NDArray[np.generic], GGMLQuantizationType | None]

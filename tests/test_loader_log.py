@@ -47,6 +47,7 @@ JSON_KEYS = {
     "layers_offloaded",
     "layers_total",
     "load_passes",
+    "device_alloc_failure",
 }
 
 
@@ -365,3 +366,55 @@ def test_real_settings_shimmy_b6686() -> None:
         "flash_attn": "auto",
     }
     assert summary.fit_lines == ()
+
+
+# --- a device out of memory ---------------------------------------------------------------
+
+
+def test_a_model_buffer_the_rpc_device_refused_is_its_out_of_memory() -> None:
+    summary = parse_fixture("llama-server-b11434-lv5-rpc-oom-model.log")
+
+    assert summary.device_alloc_failure == {
+        "buffer": "RPC0[127.0.0.1:41591]",
+        "device": "RPC0",
+        "bytes": 246152448,
+        "kind": "model",
+    }
+    assert summary.gpu_total_mib is None
+
+
+def test_a_compute_buffer_refused_after_the_model_and_kv_keeps_what_was_held() -> None:
+    summary = parse_fixture("llama-server-b11434-lv5-rpc-oom-compute.log")
+
+    assert summary.device_alloc_failure == {
+        "buffer": "RPC0[127.0.0.1:42333]",
+        "device": "RPC0",
+        "bytes": 25704448,
+        "kind": "compute",
+    }
+    assert summary.buffers["RPC0[127.0.0.1:42333]"] == {"model": 108.19, "kv": 45.0}
+
+
+def test_cuda_out_of_memory_is_read_in_its_own_words() -> None:
+    summary = parse_fixture("shimmy-b6686-cuda-oom.log")
+
+    assert summary.device_alloc_failure == {
+        "buffer": "CUDA0",
+        "device": "CUDA0",
+        "bytes": 10728239104,
+        "kind": "model",
+    }
+
+
+def test_a_host_buffer_that_fails_is_not_the_device_out_of_memory() -> None:
+    text = (
+        "llama_model_loader: loaded meta data with 3 key-value pairs and 3 tensors\n"
+        "alloc_tensor_range: failed to allocate CUDA_Host buffer of size 1048576\n"
+        "llama_model_load: error loading model: unable to allocate CUDA_Host buffer\n"
+    )
+
+    assert parse_loader_log(text).device_alloc_failure is None
+
+
+def test_a_load_that_fits_has_no_failure() -> None:
+    assert parse_fixture("llama-server-b11434-lv5-cpu-moe.log").device_alloc_failure is None

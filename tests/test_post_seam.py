@@ -36,4 +36,4 @@ def test_both_transports_hold_the_request_deadline(post: Post) -> None:
             server.base_url, "openai-chat", PARAMS, post=post, timeouts=Timeouts(request_s=0.5)
         )
 
-    assert (result.status, result.error) == ("timeout", "request exceeded 0.5 s")
+    assert (result.status, result.error) == ("timeout", "request exceeded its deadline of 0.5 s")

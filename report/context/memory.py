@@ -19,7 +19,7 @@ from evidence.llama_names import is_host_device
 from report.context import reloads
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
 from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
-from report.values import Figure, Missing, Quantity, Source, Stat
+from report.values import SOURCE_TEXT, Figure, Missing, Quantity, Source, Stat
 
 MIB = 1 << 20
 
@@ -70,6 +70,8 @@ class RunMemory:
     buffers: tuple[BufferRow, ...]
     placement: PlacementRow
     layers_on_cpu: int | None
+    # Why the load did not fit the device (the stored one line), when it did not.
+    unfit: str | None = None
 
     @property
     def buffer_mib(self) -> dict[str, float]:
@@ -142,6 +144,15 @@ class MemoryContext:
     buffer_columns: tuple[tuple[str, bool], ...]  # ("device kind", on GPU), first seen first
     # Servers that loaded the model for each request: their memory is per request.
     model_loads: tuple[reloads.ReloadRow, ...] = ()
+    # Models whose baseline did not fit the device: its memory is the estimate.
+    unfit_baselines: tuple[UnfitBaseline, ...] = ()
+
+
+@dataclass(frozen=True)
+class UnfitBaseline:
+    model: str
+    reason: str  # "does not fit: the server could not allocate ..."
+    estimate: Figure
 
 
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
@@ -150,7 +161,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
         con,
         """
         SELECT r.server_run_id, r.model_id, r.model, r.config_label, r.n_cpu_moe, r.status,
-               r.version, r.load_ms, r.log_summary, r.gpu_before, c.host_id, h.gpu_status,
+               r.error, r.version, r.load_ms, r.log_summary, r.gpu_before, c.host_id, h.gpu_status,
                m.spec, m.expert_tensor_count, m.expert_tensor_bytes, m.expected_vram_saved_pct,
                mem.rss_idle_bytes, mem.rss_peak_bytes, mem.gpu_idle_delta_bytes,
                mem.gpu_peak_delta_bytes, mem.cpu_percent_avg_generating, mem.telemetry_samples,
@@ -158,7 +169,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
                (SELECT count(gpu_mem_used_bytes) + count(device_rss_bytes) FROM telemetry t
                  WHERE t.server_run_id = r.server_run_id) AS gpu_samples,
                est.estimated_bytes, est.estimate_parts, est.weights_gpu_bytes, est.kv_bytes,
-               est.compute_bytes,
+               est.compute_bytes, est.n_ctx, est.n_ubatch,
                cpu_expert_bytes(m.spec, r.n_cpu_moe) AS experts_on_cpu_bytes,
                pc.status AS placement_status, pc.message AS placement_message,
                pc.expected_count AS placement_expected,
@@ -181,7 +192,10 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
     expected = {f["model_id"]: f["expected_vram_saved_pct"] for f in facts}
     comparisons = tuple(_comparisons(con, runs, expected))
     tradeoff, source, tests = _tradeoff(con, runs, comparisons)
-    reasons = {r.gpu_measured.reason for r in runs if isinstance(r.gpu_measured, Missing)}
+    # A run that did not fit the device has no measurement by nature: not a reason.
+    reasons = {
+        r.gpu_measured.reason for r in runs if isinstance(r.gpu_measured, Missing) and not r.unfit
+    }
     return MemoryContext(
         runs=runs,
         comparisons=comparisons,
@@ -195,6 +209,11 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
         ),
         gpu_reason="; ".join(sorted(reasons)) if reasons and len(reasons) == 1 else None,
         model_loads=model_loads,
+        unfit_baselines=tuple(
+            UnfitBaseline(r.model, r.unfit, r.gpu_estimated)
+            for r in runs
+            if r.config == "baseline" and r.unfit
+        ),
     )
 
 
@@ -284,6 +303,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         buffers=buffers,
         placement=placement,
         layers_on_cpu=layers_on_cpu,
+        unfit=f["error"] if f["status"] == "does_not_fit" else None,
     )
 
 
@@ -308,13 +328,19 @@ def _estimate(spec: dict[str, Any], f: dict[str, Any]) -> Figure:
     if f["estimated_bytes"] is None:
         return Missing("the GGUF inspection recorded no weight split")
     mib = 1 << 20
+    parts = (
+        f"GGUF weights {f['weights_gpu_bytes'] / mib:,.1f} + KV {(f['kv_bytes'] or 0) / mib:,.1f} "
+        f"+ compute {(f['compute_bytes'] or 0) / mib:,.1f} MiB"
+    )
     if f["estimate_parts"] == "weights + KV + compute":
         note = (
-            f"GGUF weights {f['weights_gpu_bytes'] / mib:,.1f} + KV {f['kv_bytes'] / mib:,.1f} "
-            f"+ compute {f['compute_bytes'] / mib:,.1f} MiB (the log's buffers)"
+            f"{parts}, predicted from the model's shapes at a {f['n_ctx']}-token context "
+            f"and {f['n_ubatch']}-token micro-batches"
         )
+    elif f["estimate_parts"] == "weights + log KV + log compute":
+        note = f"{parts} (KV and compute are the log's: this store has no model shapes)"
     else:
-        note = "GGUF weights only: no loader log gave the KV cache and compute buffers"
+        note = "GGUF weights only: neither the model's shapes nor a loader log gave the rest"
     return Quantity(float(f["estimated_bytes"]), "bytes", "estimated", note)
 
 
@@ -352,7 +378,8 @@ def _placement(log: dict[str, Any], f: dict[str, Any]) -> tuple[PlacementRow, in
 _SOURCE_NOTES = {
     "measured": "device memory after load minus the figure before launch",
     "log": "model + KV + compute buffers on the device",
-    "estimated": "GGUF weights on the device + the log's KV and compute buffers",
+    "estimated": "GGUF weights on the device + KV cache + compute buffer, predicted from "
+    "the model's shapes",
 }
 
 
@@ -399,6 +426,8 @@ def _compare(
         none = Missing(
             "this model has no configuration labelled 'baseline' to compare with"
             if base is None
+            else f"this configuration {off.unfit}"
+            if off.unfit
             else "the baseline or this configuration never became ready"
         )
         return VramComparison(
@@ -422,9 +451,14 @@ def _compare(
         "estimated": (base.gpu_estimated, off.gpu_estimated),
     }
     by_source: dict[str, Figure] = {}
+    unfit_base = bool(view["baseline_does_not_fit"])
     for source, (b, o) in sides.items():
         pct = view[f"{source}_pct"]
-        if pct is not None:
+        if unfit_base and source != "estimated":
+            by_source[source] = Missing(
+                f"the baseline {view['baseline_unfit_error'] or 'does not fit the device'}"
+            )
+        elif pct is not None:
             note = _SOURCE_NOTES[source]
             if source == "measured" and view["measured_source"]:
                 note = f"{view['measured_source']}: {note}"
@@ -441,7 +475,27 @@ def _compare(
     base_gpu: Figure
     off_gpu: Figure
     source = view["source"]
-    if source is not None:
+    if source == "estimated baseline":
+        # The protocol's own model table: the baseline's device memory estimated (it
+        # did not fit), the offload's as the server reported it; each side says which.
+        base_gpu = Quantity(
+            float(view["baseline_bytes"]),
+            "bytes",
+            "estimated",
+            f"the baseline {view['baseline_unfit_error'] or 'does not fit the device'}; "
+            "its device memory is predicted from the model's shapes",
+        )
+        off_gpu = Quantity(
+            float(view["offload_bytes"]), "bytes", cast(Source, view["offload_source"])
+        )
+        headline = Quantity(
+            float(view["vram_saved_pct"]),
+            "%",
+            "estimated",
+            f"against an estimated baseline (it does not fit the device): offload "
+            f"{SOURCE_TEXT[cast(Source, view['offload_source'])]}, baseline estimated",
+        )
+    elif source is not None:
         headline = by_source[source]
         base_gpu = Quantity(float(view["baseline_bytes"]), "bytes", cast(Source, source))
         off_gpu = Quantity(float(view["offload_bytes"]), "bytes", cast(Source, source))
@@ -450,14 +504,19 @@ def _compare(
             "no source (measured, loader log, GGUF estimate) has a figure for both runs"
         )
     # What the memory gate judges against (scoring.gates._memory_savings): the
-    # config's expectation, else the prediction, which only a saving measured on a
-    # process is compared with (a log-based prediction would judge the log by itself).
+    # config's expectation, else the prediction from the model's shapes (never from
+    # the log, so a saving from the log or a process is a real test of it).
     expected: Figure
     if expected_pct is not None and off.n_cpu_moe == -1:
         expected = Quantity(float(expected_pct), "%", None, "from the campaign config")
-    elif view["source"] == "measured" and view["estimated_pct"] is not None:
+    elif view["source"] in ("measured", "log", "estimated baseline") and (
+        view["estimated_pct"] is not None
+    ):
         expected = Quantity(
-            float(view["estimated_pct"]), "%", "estimated", "predicted: GGUF weights + log buffers"
+            float(view["estimated_pct"]),
+            "%",
+            "estimated",
+            "predicted: GGUF weights + KV + compute from the model's shapes",
         )
     elif off.n_cpu_moe != -1:
         expected = Missing("the config's expectation is for --cpu-moe", not_applicable=True)
@@ -539,7 +598,9 @@ def _tradeoff(
             decode,
             (r.model_id, r.config),
             "tokens/s",
-            "no successful streamed request on the common tests",
+            "does not fit the device"
+            if r.unfit
+            else "no successful streamed request on the common tests",
         )
         saved: Figure = saved_by.get(
             (r.model_id, r.config), Missing("no expert layer in CPU memory", not_applicable=True)

@@ -29,6 +29,20 @@ SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
+# What a request that returned no answer (status not ok) did, where its scores would
+# be: scoring gives it none (scoring.quality), so every page says "not measured".
+NO_ANSWER = {
+    "timeout": "timed out",
+    "disconnected": "lost its connection",
+    "http_error": "got an HTTP error",
+    "error": "failed",
+}
+
+
+def no_answer(status: str) -> str | None:
+    """What a request with `status` did instead of answering; None for an answer."""
+    return None if status == "ok" else NO_ANSWER.get(status, status)
+
 
 @dataclass(frozen=True)
 class QualityRow:
@@ -40,6 +54,8 @@ class QualityRow:
     loops: int
     loop_scored: int
     scores: dict[str, Stat]
+    # Requests with no answer, so no score: (what they did, how many), e.g. ("timed out", 1).
+    unanswered: tuple[tuple[str, int], ...] = ()
 
     @property
     def completion(self) -> Quantity | Missing:
@@ -63,6 +79,23 @@ class CodeResult:
 
 
 @dataclass(frozen=True)
+class LostOutput:
+    """A request of an offload/baseline pair that returned no answer: the pair has
+    nothing to compare."""
+
+    config: str  # its configuration: the offload's or the baseline's
+    test_id: str
+    repeat: int
+    stream: bool
+    status: str
+
+    @property
+    def what(self) -> str:
+        """What it did instead of answering ("timed out")."""
+        return no_answer(self.status) or self.status
+
+
+@dataclass(frozen=True)
 class Preservation:
     model: str
     config: str
@@ -72,8 +105,10 @@ class Preservation:
     check_delta: Quantity | Missing
     similarity: Stat  # scoring.similarity's edit similarity, 0-1
     identical: int
-    pairs: int
+    pairs: int  # pairs compared (both sides answered)
     prefix_words: float | None  # mean words the outputs agree on before they differ
+    all_pairs: int = 0  # every pair with the baseline, `lost` ones included
+    lost: tuple[LostOutput, ...] = ()  # the requests of those pairs with no answer
 
 
 @dataclass(frozen=True)
@@ -144,6 +179,7 @@ class Transcript:
     quality: float | None
     review: float | None
     not_judged: str | None = None  # why the check and quality have no value
+    unanswered: str | None = None  # what the request did instead of answering: no scores
 
 
 @dataclass(frozen=True)
@@ -166,6 +202,8 @@ def slug(test_id: str) -> str:
 
 
 def _prepare(con: duckdb.DuckDBPyConnection) -> None:
+    # A request with no answer (status not ok) has no automated score: scoring stores
+    # none since scorer 4, and those an older scorer stored are not shown.
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE sel_request_scores AS
@@ -173,9 +211,10 @@ def _prepare(con: duckdb.DuckDBPyConnection) -> None:
                s.check_coverage * 100 AS coverage_pct, s.quality, rv.review,
                s.same_exact, s.same_similarity, s.same_prefix_words, s.not_judged
         FROM sel_requests
-        LEFT JOIN sel_scores s USING (request_id)
+        LEFT JOIN sel_scores s
+            ON s.request_id = sel_requests.request_id AND sel_requests.status = 'ok'
         LEFT JOIN (SELECT request_id, avg(score) AS review FROM reviews GROUP BY request_id) rv
-            USING (request_id)
+            ON rv.request_id = sel_requests.request_id
         """
     )
 
@@ -189,7 +228,8 @@ def _rows(
         f"""
         SELECT {", ".join(keys)}, count(*) AS requests,
                count(*) FILTER (WHERE completed) AS completed,
-               count(*) FILTER (WHERE loop = 1) AS loops, count(loop) AS loop_scored
+               count(*) FILTER (WHERE loop = 1) AS loops, count(loop) AS loop_scored,
+               list(status ORDER BY status) FILTER (WHERE status <> 'ok') AS failed
         FROM sel_request_scores GROUP BY {", ".join(keys)} ORDER BY {", ".join(order)}
         """,
     )
@@ -208,6 +248,7 @@ def _rows(
                 b,
                 test_id=b.get("test_id", "all tests"),
                 config=b["config_label"],
+                unanswered=_unanswered(b["failed"] or []),
                 scores={
                     col: stat_or_empty(
                         tables[col],
@@ -220,6 +261,14 @@ def _rows(
             )
         )
     return tuple(out)
+
+
+def _unanswered(statuses: list[str]) -> tuple[tuple[str, int], ...]:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        what = no_answer(status) or status
+        counts[what] = counts.get(what, 0) + 1
+    return tuple(counts.items())
 
 
 def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> QualityContext:
@@ -378,7 +427,7 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
             JOIN sel_request_scores b ON b.request_id = p.baseline_request_id
         )
         SELECT model, model_id, config_label AS config, 'baseline' AS baseline_config,
-               count(same_similarity) AS pairs,
+               count(same_similarity) AS pairs, count(*) AS all_pairs,
                count(*) FILTER (WHERE same_exact = 1) AS identical,
                avg(same_similarity) AS mean, stddev_samp(same_similarity) AS sd,
                min(same_similarity) AS lo, max(same_similarity) AS hi,
@@ -394,10 +443,12 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
         if reason.startswith("no scores")
         else "scoring has not compared these outputs with the baseline's"
     )
+    lost = _lost(con)
     return tuple(
         record(
             Preservation,
             d,
+            lost=lost.get((d["model"], d["config"]), ()),
             quality_delta=_delta(d["dq"], "points"),
             repetition_delta=_delta(d["drep"], ""),
             check_delta=_delta(d["dchk"], "points"),
@@ -409,6 +460,29 @@ def _preservation(con: duckdb.DuckDBPyConnection, reason: str) -> tuple[Preserva
         )
         for d in data
     )
+
+
+def _lost(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], tuple[LostOutput, ...]]:
+    """Per (model, offload configuration): the requests of its pairs with the baseline
+    that returned no answer, either side, in protocol order."""
+    data = rows(
+        con,
+        """
+        SELECT o.model, o.config_label AS offload, q.config_label AS config, q.test_id,
+               q.repeat, q.stream, q.status
+        FROM offload_pairs p
+        JOIN sel_requests o ON o.request_id = p.offload_request_id
+        JOIN sel_requests b ON b.request_id = p.baseline_request_id
+        JOIN sel_requests q ON q.request_id IN (o.request_id, b.request_id)
+        WHERE q.status <> 'ok'
+        ORDER BY o.model_order, o.config_order, q.test_order, q.stream DESC, q.repeat,
+                 q.config_order
+        """,
+    )
+    out: dict[tuple[str, str], list[LostOutput]] = {}
+    for d in data:
+        out.setdefault((d["model"], d["offload"]), []).append(record(LostOutput, d))
+    return {key: tuple(lost) for key, lost in out.items()}
 
 
 def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ...]:
@@ -444,6 +518,7 @@ def transcript_pages(con: duckdb.DuckDBPyConnection) -> tuple[TranscriptPage, ..
                 output_tokens=int(d["output_tokens"] or 0),
                 loop=None if d["loop"] is None else d["loop"] >= 1,
                 check_pass=None if d["check_pct"] is None else d["check_pct"] >= 100,
+                unanswered=no_answer(d["status"]),
             )
         )
     pages = [

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from common.sizes import mib
 from report.context.common import as_dict, as_list
 from report.queries import rows
 
@@ -30,13 +31,25 @@ def device_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
     runs = rows(
         con,
         """
-        SELECT DISTINCT r.device, h.gpu_status, h.gpus
+        SELECT DISTINCT r.device, h.gpu_status, h.gpus, r.gpu_before
         FROM sel_runs r JOIN campaigns c USING (campaign_id) JOIN hosts h USING (host_id)
         WHERE r.mode = 'launch'
         """,
     )
     devices = [as_dict(r["device"]) for r in runs]
     rpc = [d for d in devices if d.get("kind") == "rpc"]
+    sizes = sorted({int(d["memory_bytes"]) for d in rpc if d.get("memory_bytes")})
+    if rpc and sizes:
+        return ScopeLine(
+            "device",
+            f"Device: llama.cpp's RPC device limited to {' / '.join(map(mib, sizes))}, as a "
+            f"GPU of that size: a second process (ggml-rpc-server) stands in for the GPU under "
+            f"an address-space limit, so an allocation beyond the size fails as a CUDA "
+            f"out-of-memory does (it admits buffers to within about 2 MiB of the size); a "
+            f"configuration that does not fit is stored as such, and its memory estimated. "
+            f"Its memory is measured as that process's resident memory; its link is loopback "
+            f"TCP and it computes on this host's CPU, so the speed cost is indicative only.",
+        )
     if rpc:
         servers = [s for d in rpc for s in as_list(d.get("rpc_servers")) if isinstance(s, dict)]
         local = all(str(s.get("endpoint", "")).startswith(_LOOPBACK) for s in servers)
@@ -64,7 +77,8 @@ def device_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
         names = sorted({str(g.get("name", "NVIDIA GPU")) for g in gpus if isinstance(g, dict)})
         return ScopeLine(
             "device",
-            f"Device: {', '.join(names)}, measured through NVML (device memory in use).",
+            f"Device: {', '.join(names)}{_gpu_memory(runs)}, measured through NVML (device "
+            "memory in use).",
         )
     if not runs:
         return ScopeLine(
@@ -78,6 +92,23 @@ def device_line(con: duckdb.DuckDBPyConnection) -> ScopeLine:
         "configurations keep every weight in system memory, so these runs prove the pipeline "
         "and the tensor placement, not a VRAM saving or its speed cost.",
     )
+
+
+def _gpu_memory(runs: list[dict[str, object]]) -> str:
+    """ " (N MiB, M MiB free at the first start)": the device memory in force on a GPU,
+    as NVML gave it before each server start."""
+    starts = [as_list(as_dict(r["gpu_before"]).get("devices")) for r in runs]
+    found = [[d for d in s if isinstance(d, dict)] for s in starts if s]
+    if not found:
+        return ""
+    total = sum(int(d.get("memory_total_bytes") or 0) for d in found[0])
+    free = [sum(int(d.get("memory_free_bytes") or 0) for d in s) for s in found]
+    if not total:
+        return ""
+    text = f" ({mib(total)}"
+    if all(free):
+        text += f", {mib(min(free))} free at the fullest start"
+    return text + ")"
 
 
 def _basename(path: str) -> str:

@@ -12,7 +12,7 @@ from report.context.common import Gate, gate_rank
 from report.context.host_load import HostLoadContext
 from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
-from report.context.quality import QualityContext
+from report.context.quality import LostOutput, QualityContext
 from report.context.scope import ScopeLine, scope_lines, server_name
 from report.queries import Campaign, Selection, record, rows, scalar, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
@@ -63,9 +63,12 @@ class Answer:
     decode_baseline: Stat
     decode_offload: Stat
     ttft: RatioFigure
+    # Why the baseline has no measured figure: it did not fit the device (None: it ran).
+    baseline_unfit: str | None
     identical: int | None  # outputs identical to the baseline's, of `pairs`
-    pairs: int
+    pairs: int  # every pair with the baseline, those `lost` included
     preservation_reason: str
+    lost: tuple[LostOutput, ...] = ()  # requests of those pairs with no answer, either side
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class SummaryContext:
     failing_gates: tuple[Gate, ...]  # FAIL and NOT MEASURED: shown open
     passing_gates: tuple[Gate, ...]  # PASS: one click away
     host_load: HostLoadContext  # requests other processes starved, beside the headline
+    unfit_baselines: tuple[str, ...] = ()  # models whose baseline did not fit the device
 
 
 def _verdict(gates: tuple[Gate, ...], load: HostLoadContext) -> Verdict:
@@ -264,6 +268,7 @@ def build(
         failing_gates=tuple(g for g in gates if g.status != "PASS"),
         passing_gates=tuple(g for g in gates if g.status == "PASS"),
         host_load=performance.host_load,
+        unfit_baselines=tuple(u.model for u in memory.unfit_baselines),
     )
 
 
@@ -292,7 +297,12 @@ def _answers(
         if (c.model, c.config) not in main:
             continue
         row = overall.get((c.model, c.config))
-        why = _no_pair_reason(performance.host_load)
+        unfit = next((u.reason for u in memory.unfit_baselines if u.model == c.model), None)
+        why = (
+            "no baseline request to pair with: the baseline does not fit the device"
+            if unfit
+            else _no_pair_reason(performance.host_load)
+        )
         none = RatioFigure(None, None, None, why)
         empty = Stat.empty("tokens/s", why)
         pres = kept.get((c.model, c.config))
@@ -308,11 +318,15 @@ def _answers(
                 decode_baseline=row.cells["decode_tps"].baseline if row else empty,
                 decode_offload=row.cells["decode_tps"].offload if row else empty,
                 ttft=row.cells["ttft_ms"].ratio if row else none,
+                baseline_unfit=unfit,
                 identical=pres.identical if pres and pres.pairs else None,
-                pairs=pres.pairs if pres else 0,
+                pairs=pres.all_pairs if pres else 0,
                 preservation_reason=quality.no_scores_reason
                 if not quality.has_scores
+                else "no baseline output to compare with: the baseline does not fit the device"
+                if unfit
                 else "no output of this configuration was compared with the baseline's",
+                lost=pres.lost if pres else (),
             )
         )
     return out
