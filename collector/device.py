@@ -28,8 +28,8 @@ from typing import IO, Any
 
 import psutil
 
+from collector import device_limit
 from collector.config import DeviceSection
-from collector.device_limit import hold_to_size
 from collector.server import (
     check_port_free,
     fill_placeholders,
@@ -170,8 +170,9 @@ def _launch_one(
     # Taken already (another program, or a race since the pick): say so, do not
     # mistake whoever listens there for the device.
     check_port_free(device.host, port)
+    env = {**os.environ, **device_limit.HELD_ENV} if device.memory is not None else None
     try:
-        process, log = spawn(_line_buffered(argv), log_path)
+        process, log = spawn(_line_buffered(argv), log_path, env=env)
     except OSError as exc:
         raise EngineError(
             f"cannot start the RPC device {argv[0]}: {exc}; build the engine "
@@ -184,7 +185,7 @@ def _launch_one(
             # Once it listens: its idle address space is then known, and it allocates
             # nothing before a client asks.
             assert process.pid is not None
-            server.memory_limit = hold_to_size(process.pid, device.memory, threads)
+            server.memory_limit = device_limit.hold_to_size(process.pid, device.memory, threads)
     except BaseException:
         server.stop()
         raise

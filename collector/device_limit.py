@@ -26,6 +26,8 @@ import psutil
 from common.errors import ConfigError
 
 METHOD = "address-space limit (RLIMIT_AS) on the rpc-server"
+# The environment a held device runs in: no gdb backtrace on an abort (see below).
+HELD_ENV = {"GGML_NO_BACKTRACE": "1"}
 
 
 def supported() -> str | None:
@@ -59,6 +61,11 @@ def hold_to_size(pid: int, memory_bytes: int, threads: int) -> dict[str, Any]:
     stacks = max(0, threads - 1) * _thread_stack_bytes()
     limit = idle + memory_bytes + stacks
     process.rlimit(psutil.RLIMIT_AS, (limit, limit))
+    # An allocation that fails mid-compute makes ggml abort and start gdb for a
+    # backtrace; gdb inherits the limit, crashes, and would leave a core file in the
+    # collector's folder. The launch turns the backtrace off (GGML_NO_BACKTRACE);
+    # this keeps any crash of the device's tree from writing a core.
+    process.rlimit(psutil.RLIMIT_CORE, (0, 0))
     return {
         "memory_bytes": memory_bytes,
         "method": METHOD,

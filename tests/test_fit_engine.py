@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import psutil
 import pytest
 
 from benchmarks.random_moe import MoeShape, write_random_moe
 from collector.advisor import auto_k
 from collector.config import Config, Configuration, DeviceSection, SweepSection
+from collector.device import launch_rpc_servers
 from collector.engine import EngineBuild
 from collector.gguf_inspect import inspect_model
 from collector.progress import CampaignProgress
@@ -164,3 +166,24 @@ def test_a_device_too_small_for_the_baseline_is_the_protocols_scenario(
     assert "does not fit: the server could not allocate 234.7 MiB" in answer
     assert "no baseline request to pair with" in answer
     assert "RPC device limited to 160 MiB" in index
+
+
+def test_a_held_device_leaves_no_core_file_when_it_aborts(
+    tmp_path: Path, engine: EngineBuild
+) -> None:
+    # Near its size, an allocation that fails mid-compute makes ggml abort and start gdb
+    # for a backtrace; gdb inherits the address-space limit, crashes, and left a 34 MB
+    # core file in the folder the collector ran from (seen here). Held devices run with
+    # no backtrace and no core dumps.
+    device = DeviceSection(kind="rpc", threads=1, memory=64 * MIB)
+    (server,) = launch_rpc_servers(device, engine.rpc_server, tmp_path, "held")
+    try:
+        assert server.pid is not None and server.memory_limit is not None
+        process = psutil.Process(server.pid)
+        assert process.rlimit(psutil.RLIMIT_CORE) == (0, 0)
+        limit = server.memory_limit["address_space_bytes"]
+        assert process.rlimit(psutil.RLIMIT_AS) == (limit, limit)
+        assert limit == server.memory_limit["idle_address_space_bytes"] + 64 * MIB
+        assert process.environ().get("GGML_NO_BACKTRACE") == "1"
+    finally:
+        server.stop()
