@@ -256,11 +256,13 @@ def build_site(options: BuildOptions) -> BuildResult:
                 ),
                 "validation.md.j2": validation.build(con),
             }
+            # Every configuration that started a server: one that did not fit the device
+            # has no request but is still drawn (its estimated memory).
             configs = [
                 r["config_label"]
                 for r in rows(
                     con,
-                    "SELECT config_label, min(config_order) o FROM sel_requests "
+                    "SELECT config_label, min(config_order) o FROM sel_runs "
                     "GROUP BY 1 ORDER BY o, 1",
                 )
             ]

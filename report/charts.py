@@ -246,11 +246,16 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
     for c in memory.comparisons:
         if not isinstance(c.headline, Quantity):
             continue
+        source = str(c.headline.source)
+        if isinstance(c.baseline_gpu, Quantity) and isinstance(c.offload_gpu, Quantity):
+            if c.baseline_gpu.source != c.offload_gpu.source:
+                # A baseline that did not fit: its estimate beside the offload's figure.
+                source = f"baseline {c.baseline_gpu.source}, offload {c.offload_gpu.source}"
         for config, fig in ((c.baseline_config, c.baseline_gpu), (c.config, c.offload_gpu)):
             if isinstance(fig, Quantity):
                 data.append(
                     {
-                        "series": f"{c.model} · {c.config} ({c.headline.source})",
+                        "series": f"{c.model} · {c.config} ({source})",
                         "config": config,
                         "mib": _mib(fig),
                     }

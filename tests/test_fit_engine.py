@@ -9,6 +9,7 @@ out-of-memory does, so "does not fit" is the engine's own verdict, not ours.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,15 @@ def test_a_device_too_small_for_the_baseline_is_the_protocols_scenario(
     assert "does not fit: the server could not allocate 234.7 MiB" in answer
     assert "no baseline request to pair with" in answer
     assert "RPC device limited to 160 MiB" in index
+    # The other pages say why, and draw what there is (each of these was wrong first).
+    docs = root / "docs"
+    performance = (docs / "performance.md").read_text(encoding="utf-8")
+    assert "no baseline to pair with: smollm2-moe-4x2: the baseline does not fit" in performance
+    assert "attached, not launched" not in performance  # it was launched; it did not fit
+    memory = (docs / "memory.md").read_text(encoding="utf-8")
+    assert "does not fit: does not fit" not in memory
+    chart = json.loads((docs / "assets" / "charts" / "memory-vram.vl.json").read_text())
+    assert "baseline" in chart["spec"]["encoding"]["color"]["scale"]["domain"]
 
 
 def test_a_held_device_leaves_no_core_file_when_it_aborts(

@@ -238,18 +238,23 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         no_gpu = "no GPU memory samples in this run's telemetry"
 
     def measured(value: Any, what: str) -> Figure:
+        if f["status"] == "does_not_fit":
+            return Missing("it does not fit the device: nothing loaded to measure")
         if no_gpu:
             return Missing(no_gpu)
         if value is None:
             return Missing(f"no telemetry sample in the {what} window")
         return Quantity(float(value), "bytes", "measured", device_source)
 
-    if not log:
+    if f["status"] == "does_not_fit":
+        gpu_log: Figure = Missing("it does not fit the device: the load stopped at its buffers")
+        cpu_mapped: Figure = gpu_log
+    elif not log:
         log_reason = "no loader log was parsed for this run" + (
             f" ({f['status']})" if f["status"] != "stopped" else ""
         )
-        gpu_log: Figure = Missing(log_reason)
-        cpu_mapped: Figure = Missing(log_reason)
+        gpu_log = Missing(log_reason)
+        cpu_mapped = Missing(log_reason)
     else:
         total = log.get("gpu_total_mib")
         gpu_log = (
@@ -607,6 +612,8 @@ def _tradeoff(
         )
         common = _gpu(r, source) if source != "none" else Missing("no common source")
         predicted, error, calibration = _prediction(model.get((r.model_id, r.config)))
+        if r.unfit:
+            predicted = error = Missing("does not fit the device")
         points.append(
             TradeoffPoint(
                 r.model, r.config, layers, gpu, common, saved, stat, predicted, error, calibration

@@ -173,6 +173,9 @@ class PerformanceContext:
     host_load: host_load.HostLoadContext  # requests other processes starved
     # Whether each configuration's server loaded the model inside its requests.
     model_loads: tuple[reloads.ReloadRow, ...] = ()
+    # Why no offload configuration is compared, where the reason is not the usual one:
+    # the baseline did not fit the device (its error, per model).
+    unfit_baselines: tuple[str, ...] = ()
 
 
 def _table(con: duckdb.DuckDBPyConnection, name: str, where: str = OK_STREAMED) -> MetricTable:
@@ -254,6 +257,15 @@ def build(
         streamed_total=int(counts["total"] or 0),
         host_load=host_load.build(con),
         model_loads=reloads.build(con),
+        unfit_baselines=tuple(
+            f"{r['model']}: the baseline {r['unfit_error']}"
+            for r in rows(
+                con,
+                "SELECT m.display AS model, f.unfit_error FROM config_fit f "
+                "JOIN sel_models m USING (campaign_id, model_id) "
+                "WHERE f.config_label = 'baseline' AND f.does_not_fit ORDER BY m.model_order",
+            )
+        ),
     )
 
 

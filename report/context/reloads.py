@@ -49,7 +49,9 @@ def build(con: duckdb.DuckDBPyConnection) -> tuple[ReloadRow, ...]:
                (SELECT count(*) FROM requests q WHERE q.server_run_id = r.server_run_id)
                    AS recorded
         FROM sel_runs r JOIN server_run_loads l USING (server_run_id)
-        WHERE r.attempt = 1
+        -- A server that never became ready (it did not fit the device, it failed to
+        -- start) served nothing whose loads could be told.
+        WHERE r.attempt = 1 AND r.status NOT IN ('does_not_fit', 'failed_start')
         ORDER BY r.model_order, r.config_order
         """,
     )
