@@ -247,10 +247,10 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
         if not isinstance(c.headline, Quantity):
             continue
         source = str(c.headline.source)
-        if isinstance(c.baseline_gpu, Quantity) and isinstance(c.offload_gpu, Quantity):
-            if c.baseline_gpu.source != c.offload_gpu.source:
-                # A baseline that did not fit: its estimate beside the offload's figure.
-                source = f"baseline {c.baseline_gpu.source}, offload {c.offload_gpu.source}"
+        base, off = c.baseline_gpu, c.offload_gpu
+        if isinstance(base, Quantity) and isinstance(off, Quantity) and base.source != off.source:
+            # A baseline that did not fit: its estimate beside the offload's figure.
+            source = f"baseline {base.source}, offload {off.source}"
         for config, fig in ((c.baseline_config, c.baseline_gpu), (c.config, c.offload_gpu)):
             if isinstance(fig, Quantity):
                 data.append(
