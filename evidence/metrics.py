@@ -107,12 +107,18 @@ CREATE OR REPLACE TEMP MACRO argv_value(argv, short_flag, long_flag) AS
 CREATE OR REPLACE TEMP MACRO kv_cache_bytes(spec, n_ctx) AS
     n_ctx * TRY_CAST(json_extract(spec, '$.kv_elements_per_token') AS BIGINT) * 2;
 
--- Does the device still run expert FFNs? Not when every expert is kept on the CPU,
--- unless the device computes host-resident weights for prompt batches (CUDA's op
--- offload copies them over; the RPC device has none).
+-- Does the device run expert FFNs for a whole micro-batch? Only for an expert block
+-- on the device that is not the last block: the last computes its FFN for the output
+-- tokens alone (llama.cpp drops the other rows before it), so with only the last
+-- block's experts left there the device's peak is as with none (measured: K = 29 of
+-- 30). Or where the device computes host-resident experts for prompt batches (CUDA's
+-- op offload copies them over; the RPC device has none).
 CREATE OR REPLACE TEMP MACRO experts_computed_on_device(spec, n_cpu_moe, op_offload) AS
-    op_offload OR NOT coalesce(n_cpu_moe < 0 OR cpu_expert_bytes(spec, n_cpu_moe)
-        >= TRY_CAST(json_extract(spec, '$.expert_tensor_bytes') AS BIGINT), false);
+    op_offload OR coalesce(len(list_filter(
+        TRY_CAST(json_extract(spec, '$.expert_bytes_by_layer') AS BIGINT[][]),
+        lambda x: NOT expert_on_cpu(x[1], n_cpu_moe)
+                  AND x[1] < TRY_CAST(json_extract(spec, '$.block_count') AS BIGINT) - 1))
+        > 0, false);
 
 -- The f32 elements per token of the widest FFN step the device computes: an expert
 -- FFN's gate, up and activation for every expert used, a dense block's, or the shared
