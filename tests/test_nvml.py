@@ -93,6 +93,8 @@ def test_devices_and_driver() -> None:
     assert (nv.driver, nv.cuda) == ("580.159.03", "13.0")
     (dev,) = nv.devices()
     assert dev.name == "NVIDIA H200" and dev.memory_total_bytes == 141 * GIB
+    # The device memory in force at a server start: what is free then, beside the total.
+    assert dev.memory_free_bytes == 132 * GIB
     assert dev.uuid_hash != "GPU-1234" and len(dev.uuid_hash) == 16  # hashed, not stored raw
 
 
