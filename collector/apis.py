@@ -115,9 +115,21 @@ def _decode_shimmy(data: str, stripped: str) -> Decoded:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             obj = None
-        if isinstance(obj, dict) and ("choices" in obj or "error" in obj):
+        if isinstance(obj, dict) and _event_shaped(obj):
             return _decode_object("shimmy", obj)
     return Decoded("content", text=data)
+
+
+def _event_shaped(obj: dict[str, Any]) -> bool:
+    """Whether a JSON object in a Shimmy stream is an event, not a token that reads as
+    JSON (`{"choices": 5}` is text a model wrote): an OpenAI-style chunk has a list of
+    choices (one that is not an object is a malformed event, and says so), an error a
+    message (a string, or an object that has one)."""
+    choices = obj.get("choices")
+    if isinstance(choices, list) and choices:
+        return True
+    error = obj.get("error")
+    return isinstance(error, str) or (isinstance(error, dict) and "message" in error)
 
 
 def decode_body(api: ApiName, body: bytes) -> Decoded:

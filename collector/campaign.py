@@ -515,12 +515,14 @@ def run_campaign(
         data_dir=data_dir,
         api_key=api_key,
     )
-    register_models(ctx, inspect)
-    plans = [_resolve_auto(ctx, plan) for plan in server_plans(config)]
-    progress.plan(sum(len(p.cells) for p in plans) - len(skip))
     failures: list[str] = []
     unfit = unfit_configurations(con, campaign_id)
     try:
+        # Inside the try: a model that cannot be inspected, or a K that cannot be
+        # chosen, closes the campaign as failed instead of leaving it `running`.
+        register_models(ctx, inspect)
+        plans = [_resolve_auto(ctx, plan) for plan in server_plans(config)]
+        progress.plan(sum(len(p.cells) for p in plans) - len(skip))
         for plan in plans:
             if (plan.model.label, plan.configuration.label) in unfit:
                 continue  # resumed: it did not fit this device before, and would not now
@@ -565,31 +567,57 @@ def run_campaign(
 
 
 def _no_success(con: duckdb.DuckDBPyConnection, campaign_id: str) -> str | None:
-    """Why the campaign has no successful request, or None when it has one."""
-    row = con.execute(
+    """Why the campaign is not evidence although every server ran: no configuration fit
+    the device, or a configuration that served requests had not one succeed (a server
+    answering 500 to every request, a key it wants and is not sent). None when every
+    configuration that ran has a successful request.
+
+    One configuration without an answer is enough: its figures would read as
+    "not measured" beside a healthy baseline, and the gates and the summary would
+    pass over it as if it had been measured and found fine."""
+    found = con.execute(
         """
-        SELECT count(*) FILTER (WHERE status = 'ok'), count(*),
-               arg_min(status || ': ' || coalesce(error, ''), started_utc)
-        FROM requests WHERE campaign_id = ?""",
+        SELECT m.label, s.config_label, count(*) AS total,
+               arg_min(r.status || ': ' || coalesce(r.error, ''), r.started_utc) AS first,
+               bool_or(r.http_status = 401) AS unauthorized
+        FROM requests r JOIN server_runs s USING (server_run_id)
+        JOIN models m ON m.model_id = s.model_id
+        WHERE r.campaign_id = ?
+        GROUP BY m.label, s.config_label
+        HAVING count(*) FILTER (WHERE r.status = 'ok') = 0
+        ORDER BY min(r.started_utc)
+        """,
         [campaign_id],
+    ).fetchall()
+    answered = con.execute(
+        "SELECT count(*) FROM requests WHERE campaign_id = ?", [campaign_id]
     ).fetchone()
-    assert row is not None
-    ok, total, first = row
-    if ok:
-        return None
     unfit = con.execute(
         "SELECT config_label, error FROM server_runs WHERE campaign_id = ? "
         "AND status = 'does_not_fit' ORDER BY started_utc LIMIT 1",
         [campaign_id],
     ).fetchone()
-    if not total and unfit:
+    if answered == (0,) and unfit:
         return (
             f"campaign {campaign_id}: no configuration fit the device ({unfit[0]}: "
             f"{unfit[1]}); it is stored as failed: give the device more memory, or keep "
             f"more experts on the CPU (moe-evidence advise --model FILE --device-memory SIZE)"
         )
+    if not found:
+        return None
+    model, config, total, first, unauthorized = found[0]
     what = " ".join(str(first).split())[:300] if first else "no request was made"
+    # The whole campaign, or which configuration: the first failed one names it.
+    whole = len(found) == 1 and answered == (total,)
+    which = "" if whole else f"configuration {model} / {config}: "
+    others = f" ({len(found) - 1} more configuration(s) likewise)" if len(found) > 1 else ""
+    fix = (
+        "the server wants an API key it was not sent: set server.api_key_env to the "
+        "variable that holds it"
+        if unauthorized
+        else "fix the server or the settings"
+    )
     return (
-        f"campaign {campaign_id}: none of its {total} requests succeeded (first: {what}); "
-        f"it is stored as failed: fix the server or the settings, then run it again"
+        f"campaign {campaign_id}: {which}none of its {total} requests succeeded (first: "
+        f"{what}){others}; it is stored as failed: {fix}, then run it again"
     )

@@ -18,7 +18,8 @@ proxy's or another service's HTML page). One deadline covers the connect, the
 head and the body (`request_deadline` says how long: the token budget at the
 slowest rate the campaign accepts); a stream is also cut when it stalls, but a
 non-streamed answer is silent until it is complete, so only the deadline holds
-it. A body, streamed or not, stops at MAX_RESPONSE_BYTES.
+it. A body, streamed or not, stops at what its token budget can take
+(`response_cap`), and never beyond MAX_RESPONSE_BYTES.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from collector.apis import (
     decode_event,
     request_body,
 )
+from collector.auth import url_credentials
 from collector.sse import SSEParser
 from common.errors import StreamError
 
@@ -178,6 +180,10 @@ def generate(
     if params.stream:
         all_headers["Accept"] = "text/event-stream"
     all_headers.update(headers or {})
+    # The URL's credentials as Basic auth, here rather than in each transport behind
+    # the seam: httpx would let them replace the API key, and a redirect's message
+    # would quote them.
+    url, all_headers = url_credentials(url, all_headers)
     result = RequestResult(api, params, started_utc=datetime.now(UTC), sent_ns=clock())
     deadline = time.monotonic() + timeouts.request_s
     # A non-streamed answer sends nothing until it is whole: its reads wait as long as
@@ -317,6 +323,25 @@ def _record(result: RequestResult, t_ns: int, decoded: Decoded) -> None:
 # A response body larger than this, streamed or not, is broken or hostile: it is
 # kept whole in memory until it ends, so reading stops here.
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+# ... and well before, for the answer a request asked for: a token is a vocabulary
+# piece of tens of bytes, at most six times that JSON-escaped, and a streamed event
+# wraps it in a few hundred (id, model, usage, timings); 4 KiB a token, plus 1 MiB
+# for the rest of the body, is far above any honest answer (a 1000-token answer:
+# about 5 MiB) and far below what a hostile one could make us hold.
+BYTES_PER_TOKEN = 4096
+BODY_ALLOWANCE = 1 << 20
+
+
+def response_cap(max_tokens: int) -> int:
+    """The most bytes an answer of at most `max_tokens` tokens may take on the wire."""
+    return min(MAX_RESPONSE_BYTES, BODY_ALLOWANCE + max(0, max_tokens) * BYTES_PER_TOKEN)
+
+
+def _too_large(what: str, cap: int, max_tokens: int) -> StreamError:
+    return StreamError(
+        f"{what} larger than {cap:,} bytes, more than an answer of {max_tokens} tokens can "
+        f"take ({BYTES_PER_TOKEN} bytes a token + {BODY_ALLOWANCE >> 20} MiB); stopped"
+    )
 
 
 def _read_stream(
@@ -331,6 +356,7 @@ def _read_stream(
     parts: list[bytes] = []
     stamp, keep = stamps.append, parts.append
     size = 0
+    cap = response_cap(result.params.max_tokens)
     ended = False
     try:
         for raw in reads:
@@ -338,8 +364,8 @@ def _read_stream(
             stamp(t_ns)
             keep(raw)
             size += len(raw)
-            if size > MAX_RESPONSE_BYTES:
-                raise StreamError(f"stream larger than {MAX_RESPONSE_BYTES >> 20} MiB; stopped")
+            if size > cap:
+                raise _too_large("stream", cap, result.params.max_tokens)
             if on_content is not None:
                 on_content(len(stamps), t_ns)
         ended = True
@@ -385,11 +411,12 @@ def _parse_stream(
 def _read_body(result: RequestResult, reads: Iterator[bytes], clock: Clock) -> None:
     parts: list[bytes] = []
     size = 0
+    cap = response_cap(result.params.max_tokens)
     for part in reads:
         size += len(part)
         # Checked before the read is kept, so no more than the cap is ever held.
-        if size > MAX_RESPONSE_BYTES:
-            raise StreamError(f"response body larger than {MAX_RESPONSE_BYTES >> 20} MiB; stopped")
+        if size > cap:
+            raise _too_large("response body", cap, result.params.max_tokens)
         parts.append(part)
     t_ns = clock()
     decoded = decode_body(result.api, b"".join(parts))

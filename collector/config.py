@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,6 +24,7 @@ from pydantic import (
 
 from collector.apis import ApiName
 from collector.protocol import TEST_IDS
+from common.controls import control_problem
 from common.errors import ConfigError
 from common.sizes import parse_size
 from common.thresholds import DEFAULT_THRESHOLDS
@@ -32,6 +34,19 @@ class _Strict(BaseModel):
     # No inf or nan anywhere: TOML has both, and an infinite timeout or pause
     # would hang a campaign (or crash the socket layer) instead of being refused.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _shown_text(text: str) -> str:
+    problem = control_problem(text)
+    if problem:
+        raise ValueError(problem)
+    return text
+
+
+# The user's names for things, printed on the console and drawn in pages and charts: no
+# control characters (a newline would forge a console line, a NUL aborted the chart
+# renderer, U+202E reorders what follows it; common.controls).
+Label = Annotated[str, AfterValidator(_shown_text)]
 
 
 def check_test_ids(test_ids: list[str] | None) -> list[str] | None:
@@ -57,6 +72,11 @@ def endpoint_problem(url: str) -> str | None:
     The collector's streaming client speaks plain HTTP/1.1 (collector.http1),
     so only `http://HOST[:PORT][/prefix]` can work; anything else would pass
     the health check (httpx speaks more) and then fail every request."""
+    control = control_problem(url)
+    if control:
+        # urlsplit drops tab and newline silently: the address would pass, and print
+        # (and be stored) with them.
+        return f"{url!r} {control}"
     parts = urlsplit(url)
     if parts.scheme == "https":
         return (
@@ -75,8 +95,8 @@ def endpoint_problem(url: str) -> str | None:
 
 
 class CampaignSection(_Strict):
-    name: str = "MoE CPU offload evidence"
-    release: str | None = None
+    name: Label = "MoE CPU offload evidence"
+    release: Label | None = None
     repeats: int = Field(3, ge=1)
     temperature: float = Field(0.3, ge=0.0)
     seed: int | None = 42
@@ -114,9 +134,9 @@ class CampaignSection(_Strict):
 
 
 class ModelEntry(_Strict):
-    label: str
+    label: Label
     path: Path | None = None  # required when the tool launches the server
-    name: str | None = None  # the `model` field sent in requests (default: label)
+    name: Label | None = None  # the `model` field sent in requests (default: label)
     expected_vram_saved_pct: float | None = Field(None, ge=0, le=100)
 
     @property
@@ -205,7 +225,7 @@ class DeviceSection(_Strict):
 
 
 class Configuration(_Strict):
-    label: str
+    label: Label
     args: list[str] = Field(default_factory=list)
     # Recorded with every server run: None = no offload flag, -1 = --cpu-moe (all
     # layers), K = --n-cpu-moe K. "auto": the K `moe-evidence advise` recommends for the

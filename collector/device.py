@@ -24,12 +24,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
 from collector import device_limit
 from collector.config import DeviceSection
+from collector.process_log import ProcessLog
 from collector.server import (
     check_port_free,
     fill_placeholders,
@@ -38,6 +39,7 @@ from collector.server import (
     stop_spawned,
 )
 from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
+from common.secrets import Secrets
 
 DEVICE_SOURCE = "RPC device process"
 _POLL_S = 0.05
@@ -68,7 +70,7 @@ class RpcServer:
     argv: list[str] | None = None
     # How the device is held to its memory size (collector.device_limit), when it is.
     memory_limit: dict[str, Any] | None = None
-    _log_handle: IO[bytes] | None = field(default=None, repr=False)
+    _log_handle: ProcessLog | None = field(default=None, repr=False)
 
     @property
     def launched(self) -> bool:
@@ -85,6 +87,8 @@ class RpcServer:
     def log_text(self) -> str:
         if self.log_path is None:
             return ""
+        if self._log_handle is not None and not self.alive():
+            self._log_handle.settle(1.0)  # the last lines it wrote may be in the relay still
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -130,17 +134,29 @@ def _line_buffered(argv: list[str]) -> list[str]:
 
 
 def launch_rpc_servers(
-    device: DeviceSection, binary: Path | None, log_dir: Path, run_id: str
+    device: DeviceSection,
+    binary: Path | None,
+    log_dir: Path,
+    run_id: str,
+    secrets: Secrets | None = None,
 ) -> list[RpcServer]:
     """Start the config's local rpc-servers and wait until each accepts connections;
-    return them and the attached endpoints, in `--rpc` order."""
+    return them and the attached endpoints, in `--rpc` order. `secrets` are replaced
+    in their logs as they are written (each inherits the collector's environment)."""
     servers: list[RpcServer] = []
     threads = device.threads or default_threads()[0]
     template = rpc_command(device, binary)
     try:
         for index in range(device.launch):
             servers.append(
-                _launch_one(device, template, binary, threads, log_dir / f"{run_id}.rpc{index}.log")
+                _launch_one(
+                    device,
+                    template,
+                    binary,
+                    threads,
+                    log_dir / f"{run_id}.rpc{index}.log",
+                    secrets,
+                )
             )
     except BaseException:
         for server in servers:
@@ -151,7 +167,12 @@ def launch_rpc_servers(
 
 
 def _launch_one(
-    device: DeviceSection, template: list[str], binary: Path | None, threads: int, log_path: Path
+    device: DeviceSection,
+    template: list[str],
+    binary: Path | None,
+    threads: int,
+    log_path: Path,
+    secrets: Secrets | None,
 ) -> RpcServer:
     port = free_port(device.host)
     values = {
@@ -172,7 +193,7 @@ def _launch_one(
     check_port_free(device.host, port)
     env = {**os.environ, **device_limit.HELD_ENV} if device.memory is not None else None
     try:
-        process, log = spawn(_line_buffered(argv), log_path, env=env)
+        process, log = spawn(_line_buffered(argv), log_path, env=env, secrets=secrets)
     except OSError as exc:
         raise EngineError(
             f"cannot start the RPC device {argv[0]}: {exc}; build the engine "

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from collector.auth import url_credentials
+
 RECV_BYTES = 65536
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -187,7 +189,9 @@ class PostRequest:
 def post(request: PostRequest) -> Response:
     """Send a POST and read the status line and headers; the body is read by
     the caller through `Response.reads()` (then `close()`)."""
-    url, body, deadline = request.url, request.body, request.deadline
+    # A URL's credentials go as Basic auth, never into the Host header (collector.auth).
+    url, headers = url_credentials(request.url, request.headers)
+    body, deadline = request.body, request.deadline
     connect_timeout_s, read_timeout_s = request.connect_timeout_s, request.read_timeout_s
     parts = urlsplit(url)
     if parts.scheme != "http" or parts.hostname is None:
@@ -206,7 +210,7 @@ def post(request: PostRequest) -> Response:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         head = [f"POST {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in request.headers.items()]
+        head += [f"{k}: {v}" for k, v in headers.items()]
         timeout, kind = _wait(read_timeout_s, deadline)
         sock.settimeout(timeout)
         try:

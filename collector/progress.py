@@ -7,7 +7,6 @@ for the GIL and blur the token timestamps being measured.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -17,23 +16,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from common.controls import one_line
 from common.secrets import Secrets
 
 REDRAW_S = 0.5
 
-# What a terminal would act on rather than show: C0 controls but tab and newline
-# (ESC starts colour, cursor and title sequences), DEL, C1 controls, and the bidi
-# embeddings, overrides and isolates that reorder the rest of the line.
-# (The same bidi set as the site's `report.formatting`.)
-_CONTROLS = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 but tab and newline, DEL, C1
-    r"\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"  # bidi
-)
-
 
 def visible(text: str) -> str:
-    """`text` with every control character shown as its escape (`\\x1b`, `\\u202e`)."""
-    return _CONTROLS.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+    """`text` as one line with every control character shown as its escape (`\\n`,
+    `\\x1b`, `\\u202e`): a label or a server's error can neither start a line that reads
+    like the tool's own, nor act on the terminal (common.controls)."""
+    return one_line(text)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from collector.protocol import PROTOCOL, ProtocolTest
 from collector.session import ServerRunHandle, record_request_loads
 from collector.telemetry import Sample
 from collector.tokenizer import TokenCount
-from common.secrets import redact_argv
+from common.secrets import redact_argv, redact_url
 from evidence.writer import (
     Transaction,
     chunk_table,
@@ -136,6 +136,13 @@ def insert_protocol(
         )
 
 
+def _served_at(endpoint: str | None) -> str:
+    """Where an attached model lives, for `models.path`: its server, named without
+    the endpoint's credentials (free text keeps a short password that a bare URL's
+    structural redaction would have caught)."""
+    return f"(served at {redact_url(endpoint or '')})"
+
+
 def register_models(ctx: CampaignContext, inspect: Callable[[Path], dict[str, Any]]) -> None:
     """Insert (or, on resume, find) a `models` row per configured model."""
     for model in ctx.config.models:
@@ -156,7 +163,7 @@ def register_models(ctx: CampaignContext, inspect: Callable[[Path], dict[str, An
                 "model_id": model_id,
                 "campaign_id": ctx.campaign_id,
                 "label": model.label,
-                "path": str(path) if path else f"(served at {ctx.config.server.endpoint})",
+                "path": str(path) if path else _served_at(ctx.config.server.endpoint),
                 "sha256": spec.get("sha256"),
                 "file_bytes": spec.get("file_bytes"),
                 "architecture": spec.get("architecture"),

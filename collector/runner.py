@@ -42,8 +42,11 @@ from collector.config import (
 )
 from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_profile
 from collector.engine import EngineBuild, cached_engine, ensure_engine
+from collector.leftovers import close_left_runs
 from collector.progress import CampaignProgress, visible
+from common.controls import control_problem
 from common.errors import ConfigError, DiskFull, EvidenceError, ModelError, StoreError
+from common.secrets import launched_server_key, redact_url
 from common.sizes import parse_size
 from evidence.store import disk_full, open_store
 
@@ -111,6 +114,19 @@ def engine_with_progress() -> EngineBuild:
     return build
 
 
+def _check_label_flags(args: argparse.Namespace) -> None:
+    """The flags that name things, refused (naming the flag) where they hold a control
+    character, as the same keys are in a config file (collector.config.Label)."""
+    for flag, value in (
+        ("--model", args.model),
+        ("--label", args.label),
+        ("--release", args.release),
+    ):
+        problem = control_problem(value) if value else None
+        if problem:
+            raise ConfigError(f"{flag}: {problem}")
+
+
 def _attach_config(args: argparse.Namespace) -> Config:
     if not args.model:
         raise ConfigError("--endpoint needs --model NAME (the model name the server knows)")
@@ -119,7 +135,9 @@ def _attach_config(args: argparse.Namespace) -> Config:
         raise ConfigError(f"--endpoint {problem}")
     try:
         return Config(
-            campaign=CampaignSection(name=f"Attached: {args.model} at {args.endpoint}"),
+            # Named without the endpoint's credentials: the store redacts a bare URL's
+            # structurally, but only a secret long enough for free text in a name.
+            campaign=CampaignSection(name=f"Attached: {args.model} at {redact_url(args.endpoint)}"),
             server=ServerSection(
                 mode="attach", endpoint=args.endpoint, api=args.api or "openai-chat"
             ),
@@ -162,6 +180,7 @@ def _test_ids(flag: str) -> list[str]:
 
 def build_config(args: argparse.Namespace) -> tuple[Config, str]:
     """The config the flags ask for, and its profile name."""
+    _check_label_flags(args)
     device = args.device
     if args.config is not None:
         config, profile = load_config(args.config), "config"
@@ -219,13 +238,36 @@ def _model_paths(config: Config, embedded: bool) -> dict[str, Path]:
                 f"models: {model.label!r} has no path; the tool launches the "
                 f"server, so it needs the model file"
             )
-        if not model.path.is_file():
-            raise ModelError(
-                f"model file {model.path} for {model.label!r} does not exist; "
-                f"fix models.path in the config"
-            )
+        _check_model_file(model.path, model.label)
         paths[model.label] = model.path
     return paths
+
+
+def _check_model_file(path: Path, label: str) -> None:
+    """Refuse, before any row is stored, a model path that is not a GGUF file: a
+    campaign begun on it would stop at the inspection and be left half made."""
+    if path.is_dir():
+        raise ModelError(
+            f"models: {label!r}: {path} is a directory; give the .gguf model file in it "
+            f"(models.path)"
+        )
+    if not path.exists():
+        raise ModelError(
+            f"model file {path} for {label!r} does not exist; fix models.path in the config"
+        )
+    try:
+        with path.open("rb") as model:
+            magic = model.read(4)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot read model file {path} for {label!r} ({exc.strerror or exc}); check its "
+            f"permissions"
+        ) from exc
+    if magic != b"GGUF":
+        raise ModelError(
+            f"model file {path} for {label!r} is not a GGUF model (it does not begin with "
+            f"the GGUF magic); give the .gguf file (models.path)"
+        )
 
 
 def _inspect(path: Path) -> dict[str, Any]:
@@ -233,6 +275,15 @@ def _inspect(path: Path) -> dict[str, Any]:
 
     spec: dict[str, Any] = inspect_model(path).to_json()
     return spec
+
+
+def _launched_key(config: Config) -> str | None:
+    """The key a server the tool launches is told to require (`--api-key`,
+    `--api-key-file`, their variables): sent with every request, since it is the
+    user's own setting for this very server (else every request would get a 401)."""
+    if config.server.mode != "launch" or not config.server.command:
+        return None
+    return launched_server_key(config.server.command, {**os.environ, **config.server.env})
 
 
 def env_api_key(name: str | None) -> str | None:
@@ -257,8 +308,9 @@ def _definition(args: argparse.Namespace, stored: StoredDefinition) -> tuple[Con
 
 def _check_store(db: Path) -> None:
     """Open the store before anything slow (the engine build, a model download), so
-    a store that cannot be used fails now, in one line. An existing one is only read."""
-    with open_store(db, read_only=db.exists()):
+    a store that cannot be used fails now, in one line. An existing one is only read,
+    every block of it: a damaged store is refused before anything is written to it."""
+    with open_store(db, read_only=db.exists(), verify=True):
         pass
 
 
@@ -266,7 +318,8 @@ def _stored(db: Path, resume: str | bool) -> StoredDefinition:
     """The definition of the campaign `--resume` continues (read only)."""
     if not db.exists():
         raise StoreError(f"no evidence store at {db} to resume; pass the --db the campaign used")
-    with open_store(db, read_only=True) as con:
+    # Checked as a writer checks it: the campaign will write into this store.
+    with open_store(db, read_only=True, verify=True) as con:
         return stored_definition(con, resume)
 
 
@@ -311,12 +364,15 @@ def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
     )
     engine = engine_with_progress() if uses_engine else None
     model_paths = _model_paths(config, embedded)
-    api_key = env_api_key(config.server.api_key_env)
+    api_key = env_api_key(config.server.api_key_env) or _launched_key(config)
     # What the store never holds, the terminal never shows: progress lines and the
     # final error line can carry a 401 body or a log line that echoes a key.
     secrets = campaign_secrets(config, command, api_key)
     try:
         with open_store(db) as con, CampaignProgress(secrets=secrets) as progress:
+            # Before anything is measured: a server a killed collector left running
+            # would hold memory, a port and its key (collector.leftovers).
+            close_left_runs(con, db.parent / "logs", secrets, progress.message)
             before = _campaign_ids(con)
             try:
                 return run_campaign(

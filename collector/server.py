@@ -5,9 +5,10 @@ Load time is measured from just before the process is created to the first
 `/health` answer with HTTP 200 (llama-server and Shimmy answer 503 while the
 model loads). Health is polled every 50 ms, which bounds the resolution.
 
-The server's stdout and stderr go straight to a log file, so the log survives
-a crash of the server or of the collector; once it has stopped, the campaign's
-secrets are redacted in that file (`redact_logs`).
+The server's stdout and stderr go to a log file only its user can read, with the
+campaign's secrets replaced as they are written (`collector.process_log`), so the log
+survives a crash of the server or of the collector and never holds a secret; the
+server dies with the collector where the OS allows (`collector.parent_death`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import httpx
 import psutil
 
+from collector.auth import url_credentials
+from collector.parent_death import die_with_parent
+from collector.process_log import ProcessLog, write_private
 from common.errors import EngineError, PortInUse, ServerExited, ServerNotHealthy
 from common.secrets import Secrets
 
@@ -54,7 +57,7 @@ class RunningServer:
     ready_ns: int | None = None
     exit_code: int | None = None
     stopped_ns: int | None = None
-    _log_handle: IO[bytes] | None = field(default=None, repr=False)
+    _log_handle: ProcessLog | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
@@ -79,6 +82,8 @@ class RunningServer:
         return True
 
     def log_text(self) -> str:
+        if self._log_handle is not None and self.process.poll() is not None:
+            self._log_handle.settle(1.0)  # the last lines it wrote may be in the relay still
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -164,12 +169,14 @@ def spawn(
     log_path: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
-) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    secrets: Secrets | None = None,
+) -> tuple[subprocess.Popen[bytes], ProcessLog]:
     """Start a process we own, its stdout and stderr into `log_path` (so the log
-    survives a crash of it or of us); return it and the open log."""
+    survives a crash of it or of us) with `secrets` replaced, the process dying with
+    us where the OS allows; return it and its log."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
-    kwargs: dict[str, object] = {}
+    log = ProcessLog(log_path, secrets)
+    kwargs: dict[str, object] = {"preexec_fn": die_with_parent()}
     if sys.platform == "win32":
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
     else:
@@ -179,7 +186,7 @@ def spawn(
     try:
         process = subprocess.Popen(  # type: ignore[call-overload]
             argv,
-            stdout=log,
+            stdout=log.target,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
@@ -189,10 +196,11 @@ def spawn(
     except BaseException:
         log.close()
         raise
+    log.started()
     return process, log
 
 
-def stop_spawned(process: subprocess.Popen[bytes], log: IO[bytes] | None, grace_s: float) -> int:
+def stop_spawned(process: subprocess.Popen[bytes], log: ProcessLog | None, grace_s: float) -> int:
     """Stop what `spawn` started: terminate it and its children, kill it if it is
     still there after `grace_s`, close its log; return its exit code."""
     if process.poll() is None:
@@ -204,7 +212,7 @@ def stop_spawned(process: subprocess.Popen[bytes], log: IO[bytes] | None, grace_
         code = process.wait()
     if log is not None:
         with contextlib.suppress(OSError):
-            log.close()
+            log.close(grace_s)
     return code
 
 
@@ -214,15 +222,17 @@ def launch(
     clock: Callable[[], int] = time.perf_counter_ns,
     on_wait: Callable[[float], None] | None = None,
     on_started: Callable[[RunningServer], None] | None = None,
+    secrets: Secrets | None = None,
 ) -> RunningServer:
     """Start the server and wait until /health says it is ready.
 
     `on_started` runs right after the process exists (to start telemetry, which
-    needs the PID) and before the wait for health."""
+    needs the PID) and before the wait for health. `secrets` are replaced in its log
+    as it is written."""
     check_port_free(spec.host, spec.port)
     launch_ns = clock()
     try:
-        process, log = spawn(spec.argv, log_path, env=spec.env, cwd=spec.cwd)
+        process, log = spawn(spec.argv, log_path, env=spec.env, cwd=spec.cwd, secrets=secrets)
     except FileNotFoundError as exc:
         raise EngineError(
             f"server binary not found: {spec.argv[0]}; install it or fix the command in the config"
@@ -274,13 +284,21 @@ def wait_healthy(
             time.sleep(HEALTH_POLL_S)
 
 
-def check_endpoint(base_url: str, health_paths: Sequence[str] = ("/health", "/v1/models")) -> None:
-    """For attach mode: fail early, clearly, when nothing answers at `base_url`."""
+def check_endpoint(
+    base_url: str,
+    health_paths: Sequence[str] = ("/health", "/v1/models"),
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """For attach mode: fail early, clearly, when nothing answers at `base_url`.
+    `headers`: the campaign's own (its API key), sent as with every other request."""
+    # The URL's credentials go as Basic auth (collector.auth), and the message below
+    # names the server without them.
+    base_url, sent = url_credentials(base_url.rstrip("/"), headers)
     with httpx.Client(timeout=5.0, trust_env=False) as http:
         last = ""
         for path in health_paths:
             try:
-                if http.get(base_url.rstrip("/") + path).status_code < 500:
+                if http.get(base_url + path, headers=sent).status_code < 500:
                     return
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}"
@@ -301,6 +319,9 @@ def redact_logs(
     """Replace `secrets` in the logs kept on disk (a server's, its devices'), once the
     processes that wrote them have stopped: a server that prints its arguments or its
     environment must not leave a key in data/logs/ when the store's copy is redacted.
+    Logs are written redacted already (`collector.process_log`); this catches the logs
+    of a server left running by a killed collector (`collector.leftovers`), with the
+    secrets its own command line and environment showed, and those of older versions.
 
     Bytes that are not UTF-8 are kept as they are. The redacted copy replaces the log
     in one step; where it cannot be written (a full disk), the log stays as it was and
@@ -319,7 +340,7 @@ def redact_logs(
         redacted = secrets.text(text).encode("utf-8", errors="surrogateescape")
         partial = path.with_name(path.name + ".redacting")
         try:
-            partial.write_bytes(redacted)
+            write_private(partial, redacted)  # the log's own mode: its user's alone
             os.replace(partial, path)
         except OSError as exc:
             with contextlib.suppress(OSError):

@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import httpx
 
+from collector.auth import bearer_headers, url_credentials
 from collector.device import (
     DEVICE_SOURCE,
     RpcServer,
@@ -171,7 +172,7 @@ def _start_devices(ctx: CampaignContext, run_id: str) -> list[RpcServer]:
     if device.kind == "none":
         return []
     binary = ctx.engine.rpc_server if ctx.engine else None
-    return launch_rpc_servers(device, binary, ctx.data_dir / "logs", run_id)
+    return launch_rpc_servers(device, binary, ctx.data_dir / "logs", run_id, secrets_of(ctx.con))
 
 
 def _start_server(
@@ -194,7 +195,7 @@ def _start_server(
     if srv.mode == "attach":
         assert srv.endpoint is not None
         try:
-            check_endpoint(srv.endpoint)
+            check_endpoint(srv.endpoint, headers=bearer_headers(ctx.api_key))
         except ServerError as exc:
             row = {**base_row, "endpoint": srv.endpoint, "status": "failed_start"}
             insert_row(ctx.con, "server_runs", {**row, "error": str(exc)})
@@ -210,6 +211,9 @@ def _start_server(
     watcher = LogWatcher(log_path, clock=ctx.clock)
 
     def started(s: RunningServer) -> None:
+        # The PID at once, not once healthy: a collector killed during the load leaves
+        # a `starting` row that the next start must be able to stop (collector.leftovers).
+        update_row(ctx.con, "server_runs", "server_run_id", run_id, {"pid": s.pid})
         telemetry.start(s.pid, device_pids)
         watcher.start()  # from the first line: a start-up load is a load too
 
@@ -235,6 +239,7 @@ def _start_server(
             log_path,
             clock=ctx.clock,
             on_started=started,
+            secrets=secrets_of(ctx.con),
         )
     except (ServerError, EngineError) as exc:
         samples = telemetry.stop()
@@ -446,13 +451,11 @@ def tokenize(base_url: str, text: str, headers: dict[str, str]) -> int | None:
     """llama-server's /tokenize count of the output: the tokenizer-accurate figure."""
     if not text:
         return 0
+    # Cleaned of its credentials first: httpx would let them replace an API key.
+    url, headers = url_credentials(base_url.rstrip("/") + "/tokenize", headers)
     try:
         with httpx.Client(timeout=30.0, trust_env=False) as http:
-            response = http.post(
-                base_url.rstrip("/") + "/tokenize",
-                json={"content": text, "add_special": False},
-                headers=headers,
-            )
+            response = http.post(url, json={"content": text, "add_special": False}, headers=headers)
         if response.status_code != 200:
             return None
         tokens = response.json().get("tokens")

@@ -1,10 +1,11 @@
 """The project's errors. Every one carries a message that says what to do next.
 
-EvidenceError                  base: the CLI prints `error: <message>` and exits 2
+EvidenceError                  base: the CLI prints `error: <message>` and exits 1
 ├── ConfigError                a config file or flag is wrong (names the key)
 ├── StoreError                 the evidence store cannot be used
 │   ├── StoreLocked            another process holds the DuckDB file (names the PID)
 │   ├── SchemaTooNew           the store was written by a newer version of this tool
+│   ├── StoreCorrupt           bytes of the file are not what DuckDB wrote (restore it)
 │   └── DiskFull               the disk under the store filled up (what was committed is kept)
 ├── EngineError                the inference engine cannot be built or found
 ├── ModelError                 a model file is missing or unreadable
@@ -49,6 +50,20 @@ class StoreLocked(StoreError):
 
 class SchemaTooNew(StoreError):
     pass
+
+
+class StoreCorrupt(StoreError):
+    """Blocks of the store's file fail DuckDB's checksum: something other than DuckDB
+    wrote them (a disk fault, a bad copy). Nothing here can repair a block; what can
+    is a copy of the evidence made before: a backup, or a Parquet bundle."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(
+            f"evidence store {path} is damaged ({detail}); restore it from a backup, or "
+            f"from a Parquet bundle of it (`moe-evidence export` writes one): "
+            f"`moe-evidence import BUNDLE --db NEW.duckdb`, then use --db NEW.duckdb"
+        )
+        self.path = path
 
 
 class DiskFull(StoreError):

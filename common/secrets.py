@@ -92,6 +92,27 @@ def key_file_secrets(path: str) -> list[str]:
     return found
 
 
+def launched_server_key(argv: Sequence[str], env: Mapping[str, str]) -> str | None:
+    """The API key a server launched with `argv` and `env` will require, as llama-server
+    reads its settings (`--api-key A,B` / LLAMA_API_KEY: any key of the list;
+    `--api-key-file F` / LLAMA_ARG_API_KEY_FILE: any key in the file): the first one,
+    for the tool to send. None when the command sets no key."""
+    keys: list[str] = []
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--api-key", "--api-key-file"):
+            continue
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        keys = value.split(",") if flag == "--api-key" else key_file_secrets(value)[::2]
+        break
+    else:
+        if env.get("LLAMA_API_KEY"):
+            keys = env["LLAMA_API_KEY"].split(",")
+        elif env.get("LLAMA_ARG_API_KEY_FILE"):
+            keys = key_file_secrets(env["LLAMA_ARG_API_KEY_FILE"])[::2]
+    return next((k.strip() for k in keys if k.strip()), None)
+
+
 def _scan_argv(argv: Sequence[str], read_files: bool = False) -> tuple[list[str], list[str]]:
     """`argv` with secret flag values and URL credentials replaced, and those secrets
     (`read_files`: with the keys of any key file it names)."""

@@ -18,6 +18,7 @@ import duckdb
 
 from common.errors import SchemaTooNew, StoreError
 from evidence.migrations import SCHEMA_VERSION
+from evidence.store import verify_store
 from evidence.writer import Transaction
 
 # (table, key columns) in dependency order. Child tables without a key of
@@ -167,6 +168,9 @@ def merge_store(con: duckdb.DuckDBPyConnection, source: Path) -> MergeReport:
     """Merge the DuckDB store at `source` (opened read-only) into `con`'s store."""
     if not source.is_file():
         raise StoreError(f"no evidence store at {source}; check the path")
+    # Every block first: a damaged source met halfway through the merge would be
+    # reported as damage to the target, whose connection reads it.
+    verify_store(source)
     try:
         con.execute(f"ATTACH '{_sql_path(source)}' AS merge_src (READ_ONLY)")
     except duckdb.Error as exc:

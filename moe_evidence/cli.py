@@ -22,7 +22,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.controls import one_line
 from common.errors import EvidenceError
+from common.secrets import redact_url
 
 Handler = Callable[[argparse.Namespace], int]
 # Adds a command's arguments to its parser.
@@ -168,7 +170,9 @@ def _build(args: argparse.Namespace) -> int:
     total = sum(result.timings.values())
     ids = result.campaign_ids
     shown = ", ".join(ids) if len(ids) <= 6 else f"{len(ids)} campaigns"
-    print(f"site built in {result.site_dir} ({total:.1f} s); campaigns: {shown or 'none'}")
+    print(
+        one_line(f"site built in {result.site_dir} ({total:.1f} s); campaigns: {shown or 'none'}")
+    )
     return EXIT_OK
 
 
@@ -208,9 +212,13 @@ def _campaigns(args: argparse.Namespace) -> int:
     if not found:
         print("no campaigns in this store")
     for c in found:
+        # One line per campaign, whatever its name holds: a newline in a name (stored by
+        # an older version, or merged from elsewhere) would print a line of its own.
         print(
-            f"{c.campaign_id}  {c.status:<11} {c.profile:<7} {c.started_utc:%Y-%m-%d %H:%M}"
-            f"  {c.requests:>5} requests  {c.name}"
+            one_line(
+                f"{c.campaign_id}  {c.status:<11} {c.profile:<7} {c.started_utc:%Y-%m-%d %H:%M}"
+                f"  {c.requests:>5} requests  {c.name}"
+            )
         )
     return EXIT_OK
 
@@ -224,7 +232,7 @@ def _rescore(args: argparse.Namespace) -> int:
     from scoring.store import rescore_store
 
     for line in rescore_store(_store(args), args.campaign):
-        print(line)
+        print(one_line(line))
     return EXIT_OK
 
 
@@ -505,8 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except EvidenceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, always: a message may quote a label, a path or a server's words;
+        # and never a URL's credentials (an endpoint refused for its scheme or port).
+        print(one_line(redact_url(f"error: {exc}")), file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
-        print(_interrupted(args, exc), file=sys.stderr)
+        print(one_line(_interrupted(args, exc)), file=sys.stderr)
         return EXIT_INTERRUPTED

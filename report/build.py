@@ -225,8 +225,10 @@ def build_site(options: BuildOptions) -> BuildResult:
     timer = _Timer()
     with timer.step("vega bundle (start)"):
         bundle = vendor.start_bundle(charts_mod.vega_lite_version())
-    clean_generated(docs)
     with open_evidence(options.db) as con:
+        # Only once the store opened: a store refused (damaged, locked) leaves the pages
+        # of the last good build in place.
+        clean_generated(docs)
         facts = source_facts(options.db)
         with timer.step("select + views"):
             sel = select_campaigns(con, options.campaigns, options.all_campaigns)

@@ -92,7 +92,7 @@ def _colors(configs: Sequence[str], rows: Iterable[dict[str, Any]] = ()) -> alt.
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     """Floats to 6 significant digits: enough for any chart, and it keeps the
     site identical across builds (DuckDB's parallel sums differ in the last bits).
-    Labels are the user's text: their bidirectional controls are shown, not applied."""
+    Labels are the user's text: their control characters are shown, not applied."""
     return {
         k: float(f"{v:.6g}")
         if isinstance(v, float)
@@ -114,10 +114,24 @@ def _chart(
     return Chart(chart_id, title, alt_text or title, _finish(chart, title, datasets))
 
 
+def _shown(value: Any) -> Any:
+    """`value`, a spec or part of one, with the control characters of every string shown,
+    not applied. Labels reach a spec beside its data too: colour-scale domains, sort
+    orders, titles. Raw, U+202E reversed a legend, and a NUL aborted the build."""
+    if isinstance(value, str):
+        return visible_controls(value)
+    if isinstance(value, dict):
+        return {_shown(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    return value
+
+
 def _finish(chart: Any, title: str, datasets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     # Validation against the Vega-Lite schema costs seconds on large inline data;
     # the specs are built here from typed rows and drawn by vl-convert right after.
-    spec: dict[str, Any] = chart.properties(title=visible_controls(title)).to_dict(validate=False)
+    # The datasets are shown row by row (`_rounded`), the rest of the spec here.
+    spec: dict[str, Any] = _shown(chart.properties(title=title).to_dict(validate=False))
     spec["datasets"] = {name: [_rounded(row) for row in rows] for name, rows in datasets.items()}
     spec.setdefault("config", {})
     spec["config"].update(

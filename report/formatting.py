@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup
 
+from common.controls import UNSHOWABLE
 from common.errors import BuildError
 from evidence.statistics import MIN_N_FOR_INTERVAL
 from report.machine_paths import public_arg, public_argv, public_value
@@ -36,19 +37,23 @@ if TYPE_CHECKING:
     from report.context.history import Change, Release
 
 
-_BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+def _shown_as(code: int) -> str:
+    # C0 controls and DEL as their control pictures; the rest (C1, and the bidirectional
+    # controls such as U+202E, which would reorder the text after them: an output or a
+    # label could make a page read differently from what is stored) as their code point.
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else f"\u2039U+{code:04X}\u203a"
+
+
+# Every character common.controls counts as one that must not act: shown, not applied.
+_VISIBLE = {c: _shown_as(c) for c in UNSHOWABLE}
 
 
 def _table(chars: str) -> dict[int, str]:
     table = {ord(c): f"&#{ord(c)};" for c in chars}
-    # Control characters become visible control pictures; newline and tab are
-    # handled by the caller (kept in blocks, spaces inline).
-    table.update({c: chr(0x2400 + c) for c in range(0x20) if c not in (0x09, 0x0A)})
-    table[0x7F] = "\u2421"
-    # Bidirectional controls (U+202E and kin) would reorder the text after them: an
-    # output or a label could make a page read differently from what is stored. They
-    # are shown as their code point, not applied.
-    table.update({c: f"\u2039U+{c:04X}\u203a" for c in _BIDI_CONTROLS})
+    # Newline and tab are handled by the caller (kept in blocks, spaces inline).
+    table.update({c: v for c, v in _VISIBLE.items() if c not in (0x09, 0x0A)})
     return table
 
 
@@ -61,13 +66,12 @@ _LINE_START = re.compile(r"^[-+=:>#.]")
 MIB = 1 << 20
 
 
-_VISIBLE_BIDI = {c: f"\u2039U+{c:04X}\u203a" for c in _BIDI_CONTROLS}
-
-
 def visible_controls(text: str) -> str:
-    """`text` with its bidirectional controls shown, not applied (for chart labels, which
-    are not HTML-escaped but drawn as SVG text)."""
-    return text.translate(_VISIBLE_BIDI)
+    """`text` with its control characters shown, not applied (for chart labels, which are
+    not HTML-escaped but drawn as SVG text): newline and tab included, since a chart label
+    is one line. The chart renderer aborts the whole process on a character XML cannot
+    hold (NUL, ESC, U+FFFF), so none may reach it."""
+    return text.translate(_VISIBLE)
 
 
 def inline_json(value: Any) -> str:

@@ -68,6 +68,7 @@ def score_request(
     max_tokens: int | None,
     *,
     finish_reason: str | None = None,
+    finish_reason_inferred: str | None = None,
     status: str | None = None,
     cut_by_cap: bool = False,
     sandbox_limits: SandboxLimits | None = None,
@@ -80,7 +81,9 @@ def score_request(
     when code cannot be run at all; the caller should then store nothing for
     this request rather than a failed check. A request with no stored text
     (`output_text` None) is scored as the empty text. `completed` is the store's
-    `completed` metric; `finish_reason` and `status` are kept in the detail. A
+    `completed` metric; `finish_reason` (the server's), `finish_reason_inferred` (the
+    store's, which says `length` where a server that always says `stop` reached the
+    budget) and `status` are kept in the detail. A
     request whose `status` is not "ok" (None counts as ok) gets `completed` alone.
     """
     completion = Score(
@@ -89,8 +92,11 @@ def score_request(
         {
             "status": status,
             "finish_reason": finish_reason,
+            "finish_reason_inferred": finish_reason_inferred,
             "max_tokens": max_tokens,
-            "hit_token_budget": finish_reason == "length",
+            # The inferred reason (the store's `finish_reason_inferred`): Shimmy 1.7.0
+            # says `stop` even when the output reached the budget.
+            "hit_token_budget": (finish_reason_inferred or finish_reason) == "length",
         },
     )
     if status not in (None, "ok"):

@@ -27,7 +27,7 @@ from scoring.similarity import similarity_scores
 def _request_scores(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tuple[str, Score]]:
     rows = con.execute(
         """SELECT r.request_id, r.test_id, r.output_text, m.completed, r.max_tokens,
-                  r.finish_reason, r.status,
+                  r.finish_reason, m.finish_reason_inferred, r.status,
                   -- cut short on purpose: a capped budget, and the output reached it
                   coalesce(r.max_tokens < t.protocol_max_tokens
                            AND (r.finish_reason = 'length' OR m.output_tokens >= r.max_tokens),
@@ -38,7 +38,7 @@ def _request_scores(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tu
         [campaign_id],
     ).fetchall()
     out: list[tuple[str, Score]] = []
-    for request_id, test_id, text, completed, max_tokens, finish, status, cut in rows:
+    for request_id, test_id, text, completed, max_tokens, finish, inferred, status, cut in rows:
         try:
             scores = score_request(
                 test_id,
@@ -46,6 +46,7 @@ def _request_scores(con: duckdb.DuckDBPyConnection, campaign_id: str) -> list[tu
                 bool(completed),
                 max_tokens,
                 finish_reason=finish,
+                finish_reason_inferred=inferred,
                 status=status,
                 cut_by_cap=bool(cut),
             )

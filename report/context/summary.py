@@ -72,6 +72,16 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class FailedConfig:
+    """A configuration that ran requests and had not one succeed: a failure, said first."""
+
+    model: str
+    config: str
+    requests: int
+    first_error: str  # the first failed request's status and error, one line
+
+
+@dataclass(frozen=True)
 class StoreCounts:
     requests: int
     chunks: int
@@ -101,11 +111,23 @@ class SummaryContext:
     passing_gates: tuple[Gate, ...]  # PASS: one click away
     host_load: HostLoadContext  # requests other processes starved, beside the headline
     unfit_baselines: tuple[str, ...] = ()  # models whose baseline did not fit the device
+    failed_configs: tuple[FailedConfig, ...] = ()  # configurations with no successful request
 
 
-def _verdict(gates: tuple[Gate, ...], load: HostLoadContext) -> Verdict:
-    """The gates' verdict, and what a busy host did to the campaigns it disturbed."""
+def _verdict(
+    gates: tuple[Gate, ...], load: HostLoadContext, failed: tuple[FailedConfig, ...] = ()
+) -> Verdict:
+    """The gates' verdict, a configuration that failed outright before it (whatever the
+    gates say, it is not ready), and what a busy host did to the campaigns it disturbed."""
     verdict = _gates_verdict(gates)
+    if failed:
+        said = "; ".join(
+            f"{f.model} / {f.config} failed: not one of its {f.requests} requests succeeded"
+            for f in failed
+        )
+        verdict = dataclasses.replace(
+            verdict, status="NOT READY", sentence=f"{said}. {verdict.sentence}"
+        )
     busy = " ".join(
         f"The host was busy during campaign {c.name}: other processes starved "
         f"{c.starved} of its {c.streamed} streamed requests (more than "
@@ -151,6 +173,37 @@ def _gates_verdict(gates: tuple[Gate, ...]) -> Verdict:
     return Verdict("READY", f"All {len(gates)} release gates pass.", passed, 0, 0)
 
 
+def _failed_configs(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], FailedConfig]:
+    """Configurations that ran requests and had not one succeed, in page order."""
+    return {
+        (r["model"], r["config_label"]): FailedConfig(
+            r["model"], r["config_label"], int(r["n"]), " ".join(str(r["first"]).split())[:200]
+        )
+        for r in rows(
+            con,
+            "SELECT q.model, q.config_label, count(*) AS n, "
+            "arg_min(q.status || ': ' || coalesce(r.error, ''), q.sent_ns) AS first "
+            "FROM sel_requests q JOIN requests r USING (request_id) "
+            "GROUP BY q.model, q.config_label, q.model_order, q.config_order "
+            "HAVING count(*) FILTER (WHERE q.status = 'ok') = 0 "
+            "ORDER BY q.model_order, q.config_order",
+        )
+    }
+
+
+def _starved(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], int]:
+    """Successful streamed requests other processes starved, per configuration: the
+    only ones a starvation reason may be given for."""
+    return {
+        (r["model"], r["config_label"]): int(r["n"])
+        for r in rows(
+            con,
+            "SELECT model, config_label, count(*) AS n FROM sel_requests "
+            "WHERE stream AND completed AND NOT in_headline GROUP BY ALL",
+        )
+    }
+
+
 def build(
     con: duckdb.DuckDBPyConnection,
     sel: Selection,
@@ -174,6 +227,8 @@ def build(
     params = {r["display"]: r["parameter_count"] for r in models}
     hosts = {r["display"]: r["host_id"] for r in models}
     vram = {(c.model, c.config): c.headline for c in memory.comparisons}
+    failed = _failed_configs(con)
+    starved = _starved(con)
     q_rows = {(q.model, q.config): q for q in quality.overall}
     series = rows(
         con,
@@ -197,6 +252,31 @@ def build(
         q = q_rows.get(key)
         p = params.get(s["model"])
         offloaded = s["n_cpu_moe"] is not None and s["n_cpu_moe"] != 0
+        broken = failed.get(key)
+        if broken:
+            why = f"not one of its {broken.requests} requests succeeded"
+            nothing = Stat.empty("", f"{why}: no answer to judge")
+            table.append(
+                SummaryRow(
+                    model=s["model"],
+                    config=s["config_label"],
+                    host=hosts[s["model"]],
+                    parameters=Quantity(float(p), "params", None)
+                    if p is not None
+                    else Missing("the model file was not inspected"),
+                    vram_saved=Missing(f"this configuration failed: {why}") if offloaded else None,
+                    avg_tps=Stat.empty("tokens/s", why),
+                    quality=nothing,
+                    repetition=nothing,
+                )
+            )
+            continue
+        no_rate = (
+            f"every successful streamed request was starved by other processes "
+            f"({starved[key]} excluded)"
+            if starved.get(key)
+            else "no successful streamed request"
+        )
         table.append(
             SummaryRow(
                 model=s["model"],
@@ -208,7 +288,7 @@ def build(
                 vram_saved=vram.get(key, Missing("no baseline to compare with"))
                 if offloaded
                 else None,
-                avg_tps=stat_or_empty(avg, key, "tokens/s", "no successful streamed request"),
+                avg_tps=stat_or_empty(avg, key, "tokens/s", no_rate),
                 quality=q.scores["quality"] if q else Stat.empty("", quality.no_scores_reason),
                 repetition=q.scores["repetition"]
                 if q
@@ -252,7 +332,7 @@ def build(
     }
     return SummaryContext(
         campaigns=sel.campaigns,
-        verdict=_verdict(gates, performance.host_load),
+        verdict=_verdict(gates, performance.host_load, tuple(failed.values())),
         gates=gates,
         rows=tuple(table),
         headlines=tuple(headlines),
@@ -263,21 +343,34 @@ def build(
         sweeps=sweeps,
         multi_host=len({c.host_id for c in sel.campaigns}) > 1,
         scope=scope_lines(con),
-        answers=tuple(_answers(memory, performance, quality, main)),
+        answers=tuple(_answers(memory, performance, quality, main, failed, starved)),
         server=server_name(con),
         failing_gates=tuple(g for g in gates if g.status != "PASS"),
         passing_gates=tuple(g for g in gates if g.status == "PASS"),
         host_load=performance.host_load,
         unfit_baselines=tuple(u.model for u in memory.unfit_baselines),
+        failed_configs=tuple(failed.values()),
     )
 
 
-def _no_pair_reason(load: HostLoadContext) -> str:
-    """Why an offload configuration has no paired figure."""
-    if load.excluded:
+def _no_pair_reason(
+    model: str,
+    sides: tuple[str, str],
+    failed: dict[tuple[str, str], FailedConfig],
+    starved: dict[tuple[str, str], int],
+) -> str:
+    """Why an offload configuration (`sides`: baseline, offload) has no paired figure:
+    a side that failed, else requests other processes starved on either side, else
+    no pair (starvation is named only where it took requests that had succeeded)."""
+    for config in reversed(sides):
+        if (model, config) in failed:
+            f = failed[(model, config)]
+            return f"{config} failed: not one of its {f.requests} requests succeeded"
+    excluded = sum(starved.get((model, config), 0) for config in sides)
+    if excluded:
         return (
             "no pair of successful streamed requests that other processes did not starve "
-            f"({load.excluded} excluded)"
+            f"({excluded} excluded)"
         )
     return "no pair of successful streamed requests"
 
@@ -287,6 +380,8 @@ def _answers(
     performance: PerformanceContext,
     quality: QualityContext,
     main: set[tuple[str, str]],
+    failed: dict[tuple[str, str], FailedConfig],
+    starved: dict[tuple[str, str], int],
 ) -> list[Answer]:
     """One answer per offload configuration of the main plan (not the sweep), from the
     figures the other pages show: the same numbers, never recomputed."""
@@ -301,19 +396,29 @@ def _answers(
         why = (
             "no baseline request to pair with: the baseline does not fit the device"
             if unfit
-            else _no_pair_reason(performance.host_load)
+            else _no_pair_reason(c.model, (c.baseline_config, c.config), failed, starved)
         )
         none = RatioFigure(None, None, None, why)
         empty = Stat.empty("tokens/s", why)
         pres = kept.get((c.model, c.config))
+        # A configuration none of whose requests succeeded answers no question, memory
+        # included: its load is on the memory page, but an answer would read as a result.
+        broken = failed.get((c.model, c.config))
+        gone = (
+            Missing(
+                f"this configuration failed: not one of its {broken.requests} requests succeeded"
+            )
+            if broken
+            else None
+        )
         out.append(
             Answer(
                 model=c.model,
                 config=c.config,
                 baseline_config=c.baseline_config,
-                vram_saved=c.headline,
-                baseline_memory=c.baseline_gpu,
-                offload_memory=c.offload_gpu,
+                vram_saved=gone or c.headline,
+                baseline_memory=gone or c.baseline_gpu,
+                offload_memory=gone or c.offload_gpu,
                 decode=row.cells["decode_tps"].ratio if row else none,
                 decode_baseline=row.cells["decode_tps"].baseline if row else empty,
                 decode_offload=row.cells["decode_tps"].offload if row else empty,
