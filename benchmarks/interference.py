@@ -43,8 +43,11 @@ HOST = "127.0.0.1"
 PARAMS = creative_writing("smollm2-moe", TOKENS, cache_prompt=False)
 TIMEOUTS = Timeouts(connect_s=10.0, stall_s=60.0, request_s=300.0)
 
+# The sampler may cost the server at most 1 % of its decode rate (issue 24; the ratio
+# of sampler on / off varies by about 1 % between runs on this 2-core machine).
+SAMPLER_TARGET = ">= 0.99"
 NAMES = (
-    ("server decode, sampler on / off", "ratio", ">= 0.98"),
+    ("server decode, sampler on / off", "ratio", SAMPLER_TARGET),
     ("client decode / server decode", "ratio", ">= 0.99"),
     ("server decode / llama-bench tg128", "ratio", None),
 )
@@ -171,7 +174,7 @@ def measure_interference(quick: bool) -> list[Measurement]:
             NAMES[0][0],
             on_off,
             "ratio",
-            ">= 0.98",
+            SAMPLER_TARGET,
             **sides,
             pair_ratios=pair_ratios,
             ratio_of_medians=statistics.median(on) / statistics.median(off),

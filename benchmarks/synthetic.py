@@ -801,6 +801,10 @@ def _telemetry(
         "cpu_percent": np.clip(cpu, 0.0, None),
         "sys_mem_used_bytes": (rss + 6 * GIB).astype(np.int64),
         "sys_cpu_percent": np.clip(cpu / 32.0, 0.0, 100.0),
+        # The collector's own share, as a real store has it (schema 8): with it every
+        # sample has a host-load figure, so the build's per-request host load runs at
+        # full size (a constant: no draw from `rng`, so the other columns stay as they were).
+        "collector_cpu_percent": np.full(n, 1.0),
     }
     if spec.gpu:
         gpu_used = (412 * MIB + loaded * gpu_mib * MIB + busy * 48 * MIB).astype(np.int64)
@@ -810,7 +814,7 @@ def _telemetry(
     else:
         for name in ("gpu_mem_used_bytes", "gpu_proc_mem_bytes", "gpu_util_percent"):
             columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
-    for name in ("device_rss_bytes", "device_cpu_percent", "collector_cpu_percent"):
+    for name in ("device_rss_bytes", "device_cpu_percent"):
         columns[name] = pa.nulls(n, TELEMETRY_SCHEMA.field(name).type)
     return pa.table(
         {

@@ -774,9 +774,10 @@ _DEFS: tuple[Metric, ...] = (
 METRICS: dict[str, Metric] = {m.name: m for m in _DEFS}
 
 
-def _generated_view(name: str, keys: str, source: str) -> str:
+def _generated_view(name: str, keys: str, source: str, frozen: bool = False) -> str:
     """`CREATE VIEW name` selecting `keys` and every registered metric of the view,
-    in registry order; a metric may name only metrics defined before it."""
+    in registry order; a metric may name only metrics defined before it. `frozen`:
+    a TEMP table of the same rows instead (see `views_sql`)."""
     columns = []
     seen: set[str] = set()
     for metric in _DEFS:
@@ -788,7 +789,8 @@ def _generated_view(name: str, keys: str, source: str) -> str:
         columns.append(f"{metric.sql} AS {metric.name}")
         seen.add(metric.name)
     select = ",\n       ".join([keys, *columns])
-    return f"CREATE OR REPLACE TEMP VIEW {name} AS\nSELECT {select}\n{source};\n"
+    kind = "TABLE" if frozen else "VIEW"
+    return f"CREATE OR REPLACE TEMP {kind} {name} AS\nSELECT {select}\n{source};\n"
 
 
 _INPUT_VIEWS = """
@@ -893,14 +895,29 @@ JOIN hosts h USING (host_id);
 -- Each request's time-weighted mean of those samples (a sample weighs the part of
 -- the request its span covers), and the campaign's starvation threshold (its
 -- config's [gates] max_other_cpu_cores, else the default).
+-- A sample's span (from the sample before to it) covers a request where it overlaps
+-- it: the samples taken inside the request (after its send, up to its end), and the
+-- first one after its end, whose span began before the end. Both found by one ASOF
+-- pass each (requests of a run are served one at a time), not by a range join.
 CREATE OR REPLACE TEMP VIEW request_host_load AS
-WITH covered AS (
-    SELECT r.request_id, r.campaign_id, o.other_cores,
-           least(o.t_ns, r.done_ns) - greatest(o.from_ns, r.sent_ns) AS overlap_ns
+WITH inside AS (
+    SELECT r.request_id, r.campaign_id, r.sent_ns, r.done_ns, o.t_ns, o.from_ns,
+           o.other_cores
+    FROM telemetry_other_cpu o
+    ASOF JOIN requests r ON r.server_run_id = o.server_run_id AND o.t_ns > r.sent_ns
+    WHERE o.t_ns <= r.done_ns
+), after AS (
+    SELECT r.request_id, r.campaign_id, r.sent_ns, r.done_ns, o.t_ns, o.from_ns,
+           o.other_cores
     FROM requests r
-    JOIN telemetry_other_cpu o ON o.server_run_id = r.server_run_id
-         AND o.t_ns > r.sent_ns AND o.from_ns < r.done_ns
-    WHERE o.other_cores IS NOT NULL
+    ASOF JOIN telemetry_other_cpu o ON o.server_run_id = r.server_run_id
+         AND r.done_ns < o.t_ns
+    WHERE o.from_ns < r.done_ns AND o.t_ns > r.sent_ns
+), covered AS (
+    SELECT request_id, campaign_id, other_cores,
+           least(t_ns, done_ns) - greatest(from_ns, sent_ns) AS overlap_ns
+    FROM (SELECT * FROM inside UNION ALL SELECT * FROM after)
+    WHERE other_cores IS NOT NULL
 )
 SELECT c.request_id,
        -- (greatest() skips NULLs: test first, so a request with no weight stays NULL)
@@ -922,14 +939,24 @@ SELECT request_id, count(*) AS loads,
 FROM server_loads WHERE request_id IS NOT NULL
 GROUP BY request_id;
 
+-- Each telemetry sample in the request it was taken during (send to end, both
+-- included): a server run serves one request at a time, so that is the last request
+-- sent at or before the sample, if it had not ended yet (the collector sends a
+-- request after the one before ended, never at the same nanosecond). One ASOF pass over the
+-- time-ordered samples; a range join (sample time BETWEEN send and end) compared
+-- every sample of a run with every request of it and grew with their product.
+CREATE OR REPLACE TEMP VIEW request_samples AS
+SELECT r.request_id, t.*
+FROM telemetry t
+ASOF JOIN requests r ON r.server_run_id = t.server_run_id AND t.t_ns >= r.sent_ns
+WHERE t.t_ns <= r.done_ns;
+
 -- Memory peaks over each request's own telemetry samples (send to end).
 CREATE OR REPLACE TEMP VIEW request_peak_memory AS
-SELECT r.request_id, max(t.rss_bytes) AS rss_peak, max(t.device_rss_bytes) AS dev_peak,
-       max(t.gpu_mem_used_bytes) AS gpu_peak
-FROM requests r
-JOIN telemetry t ON t.server_run_id = r.server_run_id
-     AND t.t_ns BETWEEN r.sent_ns AND r.done_ns
-GROUP BY r.request_id;
+SELECT request_id, max(rss_bytes) AS rss_peak, max(device_rss_bytes) AS dev_peak,
+       max(gpu_mem_used_bytes) AS gpu_peak
+FROM request_samples
+GROUP BY request_id;
 
 -- Per server run: the telemetry windows the memory figures are taken over.
 CREATE OR REPLACE TEMP VIEW server_run_windows AS
@@ -1266,9 +1293,14 @@ FROM tt GROUP BY request_id, decile;
 """
 
 
-def views_sql(include_starved: bool = False) -> str:
+def views_sql(include_starved: bool = False, frozen: bool = False) -> str:
     """Every macro and view, in dependency order; with `include_starved`, requests
-    starved by other processes count in the headline figures (`in_headline`)."""
+    starved by other processes count in the headline figures (`in_headline`).
+
+    `frozen`: `request_metrics` is computed once into a TEMP table instead of a view,
+    for a reader of a store that does not change while it reads (the site build):
+    every figure of the site reads it, some many times, and a view is computed again
+    at each read (the build's time grew with the number of queries x the store)."""
     inputs = _INPUT_VIEWS.replace("{consistency_min_tokens}", str(CONSISTENCY_MIN_TOKENS))
     inputs = inputs.replace(
         "{max_other_cpu_cores}", repr(DEFAULT_THRESHOLDS["max_other_cpu_cores"])
@@ -1277,7 +1309,7 @@ def views_sql(include_starved: bool = False) -> str:
         (
             MACROS,
             inputs,
-            _generated_view("request_metrics", _REQUEST_KEYS, _REQUEST_FROM).replace(
+            _generated_view("request_metrics", _REQUEST_KEYS, _REQUEST_FROM, frozen).replace(
                 "{include_starved}", "TRUE" if include_starved else "FALSE"
             ),
             _generated_view("server_run_memory", _MEMORY_KEYS, _MEMORY_FROM),
@@ -1287,10 +1319,12 @@ def views_sql(include_starved: bool = False) -> str:
     )
 
 
-def create_views(con: duckdb.DuckDBPyConnection, include_starved: bool = False) -> None:
+def create_views(
+    con: duckdb.DuckDBPyConnection, include_starved: bool = False, frozen: bool = False
+) -> None:
     """Create the metric macros and views on `con` (works on read-only connections);
-    `include_starved` as in `views_sql`."""
-    con.execute(views_sql(include_starved))
+    `include_starved` and `frozen` as in `views_sql`."""
+    con.execute(views_sql(include_starved, frozen))
 
 
 def group_sql(name: str) -> str:

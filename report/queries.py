@@ -193,7 +193,8 @@ def prepare(
     `include_starved`, requests starved by other processes count in the headline
     figures and the gates are evaluated again over them (`sel_gates`)."""
     con.execute("SET enable_progress_bar = false")
-    create_views(con, include_starved)
+    # The build only reads: its request figures are computed once (views_sql).
+    create_views(con, include_starved, frozen=True)
     con.execute("CREATE OR REPLACE TEMP TABLE sel_campaigns (campaign_id VARCHAR)")
     if selection.ids:
         con.executemany("INSERT INTO sel_campaigns VALUES (?)", [[i] for i in selection.ids])

@@ -97,3 +97,21 @@ def test_a_process_mid_exit_is_absent_not_zero_bytes() -> None:
     # stopped, stored device_rss_bytes = 0.
     sample = _sample({}, [_Exiting()], Nvml(), watching=False)  # type: ignore[list-item]
     assert sample.device_rss_bytes is None and sample.device_cpu_percent is None
+
+
+def test_the_sampler_runs_below_every_compute_thread() -> None:
+    # At nice 19 the sampler still cost the server about 1.5 % of its decode rate on 2
+    # busy cores (sampler on / off 0.985 over 4 runs); at Linux's SCHED_IDLE, 1.00.
+    known = {p.pid for p in psutil.Process().children()}
+    sampler = TelemetrySampler(os.getpid(), hz=10)
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not sampler.drain() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (child,) = [p for p in psutil.Process().children() if p.pid not in known]
+        assert child.nice() == 19
+        if sys.platform.startswith("linux"):
+            assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+    finally:
+        sampler.stop()
