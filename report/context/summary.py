@@ -252,47 +252,42 @@ def build(
         q = q_rows.get(key)
         p = params.get(s["model"])
         offloaded = s["n_cpu_moe"] is not None and s["n_cpu_moe"] != 0
+        parameters: Figure = (
+            Quantity(float(p), "params", None)
+            if p is not None
+            else Missing("the model file was not inspected")
+        )
         broken = failed.get(key)
         if broken:
+            # Not one answer: no rate, no score, and no saving to read as a result.
             why = f"not one of its {broken.requests} requests succeeded"
             nothing = Stat.empty("", f"{why}: no answer to judge")
-            table.append(
-                SummaryRow(
-                    model=s["model"],
-                    config=s["config_label"],
-                    host=hosts[s["model"]],
-                    parameters=Quantity(float(p), "params", None)
-                    if p is not None
-                    else Missing("the model file was not inspected"),
-                    vram_saved=Missing(f"this configuration failed: {why}") if offloaded else None,
-                    avg_tps=Stat.empty("tokens/s", why),
-                    quality=nothing,
-                    repetition=nothing,
-                )
+            vram_saved: Figure | None = Missing(f"this configuration failed: {why}")
+            avg_tps, scores = Stat.empty("tokens/s", why), (nothing, nothing)
+        else:
+            no_rate = (
+                f"every successful streamed request was starved by other processes "
+                f"({starved[key]} excluded)"
+                if starved.get(key)
+                else "no successful streamed request"
             )
-            continue
-        no_rate = (
-            f"every successful streamed request was starved by other processes "
-            f"({starved[key]} excluded)"
-            if starved.get(key)
-            else "no successful streamed request"
-        )
+            vram_saved = vram.get(key, Missing("no baseline to compare with"))
+            avg_tps = stat_or_empty(avg, key, "tokens/s", no_rate)
+            unscored = Stat.empty("", quality.no_scores_reason)
+            scores = (
+                q.scores["quality"] if q else unscored,
+                q.scores["repetition"] if q else unscored,
+            )
         table.append(
             SummaryRow(
                 model=s["model"],
                 config=s["config_label"],
                 host=hosts[s["model"]],
-                parameters=Quantity(float(p), "params", None)
-                if p is not None
-                else Missing("the model file was not inspected"),
-                vram_saved=vram.get(key, Missing("no baseline to compare with"))
-                if offloaded
-                else None,
-                avg_tps=stat_or_empty(avg, key, "tokens/s", no_rate),
-                quality=q.scores["quality"] if q else Stat.empty("", quality.no_scores_reason),
-                repetition=q.scores["repetition"]
-                if q
-                else Stat.empty("", quality.no_scores_reason),
+                parameters=parameters,
+                vram_saved=vram_saved if offloaded else None,
+                avg_tps=avg_tps,
+                quality=scores[0],
+                repetition=scores[1],
             )
         )
     ratios = {(r.model, r.config, r.metric): r for r in performance.ratios}
