@@ -42,6 +42,7 @@ from collector.session import ServerRunHandle, server_session, tokenize
 from collector.tokenizer import OutputCounter, TokenCount
 from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError, StoreError
 from common.secrets import REDACTED, Secrets
+from evidence.store import query_interrupted
 from evidence.writer import as_stored, redact_secrets, update_row
 
 __all__ = [
@@ -542,7 +543,10 @@ def run_campaign(
     except KeyboardInterrupt as exc:
         finish_campaign(con, campaign_id, "interrupted")
         raise CampaignInterrupted(campaign_id) from exc
-    except BaseException:
+    except BaseException as exc:
+        if query_interrupted(exc):  # the same Ctrl-C, met inside a query
+            finish_campaign(con, campaign_id, "interrupted")
+            raise CampaignInterrupted(campaign_id) from exc
         finish_campaign(con, campaign_id, "failed")
         raise
     if failures:

@@ -41,6 +41,7 @@ from collector.telemetry import Sample, TelemetrySampler
 from common.errors import DoesNotFit, EngineError, ServerError
 from common.secrets import redact_argv
 from common.sizes import MIB, mib
+from evidence.store import query_interrupted
 from evidence.writer import (
     Transaction,
     insert_arrow,
@@ -473,8 +474,9 @@ def server_session(
     status, error = "stopped", None
     try:
         yield run, telemetry
-    except KeyboardInterrupt:
-        status, error = "stopped", "campaign interrupted (Ctrl-C)"
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or query_interrupted(exc):
+            status, error = "stopped", "campaign interrupted (Ctrl-C)"
         raise
     finally:
         if status == "stopped" and run.died(request_failed=False):

@@ -333,6 +333,13 @@ _NO_SPACE = (
 _NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+def query_interrupted(exc: BaseException) -> bool:
+    """Whether `exc` is Ctrl-C (or SIGTERM, which the CLI turns into one) that arrived
+    while DuckDB ran a query: its client then stops the query and raises
+    RuntimeError("Query interrupted") in place of the KeyboardInterrupt."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether `exc`, or an error it was raised while handling, says the disk is full.
 

@@ -520,3 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print(one_line(_interrupted(args, exc)), file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RuntimeError as exc:
+        from evidence.store import query_interrupted
+
+        if not query_interrupted(exc):
+            raise
+        # Ctrl-C that arrived inside a DuckDB query (outside a campaign: a build).
+        print(one_line(_interrupted(args, KeyboardInterrupt())), file=sys.stderr)
+        return EXIT_INTERRUPTED

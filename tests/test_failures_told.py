@@ -211,3 +211,41 @@ def test_a_body_far_beyond_its_token_budget_is_refused_early(stream: bool) -> No
     assert cap == (1 << 20) + 50 * 4096
     assert result.status == "error" and result.error is not None
     assert f"larger than {cap:,} bytes, more than an answer of 50 tokens" in result.error
+
+
+@pytest.mark.engine
+def test_ctrl_c_inside_a_query_is_an_interruption_not_a_failure(
+    tmp_path: Path, engine: EngineBuild, moe_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DuckDB stops a query that Ctrl-C reaches and raises RuntimeError("Query
+    # interrupted") in place of the KeyboardInterrupt: the campaign was stored `failed`
+    # with a traceback (seen in CI-like runs: the per-request load-allowance query).
+    import collector.campaign
+    from collector.campaign import CampaignInterrupted
+    from collector.progress import CampaignProgress
+    from tests.engine_helpers import engine_config, run_in_process
+
+    real = collector.campaign._load_allowance_s
+    calls = []
+
+    def interrupted(*args: object) -> float:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("Query interrupted")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(collector.campaign, "_load_allowance_s", interrupted)
+    config = engine_config(
+        moe_model, engine, tests=["simple-response"], repeats=3, max_tokens_cap=4, warmup=False
+    )
+    db = tmp_path / "evidence.duckdb"
+    with (
+        open_store(db) as con,
+        CampaignProgress() as progress,
+        pytest.raises(CampaignInterrupted),
+    ):
+        run_in_process(con, config, progress, tmp_path, engine=engine, model=moe_model)
+    assert query(db, "SELECT status FROM campaigns") == [("interrupted",)]
+    assert query(db, "SELECT status, error FROM server_runs") == [
+        ("stopped", "campaign interrupted (Ctrl-C)")
+    ]
