@@ -3,8 +3,9 @@
 Per configuration: a clean server start, an idle window for memory after
 load, one unrecorded warm-up request, then the plan's cells (pause between
 tests). Everything is written as it happens, one transaction per request, so
-`--resume` can pick up exactly where an interrupted campaign stopped, and a
-server that dies mid-stream is restarted and the campaign goes on.
+`--resume` can pick up exactly where an interrupted campaign stopped
+(collector.resume), and a server that dies mid-stream is restarted and the
+campaign goes on.
 """
 
 from __future__ import annotations
@@ -12,48 +13,41 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from pydantic import ValidationError
 
 from collector import advisor
 from collector import client as http_client
 from collector.apis import GenerationParams
-from collector.config import CampaignSection, Config, validation_message
+from collector.config import Config
 from collector.engine import EngineBuild
 from collector.plan import CampaignContext, Cell, ServerPlan, server_plans, test_max_tokens
 from collector.progress import CampaignProgress
 from collector.protocol import PROTOCOL, ProtocolTest
 from collector.recording import (
+    campaign_secrets,
     create_campaign,
     finish_campaign,
     register_models,
     store_request,
-    stored_config,
 )
+from collector.resume import Resumed, continue_campaign
 from collector.session import ServerRunHandle, server_session, tokenize
 from collector.tokenizer import OutputCounter, TokenCount
-from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError, StoreError
-from common.secrets import REDACTED, Secrets
+from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError
 from evidence.store import query_interrupted
-from evidence.writer import as_stored, redact_secrets, update_row
+from evidence.writer import redact_secrets
 
 __all__ = [
     "CampaignInterrupted",
     "Cell",
     "ServerPlan",
-    "StoredDefinition",
-    "done_cells",
     "run_campaign",
     "server_plans",
-    "stored_definition",
 ]
 
 
@@ -64,211 +58,6 @@ class CampaignInterrupted(KeyboardInterrupt):
     def __init__(self, campaign_id: str) -> None:
         super().__init__(campaign_id)
         self.campaign_id = campaign_id
-
-
-def done_cells(con: duckdb.DuckDBPyConnection, campaign_id: str) -> set[Cell]:
-    """Cells of `campaign_id` that already have a stored request (any status)."""
-    rows = con.execute(
-        """
-        SELECT m.label, s.config_label, r.test_id, r.repeat, r.stream
-        FROM requests r
-        JOIN server_runs s USING (server_run_id)
-        JOIN models m ON m.model_id = s.model_id
-        WHERE r.campaign_id = ?
-        """,
-        [campaign_id],
-    ).fetchall()
-    return {Cell(*row) for row in rows}
-
-
-def unfit_configurations(con: duckdb.DuckDBPyConnection, campaign_id: str) -> set[tuple[str, str]]:
-    """(model, configuration) labels of `campaign_id` whose load did not fit the device."""
-    rows = con.execute(
-        """
-        SELECT DISTINCT m.label, s.config_label
-        FROM server_runs s JOIN models m USING (model_id)
-        WHERE s.campaign_id = ? AND s.status = 'does_not_fit'
-        """,
-        [campaign_id],
-    ).fetchall()
-    return {(str(model), str(config)) for model, config in rows}
-
-
-def find_resumable(con: duckdb.DuckDBPyConnection, campaign_id: str | None) -> str:
-    """The campaign to resume: the given id, else the latest unfinished one."""
-    if campaign_id:
-        row = con.execute(
-            "SELECT campaign_id, status FROM campaigns WHERE campaign_id = ?", [campaign_id]
-        ).fetchone()
-        if row is None:
-            raise StoreError(
-                f"no campaign {campaign_id} in this store; list them with `moe-evidence campaigns`"
-            )
-        return str(row[0])
-    row = con.execute(
-        "SELECT campaign_id FROM campaigns WHERE status <> 'complete' "
-        "ORDER BY started_utc DESC LIMIT 1"
-    ).fetchone()
-    if row is None:
-        raise StoreError(
-            "no unfinished campaign to resume in this store; start a new one without --resume"
-        )
-    return str(row[0])
-
-
-@dataclass(frozen=True)
-class StoredDefinition:
-    """What defines a stored campaign: its profile and its config (as stored, secrets
-    redacted), and the command line that started it."""
-
-    campaign_id: str
-    profile: str
-    config: dict[str, Any]
-    command: list[str]
-
-    def command_line(self) -> str:
-        return shlex.join([*self.command, "--resume", self.campaign_id])
-
-
-def stored_definition(con: duckdb.DuckDBPyConnection, resume: str | bool) -> StoredDefinition:
-    """The definition of the campaign `--resume` names (an id, or True for the latest
-    unfinished one)."""
-    campaign_id = find_resumable(con, resume if isinstance(resume, str) else None)
-    row = con.execute(
-        "SELECT profile, config, command FROM campaigns WHERE campaign_id = ?", [campaign_id]
-    ).fetchone()
-    assert row is not None
-    profile, config, command = row
-    return StoredDefinition(
-        campaign_id, str(profile), _with_budget_deadlines(json.loads(config)), json.loads(command)
-    )
-
-
-# What a collector before budget deadlines stored as `campaign.request_timeout_s`
-# when the config did not set it: one fixed limit for every request.
-_FIXED_DEADLINE_DEFAULT_S = 900.0
-
-
-def _with_budget_deadlines(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored config as this collector reads it, deadlines included.
-
-    A campaign stored before deadlines came from token budgets has no
-    `min_tokens_per_s`, and a `request_timeout_s` of 900 s that every request was
-    held to: the old default, which cut slow answers it should have waited for. It
-    is read with today's defaults (no cap, 1 token/s), so it resumes, with its flags
-    or without, under the deadlines a new campaign gets; any other value it set
-    stays, as a cap."""
-    campaign = config.get("campaign")
-    if not isinstance(campaign, dict) or "min_tokens_per_s" in campaign:
-        return config
-    defaults = CampaignSection.model_fields
-    campaign = {**campaign, "min_tokens_per_s": defaults["min_tokens_per_s"].default}
-    if campaign.get("request_timeout_s") == _FIXED_DEADLINE_DEFAULT_S:
-        campaign["request_timeout_s"] = defaults["request_timeout_s"].default
-    return {**config, "campaign": campaign}
-
-
-# The order in which a changed definition is reported: what is measured first (a
-# different endpoint also changes the derived campaign name, which says less).
-_DEFINITION_ORDER = ("server", "models", "configurations", "sweep", "device", "campaign")
-
-
-def _shown(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _first_difference(old: Any, new: Any, path: str) -> tuple[str, Any, Any] | None:
-    """The first place where two stored configs differ: (dotted path, old, new)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        keys = [k for k in _DEFINITION_ORDER if k in old or k in new] if not path else []
-        keys += sorted((old.keys() | new.keys()) - set(keys))
-        for key in keys:
-            where = f"{path}.{key}" if path else key
-            if key not in old and new[key] is None:
-                # A setting added since the campaign was stored, left unset: what the
-                # older collector did (e.g. device.memory: no limit).
-                continue
-            if key not in old or key not in new:
-                return where, old.get(key, "(absent)"), new.get(key, "(absent)")
-            found = _first_difference(old[key], new[key], where)
-            if found:
-                return found
-        return None
-    if (
-        isinstance(old, list)
-        and isinstance(new, list)
-        and len(old) == len(new)
-        and any(isinstance(x, dict) for x in old)
-    ):
-        for i, (a, b) in enumerate(zip(old, new, strict=True)):
-            found = _first_difference(a, b, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    if isinstance(old, str) and REDACTED in old:
-        return None  # a secret: not stored, so not compared (and not what is measured)
-    return None if old == new else (path, old, new)
-
-
-def check_same_definition(stored: StoredDefinition, config: Config, profile: str) -> None:
-    """Refuse to resume `stored` as anything but itself: requests measured with a
-    different server, model, configuration, protocol setting or profile would be
-    mixed into one campaign as if they were the same measurement."""
-    redo = "rerun with the same flags (or --resume alone), or without --resume for a new campaign"
-    if profile != stored.profile:
-        raise ConfigError(
-            f"--resume: this campaign ran with profile {stored.profile}; you asked for "
-            f"{profile}; {redo}"
-        )
-    # Compared as the store holds it: its secrets redacted (and never printed raw).
-    asked = as_stored(
-        json.loads(json.dumps(stored_config(config), default=str)),
-        campaign_secrets(config, [], None),
-    )
-    found = _first_difference(stored.config, asked, "")
-    if found:
-        where, old, new = found
-        raise ConfigError(
-            f"--resume: this campaign ran with {where} {_shown(old)}; you asked for "
-            f"{_shown(new)}; {redo}"
-        )
-
-
-def _redacted(value: Any, path: str = "") -> str | None:
-    """The first place in a stored config whose value was redacted (a secret)."""
-    if isinstance(value, dict):
-        items: list[tuple[str, Any]] = [
-            (f"{path}.{k}" if path else str(k), v) for k, v in value.items()
-        ]
-    elif isinstance(value, list):
-        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
-    else:
-        return path if isinstance(value, str) and REDACTED in value else None
-    for where, item in items:
-        found = _redacted(item, where)
-        if found:
-            return found
-    return None
-
-
-def config_of(stored: StoredDefinition) -> Config:
-    """The config a campaign ran with, rebuilt from the store (`--resume` alone)."""
-    secret = _redacted(stored.config)
-    if secret:
-        raise ConfigError(
-            f"--resume: this campaign's {secret} is a secret the store does not keep, so "
-            f"it cannot be rerun from the store; resume with its flags: "
-            f"{stored.command_line()}"
-        )
-    try:
-        return Config.model_validate(stored.config)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"--resume: the stored definition no longer validates "
-            f"({validation_message('config', exc)}); resume with its flags: "
-            f"{stored.command_line()}"
-        ) from exc
 
 
 def _summary(result: http_client.RequestResult, tokens: int | None) -> str:
@@ -475,12 +264,6 @@ def _resolve_auto(ctx: CampaignContext, plan: ServerPlan) -> ServerPlan:
     return dataclasses.replace(plan, configuration=resolved)
 
 
-def campaign_secrets(config: Config, command: list[str], api_key: str | None) -> Secrets:
-    """The secrets a campaign is given, never stored: in its config, its command line,
-    the environment its server inherits, and the API key."""
-    return Secrets.find(config.model_dump(mode="json"), command, dict(os.environ), values=[api_key])
-
-
 def run_campaign(
     con: duckdb.DuckDBPyConnection,
     config: Config,
@@ -498,14 +281,11 @@ def run_campaign(
     """Run (or resume) a campaign into the open store; return its id."""
     redact_secrets(con, campaign_secrets(config, command, api_key))  # before the first row
     if resume:
-        campaign_id = find_resumable(con, resume if isinstance(resume, str) else None)
-        skip = done_cells(con, campaign_id)
-        update_row(con, "campaigns", "campaign_id", campaign_id, {"status": "running"})
-        progress.message(f"resuming campaign {campaign_id}: {len(skip)} cells already stored")
+        resumed = continue_campaign(con, resume, progress)
     else:
-        campaign_id = create_campaign(con, config, profile, command, engine)
-        skip = set()
-        progress.message(f"campaign {campaign_id}")
+        resumed = Resumed(create_campaign(con, config, profile, command, engine), set(), set())
+        progress.message(f"campaign {resumed.campaign_id}")
+    campaign_id, skip = resumed.campaign_id, resumed.done
     ctx = CampaignContext(
         con=con,
         campaign_id=campaign_id,
@@ -517,7 +297,6 @@ def run_campaign(
         api_key=api_key,
     )
     failures: list[str] = []
-    unfit = unfit_configurations(con, campaign_id)
     try:
         # Inside the try: a model that cannot be inspected, or a K that cannot be
         # chosen, closes the campaign as failed instead of leaving it `running`.
@@ -525,7 +304,7 @@ def run_campaign(
         plans = [_resolve_auto(ctx, plan) for plan in server_plans(config)]
         progress.plan(sum(len(p.cells) for p in plans) - len(skip))
         for plan in plans:
-            if (plan.model.label, plan.configuration.label) in unfit:
+            if (plan.model.label, plan.configuration.label) in resumed.unfit:
                 continue  # resumed: it did not fit this device before, and would not now
             try:
                 run_plan(ctx, plan, skip)

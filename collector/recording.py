@@ -4,6 +4,7 @@ telemetry sampled since the request before (one transaction each)."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from collector.protocol import PROTOCOL, ProtocolTest
 from collector.session import ServerRunHandle, record_request_loads
 from collector.telemetry import Sample
 from collector.tokenizer import TokenCount
-from common.secrets import redact_argv, redact_url
+from common.secrets import Secrets, redact_argv, redact_url
 from evidence.writer import (
     Transaction,
     chunk_table,
@@ -57,6 +58,12 @@ def stored_config(config: Config) -> dict[str, Any]:
     if data["sweep"]:
         data["sweep"]["args"] = redact_argv(data["sweep"]["args"])
     return data
+
+
+def campaign_secrets(config: Config, command: list[str], api_key: str | None) -> Secrets:
+    """The secrets a campaign is given, never stored: in its config, its command line,
+    the environment its server inherits, and the API key."""
+    return Secrets.find(config.model_dump(mode="json"), command, dict(os.environ), values=[api_key])
 
 
 def create_campaign(

@@ -1,76 +1,34 @@
-"""`collector run`: turn flags into a config, prepare engine and models, run.
+"""`collect`: from the typed request to a stored campaign.
 
-This is the only place that decides between the embedded default, a config
-file and attach mode; everything after it sees one validated `Config`.
+Given the `CollectRequest` the command line built, it decides the config (a new
+campaign's from the flags, a resumed one's from the store: collector.resume),
+checks the store, prepares the engine and the models, and runs the campaign;
+everything after it sees one validated `Config`.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
-import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from collector import device_limit
-from collector.campaign import (
-    StoredDefinition,
-    campaign_secrets,
-    check_same_definition,
-    config_of,
-    run_campaign,
-    stored_definition,
-)
-from collector.config import (
-    CampaignSection,
-    Config,
-    Configuration,
-    DeviceSection,
-    ModelEntry,
-    ServerSection,
-    check_test_ids,
-    endpoint_problem,
-    load_config,
-    validation_message,
-)
-from collector.defaults import EMBEDDED_MODEL_LABEL, embedded_config, quick_profile
+from collector.campaign import run_campaign
+from collector.collect_request import EMBEDDED_PROFILES, CollectRequest, build_config
+from collector.config import Config
+from collector.defaults import EMBEDDED_MODEL_LABEL
 from collector.engine import EngineBuild, cached_engine, ensure_engine
 from collector.leftovers import close_left_runs
 from collector.progress import CampaignProgress, visible
-from common.controls import control_problem
+from collector.recording import campaign_secrets
+from collector.resume import StoredDefinition, continue_hint, resumed_definition, stored_campaign
 from common.errors import ConfigError, DiskFull, EvidenceError, ModelError, StoreError
-from common.secrets import launched_server_key, redact_url
-from common.sizes import parse_size
+from common.secrets import launched_server_key
 from evidence.store import disk_full, open_store
-
-# The `collect` flags that define a campaign: all but where it is stored (--db)
-# and --resume. Unset, each is None or False.
-DEFINITION_FLAGS = (
-    "config",
-    "endpoint",
-    "api",
-    "device",
-    "device_memory",
-    "model",
-    "label",
-    "quick",
-    "repeats",
-    "pause",
-    "tests",
-    "release",
-    "no_non_streaming",
-    "no_sweep",
-)
-
-# Profiles of the embedded default campaign (no --config, no --endpoint).
-EMBEDDED_PROFILES = ("default", "quick")
 
 
 def engine_with_progress() -> EngineBuild:
@@ -112,115 +70,6 @@ def engine_with_progress() -> EngineBuild:
         build = ensure_engine(report)
     console.print(f"engine built in {time.monotonic() - started:.0f} s: {build.server}")
     return build
-
-
-def _check_label_flags(args: argparse.Namespace) -> None:
-    """The flags that name things, refused (naming the flag) where they hold a control
-    character, as the same keys are in a config file (collector.config.Label)."""
-    for flag, value in (
-        ("--model", args.model),
-        ("--label", args.label),
-        ("--release", args.release),
-    ):
-        problem = control_problem(value) if value else None
-        if problem:
-            raise ConfigError(f"{flag}: {problem}")
-
-
-def _attach_config(args: argparse.Namespace) -> Config:
-    if not args.model:
-        raise ConfigError("--endpoint needs --model NAME (the model name the server knows)")
-    problem = endpoint_problem(args.endpoint)
-    if problem:
-        raise ConfigError(f"--endpoint {problem}")
-    try:
-        return Config(
-            # Named without the endpoint's credentials: the store redacts a bare URL's
-            # structurally, but only a secret long enough for free text in a name.
-            campaign=CampaignSection(name=f"Attached: {args.model} at {redact_url(args.endpoint)}"),
-            server=ServerSection(
-                mode="attach", endpoint=args.endpoint, api=args.api or "openai-chat"
-            ),
-            models=[ModelEntry(label=args.model, name=args.model)],
-            configurations=[Configuration(label=args.label or "attached")],
-        )
-    except ValidationError as exc:
-        raise ConfigError(validation_message("--endpoint", exc)) from exc
-
-
-def _with_device(config: Config, kind: str | None, memory: str | None) -> Config:
-    """`config` with the device the flags name: its kind, and the memory it is held to."""
-    updates: dict[str, Any] = {}
-    if kind is not None:
-        updates["kind"] = kind
-    if memory is not None:
-        try:
-            updates["memory"] = parse_size(memory)
-        except ValueError as exc:
-            raise ConfigError(f"--device-memory: {exc}") from exc
-        unsupported = device_limit.supported()
-        if unsupported:
-            raise ConfigError(f"--device-memory: {unsupported}")
-    try:
-        device = DeviceSection.model_validate({**config.device.model_dump(), **updates})
-    except ValidationError as exc:
-        raise ConfigError(validation_message("--device-memory", exc)) from exc
-    return config.model_copy(update={"device": device})
-
-
-def _test_ids(flag: str) -> list[str]:
-    """`--tests a,b`: the ids, each a protocol test (one line naming a bad one)."""
-    try:
-        ids = check_test_ids([t.strip() for t in flag.split(",") if t.strip()])
-    except ValueError as exc:
-        raise ConfigError(f"--tests: {exc}") from exc
-    assert ids is not None
-    return ids
-
-
-def build_config(args: argparse.Namespace) -> tuple[Config, str]:
-    """The config the flags ask for, and its profile name."""
-    _check_label_flags(args)
-    device = args.device
-    if args.config is not None:
-        config, profile = load_config(args.config), "config"
-    elif args.endpoint is not None:
-        config, profile = _attach_config(args), "attach"
-    else:
-        config, profile = embedded_config(device=device or "rpc"), "default"
-        device = None  # applied
-    memory = getattr(args, "device_memory", None)
-    if device is not None or memory is not None:
-        config = _with_device(config, device, memory)
-    if args.quick:
-        # The profile first, then the flags typed with it: `--quick --repeats 3` is
-        # the smoke profile with three repeats (the --quick help says so).
-        config = quick_profile(config)
-        profile = "quick" if profile == "default" else f"{profile}-quick"
-    updates: dict[str, Any] = {}
-    if args.repeats is not None:
-        if args.repeats < 1:
-            raise ConfigError("--repeats must be at least 1")
-        updates["repeats"] = args.repeats
-    if args.pause is not None:
-        if not math.isfinite(args.pause):
-            raise ConfigError("--pause must be a finite number of seconds (0 for none)")
-        updates["pause_s"] = max(0.0, args.pause)
-    if args.tests is not None:
-        updates["tests"] = _test_ids(args.tests)
-    if args.release:
-        updates["release"] = args.release
-    if args.no_non_streaming:
-        updates["non_streaming"] = False
-    if updates:
-        try:
-            campaign = CampaignSection.model_validate({**config.campaign.model_dump(), **updates})
-        except ValidationError as exc:
-            raise ConfigError(validation_message("flags", exc)) from exc
-        config = config.model_copy(update={"campaign": campaign})
-    if args.no_sweep:
-        config = config.model_copy(update={"sweep": None})
-    return config, profile
 
 
 def _model_paths(config: Config, embedded: bool) -> dict[str, Path]:
@@ -296,31 +145,12 @@ def env_api_key(name: str | None) -> str | None:
     return value
 
 
-def _definition(args: argparse.Namespace, stored: StoredDefinition) -> tuple[Config, str]:
-    """The config and profile a resume runs: the stored campaign's for `--resume`
-    alone; else the flags', refused where they change the campaign."""
-    if not any(getattr(args, name, None) not in (None, False) for name in DEFINITION_FLAGS):
-        return config_of(stored), stored.profile
-    config, profile = build_config(args)
-    check_same_definition(stored, config, profile)
-    return config, profile
-
-
 def _check_store(db: Path) -> None:
     """Open the store before anything slow (the engine build, a model download), so
     a store that cannot be used fails now, in one line. An existing one is only read,
     every block of it: a damaged store is refused before anything is written to it."""
     with open_store(db, read_only=db.exists(), verify=True):
         pass
-
-
-def _stored(db: Path, resume: str | bool) -> StoredDefinition:
-    """The definition of the campaign `--resume` continues (read only)."""
-    if not db.exists():
-        raise StoreError(f"no evidence store at {db} to resume; pass the --db the campaign used")
-    # Checked as a writer checks it: the campaign will write into this store.
-    with open_store(db, read_only=True, verify=True) as con:
-        return stored_definition(con, resume)
 
 
 def _campaign_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -337,24 +167,16 @@ def _new_campaign(con: duckdb.DuckDBPyConnection, before: set[str]) -> str | Non
     return next(iter(new)) if len(new) == 1 else None
 
 
-def _resume_hint(args: argparse.Namespace, campaign_id: str | None) -> str:
-    """How to go on once space is free: the campaign's own `--resume`, or a rerun when
-    not even its first row was stored."""
-    if campaign_id is None:
-        return "run the command again"
-    db = f" --db {shlex.quote(str(args.db))}" if getattr(args, "db", None) else ""
-    return f"continue with `moe-evidence collect --resume {campaign_id}{db}`"
-
-
-def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
-    """Run (or resume) the campaign the flags ask for into `db`; return its id."""
+def run_command(request: CollectRequest, db: Path) -> str:
+    """Run (or resume) the campaign `request` asks for into `db`; return its id."""
+    command = list(request.command)
     stored: StoredDefinition | None = None
-    if args.resume:
-        stored = _stored(db, args.resume)
-        config, profile = _definition(args, stored)
+    if request.resume:
+        stored = stored_campaign(db, request.resume)
+        config, profile = resumed_definition(request, stored)
     else:
         # Flags and config files first: a mistake stores nothing.
-        config, profile = build_config(args)
+        config, profile = build_config(request)
         _check_store(db)
     embedded = profile in EMBEDDED_PROFILES
     uses_engine = (
@@ -392,7 +214,14 @@ def run_command(args: argparse.Namespace, command: list[str], db: Path) -> str:
                 if not disk_full(exc):
                     raise
                 campaign_id = stored.campaign_id if stored else _new_campaign(con, before)
-                raise DiskFull(str(db), _resume_hint(args, campaign_id)) from exc
+                # How to go on once space is free: the campaign's own `--resume`, or a
+                # rerun when not even its first row was stored.
+                hint = (
+                    "run the command again"
+                    if campaign_id is None
+                    else continue_hint(campaign_id, request.db)
+                )
+                raise DiskFull(str(db), hint) from exc
     except EvidenceError as exc:
         # The one `error:` line quotes what failed (a 401 body, a log's last line).
         exc.args = tuple(visible(secrets.text(a)) if isinstance(a, str) else a for a in exc.args)

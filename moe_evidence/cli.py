@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.controls import one_line
 from common.errors import EvidenceError
 from common.secrets import redact_url
+
+if TYPE_CHECKING:
+    from collector.collect_request import CollectRequest
 
 Handler = Callable[[argparse.Namespace], int]
 # Adds a command's arguments to its parser.
@@ -56,8 +59,9 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--config", type=Path, help="TOML campaign config (default: embedded)")
     source.add_argument("--endpoint", help="attach to a running server at this URL")
-    # Flags that define the campaign default to None (or False): unset, `--resume`
-    # takes them from the stored campaign (collector.runner.DEFINITION_FLAGS).
+    # Each flag is the field of the same name of collector.collect_request.CollectRequest,
+    # which declares the flags that define the campaign: they default to None (or
+    # False), so that unset, `--resume` takes them from the stored campaign.
     p.add_argument(
         "--api",
         default=None,
@@ -110,10 +114,19 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def collect_request(args: argparse.Namespace) -> CollectRequest:
+    """The typed request of a parsed `collect` command line: its flags, field by field,
+    and the command line itself (stored with the campaign)."""
+    from collector.collect_request import CollectRequest
+
+    flags = {name: getattr(args, name) for name in CollectRequest.flag_fields()}
+    return CollectRequest(command=("moe-evidence", *args.argv), **flags)
+
+
 def _collect(args: argparse.Namespace) -> int:
     from moe_evidence.pipeline import collect_and_score
 
-    return collect_and_score(args, command=["moe-evidence", *args.argv])
+    return collect_and_score(collect_request(args))
 
 
 # --- the site --------------------------------------------------------------------------
@@ -495,19 +508,27 @@ def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     campaign_id = getattr(exc, "campaign_id", None)
     if campaign_id is None:
         return line
-    db = f" --db {shlex.quote(str(args.db))}" if getattr(args, "db", None) else ""
-    return f"{line}; continue with `moe-evidence collect --resume {campaign_id}{db}`"
+    from collector.resume import continue_hint
+
+    return f"{line}; {continue_hint(campaign_id, getattr(args, 'db', None))}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit code (see the module docstring)."""
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (`argv`, else the process's) parsed as every handler gets it:
+    with `options` (what `perf` passes through) and `argv` (the command line as given,
+    stored with a campaign). A usage error exits 2, with argparse's message."""
     top = parser()
     args, extra = top.parse_known_args(argv)
     if extra and args.command != "perf":
         top.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = [*getattr(args, "options", []), *extra]
-    # The command line as given, stored with a campaign (main() may get it as `argv`).
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (see the module docstring)."""
+    args = parse(argv)
     _interrupt_on_termination()
     handler: Handler = args.handler
     try:

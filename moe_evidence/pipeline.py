@@ -7,20 +7,20 @@ scored (what ran is evidence too) before its failure is reported.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from collector.collect_request import CollectRequest
 from collector.runner import run_command
 from common.errors import CampaignFailed
 from evidence.store import default_db_path, open_store
 from scoring.store import rescore_campaign
 
 
-def collect_and_score(args: argparse.Namespace, command: list[str]) -> int:
-    """Run (or resume) a campaign as `args` say, score it, and report; exit code 0."""
-    db: Path = args.db or default_db_path()
+def collect_and_score(request: CollectRequest) -> int:
+    """Run (or resume) the campaign `request` asks for, score it, and report; exit code 0."""
+    db: Path = request.db or default_db_path()
     try:
-        campaign_id = run_command(args, command, db)
+        campaign_id = run_command(request, db)
     except CampaignFailed as exc:
         score(db, exc.campaign_id)
         raise

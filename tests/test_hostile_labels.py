@@ -20,12 +20,12 @@ import duckdb
 import pytest
 from rich.console import Console
 
+from collector.collect_request import build_config
 from collector.config import load_config
 from collector.progress import CampaignProgress
-from collector.runner import build_config
 from common.errors import ConfigError
 from evidence.store import open_store
-from moe_evidence.cli import main, parser
+from moe_evidence.cli import collect_request, main, parse
 from tests.cli_helpers import cli_env
 from tests.fixtures.report.support import build, project, synthetic_store
 from tests.storefactory import StoreFactory
@@ -88,23 +88,23 @@ def test_a_label_with_a_control_character_is_refused_in_one_line(
 @pytest.mark.parametrize("flag", ["--label", "--model", "--release"])
 def test_a_label_flag_with_a_newline_is_refused_naming_the_flag(flag: str) -> None:
     """Regression: `--label` and `--model` (attach) and `--release` took any text."""
-    args = parser().parse_args(
-        ["collect", "--endpoint", "http://127.0.0.1:9", "--model", "m", flag, f"a\n{FORGED}"]
+    request = collect_request(
+        parse(["collect", "--endpoint", "http://127.0.0.1:9", "--model", "m", flag, f"a\n{FORGED}"])
     )
     with pytest.raises(ConfigError, match=rf"^{flag}: contains a control character \(U\+000A\)"):
-        build_config(args)
+        build_config(request)
 
 
 def test_an_endpoint_with_a_newline_is_refused() -> None:
     """urlsplit drops a newline silently, so the address passed the check and went on,
     newline and all, into the campaign's name and the store."""
-    args = parser().parse_args(
-        ["collect", "--endpoint", f"http://127.0.0.1:9/\n{FORGED}", "--model", "m"]
+    request = collect_request(
+        parse(["collect", "--endpoint", f"http://127.0.0.1:9/\n{FORGED}", "--model", "m"])
     )
     with pytest.raises(
         ConfigError, match=r"^--endpoint .* contains a control character \(U\+000A\)"
     ):
-        build_config(args)
+        build_config(request)
 
 
 def test_the_error_line_stays_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

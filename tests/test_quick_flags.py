@@ -6,13 +6,12 @@ asks for that profile with three repeats. It used to give one repeat, silently.
 
 from __future__ import annotations
 
-from collector.runner import build_config
-from moe_evidence.cli import parser
+from collector.collect_request import build_config
+from moe_evidence.cli import collect_request, parse
 
 
 def _config(*flags: str) -> tuple[int, float, int | None, str]:
-    args = parser().parse_args(["collect", *flags])
-    config, profile = build_config(args)
+    config, profile = build_config(collect_request(parse(["collect", *flags])))
     camp = config.campaign
     return camp.repeats, camp.pause_s, camp.max_tokens_cap, profile
 
