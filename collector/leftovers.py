@@ -37,9 +37,9 @@ from typing import Any
 import duckdb
 import psutil
 
+from collector.recording import update_server_run
 from collector.server import redact_logs
 from common.secrets import REDACTED, Secrets
-from evidence.writer import update_row
 
 __all__ = ["LEFT_ERROR", "close_left_runs", "same_command"]
 
@@ -194,12 +194,6 @@ def close_left_runs(
         logs = sorted(p for p in logs_dir.glob(f"{run_id}.*") if p.suffix == ".log")
         redact_logs(found, logs, say)
         after = _outcome(mode, [r for r, _ in proven], others)
-        update_row(
-            con,
-            "server_runs",
-            "server_run_id",
-            run_id,
-            {"status": "crashed", "error": f"{LEFT_ERROR}; {after}"},
-        )
+        update_server_run(con, run_id, {"status": "crashed", "error": f"{LEFT_ERROR}; {after}"})
         say(f"server run {run_id} ({label}) was left {status} by a killed collector; {after}")
     return len(rows)

@@ -1,6 +1,10 @@
-"""What a campaign writes to the store: the campaign and its host, the
-protocol as run, the models, and each request with its chunks and the
-telemetry sampled since the request before (one transaction each)."""
+"""What a campaign writes to the store, and the one writer of each of its tables:
+the campaign and its host, the protocol as run, the models, each server run with
+its telemetry and the model loads its log showed, and each request with its
+chunks and the telemetry sampled since the request before (one transaction each).
+
+The run loop (collector.campaign) and the server's life (collector.session) call
+these; neither writes a row itself."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -25,10 +29,10 @@ from collector.inventory import (
     package_versions,
     redact_env,
 )
+from collector.log_watch import SeenLoad
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, Cell, test_max_tokens
 from collector.protocol import PROTOCOL, ProtocolTest
-from collector.session import ServerRunHandle, record_request_loads
 from collector.telemetry import Sample
 from collector.tokenizer import TokenCount
 from common.secrets import Secrets, redact_argv, redact_url
@@ -41,6 +45,9 @@ from evidence.writer import (
     to_json,
     update_row,
 )
+
+if TYPE_CHECKING:
+    from collector.session import ServerRunHandle
 
 TOOL_VERSION = "0.1.0"
 
@@ -240,10 +247,81 @@ def store_request(
             "chunks",
             chunk_table(request_id, result.chunk_t_ns, result.chunk_text, result.chunk_kind),
         )
-        insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
+        _insert_telemetry(ctx.con, run.server_run_id, samples)
         # The model loads the server's log showed during this request (and before it).
         record_request_loads(ctx.con, run, request_id, result.sent_ns)
     return request_id
+
+
+def open_server_run(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:
+    """Insert a server run's row, as it starts (or fails to)."""
+    insert_row(con, "server_runs", row)
+
+
+def update_server_run(
+    con: duckdb.DuckDBPyConnection, server_run_id: str, values: dict[str, Any]
+) -> None:
+    """Record what is learnt of a server run while it starts (its PID, its command)."""
+    update_row(con, "server_runs", "server_run_id", server_run_id, values)
+
+
+def close_server_run(
+    con: duckdb.DuckDBPyConnection,
+    server_run_id: str,
+    samples: list[Sample],
+    loads: list[SeenLoad],
+    values: dict[str, Any],
+) -> None:
+    """A server run's end in one transaction: the telemetry sampled since its last
+    request, the model loads seen since (in no request's name), and its final row."""
+    with Transaction(con):
+        _insert_telemetry(con, server_run_id, samples)
+        _insert_loads(con, server_run_id, loads, None)
+        update_server_run(con, server_run_id, values)
+
+
+def _insert_telemetry(
+    con: duckdb.DuckDBPyConnection, server_run_id: str, samples: list[Sample]
+) -> None:
+    insert_arrow(con, "telemetry", telemetry_table(server_run_id, samples))
+
+
+def _insert_loads(
+    con: duckdb.DuckDBPyConnection,
+    server_run_id: str,
+    loads: list[SeenLoad],
+    request_id: str | None,
+) -> None:
+    for load in loads:
+        insert_row(
+            con,
+            "server_loads",
+            {
+                "server_run_id": server_run_id,
+                "seq": load.seq,
+                "request_id": request_id,
+                "first_line_ns": load.first_line_ns,
+                "last_line_ns": load.last_line_ns,
+                "log_offset": load.log_offset,
+            },
+        )
+
+
+def record_request_loads(
+    con: duckdb.DuckDBPyConnection, run: ServerRunHandle, request_id: str, sent_ns: int
+) -> None:
+    """Store the loads the log has shown since the request before, right after this
+    request ended: in the request's name those whose first line was seen after it
+    was sent (the load happened inside it), the ones before it (start-up, the
+    warm-up) in no one's. Requests are served one at a time, so time alone
+    attributes a load."""
+    if run.watcher is None:
+        return  # attached: no log to read
+    loads = run.watcher.take()
+    _insert_loads(con, run.server_run_id, [x for x in loads if x.first_line_ns < sent_ns], None)
+    _insert_loads(
+        con, run.server_run_id, [x for x in loads if x.first_line_ns >= sent_ns], request_id
+    )
 
 
 def _int(value: Any) -> int | None:

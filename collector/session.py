@@ -1,6 +1,6 @@
 """One server's life in a campaign: start it (or attach), sample it, watch its
 log for model loads, stop it, and record all of that in `server_runs`,
-`telemetry` and `server_loads`."""
+`telemetry` and `server_loads` (through collector.recording, their one writer)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import httpx
 
 from collector.auth import bearer_headers, url_credentials
@@ -27,6 +26,7 @@ from collector.device import (
 from collector.log_watch import LogWatcher, SeenLoad
 from collector.nvml import Nvml
 from collector.plan import CampaignContext, ServerPlan
+from collector.recording import close_server_run, open_server_run, update_server_run
 from collector.server import (
     LaunchSpec,
     RunningServer,
@@ -42,15 +42,7 @@ from common.errors import DoesNotFit, EngineError, ServerError
 from common.secrets import redact_argv
 from common.sizes import MIB, mib
 from evidence.store import query_interrupted
-from evidence.writer import (
-    Transaction,
-    insert_arrow,
-    insert_row,
-    secrets_of,
-    telemetry_table,
-    to_json,
-    update_row,
-)
+from evidence.writer import secrets_of, to_json
 
 # How long a failed request waits for the server to finish dying before the
 # campaign decides whether to restart it (see RunningServer.exits_within).
@@ -199,32 +191,28 @@ def _start_server(
             check_endpoint(srv.endpoint, headers=bearer_headers(ctx.api_key))
         except ServerError as exc:
             row = {**base_row, "endpoint": srv.endpoint, "status": "failed_start"}
-            insert_row(ctx.con, "server_runs", {**row, "error": str(exc)})
+            open_server_run(ctx.con, {**row, "error": str(exc)})
             raise
         telemetry.start(None)
-        insert_row(
-            ctx.con, "server_runs", {**base_row, "endpoint": srv.endpoint, "status": "running"}
-        )
+        open_server_run(ctx.con, {**base_row, "endpoint": srv.endpoint, "status": "running"})
         return ServerRunHandle(run_id, None, srv.endpoint)
     log_path = ctx.data_dir / "logs" / f"{run_id}.log"
-    insert_row(ctx.con, "server_runs", {**base_row, "endpoint": "", "status": "starting"})
+    open_server_run(ctx.con, {**base_row, "endpoint": "", "status": "starting"})
     devices: list[RpcServer] = []
     watcher = LogWatcher(log_path, clock=ctx.clock)
 
     def started(s: RunningServer) -> None:
         # The PID at once, not once healthy: a collector killed during the load leaves
         # a `starting` row that the next start must be able to stop (collector.leftovers).
-        update_row(ctx.con, "server_runs", "server_run_id", run_id, {"pid": s.pid})
+        update_server_run(ctx.con, run_id, {"pid": s.pid})
         telemetry.start(s.pid, device_pids)
         watcher.start()  # from the first line: a start-up load is a load too
 
     try:
         devices = _start_devices(ctx, run_id)
         spec = _launch_spec(ctx, plan, devices)
-        update_row(
+        update_server_run(
             ctx.con,
-            "server_runs",
-            "server_run_id",
             run_id,
             {
                 "endpoint": f"http://{spec.host}:{spec.port}",
@@ -264,10 +252,8 @@ def _start_server(
         _stop_devices(devices)
         raise
     assert server.ready_ns is not None
-    update_row(
+    update_server_run(
         ctx.con,
-        "server_runs",
-        "server_run_id",
         run_id,
         {
             "pid": server.pid,
@@ -344,23 +330,20 @@ def _finish_failed_start(
     device_row = _stop_devices(devices)
     logs = [log_path, *(d.log_path for d in devices)]
     redact_logs(secrets_of(ctx.con), logs, ctx.progress.message)
-    with Transaction(ctx.con):
-        insert_arrow(ctx.con, "telemetry", telemetry_table(run_id, samples))
-        _insert_loads(ctx.con, run_id, loads, None)
-        update_row(
-            ctx.con,
-            "server_runs",
-            "server_run_id",
-            run_id,
-            {
-                "status": status,
-                "error": error,
-                "log_text": text,
-                "log_summary": to_json(summary),
-                "stopped_ns": ctx.clock(),
-                **device_row,
-            },
-        )
+    close_server_run(
+        ctx.con,
+        run_id,
+        samples,
+        loads,
+        {
+            "status": status,
+            "error": error,
+            "log_text": text,
+            "log_summary": to_json(summary),
+            "stopped_ns": ctx.clock(),
+            **device_row,
+        },
+    )
 
 
 def _stop_server(
@@ -390,61 +373,20 @@ def _stop_server(
     samples = telemetry.stop()
     logs = [run.server.log_path if run.server else None, *(d.log_path for d in run.devices)]
     redact_logs(secrets_of(ctx.con), logs, ctx.progress.message)
-    with Transaction(ctx.con):
-        insert_arrow(ctx.con, "telemetry", telemetry_table(run.server_run_id, samples))
-        _insert_loads(ctx.con, run.server_run_id, loads, None)
-        update_row(
-            ctx.con,
-            "server_runs",
-            "server_run_id",
-            run.server_run_id,
-            {
-                "status": status,
-                "exit_code": exit_code,
-                "stopped_ns": ctx.clock(),
-                "log_text": text,
-                "log_summary": to_json(summary),
-                "error": error,
-                **device_row,
-            },
-        )
-
-
-def _insert_loads(
-    con: duckdb.DuckDBPyConnection,
-    server_run_id: str,
-    loads: list[SeenLoad],
-    request_id: str | None,
-) -> None:
-    for load in loads:
-        insert_row(
-            con,
-            "server_loads",
-            {
-                "server_run_id": server_run_id,
-                "seq": load.seq,
-                "request_id": request_id,
-                "first_line_ns": load.first_line_ns,
-                "last_line_ns": load.last_line_ns,
-                "log_offset": load.log_offset,
-            },
-        )
-
-
-def record_request_loads(
-    con: duckdb.DuckDBPyConnection, run: ServerRunHandle, request_id: str, sent_ns: int
-) -> None:
-    """Store the loads the log has shown since the request before, right after this
-    request ended: in the request's name those whose first line was seen after it
-    was sent (the load happened inside it), the ones before it (start-up, the
-    warm-up) in no one's. Requests are served one at a time, so time alone
-    attributes a load."""
-    if run.watcher is None:
-        return  # attached: no log to read
-    loads = run.watcher.take()
-    _insert_loads(con, run.server_run_id, [x for x in loads if x.first_line_ns < sent_ns], None)
-    _insert_loads(
-        con, run.server_run_id, [x for x in loads if x.first_line_ns >= sent_ns], request_id
+    close_server_run(
+        ctx.con,
+        run.server_run_id,
+        samples,
+        loads,
+        {
+            "status": status,
+            "exit_code": exit_code,
+            "stopped_ns": ctx.clock(),
+            "log_text": text,
+            "log_summary": to_json(summary),
+            "error": error,
+            **device_row,
+        },
     )
 
 

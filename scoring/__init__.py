@@ -1,8 +1,13 @@
-"""Automated quality scoring: pure functions over a request's stored facts.
+"""Automated quality scoring over stored facts; never a live server.
 
-Nothing here talks to a server or a database. The caller passes a request's
-test id, output text, finish reason and status, and stores what comes back
-as rows of the `scores` table with `SCORER_VERSION`.
+What this module exports is pure functions over a request's stored facts: the
+caller passes a request's test id, output text, finish reason and status and
+gets the results back (a test's check may run the model's code in the sandbox, a
+separate process: scoring.sandbox). Three modules of the package use the
+database: scoring.store (`rescore_campaign`) reads the stored rows and replaces
+the campaign's `scores`, `placement_checks` and `gates`, each row with
+`SCORER_VERSION`; scoring.gates reads stored rows to decide the gates; and
+scoring.review writes human scores into `reviews`. Raw rows are never written.
 
 `SCORER_VERSION` is "<algorithm>+rubric.<rubric_version>". Bump the
 algorithm number whenever a code change could change any stored score value
