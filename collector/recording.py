@@ -328,6 +328,11 @@ def _int(value: Any) -> int | None:
     return int(value) if isinstance(value, (int, float)) else None
 
 
+def reopen_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str) -> None:
+    """A resumed campaign is `running` again (finish_campaign closes it once more)."""
+    update_row(con, "campaigns", "campaign_id", campaign_id, {"status": "running"})
+
+
 def finish_campaign(con: duckdb.DuckDBPyConnection, campaign_id: str, status: str) -> None:
     update_row(
         con,

@@ -29,11 +29,11 @@ from collector.collect_request import CollectRequest, build_config
 from collector.config import CampaignSection, Config, validation_message
 from collector.plan import Cell
 from collector.progress import CampaignProgress
-from collector.recording import campaign_secrets, stored_config
+from collector.recording import campaign_secrets, reopen_campaign, stored_config
 from common.errors import ConfigError, StoreError
 from common.secrets import REDACTED
 from evidence.store import open_store
-from evidence.writer import as_stored, update_row
+from evidence.writer import as_stored
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def continue_campaign(
     running again, and say how much of it is stored."""
     campaign_id = find_resumable(con, resume if isinstance(resume, str) else None)
     done = done_cells(con, campaign_id)
-    update_row(con, "campaigns", "campaign_id", campaign_id, {"status": "running"})
+    reopen_campaign(con, campaign_id)
     progress.message(f"resuming campaign {campaign_id}: {len(done)} cells already stored")
     return Resumed(campaign_id, done, unfit_configurations(con, campaign_id))
 
