@@ -230,11 +230,45 @@ class Shimmy17ChatShapes(Shimmy17Shapes):
         return self.chat.body(text)
 
 
+class LlamaCompletionShapes(Shapes):
+    """llama-server's native /completion: `content` events, then one `"stop": true`
+    event with `stop_type` and `timings`; no usage, no [DONE]."""
+
+    def _stop(self, finish_reason: str | None) -> dict[str, Any]:
+        stop_type = {"length": "limit", "stop": "eos"}.get(finish_reason or "", "none")
+        return {"stop": True, "stop_type": stop_type}
+
+    def content(self, text: str) -> bytes:
+        return sse({"index": 0, "content": text, "stop": False})
+
+    def tail(
+        self, finish_reason: str | None, usage: dict[str, int] | None, timings: dict[str, Any]
+    ) -> list[TailEvent]:
+        if finish_reason is None:
+            return []
+        final = {"index": 0, "content": "", **self._stop(finish_reason), "timings": timings}
+        return [("final", sse(final))]
+
+    def done(self) -> None:
+        return None
+
+    def body(
+        self,
+        text: str,
+        finish_reason: str | None,
+        usage: dict[str, int],
+        timings: dict[str, Any],
+    ) -> bytes:
+        out = {"index": 0, "content": text, **self._stop(finish_reason), "timings": timings}
+        return json.dumps({**out, "tokens_predicted": usage["completion_tokens"]}).encode()
+
+
 # The APIs the server mirrors, by declared name (common.server_apis).
 SHAPES: dict[str, type[Shapes]] = {
     "openai-chat": ChatShapes,
     "openai-completions": CompletionsShapes,
     "shimmy": ShimmyShapes,
+    "llama-completion": LlamaCompletionShapes,
 }
 # Shimmy 1.7.0 mode: the APIs Shimmy serves (no /v1/completions), as it writes them.
 SHIMMY_1_7_SHAPES: dict[str, type[Shapes]] = {

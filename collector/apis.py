@@ -288,6 +288,61 @@ def _choice_text(choice: dict[str, Any]) -> tuple[str, bool]:
     return (text if isinstance(text, str) else ""), False
 
 
+# -- llama-server's native /completion -----------------------------------------
+
+# Why it stopped (`stop_type`), in OpenAI's words; "none": it has not.
+_STOP_TYPES = {"eos": "stop", "word": "stop", "limit": "length"}
+
+
+def _llama_completion_body(p: GenerationParams) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt": p.prompt,
+        "n_predict": p.max_tokens,
+        "temperature": p.temperature,
+        "stream": p.stream,
+    }
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.cache_prompt is not None:
+        body["cache_prompt"] = p.cache_prompt
+    return body
+
+
+def _decode_llama_completion_event(data: str) -> Decoded:
+    # Its stream ends with the `"stop": true` event, not a marker; one is still accepted.
+    if data.strip() == "[DONE]":
+        return Decoded("done")
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
+    if not isinstance(obj, dict):
+        raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
+    decoded = _llama_completion(obj)
+    if obj.get("stop") is True and decoded.kind == "content" and not decoded.text:
+        decoded.kind = "done"  # the last event: why it stopped, and its timings
+    return decoded
+
+
+def _decode_llama_completion_body(body: bytes) -> Decoded:
+    decoded = _llama_completion(_body_object(body))
+    if decoded.error is None:
+        decoded.kind = "content"
+    return decoded
+
+
+def _llama_completion(obj: dict[str, Any]) -> Decoded:
+    err = obj.get("error")
+    if err is not None:
+        message = err.get("message") if isinstance(err, dict) else err
+        return Decoded("other", error=str(message))
+    content = obj.get("content")
+    timings = obj.get("timings") if isinstance(obj.get("timings"), dict) else None
+    finish = _STOP_TYPES.get(str(obj.get("stop_type"))) if obj.get("stop") is True else None
+    text = content if isinstance(content, str) else ""
+    return Decoded("content", text=text, finish_reason=finish, timings=timings)
+
+
 # -- the registry ----------------------------------------------------------------
 
 
@@ -309,4 +364,10 @@ ADAPTERS: dict[ApiName, Adapter] = _register(
         _decode_openai_body,
     ),
     Adapter(server_api("shimmy"), _shimmy_body, _decode_shimmy_event, _decode_shimmy_body),
+    Adapter(
+        server_api("llama-completion"),
+        _llama_completion_body,
+        _decode_llama_completion_event,
+        _decode_llama_completion_body,
+    ),
 )

@@ -53,6 +53,12 @@ SERVER_APIS: tuple[ServerApi, ...] = (
         reports_timings=False,
         tokenize=False,
     ),
+    ServerApi(
+        "llama-completion",
+        "/completion",
+        "llama-server's native completion: `stop` and `stop_type`, `timings`, no usage",
+        reports_usage=False,
+    ),
 )
 
 API_NAMES: tuple[str, ...] = tuple(api.name for api in SERVER_APIS)
