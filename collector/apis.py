@@ -5,9 +5,11 @@ what its answers carry); here each declaration gets its `Adapter`: the request
 body, and the decoding of one stream event and of one non-streamed body. The
 client asks the adapter; nothing else looks at an API's name.
 
-* `openai-chat`        POST /v1/chat/completions  (llama-server, Shimmy)
-* `openai-completions` POST /v1/completions       (llama-server)
-* `shimmy`             POST /api/generate         (Shimmy's native API)
+* `openai-chat`, `openai-completions`: OpenAI's chunks and bodies (llama-server;
+  Shimmy serves the chat one).
+* `shimmy`: Shimmy's native API, below.
+* `llama-completion`: llama-server's native /completion: `content` events, then
+  one `"stop": true` event with `stop_type` and `timings`, and no [DONE].
 
 Shimmy's native stream has had two shapes: JSON events
 (`data: {"choices":[{"text":"Hello","index":0}]}`) and, in its current source,

@@ -22,7 +22,6 @@ class ServerApi:
 
     name: str
     path: str  # a generation request is POSTed here
-    summary: str  # one line for --help
     # Its answers say why the generation ended (`finish_reason`); an API that never
     # does leaves the metrics to infer it from the token count.
     reports_finish_reason: bool = True
@@ -34,31 +33,19 @@ class ServerApi:
 
 
 SERVER_APIS: tuple[ServerApi, ...] = (
-    ServerApi(
-        "openai-chat",
-        "/v1/chat/completions",
-        "OpenAI chat completions (llama-server, Shimmy)",
-    ),
-    ServerApi(
-        "openai-completions",
-        "/v1/completions",
-        "OpenAI text completions (llama-server)",
-    ),
+    ServerApi("openai-chat", "/v1/chat/completions"),  # llama-server, Shimmy
+    ServerApi("openai-completions", "/v1/completions"),  # llama-server
+    # Shimmy's native API: bare token text, no finish reason, no counts.
     ServerApi(
         "shimmy",
         "/api/generate",
-        "Shimmy's native API: bare token text, no finish reason, no counts",
         reports_finish_reason=False,
         reports_usage=False,
         reports_timings=False,
         tokenize=False,
     ),
-    ServerApi(
-        "llama-completion",
-        "/completion",
-        "llama-server's native completion: `stop` and `stop_type`, `timings`, no usage",
-        reports_usage=False,
-    ),
+    # llama-server's native completion: `stop` and `stop_type`, `timings`, no usage.
+    ServerApi("llama-completion", "/completion", reports_usage=False),
 )
 
 API_NAMES: tuple[str, ...] = tuple(api.name for api in SERVER_APIS)
