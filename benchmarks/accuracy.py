@@ -42,7 +42,7 @@ from benchmarks.httpx_post import httpx_post
 from benchmarks.results import Measurement, judged, percentile, reference
 from calibration.scenario import Scenario, StreamRecord
 from collector import http1
-from collector.apis import decode_event, request_body
+from collector.apis import adapter, decode_event
 from collector.client import Post, RequestResult, Timeouts, generate
 from collector.progress import CampaignProgress
 from collector.sse import SSEParser
@@ -237,9 +237,10 @@ def _recv_floor(base_url: str, seconds: int) -> float:
     """CPU % of the least a Python client can do with the same stream: a blocking
     recv and a timestamp per read, on a raw socket (no parsing, no HTTP)."""
     parts = urlsplit(base_url)
-    body = json.dumps(request_body("openai-chat", PARAMS)).encode()
+    chat = adapter("openai-chat")
+    body = json.dumps(chat.request_body(PARAMS)).encode()
     head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"POST {chat.api.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from collector.apis import ApiName
 from common.errors import ConfigError
 from common.json_fields import json_fields
 
@@ -247,7 +246,7 @@ class StreamRecord:
     """Everything the server did for one generation request."""
 
     path: str
-    api: ApiName
+    api: str  # its declared name (common.server_apis)
     stream: bool
     request: dict[str, Any]
     received_ns: int  # request body read

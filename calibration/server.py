@@ -83,25 +83,35 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 from calibration.scenario import Scenario, SentEvent, StreamRecord
-from calibration.shapes import LAST_CHUNK, Shapes, chunk, prompt_words, timings_object, usage_object
+from calibration.shapes import (
+    LAST_CHUNK,
+    SHAPES,
+    SHIMMY_1_7_SHAPES,
+    Shapes,
+    chunk,
+    prompt_words,
+    timings_object,
+    usage_object,
+)
 from calibration.shimmy import (
     CORS_HEADERS,
-    SHIMMY_PATHS,
     LoaderLog,
     ShimmyMode,
     backend_slot,
     health_body,
     play_load,
 )
-from collector.apis import PATHS, ApiName
 from common.errors import ConfigError
+from common.server_apis import server_api
 
 # The spin loop's pause: sched_yield releases the GIL (a bare loop would hold it
 # from an in-process client thread for up to the 5 ms switch interval) and
 # costs ~1 µs, where time.sleep(0) costs a timer-slack wake-up (~80 µs).
 _yield_cpu: Callable[[], None] = getattr(os, "sched_yield", lambda: None)
 
-_API_BY_PATH: dict[str, ApiName] = {path: api for api, path in PATHS.items()}
+# Each mirrored API at its declared path (common.server_apis).
+_API_BY_PATH: dict[str, str] = {server_api(api).path: api for api in SHAPES}
+_SHIMMY_API_BY_PATH: dict[str, str] = {server_api(api).path: api for api in SHIMMY_1_7_SHAPES}
 _LONG_LINE_PIECE = 64 * 1024
 _CORS = dict(
     line.split(": ", 1) for line in CORS_HEADERS.decode().splitlines()
@@ -409,13 +419,12 @@ class _Stream:
             b"HTTP/1.1 200 OK\r\n"
             b"Content-Type: text/event-stream\r\n"
             b"Cache-Control: no-cache\r\n"
-            b"Transfer-Encoding: chunked\r\n"
-            + (CORS_HEADERS if shapes.shimmy_1_7 else b"")
-            + b"Connection: close\r\n\r\n"
+            b"Transfer-Encoding: chunked\r\n" + shapes.extra_headers + b"Connection: close\r\n\r\n"
         )
         record.headers_ns = self.wire.send_head(headers, sc)
-        if shapes.api == "openai-chat":
-            self._write([(SentEvent("role", "", 0, 0, 0), shapes.role())], t0)
+        role = shapes.role()
+        if role is not None:
+            self._write([(SentEvent("role", "", 0, 0, 0), role)], t0)
         texts = sc.event_texts()
         per_write = sc.events_per_write
         schedule = sc.schedule()
@@ -444,25 +453,20 @@ class _Stream:
 
     def _tail(self) -> list[tuple[SentEvent, bytes]]:
         sc, shapes = self.sc, self.shapes
-        parts: list[tuple[SentEvent, bytes]] = []
-        if shapes.chat_1_7 is not None:
-            # Shimmy 1.7.0 says "stop" however the generation ended, and sends no usage.
-            parts.append((SentEvent("final", "", 0, 0, 0), shapes.chat_1_7.final()))
-        elif shapes.api != "shimmy":
-            first = self.first_token_ns or time.perf_counter_ns()
-            last = self.last_token_ns or first
-            prompt_n = prompt_words(self.record.request)
-            prompt_ns = first - self.record.received_ns
-            timings = timings_object(prompt_n, self.tokens_sent, prompt_ns, last - first)
-            if sc.finish_reason is not None:
-                parts.append(
-                    (SentEvent("final", "", 0, 0, 0), shapes.final(sc.finish_reason, timings))
-                )
-            if sc.usage:
-                usage = usage_object(prompt_n, self.tokens_sent)
-                parts.append((SentEvent("usage", "", 0, 0, 0), shapes.usage(usage, timings)))
-        if sc.send_done:
-            parts.append((SentEvent("done", "", 0, 0, 0), shapes.done()))
+        first = self.first_token_ns or time.perf_counter_ns()
+        last = self.last_token_ns or first
+        prompt_n = prompt_words(self.record.request)
+        prompt_ns = first - self.record.received_ns
+        timings = timings_object(prompt_n, self.tokens_sent, prompt_ns, last - first)
+        usage = usage_object(prompt_n, self.tokens_sent) if sc.usage else None
+        # What the API sends after the last token (its shapes say; Shimmy: nothing).
+        parts = [
+            (SentEvent(kind, "", 0, 0, 0), data)
+            for kind, data in shapes.tail(sc.finish_reason, usage, timings)
+        ]
+        done = shapes.done() if sc.send_done else None
+        if done is not None:
+            parts.append((SentEvent("done", "", 0, 0, 0), done))
         return parts
 
 
@@ -521,12 +525,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         calibration = self.server.calibration
         if calibration.shimmy is not None and not path.startswith("/_calibration/"):
-            if path not in SHIMMY_PATHS:
+            if path not in _SHIMMY_API_BY_PATH:
                 self._plain(404, "")  # axum's fallback: no /v1/completions, no /tokenize
             elif not isinstance(body.get("model"), str):
                 self._plain(422, _MISSING_MODEL)
             else:
-                self._generate(_API_BY_PATH[path], path, body, received_ns)
+                self._generate(_SHIMMY_API_BY_PATH[path], path, body, received_ns)
         elif path in _API_BY_PATH:
             self._generate(_API_BY_PATH[path], path, body, received_ns)
         elif path == "/tokenize":
@@ -573,7 +577,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _generate(self, api: ApiName, path: str, request: dict[str, Any], received_ns: int) -> None:
+    def _generate(self, api: str, path: str, request: dict[str, Any], received_ns: int) -> None:
         calibration = self.server.calibration
         scenario = calibration.scenario
         shimmy = calibration.shimmy
@@ -589,7 +593,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         wire = _Wire(self, calibration)
         model = str(request.get("model", "calibration"))
-        shapes = Shapes(api, model, scenario.shimmy_shape, shimmy_1_7=shimmy is not None)
+        registry = SHAPES if shimmy is None else SHIMMY_1_7_SHAPES
+        shapes: Shapes = registry[api](model, scenario.shimmy_shape)
         try:
             with contextlib.ExitStack() as held:
                 if shimmy is not None and calibration.loader_log is not None:
@@ -664,8 +669,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         head = (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n%sConnection: close\r\n\r\n"
-            % (len(data), CORS_HEADERS if shapes.shimmy_1_7 else b"")
+            b"Content-Length: %d\r\n%sConnection: close\r\n\r\n" % (len(data), shapes.extra_headers)
         )
         if scenario.drip_headers or scenario.drip_after_tokens is not None:
             record.headers_ns = wire.send_head(head, scenario)

@@ -44,7 +44,6 @@ from typing import Any, TextIO
 from common.errors import ConfigError
 
 VERSION = "1.7.0"
-SHIMMY_PATHS = ("/api/generate", "/v1/chat/completions")
 
 # The model the loader log describes: a small invented MoE (4 blocks, 8 experts,
 # top 2), with per-tensor sizes chosen so the buffer totals add up.

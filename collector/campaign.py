@@ -22,7 +22,7 @@ import duckdb
 
 from collector import advisor
 from collector import client as http_client
-from collector.apis import GenerationParams
+from collector.apis import GenerationParams, adapter
 from collector.config import Config
 from collector.engine import EngineBuild
 from collector.plan import CampaignContext, Cell, ServerPlan, server_plans, test_max_tokens
@@ -216,8 +216,8 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                 server_died = run.died(request_failed=result.status != "ok")
                 tokenized = TokenCount()
                 if camp.tokenize:
-                    # The server's /tokenize while it is up (Shimmy has none), else offline.
-                    asks_server = not server_died and ctx.config.server.api != "shimmy"
+                    # The server's /tokenize while it is up (if its API has one), else offline.
+                    asks_server = not server_died and adapter(ctx.config.server.api).api.tokenize
                     server = functools.partial(tokenize, run.base_url, headers=auth_headers(ctx))
                     tokenized = counter.count(result.output_text, server if asks_server else None)
                 store_request(ctx, run, cell, result, tokenized, telemetry.drain())

@@ -33,15 +33,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urljoin
 
 from collector import http1
-from collector.apis import (
-    PATHS,
-    ApiName,
-    Decoded,
-    GenerationParams,
-    decode_body,
-    decode_event,
-    request_body,
-)
+from collector.apis import Adapter, ApiName, Decoded, GenerationParams, adapter
 from collector.auth import url_credentials
 from collector.sse import SSEParser
 from common.errors import StreamError
@@ -174,8 +166,9 @@ def generate(
     """Send one request and record every event. Never raises for server faults:
     they become the result's status; only KeyboardInterrupt escapes. `post` is
     the HTTP seam (the benchmarks compare `http1.post` with an httpx one)."""
-    url = base_url.rstrip("/") + PATHS[api]
-    body = json.dumps(request_body(api, params)).encode()
+    asked = adapter(api)
+    url = base_url.rstrip("/") + asked.api.path
+    body = json.dumps(asked.request_body(params)).encode()
     all_headers = {"Content-Type": "application/json", "Connection": "close"}
     if params.stream:
         all_headers["Accept"] = "text/event-stream"
@@ -210,9 +203,9 @@ def generate(
         elif (refusal := _not_an_answer(response, url, params.stream)) is not None:
             _http_error(result, reads, clock, refusal, "\n")
         elif params.stream:
-            _read_stream(result, reads, clock, on_content)
+            _read_stream(result, asked, reads, clock, on_content)
         else:
-            _read_body(result, reads, clock)
+            _read_body(result, asked, reads, clock)
     except http1.HTTPFailure as exc:
         result.status, result.error = _failure(
             exc, timeouts, headers_read=response is not None, stream=params.stream
@@ -345,7 +338,11 @@ def _too_large(what: str, cap: int, max_tokens: int) -> StreamError:
 
 
 def _read_stream(
-    result: RequestResult, reads: Iterator[bytes], clock: Clock, on_content: OnContent | None
+    result: RequestResult,
+    asked: Adapter,
+    reads: Iterator[bytes],
+    clock: Clock,
+    on_content: OnContent | None,
 ) -> None:
     """Receive first, parse after. The token loop only stamps and keeps each
     network read; SSE framing and JSON decoding happen once the stream has
@@ -372,25 +369,30 @@ def _read_stream(
     finally:
         # Whatever arrived before a fault is kept: a disconnected request keeps
         # its partial chunks (the fault itself is recorded by the caller).
-        _parse_stream(result, stamps, parts, clock(), ended)
+        _parse_stream(result, asked, stamps, parts, clock(), ended)
 
 
 def _parse_stream(
-    result: RequestResult, stamps: list[int], parts: list[bytes], end_ns: int, ended: bool
+    result: RequestResult,
+    asked: Adapter,
+    stamps: list[int],
+    parts: list[bytes],
+    end_ns: int,
+    ended: bool,
 ) -> None:
     parser = SSEParser()
-    api = result.api
+    decode_event = asked.decode_event
     saw_done = False
     try:
         for t_ns, raw in zip(stamps, parts, strict=True):
             for event in parser.feed(raw):
-                decoded = decode_event(api, event.data)
+                decoded = decode_event(event.data)
                 _record(result, t_ns, decoded)
                 if decoded.kind == "done":
                     saw_done = True
                     result.done_ns = t_ns
         for event in parser.close():
-            decoded = decode_event(api, event.data)
+            decoded = decode_event(event.data)
             _record(result, end_ns, decoded)
             if decoded.kind == "done":
                 saw_done = True
@@ -408,7 +410,7 @@ def _parse_stream(
         result.done_ns = end_ns
 
 
-def _read_body(result: RequestResult, reads: Iterator[bytes], clock: Clock) -> None:
+def _read_body(result: RequestResult, asked: Adapter, reads: Iterator[bytes], clock: Clock) -> None:
     parts: list[bytes] = []
     size = 0
     cap = response_cap(result.params.max_tokens)
@@ -419,7 +421,7 @@ def _read_body(result: RequestResult, reads: Iterator[bytes], clock: Clock) -> N
             raise _too_large("response body", cap, result.params.max_tokens)
         parts.append(part)
     t_ns = clock()
-    decoded = decode_body(result.api, b"".join(parts))
+    decoded = asked.decode_body(b"".join(parts))
     _record(result, t_ns, decoded)
     result.done_ns = t_ns
     # A non-streamed answer has no first token to time: TTFT is a streaming metric.

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from common.server_apis import without_finish_reason
 from common.thresholds import DEFAULT_THRESHOLDS
 from evidence.llama_names import BLOCK_SQL_PATTERN
 
@@ -190,6 +191,8 @@ LEFT JOIN (SELECT server_run_id, count(*) AS recorded,
                   median(request_device_peak_delta_bytes) AS device_request_median
            FROM request_metrics GROUP BY server_run_id) q USING (server_run_id)"""
 
+_SILENT_API = without_finish_reason("r.api")  # for finish_reason_inferred
+
 _DEFS: tuple[Metric, ...] = (
     Metric(
         "finish_reason_inferred",
@@ -200,11 +203,12 @@ _DEFS: tuple[Metric, ...] = (
         "streamed, by content events (each carries at least one token): Shimmy 1.7.0 says "
         "`stop` whatever ended the generation. Shimmy's native API, which never gives a "
         "reason, ended short of the budget: `stop`.",
+        # Which APIs never give a reason is declared with each API (common.server_apis).
         sql="CASE WHEN r.status <> 'ok' THEN r.finish_reason "
-        "WHEN (r.finish_reason = 'stop' OR (r.finish_reason IS NULL AND r.api = 'shimmy')) "
+        f"WHEN (r.finish_reason = 'stop' OR (r.finish_reason IS NULL AND {_SILENT_API})) "
         "AND greatest(CASE WHEN t.token_source <> 'chunks' THEN t.output_tokens END, "
         "CASE WHEN r.stream THEN t.content_events END) >= r.max_tokens THEN 'length' "
-        "WHEN r.finish_reason IS NULL AND r.api = 'shimmy' THEN 'stop' "
+        f"WHEN r.finish_reason IS NULL AND {_SILENT_API} THEN 'stop' "
         "ELSE r.finish_reason END",
     ),
     Metric(

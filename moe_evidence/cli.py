@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from common.controls import one_line
 from common.errors import EvidenceError
 from common.secrets import redact_url
+from common.server_apis import API_NAMES, DEFAULT_API
 
 if TYPE_CHECKING:
     from collector.collect_request import CollectRequest
@@ -65,8 +66,8 @@ def _collect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api",
         default=None,
-        choices=["openai-chat", "openai-completions", "shimmy"],
-        help="API of --endpoint (default: openai-chat)",
+        choices=API_NAMES,
+        help=f"API of --endpoint (default: {DEFAULT_API})",
     )
     p.add_argument(
         "--device",
