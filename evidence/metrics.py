@@ -374,15 +374,6 @@ _PER_REQUEST: tuple[Metric, ...] = (
         needs=("output_tokens",),
     ),
     Metric(
-        "chars_per_token",
-        "Characters per output token",
-        "chars",
-        "Characters of a streamed request's content events / its output tokens: about 4 "
-        "for English prose with a BPE tokenizer; far from it, the token count is suspect.",
-        sql="CASE WHEN r.stream AND output_tokens > 0 THEN t.content_chars / output_tokens END",
-        needs=("output_tokens",),
-    ),
-    Metric(
         "tokens_estimated",
         "Token count estimated",
         "",

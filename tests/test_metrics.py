@@ -250,8 +250,3 @@ def test_aggregate_sql(store: StoreFactory) -> None:
     n, mean, sd, lo, hi = store.con.execute(aggregate_sql("ttft_ms", [])).fetchone()  # type: ignore[misc]
     assert (n, mean, lo, hi) == (3, pytest.approx(20.0), 10.0, 30.0)
     assert sd == pytest.approx(10.0)
-
-
-def test_chars_per_token(store: StoreFactory) -> None:
-    rid = store.request("baseline", [(10 * MS, "abcd"), (20 * MS, "efgh")], usage_tokens=2)
-    assert store.metrics(rid)["chars_per_token"] == pytest.approx(4.0)
