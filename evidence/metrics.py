@@ -1,20 +1,31 @@
 """Every metric, defined once: its SQL over the raw rows and its written definition.
 
-The registry `METRICS` owns each computation. A metric names its view, its
-SQL expression in that view, its unit and the metrics it needs; the views of
-per-request and per-server-run figures (`request_metrics`, `server_run_memory`)
-are generated from it, in dependency order, so the SQL that computes a figure
-and the sentence the methodology page prints for it sit side by side and
-cannot drift apart. Formulas used in more than one place are SQL macros
-(`decode_rate`, `expert_on_cpu`, `cpu_expert_bytes`, `block_of`), defined once
-in `MACROS`; Python reaches them through `weights_on_device`.
+The registry `METRICS` owns each computation and every fact the report needs about a
+figure: its view, its SQL, the metrics it needs, its unit, its direction
+(`higher_is_better`) and its flags (`token_count`, `per_test_column`, `compared`).
+A metric is one of three kinds:
 
-Intermediate relations (content events, token gaps, the offload/baseline
-pairing) are plain views below; configuration-level figures (`config_memory`,
-`vram_saved`, `decode_prediction`, ...) are views over the generated ones.
-All are TEMP, so they work on a read-only connection, and nothing here
-changes a raw row: a new definition is a new view, the site rebuilt from the
-same store.
+- a column of a generated view (`request_metrics`, `server_run_memory`,
+  `server_run_loads`): its SQL is an expression in the view's SELECT, and the views
+  are generated from the registry, in dependency order;
+- an aggregate (`view=GROUP`): the expression the report computes over a group of
+  `request_metrics` rows (`group_sql`);
+- a metric that owns its view (`offload_ratio`, `vram_saved_pct`, ...): its SQL is
+  the whole SELECT of that view, created after the views it reads.
+
+So the SQL that computes a figure and the sentence the methodology page prints for
+it sit side by side and cannot drift apart; pages, charts and history read the unit,
+direction and flags from here. Formulas used in more than one place are SQL macros
+(`decode_rate`, `expert_on_cpu`, `cpu_expert_bytes`, `block_of`), defined once in
+`MACROS`; Python reaches them through `weights_on_device`.
+
+Intermediate relations (content events, token gaps, the offload/baseline pairing,
+memory per configuration) are plain views below, not metrics. All are TEMP, so they
+work on a read-only connection, and nothing here changes a raw row: a new definition
+is a new view, the site rebuilt from the same store.
+
+Adding a metric: one `Metric(...)` in `_DEFS` (after the metrics it needs) and a
+test in tests/test_metrics.py; the methodology page lists it from here.
 """
 
 from __future__ import annotations
@@ -45,12 +56,46 @@ class Metric:
     title: str
     unit: str  # display unit
     definition: str
+    # A generated view (`GENERATED_VIEWS`) that has it as a column; `GROUP`, an
+    # aggregate the report computes per group of `request_metrics` rows; or the name
+    # of the view the metric owns, whose SELECT is its `sql`.
     view: str = "request_metrics"
-    # Its expression in the view's SELECT (later metrics may name earlier ones),
-    # or for an aggregate ("group") metric the expression over its group's rows.
+    # Its expression in the generated view's SELECT (later metrics may name earlier
+    # ones), the expression over its group's rows (`GROUP`), or its own view's SELECT.
     sql: str = ""
-    needs: tuple[str, ...] = ()  # the metrics its expression names
-    higher_is_better: bool | None = None
+    # The metrics its SQL reads, directly or through the views it reads: each is
+    # declared before it, and its view created before this one.
+    needs: tuple[str, ...] = ()
+    higher_is_better: bool | None = None  # None: neither direction is better
+    # Computed from a token count: an estimate where the count came from stream
+    # events (`tokens_estimated`), which the report says beside the figure.
+    token_count: bool = False
+    # One of the protocol's per-test figures: its column on the Performance page (1
+    # first). Each is compared offload / baseline per pair of requests (`offload_ratio`).
+    per_test_column: int = 0
+    # A per-test figure also shown in the Performance page's offload-vs-baseline table.
+    compared: bool = False
+
+    @property
+    def aggregate(self) -> bool:
+        """Computed per group by the report, not a column of a view."""
+        return self.view == GROUP
+
+    @property
+    def owns_view(self) -> bool:
+        """The metric's `sql` is the whole SELECT of its view."""
+        return self.view not in GENERATED_VIEWS and not self.aggregate
+
+    @property
+    def source_view(self) -> str:
+        """The view that holds it as a column, or whose rows it aggregates."""
+        return "request_metrics" if self.aggregate else self.view
+
+
+# The value of `Metric.view` for an aggregate over a group of requests.
+GROUP = "group"
+# The views generated from the registry, one column per metric, in this order.
+GENERATED_VIEWS = ("request_metrics", "server_run_memory", "server_run_loads")
 
 
 # Formulas used by several views (and by Python through weights_on_device).
@@ -193,7 +238,7 @@ LEFT JOIN (SELECT server_run_id, count(*) AS recorded,
 
 _SILENT_API = without_finish_reason("r.api")  # for finish_reason_inferred
 
-_DEFS: tuple[Metric, ...] = (
+_PER_REQUEST: tuple[Metric, ...] = (
     Metric(
         "finish_reason_inferred",
         "Finish reason (inferred)",
@@ -233,6 +278,8 @@ _DEFS: tuple[Metric, ...] = (
         sql="CASE WHEN r.stream AND r.first_token_ns IS NOT NULL "
         "THEN (r.first_token_ns - r.sent_ns) / 1e6 END",
         higher_is_better=False,
+        per_test_column=1,
+        compared=True,
     ),
     Metric(
         "loads_in_request",
@@ -303,6 +350,8 @@ _DEFS: tuple[Metric, ...] = (
         "non-streamed: of the complete body) minus the send time.",
         sql="(r.done_ns - r.sent_ns) / 1e9",
         higher_is_better=False,
+        per_test_column=4,
+        compared=True,
     ),
     Metric(
         "output_tokens",
@@ -315,6 +364,7 @@ _DEFS: tuple[Metric, ...] = (
         "the number of content events, flagged as an estimate. `token_source` says which; "
         "`tokens_disagree` flags requests whose available sources differ by more than 10%.",
         sql="t.output_tokens",
+        token_count=True,
     ),
     Metric(
         "tokens_per_event",
@@ -357,6 +407,8 @@ _DEFS: tuple[Metric, ...] = (
         sql="CASE WHEN r.done_ns > r.sent_ns THEN output_tokens / e2e_s END",
         needs=("output_tokens", "e2e_s"),
         higher_is_better=True,
+        token_count=True,
+        per_test_column=3,
     ),
     Metric(
         "decode_tps",
@@ -369,6 +421,9 @@ _DEFS: tuple[Metric, ...] = (
         "THEN decode_rate(output_tokens, t.first_content_ns, t.last_content_ns) END",
         needs=("output_tokens",),
         higher_is_better=True,
+        token_count=True,
+        per_test_column=2,
+        compared=True,
     ),
     Metric(
         "itl_p50_ms",
@@ -484,6 +539,20 @@ _DEFS: tuple[Metric, ...] = (
         sql="(completed AND (NOT coalesce(starved, false) OR {include_starved}))",
         needs=("completed", "starved"),
     ),
+)
+
+# The protocol's per-test figures, in their page order (`per_test_column`), and
+# those of the offload-vs-baseline table.
+_PER_TEST = sorted((m for m in _PER_REQUEST if m.per_test_column), key=lambda m: m.per_test_column)
+PER_TEST_METRICS = tuple(m.name for m in _PER_TEST)
+COMPARE_METRICS = tuple(m.name for m in _PER_TEST if m.compared)
+_ratio_columns = ",\n           ".join(f"o.{n} / nullif(b.{n}, 0) AS {n}" for n in PER_TEST_METRICS)
+
+_DEFS: tuple[Metric, ...] = (
+    *_PER_REQUEST,
+    # Offload / baseline per pair of requests in the headline (completed, not
+    # starved), one row per per-test metric; summarised by
+    # evidence.statistics.paired_ratio.
     Metric(
         "offload_ratio",
         "Offload / baseline (paired)",
@@ -496,6 +565,18 @@ _DEFS: tuple[Metric, ...] = (
         "their logarithms, shown from 3 pairs on. Below 1: the offload configuration is "
         "slower to decode, or faster to its first token.",
         view="offload_pair_ratios",
+        sql=f"""
+WITH r AS (
+    SELECT p.campaign_id, p.model_id, p.config_label, p.test_id, p.repeat, p.stream,
+           {_ratio_columns}
+    FROM offload_pairs p
+    JOIN request_metrics o ON o.request_id = p.offload_request_id
+    JOIN request_metrics b ON b.request_id = p.baseline_request_id
+    WHERE o.in_headline AND b.in_headline
+)
+UNPIVOT r ON {", ".join(PER_TEST_METRICS)} INTO NAME metric VALUE offload_ratio
+""",
+        needs=(*PER_TEST_METRICS, "in_headline"),
     ),
     Metric(
         "completion_rate",
@@ -503,7 +584,7 @@ _DEFS: tuple[Metric, ...] = (
         "%",
         "Requests that finished (status ok with finish reason `stop` or `length`: the "
         "`completed` column) / all requests of the group, streamed and not, in percent.",
-        view="group",
+        view=GROUP,
         sql="100.0 * avg(completed::INTEGER)",
         needs=("completed",),
         higher_is_better=True,
@@ -517,7 +598,7 @@ _DEFS: tuple[Metric, ...] = (
         "above `max_starved_share` (default "
         f"{100 * DEFAULT_THRESHOLDS['max_starved_share']:g} %) says in its verdict that the "
         "host was busy.",
-        view="group",
+        view=GROUP,
         sql="100.0 * count(*) FILTER (WHERE stream AND starved) "
         "/ nullif(count(*) FILTER (WHERE stream), 0)",
         needs=("starved",),
@@ -702,6 +783,15 @@ _DEFS: tuple[Metric, ...] = (
         needs=("reloads_per_request",),
         higher_is_better=False,
     ),
+    # VRAM saved per offload configuration against its baseline (offload_configs).
+    # Each source's saving where both sides have it; the headline (`source`,
+    # `vram_saved_pct`) is the best of them: measured > log > estimated. Measured
+    # figures compare only runs of one server build measured the same way (one
+    # campaign is one host by construction). A baseline that does not fit the device
+    # has only its estimate: then the headline is the offload's best figure against it
+    # (source 'estimated baseline': the protocol's own "baseline GPU memory
+    # (estimated)"), the offload side from the log before the process (the log's
+    # buffers are what the estimate predicts), each side's source named.
     Metric(
         "vram_saved_pct",
         "VRAM saved",
@@ -722,8 +812,80 @@ _DEFS: tuple[Metric, ...] = (
         "estimated, each side's source named, as the protocol's model table does. The "
         "source is always shown with the figure.",
         view="vram_saved",
+        sql="""
+WITH sized AS (
+    SELECT f.campaign_id, f.model_id, f.config_label, f.n_cpu_moe, f.loaded, f.does_not_fit,
+           f.unfit_error, f.device_memory_bytes,
+           c.gpu_measured_bytes, c.gpu_log_mib, c.measured_source, c.version,
+           e.estimated_bytes, e.estimate_parts
+    FROM config_fit f
+    JOIN config_device_estimate e USING (campaign_id, model_id, config_label)
+    LEFT JOIN config_memory c USING (campaign_id, model_id, config_label)
+), pairs AS (
+    SELECT o.campaign_id, o.model_id, o.config_label, o.n_cpu_moe,
+           oc.baseline_label, b.does_not_fit AS baseline_does_not_fit,
+           b.unfit_error AS baseline_unfit_error, b.device_memory_bytes,
+           b.gpu_measured_bytes AS b_measured, o.gpu_measured_bytes AS o_measured,
+           b.gpu_log_mib * 1048576 AS b_log, o.gpu_log_mib * 1048576 AS o_log,
+           b.estimated_bytes AS b_est, o.estimated_bytes AS o_est,
+           o.estimate_parts,
+           b.version IS NOT NULL AND b.version = o.version
+               AND b.measured_source IS NOT DISTINCT FROM o.measured_source AS same_build,
+           coalesce(o.measured_source, b.measured_source) AS measured_source
+    FROM sized o
+    JOIN offload_configs oc USING (campaign_id, model_id, config_label)
+    JOIN sized b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
+         AND b.config_label = oc.baseline_label
+    WHERE o.loaded
+), pcts AS (
+    SELECT *,
+           CASE WHEN b_measured > 0 AND o_measured IS NOT NULL AND same_build
+                THEN 100 * (1 - o_measured / b_measured) END AS measured_pct,
+           CASE WHEN b_log > 0 AND o_log IS NOT NULL
+                THEN 100 * (1 - o_log / b_log) END AS log_pct,
+           CASE WHEN b_est > 0 AND o_est IS NOT NULL
+                THEN 100 * (1 - o_est / b_est) END AS estimated_pct,
+           CASE WHEN o_log IS NOT NULL THEN 'log'
+                WHEN o_measured IS NOT NULL THEN 'measured' END AS offload_best_source
+    FROM pairs
+), chosen AS (
+    SELECT *,
+           CASE WHEN baseline_does_not_fit AND b_est > 0 AND offload_best_source IS NOT NULL
+                    THEN 'estimated baseline'
+                WHEN measured_pct IS NOT NULL THEN 'measured'
+                WHEN log_pct IS NOT NULL THEN 'log'
+                WHEN estimated_pct IS NOT NULL THEN 'estimated' END AS source
+    FROM pcts
+)
+SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
+       measured_source, estimate_parts, baseline_does_not_fit, baseline_unfit_error,
+       device_memory_bytes,
+       CASE WHEN source = 'estimated baseline' THEN 'estimated' ELSE source END
+           AS baseline_source,
+       CASE WHEN source = 'estimated baseline' THEN offload_best_source ELSE source END
+           AS offload_source,
+       CASE source WHEN 'measured' THEN b_measured WHEN 'log' THEN b_log
+                   WHEN 'estimated' THEN b_est WHEN 'estimated baseline' THEN b_est
+                   END AS baseline_bytes,
+       CASE source WHEN 'measured' THEN o_measured WHEN 'log' THEN o_log
+                   WHEN 'estimated' THEN o_est
+                   WHEN 'estimated baseline' THEN coalesce(o_log, o_measured) END
+           AS offload_bytes,
+       CASE WHEN source = 'estimated baseline'
+            THEN 100 * (1 - coalesce(o_log, o_measured) / b_est)
+            ELSE coalesce(measured_pct, log_pct, estimated_pct) END AS vram_saved_pct,
+       measured_pct, log_pct, estimated_pct, same_build,
+       b_measured, o_measured, b_log, o_log, b_est, o_est
+FROM chosen
+""",
+        needs=("device_source", "device_loaded_delta_bytes"),
         higher_is_better=True,
     ),
+    # The weight bytes one decode step reads, per configuration, from the GGUF file:
+    # on the device, the non-expert weights plus the active share (experts used /
+    # experts) of the expert tensors left there; on the host, the active share of
+    # the expert tensors kept in CPU memory. Without a device (no GPU buffers in the
+    # log, no device measured) every byte is read from host memory.
     Metric(
         "host_bytes_per_token",
         "Host weight bytes per token (estimated)",
@@ -734,7 +896,29 @@ _DEFS: tuple[Metric, ...] = (
         "the active share of the expert tensors kept in CPU memory. An upper bound: an "
         "embedding lookup reads one row.",
         view="config_bytes_per_token",
+        sql="""
+WITH sized AS (
+    SELECT c.campaign_id, c.model_id, c.config_label, c.n_cpu_moe,
+           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) AS total_b,
+           TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT) AS experts_b,
+           md.expert_used_count / nullif(md.expert_count, 0) AS active,
+           cpu_expert_bytes(md.spec, c.n_cpu_moe) AS host_experts_b,
+           c.gpu_log_mib IS NOT NULL OR c.measured_source IS NOT NULL AS has_device
+    FROM config_memory c JOIN models md USING (model_id)
+)
+SELECT campaign_id, model_id, config_label, n_cpu_moe, has_device,
+       (total_b - experts_b) + (experts_b - host_experts_b) * active AS device_bytes,
+       host_experts_b * active AS host_bytes,
+       host_experts_b = experts_b AND experts_b > 0 AS all_on_host,
+       CASE WHEN has_device THEN host_experts_b * active
+            ELSE total_b - experts_b + experts_b * active END AS host_bytes_per_token
+FROM sized WHERE active IS NOT NULL AND total_b IS NOT NULL AND experts_b IS NOT NULL
+""",
+        needs=("device_source",),
     ),
+    # The view `host_traffic`: mean decode
+    # tokens/s over the configuration's completed streamed requests x the bytes per
+    # token read from host memory, and its share of the measured copy bandwidth.
     Metric(
         "implied_host_traffic",
         "Implied host memory traffic (estimated)",
@@ -745,7 +929,20 @@ _DEFS: tuple[Metric, ...] = (
         "bandwidth: near 100 % it is; far below with the CPU busy, it is compute- or "
         "overhead-bound.",
         view="host_traffic",
+        sql="""
+SELECT b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token,
+       avg(r.decode_tps) * b.host_bytes_per_token AS implied_host_traffic,
+       100 * avg(r.decode_tps) * b.host_bytes_per_token
+           / nullif(any_value(cp.mem_bandwidth_bytes_per_s), 0) AS host_bandwidth_pct
+FROM config_bytes_per_token b
+JOIN campaigns cp USING (campaign_id)
+LEFT JOIN request_metrics r ON r.campaign_id = b.campaign_id AND r.model_id = b.model_id
+     AND r.config_label = b.config_label AND r.stream AND r.in_headline
+GROUP BY b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token
+""",
+        needs=("decode_tps", "in_headline", "host_bytes_per_token"),
     ),
+    # The offload speed model, per configuration (the view `decode_prediction`).
     Metric(
         "predicted_decode_tps",
         "Predicted decode tokens/s (offload speed model)",
@@ -761,8 +958,44 @@ _DEFS: tuple[Metric, ...] = (
         "(measured / predicted - 1) tests the model. Decode means over the tests every "
         "configuration of the model ran.",
         view="decode_prediction",
+        sql="""
+WITH cfg AS (
+    SELECT o.campaign_id, o.model_id, o.config_label,
+           avg(o.decode_tps) AS decode_tps, count(o.decode_tps) AS n
+    FROM request_metrics o JOIN common_tests USING (campaign_id, model_id, test_id)
+    WHERE o.stream AND o.in_headline
+    GROUP BY ALL
+    HAVING count(o.decode_tps) > 0
+), per_token AS (
+    SELECT c.*, b.n_cpu_moe, b.device_bytes, b.host_bytes, b.all_on_host
+    FROM cfg c JOIN config_bytes_per_token b USING (campaign_id, model_id, config_label)
+), device_rate AS (
+    SELECT campaign_id, model_id, avg(device_bytes * decode_tps) AS r_d
+    FROM per_token WHERE host_bytes = 0 GROUP BY ALL
+), host_rate AS (
+    SELECT p.campaign_id, p.model_id,
+           avg(p.host_bytes / nullif(1 / p.decode_tps - p.device_bytes / d.r_d, 0)) AS r_h
+    FROM per_token p JOIN device_rate d USING (campaign_id, model_id)
+    WHERE p.all_on_host GROUP BY ALL
+)
+SELECT p.campaign_id, p.model_id, p.config_label, p.n_cpu_moe, p.n, p.decode_tps,
+       p.device_bytes, p.host_bytes, d.r_d AS device_rate_bytes_per_s,
+       h.r_h AS host_rate_bytes_per_s,
+       (p.host_bytes = 0 OR p.all_on_host) AS calibration_point,
+       CASE WHEN h.r_h > 0 THEN 1 / (p.device_bytes / d.r_d + p.host_bytes / h.r_h) END
+           AS predicted_decode_tps,
+       CASE WHEN h.r_h > 0
+            THEN p.decode_tps * (p.device_bytes / d.r_d + p.host_bytes / h.r_h) - 1 END
+           AS prediction_error
+FROM per_token p
+LEFT JOIN device_rate d USING (campaign_id, model_id)
+LEFT JOIN host_rate h USING (campaign_id, model_id)
+""",
+        needs=("completed", "decode_tps", "in_headline", "host_bytes_per_token"),
         higher_is_better=True,
     ),
+    # Decode rate in each tenth of a long generation, per request (the view
+    # `decode_deciles`): does speed hold up?
     Metric(
         "decode_rate_along_generation",
         "Decode rate along the generation",
@@ -772,26 +1005,59 @@ _DEFS: tuple[Metric, ...] = (
         "first and last event, times the request's tokens per event. The chart shows the mean "
         "over requests per tenth.",
         view="decode_deciles",
+        sql=f"""
+WITH tt AS (
+    SELECT t.request_id, t.t_ns, t.tokens_per_event, (t.event_idx * 10) // t.n_events AS decile
+    FROM event_times t
+    JOIN request_metrics r USING (request_id)
+    JOIN tests ts USING (campaign_id, test_id)
+    WHERE r.stream AND r.in_headline AND ts.category = '{LONG_CATEGORY}' AND t.n_events >= 20
+)
+SELECT request_id, decile,
+       decode_rate(count(*), min(t_ns), max(t_ns)) * any_value(tokens_per_event)
+           AS decode_rate_along_generation
+FROM tt GROUP BY request_id, decile
+""",
+        needs=("in_headline",),
     ),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _DEFS}
 
 
+def _check_registry() -> None:
+    """One declaration per name; each metric needs only metrics declared before it,
+    a generated view's column only earlier columns of its view; one metric per
+    owned view."""
+    seen: dict[str, Metric] = {}
+    owned: set[str] = set()
+    for metric in _DEFS:
+        if metric.name in seen:
+            raise ValueError(f"metric {metric.name} is declared twice")
+        missing = [n for n in metric.needs if n not in seen]
+        if missing:
+            raise ValueError(f"metric {metric.name} needs {missing} declared before it")
+        if metric.view in GENERATED_VIEWS:
+            other = [n for n in metric.needs if seen[n].view != metric.view]
+            if other:
+                raise ValueError(
+                    f"metric {metric.name} of {metric.view} needs {other} of another view"
+                )
+        elif metric.owns_view:
+            if metric.view in owned or metric.view in GENERATED_VIEWS:
+                raise ValueError(f"view {metric.view} has two owners")
+            owned.add(metric.view)
+        seen[metric.name] = metric
+
+
+_check_registry()
+
+
 def _generated_view(name: str, keys: str, source: str, frozen: bool = False) -> str:
     """`CREATE VIEW name` selecting `keys` and every registered metric of the view,
     in registry order; a metric may name only metrics defined before it. `frozen`:
     a TEMP table of the same rows instead (see `views_sql`)."""
-    columns = []
-    seen: set[str] = set()
-    for metric in _DEFS:
-        if metric.view != name:
-            continue
-        missing = [n for n in metric.needs if n not in seen]
-        if missing:
-            raise ValueError(f"metric {metric.name} needs {missing} defined before it")
-        columns.append(f"{metric.sql} AS {metric.name}")
-        seen.add(metric.name)
+    columns = [f"{m.sql} AS {m.name}" for m in _DEFS if m.view == name]
     select = ",\n       ".join([keys, *columns])
     kind = "TABLE" if frozen else "VIEW"
     return f"CREATE OR REPLACE TEMP {kind} {name} AS\nSELECT {select}\n{source};\n"
@@ -1001,6 +1267,7 @@ GROUP BY w.server_run_id;
 """
 
 _DERIVED_VIEWS = """
+
 -- Every offload configuration (n_cpu_moe -1 or K > 0) of a model with the
 -- configuration it is compared with: the one labelled 'baseline' in the same
 -- campaign, the reference of every comparison in the report.
@@ -1024,23 +1291,6 @@ JOIN offload_configs oc USING (campaign_id, model_id, config_label)
 JOIN request_metrics b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
      AND b.config_label = oc.baseline_label AND b.test_id = o.test_id
      AND b.repeat = o.repeat AND b.stream = o.stream;
-
--- Offload / baseline per pair of requests in the headline (completed, not
--- starved), one row per metric
--- (METRICS['offload_ratio']); summarised by evidence.statistics.paired_ratio.
-CREATE OR REPLACE TEMP VIEW offload_pair_ratios AS
-WITH r AS (
-    SELECT p.campaign_id, p.model_id, p.config_label, p.test_id, p.repeat, p.stream,
-           o.ttft_ms / nullif(b.ttft_ms, 0) AS ttft_ms,
-           o.decode_tps / nullif(b.decode_tps, 0) AS decode_tps,
-           o.e2e_s / nullif(b.e2e_s, 0) AS e2e_s,
-           o.avg_tps / nullif(b.avg_tps, 0) AS avg_tps
-    FROM offload_pairs p
-    JOIN request_metrics o ON o.request_id = p.offload_request_id
-    JOIN request_metrics b ON b.request_id = p.baseline_request_id
-    WHERE o.in_headline AND b.in_headline
-)
-UNPIVOT r ON ttft_ms, decode_tps, e2e_s, avg_tps INTO NAME metric VALUE offload_ratio;
 
 -- The tests every configuration of a model ran with at least one completed
 -- streamed request: where configurations (a sweep usually runs a subset) are
@@ -1133,167 +1383,6 @@ SELECT campaign_id, model_id, config_label, n_ctx, n_ubatch, weights_gpu_bytes,
                 THEN 'weights + log KV + log compute'
             ELSE 'weights only' END AS estimate_parts
 FROM p;
-
--- VRAM saved per offload configuration against its baseline (offload_configs).
--- Each source's saving where both sides have it; the headline (`source`,
--- `vram_saved_pct`) is the best of them: measured > log > estimated. Measured
--- figures compare only runs of one server build measured the same way (one
--- campaign is one host by construction). A baseline that does not fit the device
--- has only its estimate: then the headline is the offload's best figure against it
--- (source 'estimated baseline': the protocol's own "baseline GPU memory
--- (estimated)"), the offload side from the log before the process (the log's
--- buffers are what the estimate predicts), each side's source named.
-CREATE OR REPLACE TEMP VIEW vram_saved AS
-WITH sized AS (
-    SELECT f.campaign_id, f.model_id, f.config_label, f.n_cpu_moe, f.loaded, f.does_not_fit,
-           f.unfit_error, f.device_memory_bytes,
-           c.gpu_measured_bytes, c.gpu_log_mib, c.measured_source, c.version,
-           e.estimated_bytes, e.estimate_parts
-    FROM config_fit f
-    JOIN config_device_estimate e USING (campaign_id, model_id, config_label)
-    LEFT JOIN config_memory c USING (campaign_id, model_id, config_label)
-), pairs AS (
-    SELECT o.campaign_id, o.model_id, o.config_label, o.n_cpu_moe,
-           oc.baseline_label, b.does_not_fit AS baseline_does_not_fit,
-           b.unfit_error AS baseline_unfit_error, b.device_memory_bytes,
-           b.gpu_measured_bytes AS b_measured, o.gpu_measured_bytes AS o_measured,
-           b.gpu_log_mib * 1048576 AS b_log, o.gpu_log_mib * 1048576 AS o_log,
-           b.estimated_bytes AS b_est, o.estimated_bytes AS o_est,
-           o.estimate_parts,
-           b.version IS NOT NULL AND b.version = o.version
-               AND b.measured_source IS NOT DISTINCT FROM o.measured_source AS same_build,
-           coalesce(o.measured_source, b.measured_source) AS measured_source
-    FROM sized o
-    JOIN offload_configs oc USING (campaign_id, model_id, config_label)
-    JOIN sized b ON b.campaign_id = o.campaign_id AND b.model_id = o.model_id
-         AND b.config_label = oc.baseline_label
-    WHERE o.loaded
-), pcts AS (
-    SELECT *,
-           CASE WHEN b_measured > 0 AND o_measured IS NOT NULL AND same_build
-                THEN 100 * (1 - o_measured / b_measured) END AS measured_pct,
-           CASE WHEN b_log > 0 AND o_log IS NOT NULL
-                THEN 100 * (1 - o_log / b_log) END AS log_pct,
-           CASE WHEN b_est > 0 AND o_est IS NOT NULL
-                THEN 100 * (1 - o_est / b_est) END AS estimated_pct,
-           CASE WHEN o_log IS NOT NULL THEN 'log'
-                WHEN o_measured IS NOT NULL THEN 'measured' END AS offload_best_source
-    FROM pairs
-), chosen AS (
-    SELECT *,
-           CASE WHEN baseline_does_not_fit AND b_est > 0 AND offload_best_source IS NOT NULL
-                    THEN 'estimated baseline'
-                WHEN measured_pct IS NOT NULL THEN 'measured'
-                WHEN log_pct IS NOT NULL THEN 'log'
-                WHEN estimated_pct IS NOT NULL THEN 'estimated' END AS source
-    FROM pcts
-)
-SELECT campaign_id, model_id, config_label, n_cpu_moe, baseline_label, source,
-       measured_source, estimate_parts, baseline_does_not_fit, baseline_unfit_error,
-       device_memory_bytes,
-       CASE WHEN source = 'estimated baseline' THEN 'estimated' ELSE source END
-           AS baseline_source,
-       CASE WHEN source = 'estimated baseline' THEN offload_best_source ELSE source END
-           AS offload_source,
-       CASE source WHEN 'measured' THEN b_measured WHEN 'log' THEN b_log
-                   WHEN 'estimated' THEN b_est WHEN 'estimated baseline' THEN b_est
-                   END AS baseline_bytes,
-       CASE source WHEN 'measured' THEN o_measured WHEN 'log' THEN o_log
-                   WHEN 'estimated' THEN o_est
-                   WHEN 'estimated baseline' THEN coalesce(o_log, o_measured) END
-           AS offload_bytes,
-       CASE WHEN source = 'estimated baseline'
-            THEN 100 * (1 - coalesce(o_log, o_measured) / b_est)
-            ELSE coalesce(measured_pct, log_pct, estimated_pct) END AS vram_saved_pct,
-       measured_pct, log_pct, estimated_pct, same_build,
-       b_measured, o_measured, b_log, o_log, b_est, o_est
-FROM chosen;
-
--- The weight bytes one decode step reads, per configuration, from the GGUF file:
--- on the device, the non-expert weights plus the active share (experts used /
--- experts) of the expert tensors left there; on the host, the active share of
--- the expert tensors kept in CPU memory. Without a device (no GPU buffers in the
--- log, no device measured) every byte is read from host memory.
-CREATE OR REPLACE TEMP VIEW config_bytes_per_token AS
-WITH sized AS (
-    SELECT c.campaign_id, c.model_id, c.config_label, c.n_cpu_moe,
-           TRY_CAST(json_extract(md.spec, '$.tensor_bytes_total') AS BIGINT) AS total_b,
-           TRY_CAST(json_extract(md.spec, '$.expert_tensor_bytes') AS BIGINT) AS experts_b,
-           md.expert_used_count / nullif(md.expert_count, 0) AS active,
-           cpu_expert_bytes(md.spec, c.n_cpu_moe) AS host_experts_b,
-           c.gpu_log_mib IS NOT NULL OR c.measured_source IS NOT NULL AS has_device
-    FROM config_memory c JOIN models md USING (model_id)
-)
-SELECT campaign_id, model_id, config_label, n_cpu_moe, has_device,
-       (total_b - experts_b) + (experts_b - host_experts_b) * active AS device_bytes,
-       host_experts_b * active AS host_bytes,
-       host_experts_b = experts_b AND experts_b > 0 AS all_on_host,
-       CASE WHEN has_device THEN host_experts_b * active
-            ELSE total_b - experts_b + experts_b * active END AS host_bytes_per_token
-FROM sized WHERE active IS NOT NULL AND total_b IS NOT NULL AND experts_b IS NOT NULL;
-
--- Implied host memory traffic (METRICS['implied_host_traffic']): mean decode
--- tokens/s over the configuration's completed streamed requests x the bytes per
--- token read from host memory, and its share of the measured copy bandwidth.
-CREATE OR REPLACE TEMP VIEW host_traffic AS
-SELECT b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token,
-       avg(r.decode_tps) * b.host_bytes_per_token AS implied_host_traffic,
-       100 * avg(r.decode_tps) * b.host_bytes_per_token
-           / nullif(any_value(cp.mem_bandwidth_bytes_per_s), 0) AS host_bandwidth_pct
-FROM config_bytes_per_token b
-JOIN campaigns cp USING (campaign_id)
-LEFT JOIN request_metrics r ON r.campaign_id = b.campaign_id AND r.model_id = b.model_id
-     AND r.config_label = b.config_label AND r.stream AND r.in_headline
-GROUP BY b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token;
-
--- The offload speed model (METRICS['predicted_decode_tps']).
-CREATE OR REPLACE TEMP VIEW decode_prediction AS
-WITH cfg AS (
-    SELECT o.campaign_id, o.model_id, o.config_label,
-           avg(o.decode_tps) AS decode_tps, count(o.decode_tps) AS n
-    FROM request_metrics o JOIN common_tests USING (campaign_id, model_id, test_id)
-    WHERE o.stream AND o.in_headline
-    GROUP BY ALL
-    HAVING count(o.decode_tps) > 0
-), per_token AS (
-    SELECT c.*, b.n_cpu_moe, b.device_bytes, b.host_bytes, b.all_on_host
-    FROM cfg c JOIN config_bytes_per_token b USING (campaign_id, model_id, config_label)
-), device_rate AS (
-    SELECT campaign_id, model_id, avg(device_bytes * decode_tps) AS r_d
-    FROM per_token WHERE host_bytes = 0 GROUP BY ALL
-), host_rate AS (
-    SELECT p.campaign_id, p.model_id,
-           avg(p.host_bytes / nullif(1 / p.decode_tps - p.device_bytes / d.r_d, 0)) AS r_h
-    FROM per_token p JOIN device_rate d USING (campaign_id, model_id)
-    WHERE p.all_on_host GROUP BY ALL
-)
-SELECT p.campaign_id, p.model_id, p.config_label, p.n_cpu_moe, p.n, p.decode_tps,
-       p.device_bytes, p.host_bytes, d.r_d AS device_rate_bytes_per_s,
-       h.r_h AS host_rate_bytes_per_s,
-       (p.host_bytes = 0 OR p.all_on_host) AS calibration_point,
-       CASE WHEN h.r_h > 0 THEN 1 / (p.device_bytes / d.r_d + p.host_bytes / h.r_h) END
-           AS predicted_decode_tps,
-       CASE WHEN h.r_h > 0
-            THEN p.decode_tps * (p.device_bytes / d.r_d + p.host_bytes / h.r_h) - 1 END
-           AS prediction_error
-FROM per_token p
-LEFT JOIN device_rate d USING (campaign_id, model_id)
-LEFT JOIN host_rate h USING (campaign_id, model_id);
-
--- Decode rate in each tenth of a long generation (METRICS[
--- 'decode_rate_along_generation']), per request: does speed hold up?
-CREATE OR REPLACE TEMP VIEW decode_deciles AS
-WITH tt AS (
-    SELECT t.request_id, t.t_ns, t.tokens_per_event, (t.event_idx * 10) // t.n_events AS decile
-    FROM event_times t
-    JOIN request_metrics r USING (request_id)
-    JOIN tests ts USING (campaign_id, test_id)
-    WHERE r.stream AND r.in_headline AND ts.category = '{long_category}' AND t.n_events >= 20
-)
-SELECT request_id, decile,
-       decode_rate(count(*), min(t_ns), max(t_ns)) * any_value(tokens_per_event)
-           AS decode_rate_along_generation
-FROM tt GROUP BY request_id, decile;
 """
 
 
@@ -1318,9 +1407,15 @@ def views_sql(include_starved: bool = False, frozen: bool = False) -> str:
             ),
             _generated_view("server_run_memory", _MEMORY_KEYS, _MEMORY_FROM),
             _generated_view("server_run_loads", "s.server_run_id", _LOADS_FROM),
-            _DERIVED_VIEWS.replace("{long_category}", LONG_CATEGORY),
+            _DERIVED_VIEWS,
+            *(_owned_view(m) for m in _DEFS if m.owns_view),
         )
     )
+
+
+def _owned_view(metric: Metric) -> str:
+    """`CREATE VIEW` of a view a metric owns: its SQL is the view's SELECT."""
+    return f"CREATE OR REPLACE TEMP VIEW {metric.view} AS\n{metric.sql.strip()};\n"
 
 
 def create_views(
@@ -1334,7 +1429,7 @@ def create_views(
 def group_sql(name: str) -> str:
     """The aggregate expression of a per-group metric (e.g. completion_rate)."""
     metric = METRICS[name]
-    if metric.view != "group":
+    if not metric.aggregate:
         raise ValueError(f"{name} is not a per-group metric")
     return metric.sql
 

@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 
 _Record = TypeVar("_Record", bound="DataclassInstance")
 
-# Metrics computed from a token count: estimated when the count came from
-# stream events rather than a tokenizer.
-TOKEN_METRICS = frozenset({"output_tokens", "avg_tps", "decode_tps"})
-
 # Configuration order on every page: the baseline, full offload, then the
 # --n-cpu-moe sweep by K.
 CONFIG_ORDER_SQL = (
@@ -306,7 +302,9 @@ def stats_by(
     unit = metric(name).unit if unit is None else unit
     group_list = list(groups)
     base = aggregate_sql(name, group_list, source, where)
-    if name in TOKEN_METRICS:
+    # A figure that is not a metric of the registry (a score) counts no token.
+    declared = METRICS.get(name)
+    if declared is not None and declared.token_count:
         keys = ", ".join(group_list)
         sql = (
             f"SELECT a.*, coalesce(e.est, 0) AS est FROM ({base}) a LEFT JOIN "

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from evidence.metrics import METRICS, create_views
+from evidence.metrics import (
+    COMPARE_METRICS,
+    GENERATED_VIEWS,
+    METRICS,
+    PER_TEST_METRICS,
+    create_views,
+)
 from evidence.statistics import Summary, aggregate_sql, ratio_of_means, summarize, t95
 from evidence.store import open_store
+from report.context.methodology import metric_docs
 from tests.storefactory import MS, StoreFactory
 
 
@@ -162,14 +170,65 @@ def test_views_work_read_only(tmp_path: Path) -> None:
 def test_every_metric_is_defined_and_is_a_column(store: StoreFactory) -> None:
     columns = {
         view: {d[0] for d in store.con.execute(f"SELECT * FROM {view} LIMIT 0").description}
-        for view in {m.view for m in METRICS.values()} - {"group"}
+        for view in {m.source_view for m in METRICS.values()}
     }
     for metric in METRICS.values():
         assert len(metric.definition) > 40, metric.name
-        if metric.view == "group":  # an aggregate over a group's request_metrics rows
+        assert metric.sql, f"{metric.name} has no SQL in the registry"
+        if metric.aggregate:  # an aggregate over a group's request_metrics rows
             store.con.execute(f"SELECT {metric.sql} FROM request_metrics").fetchall()
         else:
             assert metric.name in columns[metric.view], metric.name
+
+
+def test_needs_are_declared() -> None:
+    # A metric of a generated view that names another metric of its view needs it
+    # (so it is computed first); a metric with its own view reads others through it.
+    for metric in METRICS.values():
+        if metric.view in GENERATED_VIEWS:
+            named = {
+                other.name
+                for other in METRICS.values()
+                if other.view == metric.view
+                and other is not metric
+                and re.search(rf"(?<![.\w]){other.name}(?!\w)", metric.sql)
+            }
+            assert named <= set(metric.needs), (metric.name, named - set(metric.needs))
+        elif metric.owns_view:
+            assert metric.needs, f"{metric.name} owns {metric.view} but needs nothing"
+
+
+def test_per_test_figures_are_flags_of_the_registry(store: StoreFactory) -> None:
+    assert PER_TEST_METRICS == ("ttft_ms", "decode_tps", "avg_tps", "e2e_s")
+    assert COMPARE_METRICS == ("ttft_ms", "decode_tps", "e2e_s")
+    assert {n for n, m in METRICS.items() if m.token_count} == {
+        "output_tokens",
+        "avg_tps",
+        "decode_tps",
+    }
+    # offload_pair_ratios has one ratio per per-test figure and pair of requests.
+    store.server_run("cpu-moe", n_cpu_moe=-1)
+    for config in ("baseline", "cpu-moe"):
+        store.request(config, [(10 * MS, "a"), (30 * MS, "b")], usage_tokens=2)
+    found = store.con.execute("SELECT metric FROM offload_pair_ratios ORDER BY metric").fetchall()
+    assert [m for (m,) in found] == sorted(PER_TEST_METRICS)
+
+
+def test_methodology_names_only_views_of_the_store(store: StoreFactory) -> None:
+    # The methodology page once said "the view `group`", a view no store has.
+    views = {
+        name
+        for (name,) in store.con.execute(
+            "SELECT view_name FROM duckdb_views() UNION SELECT table_name FROM duckdb_tables()"
+        ).fetchall()
+    }
+    docs = metric_docs()
+    assert [d.name for d in docs] == list(METRICS)
+    for doc in docs:
+        assert doc.view in views, (doc.name, doc.view)
+        if not doc.aggregate:
+            columns = store.con.execute(f"SELECT * FROM {doc.view} LIMIT 0").description
+            assert doc.name in {c[0] for c in columns}, doc.name
 
 
 def test_summary_ci_and_ratio() -> None:

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import duckdb
 
+from common.errors import BuildError
+from evidence.metrics import Metric
 from evidence.statistics import summarize
 from report.context.memory import MemoryContext
 from report.queries import OK_STREAMED, Selection, metric, rows, stat_or_empty, stats_by
@@ -137,13 +139,23 @@ _NO_STREAM = "no successful streamed request in this release"
 _NO_SCORE = "no score for these requests (scoring has not run)"
 
 
-def _timing(name: str, higher_is_better: bool) -> _RequestMetric:
+def _direction(m: Metric) -> bool:
+    """The registry's direction of a metric the page compares across releases."""
+    if m.higher_is_better is None:
+        raise BuildError(
+            f"the history page compares {m.name} across releases, but evidence.metrics "
+            "declares no direction for it (higher_is_better)"
+        )
+    return m.higher_is_better
+
+
+def _timing(name: str) -> _RequestMetric:
     m = metric(name)
     return _RequestMetric(
         name,
         m.title,
         m.unit,
-        higher_is_better,
+        _direction(m),
         f"methodology.md#metric-{name}",
         _STREAMED,
         OK_STREAMED,
@@ -152,9 +164,11 @@ def _timing(name: str, higher_is_better: bool) -> _RequestMetric:
 
 
 _REQUEST_METRICS: tuple[_RequestMetric, ...] = (
-    _timing("decode_tps", True),
-    _timing("avg_tps", True),
-    _timing("ttft_ms", False),
+    _timing("decode_tps"),
+    _timing("avg_tps"),
+    _timing("ttft_ms"),
+    # Scores (from `scoring`, not metrics of evidence.metrics): their scale and
+    # direction are the scorers'.
     _RequestMetric(
         "quality",
         "Quality score (1–5)",
@@ -323,6 +337,7 @@ def _vram_metric(
 ) -> HistoryMetric:
     """VRAM saved: one figure per campaign (its headline, with its source), so N is
     the number of campaigns in the release; sources are never pooled."""
+    vram = metric("vram_saved_pct")
     info = {
         r["model_id"]: r
         for r in rows(
@@ -353,16 +368,15 @@ def _vram_metric(
     for key, found in grouped.items():
         sd = statistics.stdev(found) if len(found) > 1 else None
         summary = summarize(len(found), statistics.fmean(found), sd, min(found), max(found))
-        values[key] = Stat.of(summary, "%")
+        values[key] = Stat.of(summary, vram.unit)
     keys = sorted(order, key=lambda k: (order[k], k[2] or "", k[3] or ""))
-    vram = metric("vram_saved_pct")
-    series = _series(keys, values, releases, True)
+    series = _series(keys, values, releases, _direction(vram))
     return HistoryMetric(
-        "vram_saved_pct",
+        vram.name,
         vram.title,
-        "%",
-        True,
-        "methodology.md#metric-vram_saved_pct",
+        vram.unit,
+        _direction(vram),
+        f"methodology.md#metric-{vram.name}",
         "one figure per campaign (its headline source); N campaigns",
         series,
     )

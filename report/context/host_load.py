@@ -14,7 +14,7 @@ import duckdb
 
 from common.thresholds import DEFAULT_THRESHOLDS
 from evidence.metrics import group_sql
-from report.queries import record, rows
+from report.queries import metric, record, rows
 from report.values import Figure, Missing, Quantity
 from scoring.gates import campaign_thresholds
 
@@ -80,9 +80,11 @@ def build(con: duckdb.DuckDBPyConnection) -> HostLoadContext:
         record(
             StarvedRequest,
             r,
-            other_cores=Quantity(float(r["other_cpu_cores"]), "cores", "measured"),
-            e2e=_figure(r["e2e_s"], "s", "the request has no end time"),
-            avg_tps=_figure(r["avg_tps"], "tokens/s", "no token count or no end time"),
+            other_cores=Quantity(
+                float(r["other_cpu_cores"]), metric("other_cpu_cores").unit, "measured"
+            ),
+            e2e=_figure(r["e2e_s"], metric("e2e_s").unit, "the request has no end time"),
+            avg_tps=_figure(r["avg_tps"], metric("avg_tps").unit, "no token count or no end time"),
             excluded=bool(r["completed"] and not r["in_headline"]),
         )
         for r in rows(
@@ -113,7 +115,7 @@ def build(con: duckdb.DuckDBPyConnection) -> HostLoadContext:
                 record(
                     BusyCampaign,
                     c,
-                    share=Quantity(float(c["pct"]), "%", "measured"),
+                    share=Quantity(float(c["pct"]), metric("starved_rate").unit, "measured"),
                     limit=Quantity(limit_pct, "%"),
                 )
             )

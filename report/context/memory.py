@@ -18,7 +18,7 @@ import duckdb
 from evidence.llama_names import is_host_device
 from report.context import reloads
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
-from report.queries import OK_STREAMED, Selection, rows, stat_or_empty, stats_by
+from report.queries import OK_STREAMED, Selection, metric, rows, stat_or_empty, stats_by
 from report.values import SOURCE_TEXT, Figure, Missing, Quantity, Source, Stat
 
 MIB = 1 << 20
@@ -469,7 +469,9 @@ def _compare(
                 note = f"{view['measured_source']}: {note}"
             elif source == "estimated" and view["estimate_parts"] == "weights only":
                 note = "GGUF weight bytes on the device only (no loader log)"
-            by_source[source] = Quantity(float(pct), "%", cast(Source, source), note)
+            by_source[source] = Quantity(
+                float(pct), metric("vram_saved_pct").unit, cast(Source, source), note
+            )
         elif (reason := _side_reason(b, o)) is not None:
             by_source[source] = reason
         elif source == "measured" and not view["same_build"]:
@@ -495,7 +497,7 @@ def _compare(
         )
         headline = Quantity(
             float(view["vram_saved_pct"]),
-            "%",
+            metric("vram_saved_pct").unit,
             "estimated",
             f"against an estimated baseline (it does not fit the device): offload "
             f"{SOURCE_TEXT[cast(Source, view['offload_source'])]}, baseline estimated",
@@ -602,7 +604,7 @@ def _tradeoff(
         stat = stat_or_empty(
             decode,
             (r.model_id, r.config),
-            "tokens/s",
+            metric("decode_tps").unit,
             "does not fit the device"
             if r.unfit
             else "no successful streamed request on the common tests",
@@ -636,7 +638,12 @@ def _prediction(row: dict[str, Any] | None) -> tuple[Figure, Figure, bool]:
     calibration = bool(row["calibration_point"])
     note = "calibration point" if calibration else "held out"
     return (
-        Quantity(float(row["predicted_decode_tps"]), "tokens/s", "estimated", note),
+        Quantity(
+            float(row["predicted_decode_tps"]),
+            metric("predicted_decode_tps").unit,
+            "estimated",
+            note,
+        ),
         Quantity(100.0 * float(row["prediction_error"]), "%", "estimated", note),
         calibration,
     )

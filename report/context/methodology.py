@@ -29,7 +29,25 @@ SCORING_MODULES = (
     "gates",
 )
 
-# Figures the report derives itself (not in evidence.metrics).
+
+@dataclass(frozen=True)
+class MetricDoc:
+    """One metric's entry on the page, from the registry (`evidence.metrics`)."""
+
+    name: str
+    title: str
+    unit: str
+    definition: str
+    view: str  # the view that has it as a column, or whose rows it aggregates
+    aggregate: bool  # computed by the report per group of the view's rows
+
+
+def metric_docs() -> tuple[MetricDoc, ...]:
+    """Every metric of the registry, in its order, as the page describes it."""
+    return tuple(
+        MetricDoc(m.name, m.title, m.unit, m.definition, m.source_view, m.aggregate)
+        for m in metrics.METRICS.values()
+    )
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,7 @@ class CampaignMethod:
 class MethodologyContext:
     """The methodology page: definitions, statistics, scoring, procedure."""
 
-    metrics: tuple[metrics.Metric, ...]  # every metric of the registry, in its order
+    metrics: tuple[MetricDoc, ...]  # every metric of the registry, in its order
     statistics: tuple[Doc, ...]
     scoring: tuple[Doc, ...]
     campaigns: tuple[CampaignMethod, ...]
@@ -247,7 +265,7 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MethodologyContext:
         if inspect.getdoc(fn)
     )
     return MethodologyContext(
-        metrics=tuple(metrics.METRICS.values()),
+        metrics=metric_docs(),
         statistics=stats,
         scoring=_scoring_docs(),
         campaigns=tuple(campaigns),

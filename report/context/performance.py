@@ -15,7 +15,7 @@ from typing import Any
 
 import duckdb
 
-from evidence.metrics import LONG_CATEGORY, Metric
+from evidence.metrics import COMPARE_METRICS, LONG_CATEGORY, PER_TEST_METRICS, Metric
 from evidence.statistics import paired_ratio, summarize
 from report.context import host_load, reloads
 from report.context.memory import RunMemory
@@ -31,9 +31,6 @@ from report.queries import (
     stats_by,
 )
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
-
-# The four figures the protocol asks for per test, in page order.
-PER_TEST_METRICS = ("ttft_ms", "decode_tps", "avg_tps", "e2e_s")
 
 
 @dataclass(frozen=True)
@@ -85,10 +82,6 @@ class CompareRow:
     test_id: str
     pairs: int
     cells: dict[str, CompareCell]  # metric -> cell, in COMPARE_METRICS order
-
-
-# The figures of the compare table, in its column order.
-COMPARE_METRICS = ("ttft_ms", "decode_tps", "e2e_s")
 
 
 @dataclass(frozen=True)
@@ -416,6 +409,7 @@ def _itl_pooled(con: duckdb.DuckDBPyConnection) -> tuple[PooledItl, ...]:
 
 def _curve(con: duckdb.DuckDBPyConnection) -> tuple[CurvePoint, ...]:
     """Decode rate in each tenth of long generations (the `decode_deciles` view)."""
+    unit = metric("decode_rate_along_generation").unit
     data = rows(
         con,
         """
@@ -435,7 +429,7 @@ def _curve(con: duckdb.DuckDBPyConnection) -> tuple[CurvePoint, ...]:
             d["model"],
             d["config_label"],
             int(d["decile"]),
-            Stat.of(summarize(int(d["n"]), d["mean"], d["sd"], d["lo"], d["hi"]), "tokens/s"),
+            Stat.of(summarize(int(d["n"]), d["mean"], d["sd"], d["lo"], d["hi"]), unit),
         )
         for d in data
     )
@@ -525,7 +519,7 @@ def _bottleneck(con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]) -> 
     for run in runs:
         t = traffic.get((run.model_id, run.config))
         stat = decode.get((run.model_id, run.config)) or Stat.empty(
-            "tokens/s", "no successful streamed request"
+            metric("decode_tps").unit, "no successful streamed request"
         )
         per_token: Figure
         implied: Figure
@@ -537,14 +531,14 @@ def _bottleneck(con: duckdb.DuckDBPyConnection, runs: tuple[RunMemory, ...]) -> 
         else:
             per_token = Quantity(
                 float(t["host_bytes_per_token"]),
-                "bytes",
+                metric("host_bytes_per_token").unit,
                 "estimated",
                 "GGUF sizes; each active weight read once per token",
             )
             implied = (
                 Quantity(
                     float(t["implied_host_traffic"]),
-                    "bytes/s",
+                    metric("implied_host_traffic").unit,
                     "estimated",
                     "decode tokens/s × host bytes per token",
                 )

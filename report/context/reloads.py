@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from report.queries import rows, stat_or_empty, stats_by
+from report.queries import metric, rows, stat_or_empty, stats_by
 from report.values import Figure, Missing, Quantity, Stat
 
 NO_LOG = "per-request reload not verifiable: no server log (the server was attached, not launched)"
@@ -71,11 +71,14 @@ def build(con: duckdb.DuckDBPyConnection) -> tuple[ReloadRow, ...]:
         verdict = "not verifiable" if flag is None else "reloads" if flag else "keeps"
         median = r["model_load_ms_median"]
 
-        def stat(name: str, unit: str, key: tuple[str, str] = key) -> Stat:
+        def stat(name: str, key: tuple[str, str] = key) -> Stat:
             # The population is the headline's: a request other processes starved is
             # left out, so "none" may mean "all starved", which the reason must not hide.
             return stat_or_empty(
-                stats[name], key, unit, "no counted request had a load (starved ones are left out)"
+                stats[name],
+                key,
+                metric(name).unit,
+                "no counted request had a load (starved ones are left out)",
             )
 
         out.append(
@@ -86,14 +89,19 @@ def build(con: duckdb.DuckDBPyConnection) -> tuple[ReloadRow, ...]:
                 verdict=verdict,
                 with_load=int(r["requests_with_load"] or 0),
                 recorded=int(r["recorded"] or 0),
-                load_median=Quantity(float(median), "ms", "measured", "from the server's log")
+                load_median=Quantity(
+                    float(median),
+                    metric("model_load_ms_median").unit,
+                    "measured",
+                    "from the server's log",
+                )
                 if median is not None
                 else Missing(NO_LOG if flag is None else "no finished load inside a request"),
-                load=stat("model_load_ms", "ms"),
-                ttft=stat("ttft_ms", "ms"),
-                ttft_after_load=stat("ttft_after_load_ms", "ms"),
-                device_peak=stat("request_device_peak_delta_bytes", "bytes"),
-                rss_peak=stat("request_rss_peak_bytes", "bytes"),
+                load=stat("model_load_ms"),
+                ttft=stat("ttft_ms"),
+                ttft_after_load=stat("ttft_after_load_ms"),
+                device_peak=stat("request_device_peak_delta_bytes"),
+                rss_peak=stat("request_rss_peak_bytes"),
             )
         )
     return tuple(out)

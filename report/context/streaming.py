@@ -111,8 +111,10 @@ def _compare(
     out = []
     for row in present:
         key = tuple(row[k] for k in all_keys)
-        e2e_s = stat_or_empty(s_e2e, key, "s", "no successful streamed request")
-        e2e_p = stat_or_empty(p_e2e, key, "s", "no successful non-streamed request")
+        e2e_s = stat_or_empty(s_e2e, key, metric("e2e_s").unit, "no successful streamed request")
+        e2e_p = stat_or_empty(
+            p_e2e, key, metric("e2e_s").unit, "no successful non-streamed request"
+        )
         if e2e_s.n and e2e_p.n:
             r = ratio_of_means(e2e_s, e2e_p)
             ratio = RatioFigure(r.ratio, r.ci_low, r.ci_high)
@@ -125,8 +127,12 @@ def _compare(
                 config=row["config_label"],
                 streamed_e2e=e2e_s,
                 plain_e2e=e2e_p,
-                streamed_tps=stat_or_empty(s_tps, key, "tokens/s", "no streamed request"),
-                plain_tps=stat_or_empty(p_tps, key, "tokens/s", "no non-streamed request"),
+                streamed_tps=stat_or_empty(
+                    s_tps, key, metric("avg_tps").unit, "no streamed request"
+                ),
+                plain_tps=stat_or_empty(
+                    p_tps, key, metric("avg_tps").unit, "no non-streamed request"
+                ),
                 ratio=ratio,
             )
         )
@@ -155,7 +161,7 @@ def _events(con: duckdb.DuckDBPyConnection) -> tuple[EventRow, ...]:
             tokens_per_event=stat_or_empty(
                 per_event,
                 (r["model"], r["config"]),
-                "tokens",
+                metric("tokens_per_event").unit,
                 "no streamed request with a content event",
             ),
         )

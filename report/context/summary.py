@@ -14,7 +14,16 @@ from report.context.memory import MemoryContext
 from report.context.performance import PerformanceContext
 from report.context.quality import LostOutput, QualityContext
 from report.context.scope import ScopeLine, scope_lines, server_name
-from report.queries import Campaign, Selection, record, rows, scalar, stat_or_empty, stats_by
+from report.queries import (
+    Campaign,
+    Selection,
+    metric,
+    record,
+    rows,
+    scalar,
+    stat_or_empty,
+    stats_by,
+)
 from report.values import Figure, Missing, Quantity, RatioFigure, Stat
 
 
@@ -263,7 +272,7 @@ def build(
             why = f"not one of its {broken.requests} requests succeeded"
             nothing = Stat.empty("", f"{why}: no answer to judge")
             vram_saved: Figure | None = Missing(f"this configuration failed: {why}")
-            avg_tps, scores = Stat.empty("tokens/s", why), (nothing, nothing)
+            avg_tps, scores = Stat.empty(metric("avg_tps").unit, why), (nothing, nothing)
         else:
             no_rate = (
                 f"every successful streamed request was starved by other processes "
@@ -272,7 +281,7 @@ def build(
                 else "no successful streamed request"
             )
             vram_saved = vram.get(key, Missing("no baseline to compare with"))
-            avg_tps = stat_or_empty(avg, key, "tokens/s", no_rate)
+            avg_tps = stat_or_empty(avg, key, metric("avg_tps").unit, no_rate)
             unscored = Stat.empty("", quality.no_scores_reason)
             scores = (
                 q.scores["quality"] if q else unscored,
@@ -394,7 +403,7 @@ def _answers(
             else _no_pair_reason(c.model, (c.baseline_config, c.config), failed, starved)
         )
         none = RatioFigure(None, None, None, why)
-        empty = Stat.empty("tokens/s", why)
+        empty = Stat.empty(metric("decode_tps").unit, why)
         pres = kept.get((c.model, c.config))
         # A configuration none of whose requests succeeded answers no question, memory
         # included: its load is on the memory page, but an answer would read as a result.
