@@ -38,6 +38,7 @@ from collector.recording import (
 from collector.resume import Resumed, continue_campaign
 from collector.session import ServerRunHandle, server_session, tokenize
 from collector.tokenizer import OutputCounter, TokenCount
+from common import interrupts
 from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError
 from evidence.store import query_interrupted
 from evidence.writer import redact_secrets
@@ -198,6 +199,9 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                 )
             previous_test: str | None = None
             while todo:
+                # An interrupt some library swallowed still stops here, before the next
+                # request (see common.interrupts).
+                interrupts.check()
                 cell = todo[0]
                 if previous_test is not None and cell.test_id != previous_test and camp.pause_s:
                     time.sleep(camp.pause_s)
@@ -319,6 +323,7 @@ def run_campaign(
                 failures.append(f"{plan.model.label}/{plan.configuration.label}: {exc}")
                 # Said as it happens; the one `error:` line at exit sums them up.
                 progress.message(f"[{plan.model.label} / {plan.configuration.label}] failed: {exc}")
+        interrupts.check()  # one that arrived during the last request, and was lost
     except KeyboardInterrupt as exc:
         finish_campaign(con, campaign_id, "interrupted")
         raise CampaignInterrupted(campaign_id) from exc

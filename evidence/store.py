@@ -24,6 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from common import interrupts
 from common.errors import DiskFull, SchemaTooNew, StoreCorrupt, StoreError, StoreLocked
 from evidence.migrations import MIGRATIONS, SCHEMA_VERSION
 from evidence.writer import Transaction
@@ -336,7 +337,11 @@ _NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 def query_interrupted(exc: BaseException) -> bool:
     """Whether `exc` is Ctrl-C (or SIGTERM, which the CLI turns into one) that arrived
     while DuckDB ran a query: its client then stops the query and raises
-    RuntimeError("Query interrupted") in place of the KeyboardInterrupt."""
+    RuntimeError("Query interrupted") in place of the KeyboardInterrupt, or another
+    error of its own (see common.interrupts): after a latched interrupt, any error is
+    read as the interruption."""
+    if isinstance(exc, KeyboardInterrupt) or interrupts.requested():
+        return True
     return isinstance(exc, RuntimeError) and str(exc).startswith("Query interrupted")
 
 

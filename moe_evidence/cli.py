@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common import interrupts
 from common.controls import one_line
 from common.errors import EvidenceError
 from common.secrets import redact_url
@@ -487,21 +487,6 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def _interrupt_on_termination() -> None:
-    """Treat SIGTERM (and SIGHUP where it exists) like Ctrl-C, so a campaign
-    killed by a job runner still stops its server and marks itself interrupted
-    instead of leaving an orphaned server behind (servers run in their own
-    process group and would not get the signal)."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            signal.signal(sig, handler)
-
-
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
     """The line for an interrupt: for a campaign, the exact command that continues it
     (`--resume ID` alone reuses the flags the campaign ran with)."""
@@ -530,23 +515,24 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring)."""
     args = parse(argv)
-    _interrupt_on_termination()
+    interrupts.install()
     handler: Handler = args.handler
     try:
         return handler(args)
-    except EvidenceError as exc:
+    except KeyboardInterrupt as exc:
+        print(one_line(_interrupted(args, exc)), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        from evidence.store import query_interrupted
+
+        if query_interrupted(exc):
+            # Ctrl-C that a DuckDB call turned into an error of its own (outside a
+            # campaign, which says it itself: a build, an export).
+            print(one_line(_interrupted(args, KeyboardInterrupt())), file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if not isinstance(exc, EvidenceError):
+            raise
         # One line, always: a message may quote a label, a path or a server's words;
         # and never a URL's credentials (an endpoint refused for its scheme or port).
         print(one_line(redact_url(f"error: {exc}")), file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt as exc:
-        print(one_line(_interrupted(args, exc)), file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except RuntimeError as exc:
-        from evidence.store import query_interrupted
-
-        if not query_interrupted(exc):
-            raise
-        # Ctrl-C that arrived inside a DuckDB query (outside a campaign: a build).
-        print(one_line(_interrupted(args, KeyboardInterrupt())), file=sys.stderr)
-        return EXIT_INTERRUPTED
