@@ -7,7 +7,9 @@ builds its context, and the charts it draws. A hand-written page of docs/ is a
 `SITE` and writes the navigation from it (report/site.py); mkdocs.yml lists no page.
 
 Adding a page: a context module (report/context/NAME.py), a template
-(templates/NAME.md.j2), and one `Page(...)` below where it sits in the navigation.
+(templates/NAME.md.j2), and one `Page(...)` below, where it sits in the navigation;
+then its line in .gitignore and its snapshot (tests/test_report_pages.py and
+tests/test_report_build.py say so when they are missing).
 """
 
 from __future__ import annotations
@@ -65,11 +67,17 @@ class PageInputs:
         self.source = source
         self.exports = exports
         self._built: dict[str, Any] = {}
+        self._building: list[str] = []
 
     def context(self, name: str) -> Any:
         """The context of the page called `name`."""
         if name not in self._built:
+            if name in self._building:
+                chain = " -> ".join([*self._building, name])
+                raise BuildError(f"report/pages.py: pages build on each other ({chain})")
+            self._building.append(name)
             self._built[name] = page(name).context(self)
+            self._building.pop()
         return self._built[name]
 
 
