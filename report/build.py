@@ -3,10 +3,13 @@
     open the source read-only (a store file, or a fleet directory of Parquet
     bundles read in place: report.source)
       -> select campaigns, create the metric views and TEMP working tables
-      -> one context per page (SQL; nothing loops over chunks in Python)
-      -> charts (Altair specs, static SVGs), Parquet exports
+      -> Parquet exports
+      -> one context per page declared in report/pages.py (SQL; nothing loops over
+         chunks in Python)
+      -> each page's charts (Altair specs, static SVGs)
       -> templates/*.md.j2 rendered into docs/ (the generated page set)
       -> hygiene check of every generated page
+      -> the navigation, from the same declarations, into mkdocs.generated.yml
       -> mkdocs build --strict into site/, then an offline check
 
 The result depends on the store alone: no clock, no network, no capture code.
@@ -21,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 
@@ -30,52 +32,24 @@ from common.files import file_sha256
 from evidence.bundle import MANIFEST, find_bundles
 from report import charts as charts_mod
 from report import hygiene, site, vendor
-from report.context import (
-    data,
-    history,
-    hosts,
-    inventory,
-    memory,
-    methodology,
-    models,
-    performance,
-    quality,
-    reproduce,
-    streaming,
-    summary,
-    validation,
-)
+from report.context import quality
 from report.export import export_tables
 from report.machine_paths import build_machine_paths
+from report.pages import PAGES, PageInputs, nav
 from report.queries import Selection, prepare, rows, select_campaigns
 from report.render import chart_markup, environment, render_page
 from report.source import open_evidence
 
-# The generated part of docs/: pages (template -> page) and asset folders. The
-# build deletes and rewrites all of it; everything else in docs/ is hand-written.
-PAGES: tuple[tuple[str, str], ...] = (
-    ("index.md.j2", "index.md"),
-    ("hardware.md.j2", "hardware.md"),
-    ("models.md.j2", "models.md"),
-    ("memory.md.j2", "memory.md"),
-    ("performance.md.j2", "performance.md"),
-    ("streaming.md.j2", "streaming.md"),
-    ("quality.md.j2", "quality.md"),
-    ("history.md.j2", "history.md"),
-    ("transcripts-index.md.j2", "transcripts/index.md"),
-    ("methodology.md.j2", "methodology.md"),
-    ("reproduce.md.j2", "reproduce.md"),
-    ("data.md.j2", "data.md"),
-    ("validation.md.j2", "validation.md"),
-)
+# The generated part of docs/: the pages of report/pages.py and the asset folders
+# below. The build deletes and rewrites all of it; everything else in docs/ is
+# hand-written.
 # Pages earlier versions generated: a checkout that built them still has them, and
 # mkdocs would refuse them as pages outside the nav.
 RETIRED_PAGES = ("inventory.md", "hosts.md")
 TRANSCRIPT_TEMPLATE = "transcripts.md.j2"
 # With no campaign, a page of measurements is one line saying so (EMPTY_TEMPLATE), not a
-# page of empty sections; these pages explain the tool and stay whole.
+# page of empty sections (a page declared `whole_when_empty` explains the tool instead).
 EMPTY_TEMPLATE = "empty.md.j2"
-WHOLE_WHEN_EMPTY = frozenset({"methodology.md"})
 GENERATED_DIRS = ("transcripts", "assets/charts", "assets/vendor", "data")
 CHART_DIR = "assets/charts"
 
@@ -172,7 +146,7 @@ class _Timer:
 
 def clean_generated(docs: Path) -> None:
     """Remove the generated page set, so no page of an earlier build survives."""
-    for page in (*(page for _, page in PAGES), *RETIRED_PAGES):
+    for page in (*(p.page for p in PAGES), *RETIRED_PAGES):
         (docs / page).unlink(missing_ok=True)
     for folder in GENERATED_DIRS:
         shutil.rmtree(docs / folder, ignore_errors=True)
@@ -233,31 +207,11 @@ def build_site(options: BuildOptions) -> BuildResult:
         with timer.step("select + views"):
             sel = select_campaigns(con, options.campaigns, options.all_campaigns)
             prepare(con, sel, options.include_starved)
+        with timer.step("parquet"):
+            exports = export_tables(con, docs)
         with timer.step("contexts"):
-            mem = memory.build(con, sel)
-            perf = performance.build(con, sel, mem.runs)
-            stream = streaming.build(con, sel)
-            qual = quality.build(con, sel)
-            hist = history.build(con, sel, mem)
-            pages: dict[str, Any] = {
-                "index.md.j2": summary.build(con, sel, mem, perf, qual),
-                "hardware.md.j2": {
-                    "inventory": inventory.build(con, sel),
-                    "hosts": hosts.build(con, sel),
-                },
-                "history.md.j2": hist,
-                "models.md.j2": models.build(con, sel),
-                "memory.md.j2": mem,
-                "performance.md.j2": perf,
-                "streaming.md.j2": stream,
-                "quality.md.j2": qual,
-                "transcripts-index.md.j2": qual,
-                "methodology.md.j2": methodology.build(con, sel),
-                "reproduce.md.j2": reproduce.build(
-                    con, sel, facts.name, facts.sha256, facts.size, facts.bundles
-                ),
-                "validation.md.j2": validation.build(con),
-            }
+            inputs = PageInputs(con, sel, facts, exports)
+            contexts = {p.name: inputs.context(p.name) for p in PAGES}
             # Every configuration that started a server: one that did not fit the device
             # has no request but is still drawn (its estimated memory).
             configs = [
@@ -278,11 +232,10 @@ def build_site(options: BuildOptions) -> BuildResult:
             users = _user_texts(con)
         with timer.step("transcripts"):
             transcripts = quality.transcript_pages(con)
-        with timer.step("parquet"):
-            exports = export_tables(con, docs)
-            pages["data.md.j2"] = data.build(con, exports)
     with timer.step("charts"):
-        charts = charts_mod.build_charts(mem, perf, stream, qual, configs, tests, hist)
+        charts = charts_mod.merge_charts(
+            (p.name, p.charts(contexts[p.name], configs, tests)) for p in PAGES if p.charts
+        )
         charts_mod.write_charts(charts, docs / CHART_DIR, charts_mod.vega_lite_version())
     info = SiteInfo(
         selection=sel,
@@ -292,24 +245,23 @@ def build_site(options: BuildOptions) -> BuildResult:
         fleet=facts.bundles > 0,
     )
     env = environment(root / "templates")
+    shown = [p for p in PAGES if p.shown(contexts[p.name])]
     written: list[Path] = []
     with timer.step("render"):
-        for template, page in PAGES:
-            if page == "history.md" and not hist.enough:
-                continue  # one release: no history to show, and no page in the nav
-            prefix = "../" * page.count("/")
-            empty = sel.empty and page not in WHOLE_WHEN_EMPTY
+        for p in shown:
+            prefix = "../" * p.page.count("/")
+            empty = sel.empty and not p.whole_when_empty
             written.append(
                 render_page(
                     env,
-                    EMPTY_TEMPLATE if empty else template,
-                    docs / page,
+                    EMPTY_TEMPLATE if empty else p.template,
+                    docs / p.page,
                     {
-                        "page": EmptyPage(_title(root / "templates" / template))
+                        "page": EmptyPage(_title(root / "templates" / p.template))
                         if empty
-                        else pages[template],
+                        else contexts[p.name],
                         "site": info,
-                        "chart": lambda chart_id, p=prefix: chart_markup(charts, chart_id, p),
+                        "chart": lambda chart_id, pre=prefix: chart_markup(charts, chart_id, pre),
                     },
                 )
             )
@@ -327,14 +279,10 @@ def build_site(options: BuildOptions) -> BuildResult:
         hygiene.check_pages(written, root, machine, users)
     with timer.step("vega bundle (wait)"):
         vendor.write_bundle(bundle, docs / "assets" / "vendor")
+    config = site.write_config(root, nav(lambda p: p in shown))
     if options.run_mkdocs:
         with timer.step("mkdocs"):
-            site.mkdocs_build(
-                root / "mkdocs.yml",
-                site_dir,
-                history=hist.enough,
-                versioned=options.version is not None,
-            )
+            site.mkdocs_build(config, site_dir, versioned=options.version is not None)
         with timer.step("offline check"):
             site.check_offline(site_dir)
             if options.version is not None:

@@ -608,34 +608,58 @@ def _history_chart(
     )
 
 
-def build_charts(
-    memory: MemoryContext,
-    perf: PerformanceContext,
-    stream: StreamingContext,
-    quality: QualityContext,
-    configs: Sequence[str],
-    tests: Sequence[str],
-    history: HistoryContext | None = None,
-) -> Charts:
-    """Every chart of the site, keyed by id (a `Missing` where there is no data)."""
-    charts: Charts = {
+def memory_charts(memory: MemoryContext, configs: Sequence[str], tests: Sequence[str]) -> Charts:
+    """The Memory page's charts, keyed by id (a `Missing` where there is no data)."""
+    return {
         "memory-vram": _vram_chart(memory, configs),
         "memory-distribution": _distribution_chart(memory),
         "memory-tradeoff": _tradeoff_chart(memory),
         "memory-timeline": _memory_timeline_chart(memory, configs),
+    }
+
+
+def performance_charts(
+    perf: PerformanceContext, configs: Sequence[str], tests: Sequence[str]
+) -> Charts:
+    """The Performance page's charts: the fixed ones, then one per headline metric."""
+    charts: Charts = {
         "perf-itl": _itl_chart(perf, configs),
         "perf-consistency": _curve_chart(perf, configs),
         "perf-timeline": _timeline_chart(perf, configs),
-        "streaming-compare": _stream_compare_chart(stream, configs, tests),
-        "quality-repetition": _repetition_chart(quality, configs, tests),
     }
     for table in perf.metrics:
         charts[f"perf-{table.metric.name.replace('_', '-')}"] = per_test_chart(
             table, configs, tests
         )
-    if history is not None:
-        for m in history.metrics:
-            charts[f"history-{m.name}"] = _history_chart(history, m, configs)
+    return charts
+
+
+def streaming_charts(
+    stream: StreamingContext, configs: Sequence[str], tests: Sequence[str]
+) -> Charts:
+    """The Streaming page's chart."""
+    return {"streaming-compare": _stream_compare_chart(stream, configs, tests)}
+
+
+def quality_charts(quality: QualityContext, configs: Sequence[str], tests: Sequence[str]) -> Charts:
+    """The Quality page's chart."""
+    return {"quality-repetition": _repetition_chart(quality, configs, tests)}
+
+
+def history_charts(history: HistoryContext, configs: Sequence[str], tests: Sequence[str]) -> Charts:
+    """The History page's charts, one per metric followed across releases."""
+    return {f"history-{m.name}": _history_chart(history, m, configs) for m in history.metrics}
+
+
+def merge_charts(drawn: Iterable[tuple[str, Charts]]) -> Charts:
+    """Every chart of the site, keyed by id, from each page's (name, charts); two pages
+    drawing one id is an error (a template finds a chart by its id alone)."""
+    charts: Charts = {}
+    for page, page_charts in drawn:
+        for chart_id, chart in page_charts.items():
+            if chart_id in charts:
+                raise BuildError(f"page {page!r} draws chart {chart_id!r}, drawn already")
+            charts[chart_id] = chart
     return charts
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from common.errors import BuildError
 from report.build import BuildOptions, BuildResult, build_site
+from report.site import GENERATED_CONFIG
 
 # mike has no `python -m mike`; run its console entry point with this interpreter.
 _MIKE = "import sys; from mike.driver import main; sys.argv[0] = 'mike'; sys.exit(main())"
@@ -70,10 +71,12 @@ def publish(
             "so record one with `nox -s collect` first"
         )
     shown = ", ".join(result.campaign_ids)
+    # The config the build just wrote: mkdocs.yml with this site's navigation.
+    config = str(root / GENERATED_CONFIG)
     args = [
         "deploy",
         "--config-file",
-        str(root / "mkdocs.yml"),
+        config,
         "--update-aliases",
         "--title",
         version,
@@ -85,5 +88,5 @@ def publish(
     if push:
         args.append("--push")
     _mike([*args, version, alias], root)
-    _mike(["set-default", "--config-file", str(root / "mkdocs.yml"), alias], root)
+    _mike(["set-default", "--config-file", config, alias], root)
     return result

@@ -53,21 +53,32 @@ def _locate(message: str, docs: Path) -> str:
     return f"{where}:{line}: {message}" if line else f"{where}: {message}"
 
 
-def _with_history(nav: list[Any]) -> list[Any]:
-    """mkdocs.yml's nav with the History page at the end of the whitepaper group."""
-    out = []
-    for entry in nav:
-        if isinstance(entry, dict) and "Whitepaper" in entry:
-            entry = {"Whitepaper": [*entry["Whitepaper"], {"History": "history.md"}]}
-        out.append(entry)
-    return out
+# The config the build writes beside mkdocs.yml: mkdocs.yml plus the navigation made
+# from report/pages.py. `build` and mike's `deploy` both use it.
+GENERATED_CONFIG = "mkdocs.generated.yml"
 
 
-def mkdocs_build(
-    config_file: Path, site_dir: Path, history: bool = False, versioned: bool = True
-) -> None:
+def write_config(root: Path, nav: list[Any]) -> Path:
+    """Write GENERATED_CONFIG into `root`: mkdocs.yml (inherited) and `nav`."""
+    import yaml
+
+    path = root / GENERATED_CONFIG
+    header = (
+        "# Written by the build (report/site.py) from mkdocs.yml and the pages declared in\n"
+        "# report/pages.py; edit those, not this file.\n"
+    )
+    body = yaml.safe_dump(
+        {"INHERIT": "mkdocs.yml", "nav": nav},
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+    )
+    path.write_text(header + body, encoding="utf-8")
+    return path
+
+
+def mkdocs_build(config_file: Path, site_dir: Path, versioned: bool = True) -> None:
     """`mkdocs build --strict` into `site_dir`; the first warning becomes a BuildError.
-    `history`: the campaigns span two or more releases, so the History page is in.
     `versioned`: keep mkdocs.yml's version selector (mike). An unversioned build drops it:
     the selector fetches ../versions.json, which a browser refuses under file:// (a console
     error on every page of a site the README says to open from disk)."""
@@ -86,8 +97,6 @@ def mkdocs_build(
         except (Abort, MkDocsException) as exc:
             first = collector.messages[0] if collector.messages else str(exc)
             raise BuildError(f"{config_file.name}: {first}") from exc
-        if history:
-            config["nav"] = _with_history(config["nav"])
         if not versioned:
             config["extra"].pop("version", None)
         docs = Path(config["docs_dir"])

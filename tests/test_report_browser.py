@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from report.build import PAGES
+from report.pages import SITE
 from tests.fixtures.report.support import build, project, serve, synthetic_store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -123,7 +123,8 @@ class Visit:
 
 
 def _pages(site: Path) -> list[str]:
-    pages = [_url_path(page) for _, page in PAGES if page != "history.md"] + ["fleet/"]
+    # Every page of the navigation, hand-written ones included.
+    pages = [_url_path(p.page) for p in SITE if p.page != "history.md"]
     if (site / "history" / "index.html").is_file():
         pages.append("history/")
     pages += [

@@ -14,7 +14,9 @@ import pytest
 from common.errors import BuildError
 from evidence.store import open_store
 from moe_evidence.cli import main
-from report.build import PAGES, BuildResult
+from report.build import BuildResult
+from report.pages import PAGES
+from report.site import GENERATED_CONFIG
 from tests.fixtures.report.support import build, project, synthetic_store
 
 SNAPSHOT = Path(__file__).parent / "fixtures" / "report" / "snapshot"
@@ -32,11 +34,11 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, BuildRe
 
 def test_every_page_is_generated_and_built(quick: tuple[Path, Path, BuildResult]) -> None:
     _, root, result = quick
-    for _, page in PAGES:
+    for page in (p.page for p in PAGES):
         if page == "history.md":
             # One release: no history page, and none in the navigation.
             assert not (root / "docs" / page).exists()
-            assert "history.md" not in (root / "mkdocs.yml").read_text(encoding="utf-8")
+            assert "history.md" not in (root / GENERATED_CONFIG).read_text(encoding="utf-8")
             continue
         assert (root / "docs" / page).is_file()
         html = result.site_dir / (page[:-3].replace("index", "") or "") / "index.html"
@@ -45,6 +47,19 @@ def test_every_page_is_generated_and_built(quick: tuple[Path, Path, BuildResult]
     # The store's schema is part of the Data page.
     data = (result.site_dir / "data" / "index.html").read_text(encoding="utf-8")
     assert "schema_migrations" in data and "clock_origin_ns" in data
+
+
+def test_the_build_writes_the_navigation_it_builds_with(
+    quick: tuple[Path, Path, BuildResult],
+) -> None:
+    # mkdocs.yml plus the navigation of report/pages.py; `publish` hands mike this file.
+    import yaml
+
+    from report.pages import nav
+
+    _, root, _ = quick
+    config = yaml.safe_load((root / GENERATED_CONFIG).read_text(encoding="utf-8"))
+    assert config == {"INHERIT": "mkdocs.yml", "nav": nav(lambda p: p.name != "history")}
 
 
 def test_the_site_references_no_network_resource(quick: tuple[Path, Path, BuildResult]) -> None:
@@ -104,7 +119,7 @@ def test_snapshot_of_the_rendered_markdown(quick: tuple[Path, Path, BuildResult]
     _, root, _ = quick
     # The methodology page quotes evidence.metrics and scoring verbatim; it is
     # checked against them below rather than frozen here.
-    pages = [page for _, page in PAGES if page not in ("methodology.md", "history.md")]
+    pages = [p.page for p in PAGES if p.page not in ("methodology.md", "history.md")]
     pages.append("transcripts/simple-response.md")
     if UPDATE:
         shutil.rmtree(SNAPSHOT, ignore_errors=True)
@@ -170,7 +185,7 @@ def test_an_empty_store_builds_and_says_so(tmp_path: Path) -> None:
     result = build(db, root)
     assert result.campaign_ids == ()
     # Each page of measurements is its title and one line, not a page of empty sections.
-    for _, page in PAGES:
+    for page in (p.page for p in PAGES):
         if page in ("methodology.md", "history.md"):
             continue
         text = (root / "docs" / page).read_text(encoding="utf-8")

@@ -76,3 +76,34 @@ def test_publishing_an_empty_store_is_refused(tmp_path: Path) -> None:
         pass
     with pytest.raises(BuildError, match="holds no campaign"):
         publish("1.7.0", db=db, root=root)
+
+
+def test_a_version_spanning_two_releases_publishes_its_history_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: mike built from mkdocs.yml, whose navigation had no History page, so
+    # strict mode refused the history.md the build had written and nothing was published.
+    from evidence.store import open_store
+
+    for key, value in (
+        ("GIT_AUTHOR_NAME", "test"),
+        ("GIT_AUTHOR_EMAIL", "t@example.invalid"),
+        ("GIT_COMMITTER_NAME", "test"),
+        ("GIT_COMMITTER_EMAIL", "t@example.invalid"),
+    ):
+        monkeypatch.setenv(key, value)
+    root = project(tmp_path)
+    _git(root, "init", "-q", "-b", "main")
+    db = tmp_path / "two.duckdb"
+    for release, seed in (("1.6.0", 1), ("1.7.0", 7)):
+        campaign = synthetic_store(db, seed=seed)
+        with open_store(db) as con:
+            con.execute(
+                "UPDATE campaigns SET release_label = ? WHERE campaign_id = ?", [release, campaign]
+            )
+
+    publish("1.7.0", db=db, root=root, all_campaigns=True)
+
+    files = _git(root, "ls-tree", "-r", "--name-only", "gh-pages").splitlines()
+    assert "1.7.0/history/index.html" in files
+    assert 'href="history/"' in _git(root, "show", "gh-pages:1.7.0/index.html")
