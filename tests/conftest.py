@@ -1,13 +1,43 @@
-"""Shared fixtures: the real engine and the real embedded model, built once per machine."""
+"""Shared fixtures, and the two tiers.
+
+* tests/engine/: tests that need the real llama.cpp engine (built on first use: several
+  minutes on 2 cores), the real embedded model, or the headless browser. Marked `engine`
+  here, by folder.
+* everything else: fast tests on hand-made stores, the calibrated fake server and
+  in-process code. `nox -s tests -- -m "not engine"` runs only these.
+
+A test outside tests/engine/ that asks for the engine, the model or a real campaign's
+store is refused at collection, so the fast tier stays fast."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from collector.engine import EngineBuild
+from evidence.metrics import create_views
+from evidence.store import open_store
+from tests.support import cli
+from tests.support.stores import StoreFactory
+
+ENGINE_TIER = Path(__file__).parent / "engine"
+# The fixtures that need the engine tier (defined below).
+ENGINE_FIXTURES = frozenset({"engine", "moe_model", "quick_store"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_TIER in item.path.parents:
+            item.add_marker(pytest.mark.engine)
+            continue
+        needs = ENGINE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if needs:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(needs))}: move it to tests/engine/ "
+                f"(the fast tier runs without the engine)"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -27,29 +57,35 @@ def moe_model() -> Path:
 
 
 @pytest.fixture
-def cli_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for running `python -m collector` in a subprocess."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("EVIDENCE_DB", None)
-    return env
+def cli_env() -> dict[str, str]:
+    """Environment for running `moe-evidence` in a subprocess (see tests.support.cli)."""
+    return cli.cli_env()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StoreFactory]:
+    """A hand-made store: one campaign, one `baseline` server run, views created."""
+    with open_store(tmp_path / "m.duckdb") as con:
+        factory = StoreFactory(con).campaign()
+        factory.server_run("baseline")
+        create_views(con)
+        yield factory
 
 
 @pytest.fixture(scope="session")
 def quick_store(
     tmp_path_factory: pytest.TempPathFactory, engine: EngineBuild, moe_model: Path
 ) -> Path:
-    """A real quick campaign (`moe-evidence collect --quick`), run once per session."""
+    """A real quick campaign (`moe-evidence collect --quick`), run once per session and
+    only read by the tests that share it."""
     import subprocess
-    import sys
 
     db = tmp_path_factory.mktemp("quick") / "evidence.duckdb"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     done = subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", "--quick", "--db", str(db)],
+        cli.collect_argv("--quick", "--db", str(db)),
         capture_output=True,
         text=True,
-        env=env,
+        env=cli.cli_env(),
         timeout=1500,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -19,7 +19,7 @@ from collector.telemetry import Sample
 from evidence.metrics import create_views
 from evidence.store import open_store
 from evidence.writer import insert_arrow, telemetry_table
-from tests.storefactory import StoreFactory
+from tests.support.stores import StoreFactory
 
 # The definitions before issue 24, as the specification the single pass must meet.
 RANGE_JOIN_PEAKS = """

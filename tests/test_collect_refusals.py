@@ -21,8 +21,8 @@ from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
 from common.files import file_sha256
 from evidence.store import open_store
-from tests.cli_helpers import collect
-from tests.storefactory import StoreFactory
+from tests.support.cli import collect
+from tests.support.stores import StoreFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"

@@ -10,7 +10,7 @@ from collector.campaign import server_plans
 from collector.config import DeviceSection, load_config
 from collector.defaults import embedded_config, quick_profile
 from common.errors import ConfigError
-from tests.engine_helpers import SWEEP_LABELS
+from tests.support.engine import SWEEP_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 

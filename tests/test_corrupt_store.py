@@ -27,9 +27,9 @@ from common.errors import StoreError
 from common.files import file_sha256
 from evidence import store as store_module
 from evidence.store import open_store
-from tests.cli_helpers import ROOT, cli_env, collect
-from tests.fixtures.report.support import project
-from tests.storefactory import StoreFactory
+from tests.support.cli import ROOT, cli_env, collect
+from tests.support.report import project
+from tests.support.stores import StoreFactory
 
 # 9.4 MB (36 blocks of 256 KiB), written in about 4 s: big enough that the middle of the file is
 # table data (the requests table, which every command reads, `campaigns` for its counts)

@@ -28,8 +28,8 @@ from collector.server import LaunchSpec, RunningServer
 from collector.session import ServerRunHandle
 from evidence.store import open_store
 from evidence.writer import insert_row
-from tests.cli_helpers import collect, query
-from tests.storefactory import StoreFactory
+from tests.support.cli import collect, query
+from tests.support.stores import StoreFactory
 
 NS = 1_000_000_000
 

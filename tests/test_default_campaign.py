@@ -15,7 +15,7 @@ import duckdb
 
 from evidence.store import open_store
 from report.queries import select_campaigns
-from tests.storefactory import StoreFactory
+from tests.support.stores import StoreFactory
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -24,7 +24,7 @@ import pytest
 
 from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
-from tests.cli_helpers import ROOT, cli_env, collect, query, start_collect
+from tests.support.cli import ROOT, cli_env, collect, query, start_collect
 
 # One test, a slow-ish stream: the disk is filled while a request is in flight.
 TOKENS, GAP_S = 20, 0.03

@@ -30,7 +30,7 @@ from collector.client import Post, Timeouts, generate
 from collector.server import check_endpoint
 from collector.session import tokenize
 from common.errors import ServerNotHealthy
-from tests.cli_helpers import cli_env, collect, query
+from tests.support.cli import cli_env, collect, query
 
 USER = "evidence-user"
 # Percent-encoded in the URL (`%40` is `@`, `%3A` is `:`): the header carries it decoded.

@@ -34,10 +34,10 @@ from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
 from common.errors import CampaignFailed
 from evidence.store import open_store
-from tests.cli_helpers import collect, collect_argv
-from tests.engine_helpers import ScenarioPerTest, run_in_process
-from tests.storefactory import StoreFactory
-from tests.test_gguf_inspect import f32, write_gguf
+from tests.support.cli import collect, collect_argv
+from tests.support.engine import ScenarioPerTest, run_in_process
+from tests.support.gguf import f32, write_gguf
+from tests.support.stores import StoreFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"

@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from collector.gguf_inspect import ModelSpec, inspect_model, print_spec
 from common.errors import GGUFError, ModelError
 from evidence.metrics import weights_on_device
+from tests.support.gguf import f32, write_gguf
 
 JSON_KEYS = {
     "path",
@@ -45,26 +45,6 @@ JSON_KEYS = {
     "tied_output_bytes",
 }
 
-Tensor = tuple[str, npt.NDArray[np.generic], GGMLQuantizationType | None]
-
-
-def write_gguf(path: Path, arch: str, ints: dict[str, int], tensors: list[Tensor]) -> Path:
-    writer = GGUFWriter(path, arch)
-    writer.add_string("general.name", f"tiny {arch}")
-    for key, value in ints.items():
-        writer.add_uint32(f"{arch}.{key}", value)
-    for name, data, raw_dtype in tensors:
-        writer.add_tensor(name, data, raw_dtype=raw_dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def f32(*shape: int) -> npt.NDArray[np.float32]:
-    return np.zeros(shape, dtype=np.float32)
-
 
 @pytest.fixture
 def dense_model(tmp_path: Path) -> Path:
@@ -83,7 +63,7 @@ def dense_model(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def moe_model(tmp_path: Path) -> Path:
+def tiny_moe_model(tmp_path: Path) -> Path:
     return write_gguf(
         tmp_path / "moe.gguf",
         "deepseek",
@@ -126,8 +106,8 @@ def test_dense_model_byte_and_parameter_arithmetic(dense_model: Path) -> None:
     assert spec.path == str(dense_model.resolve())
 
 
-def test_moe_model_expert_tensors_include_biases_and_scales(moe_model: Path) -> None:
-    spec = inspect_model(moe_model)
+def test_moe_model_expert_tensors_include_biases_and_scales(tiny_moe_model: Path) -> None:
+    spec = inspect_model(tiny_moe_model)
 
     # Keys come from the architecture prefix: deepseek.expert_count, ...
     assert (spec.expert_count, spec.expert_used_count, spec.expert_shared_count) == (4, 2, 1)
@@ -151,14 +131,14 @@ def test_moe_model_expert_tensors_include_biases_and_scales(moe_model: Path) -> 
     [(None, 784), (0, 784), (1, 784), (2, 784 - 448), (3, 784 - 592), (99, 784 - 592)],
 )
 def test_n_cpu_moe_moves_the_experts_of_blocks_below_k(
-    moe_model: Path, k: int | None, expected: int
+    tiny_moe_model: Path, k: int | None, expected: int
 ) -> None:
     # The one definition, the SQL macro the store's views use, reached from Python.
-    assert weights_on_device(inspect_model(moe_model).to_json(), k) == expected
+    assert weights_on_device(inspect_model(tiny_moe_model).to_json(), k) == expected
 
 
-def test_to_json_keys_are_exact_and_plain(moe_model: Path) -> None:
-    document = inspect_model(moe_model).to_json()
+def test_to_json_keys_are_exact_and_plain(tiny_moe_model: Path) -> None:
+    document = inspect_model(tiny_moe_model).to_json()
 
     assert set(document) == JSON_KEYS
     assert json.loads(json.dumps(document)) == document
@@ -210,16 +190,16 @@ def test_wrongly_typed_key_is_a_gguf_error(tmp_path: Path) -> None:
         inspect_model(tmp_path / "odd.gguf")
 
 
-def test_cli_json(moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    print_spec(moe_model, as_json=True)
+def test_cli_json(tiny_moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    print_spec(tiny_moe_model, as_json=True)
 
     document = json.loads(capsys.readouterr().out)
     assert set(document) == JSON_KEYS
     assert document["expert_tensor_count"] == 6
 
 
-def test_cli_table(moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    print_spec(moe_model)
+def test_cli_table(tiny_moe_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    print_spec(tiny_moe_model)
 
     out = capsys.readouterr().out
     assert "weights only" in out

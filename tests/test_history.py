@@ -19,8 +19,8 @@ from moe_evidence.cli import main
 from report.build import BuildResult
 from report.context.history import Release, judge
 from report.values import Stat
-from tests.fixtures.report.support import build, project
-from tests.storefactory import MS, StoreFactory
+from tests.support.report import build, project
+from tests.support.stores import MS, StoreFactory
 
 # Per-token gaps (ms) of the repeats: cpu-moe decodes at ~100 tokens/s in
 # 1.6.0 and at ~50 in 1.7.0; the baseline is the same in both releases.

@@ -26,9 +26,9 @@ from collector.progress import CampaignProgress
 from common.errors import ConfigError
 from evidence.store import open_store
 from moe_evidence.cli import collect_request, main, parse
-from tests.cli_helpers import cli_env
-from tests.fixtures.report.support import build, project, synthetic_store
-from tests.storefactory import StoreFactory
+from tests.support.cli import cli_env
+from tests.support.report import build, project, synthetic_store
+from tests.support.stores import StoreFactory
 
 ROOT = Path(__file__).resolve().parents[1]
 FORGED = "nox > collect --resume --db /etc/passwd"

@@ -24,7 +24,7 @@ import pytest
 
 from common import interrupts
 from evidence.store import open_store, query_interrupted
-from tests.cli_helpers import query
+from tests.support.cli import query
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_a_swallowed_interrupt_stops_the_campaign_at_the_next_request(
     from collector.campaign import CampaignInterrupted
     from collector.config import Config, Configuration, ModelEntry, ServerSection
     from collector.progress import CampaignProgress
-    from tests.engine_helpers import run_in_process
+    from tests.support.engine import run_in_process
     from tests.test_faults import MODEL, SERVER, SERVER_ENV, _campaign
 
     class SwallowsCtrlC(CampaignProgress):

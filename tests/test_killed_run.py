@@ -39,8 +39,8 @@ from collector.process_log import ProcessLog, _Redactor
 from common.secrets import REDACTED, Secrets
 from evidence.store import open_store
 from evidence.writer import insert_row, to_json
-from tests.cli_helpers import ROOT, cli_env, collect_argv, query
-from tests.test_gguf_inspect import f32, write_gguf
+from tests.support.cli import ROOT, cli_env, collect_argv, query
+from tests.support.gguf import f32, write_gguf
 
 API_KEY = "sk-killed-run-api-key-0123456789"
 HF_FLAG = "hf_killed_run_flag_token_0123456789"

@@ -14,7 +14,7 @@ from report.machine_paths import (
     public_value,
     user_command,
 )
-from tests.fixtures.report.support import build, project, synthetic_store
+from tests.support.report import build, project, synthetic_store
 
 
 def test_file_paths_become_file_names_and_url_paths_stay() -> None:

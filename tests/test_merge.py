@@ -15,7 +15,7 @@ from common.errors import SchemaTooNew, StoreError
 from evidence.bundle import export_bundle, import_bundle, open_source, read_manifest
 from evidence.merge import merge_store
 from evidence.store import open_store
-from tests.storefactory import MS, StoreFactory
+from tests.support.stores import MS, StoreFactory
 
 
 def _store(path: Path, host: str, requests: int = 2) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -20,16 +19,7 @@ from evidence.metrics import (
 from evidence.statistics import Summary, aggregate_sql, ratio_of_means, summarize, t95
 from evidence.store import open_store
 from report.context.methodology import metric_docs
-from tests.storefactory import MS, StoreFactory
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StoreFactory]:
-    with open_store(tmp_path / "m.duckdb") as con:
-        factory = StoreFactory(con).campaign()
-        factory.server_run("baseline")
-        create_views(con)
-        yield factory
+from tests.support.stores import MS, StoreFactory
 
 
 def test_single_token_events(store: StoreFactory) -> None:

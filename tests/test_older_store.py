@@ -11,7 +11,7 @@ import pytest
 
 from evidence.current_schema import present_as_current
 from evidence.migrations import SCHEMA_VERSION
-from tests.fixtures.report.support import build, project, synthetic_store
+from tests.support.report import build, project, synthetic_store
 
 # What migrations 6-8 added, as a store of schema version 5 (the previous release) lacks it.
 _SINCE_5 = (

@@ -22,8 +22,8 @@ from rich.console import Console
 from calibration.scenario import Scenario
 from collector.progress import CampaignProgress
 from common.secrets import REDACTED, Secrets, redact_argv
-from tests.cli_helpers import ROOT, cli_env, query
-from tests.test_gguf_inspect import f32, write_gguf
+from tests.support.cli import ROOT, cli_env, query
+from tests.support.gguf import f32, write_gguf
 
 KEY_A = "sk-list-key-a-0123456789"  # --api-key A,B: each accepted alone
 KEY_B = "sk-list-key-b-0123456789"

@@ -17,7 +17,7 @@ from moe_evidence.cli import main
 from report.build import BuildResult
 from report.pages import PAGES
 from report.site import GENERATED_CONFIG
-from tests.fixtures.report.support import build, project, synthetic_store
+from tests.support.report import build, project, synthetic_store
 
 SNAPSHOT = Path(__file__).parent / "fixtures" / "report" / "snapshot"
 UPDATE = os.environ.get("UPDATE_SNAPSHOTS") == "1"

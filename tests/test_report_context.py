@@ -14,7 +14,7 @@ from report.context import memory, performance, quality, streaming, summary
 from report.queries import Selection, prepare, select_campaigns
 from report.values import Missing, Quantity
 from scoring.gates import evaluate_gates
-from tests.fixtures.report.support import synthetic_store
+from tests.support.report import synthetic_store
 
 Opened = tuple[duckdb.DuckDBPyConnection, Selection]
 

@@ -12,7 +12,7 @@ import pytest
 
 from common.errors import BuildError
 from report.publish import publish
-from tests.fixtures.report.support import project, synthetic_store
+from tests.support.report import project, synthetic_store
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="publishing needs git")
 

@@ -25,7 +25,7 @@ import pytest
 from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
 from common.files import file_sha256
-from tests.cli_helpers import cli_env, collect, query
+from tests.support.cli import cli_env, collect, query
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"

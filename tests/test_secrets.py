@@ -37,8 +37,8 @@ from evidence.writer import (
     redact_secrets,
     to_json,
 )
-from tests.cli_helpers import query
-from tests.engine_helpers import ScenarioPerTest, run_in_process
+from tests.support.cli import query
+from tests.support.engine import ScenarioPerTest, run_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -288,7 +288,7 @@ def test_secret_flags_keep_their_place_in_the_stored_command_line(
 def test_no_secret_is_in_the_site_or_its_parquet_exports(
     secret_store: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
-    from tests.fixtures.report.support import build, project
+    from tests.support.report import build, project
 
     db, ids = secret_store
     root = project(tmp_path)

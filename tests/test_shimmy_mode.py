@@ -10,8 +10,6 @@ as inferred, and token counts from the model's own tokenizer (llama-tokenize, of
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,12 @@ import pytest
 from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
 from calibration.shimmy import ShimmyMode, axum_event
-from collector.engine import EngineBuild
-from collector.tokenizer import LlamaTokenize, OutputCounter
+from collector.tokenizer import OutputCounter
 from evidence.metrics import create_views
 from evidence.store import open_store
-from tests.cli_helpers import ROOT, cli_env, collect, query
-from tests.fixtures.report.support import build, project
-from tests.storefactory import MS, StoreFactory
-from tests.test_metrics import store as hand_made_store  # noqa: F401 - fixture `store`
+from tests.support.cli import collect, query
+from tests.support.report import build, project
+from tests.support.stores import MS, StoreFactory
 
 # Tokens as a real model streams them: leading spaces or none, newlines alone and inside a
 # token, indentation, multi-byte UTF-8, text that looks like SSE or JSON.
@@ -134,11 +130,6 @@ def test_a_budget_cut_stream_is_inferred_length(tmp_path: Path) -> None:
     assert shown in page
 
 
-@pytest.fixture
-def store(hand_made_store: StoreFactory) -> StoreFactory:  # noqa: F811 - test_metrics' fixture
-    return hand_made_store
-
-
 def test_stop_at_exactly_max_tokens_is_completed_and_inferred_length(store: StoreFactory) -> None:
     # Issue 12: a finish reason "stop" at exactly max_tokens counts as completed.
     rid = store.request("baseline", [(t * MS, "w") for t in range(1, 9)], max_tokens=8, tokenized=8)
@@ -183,53 +174,3 @@ def test_no_llama_tokenize_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("EVIDENCE_CACHE_DIR", str(tmp_path))  # no engine cached here
     counted = OutputCounter.for_model(None, tmp_path / "m.gguf").count("hi", None)
     assert counted.tokens is None and counted.error and "llama-tokenize" in counted.error
-
-
-@pytest.mark.engine
-def test_llama_tokenize_counts_the_text_as_sent(engine: EngineBuild, moe_model: Path) -> None:
-    assert engine.tokenize is not None
-    tool = LlamaTokenize(engine.tokenize, moe_model)
-    assert tool.count("") == 0
-    # No BOS, no escape expansion (a literal backslash-n is two characters), no special tokens.
-    assert tool.count(" Hello world\n\ndef é") == 6
-    assert tool.count("a\\nb") == 3
-    assert tool.count("<|im_end|>") > 1
-
-
-@pytest.mark.engine
-def test_a_launched_shimmy_is_counted_by_llama_tokenize(
-    engine: EngineBuild, moe_model: Path, tmp_path: Path
-) -> None:
-    scenario = tmp_path / "scenario.json"
-    scenario.write_text('{"tokens": 100, "gap_s": 0.001}', encoding="utf-8")
-    python = sys.executable.replace("\\", "/")
-    command = [python, "-m", "calibration.server", "--port", "{port}", "--shimmy-1.7.0",
-               "--load-s", "0.2", "--scenario", scenario.as_posix()]  # fmt: skip
-    config = tmp_path / "shimmy.toml"
-    config.write_text(
-        "[campaign]\nrepeats = 1\npause_s = 0\nidle_window_s = 0\n"
-        f'tests = ["{TEST}"]\n\n'
-        f'[server]\nmode = "launch"\ncommand = {command!r}\napi = "openai-chat"\n\n'
-        '[[configurations]]\nlabel = "baseline"\n\n'
-        f'[[models]]\nlabel = "smollm2-moe"\npath = "{moe_model.as_posix()}"\n',
-        encoding="utf-8",
-    )
-    db = tmp_path / "e.duckdb"
-    done = subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", "--quick", "--config", str(config),
-         "--db", str(db)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_env(),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = _metrics(db, "r.output_text, r.tokenizer, r.tokenized_output_tokens, m.token_source, "
-                    "m.finish_reason, m.finish_reason_inferred, m.completed")  # fmt: skip
-    (log,) = query(db, "SELECT log_text FROM server_runs")[0]
-    tool = LlamaTokenize(engine.tokenize or Path(), moe_model)
-    assert len(rows) == 2
-    for text, tokenizer, tokens, source, finish, inferred, completed in rows:
-        assert tokenizer == "llama-tokenize" and tokens == tool.count(text)
-        assert source == "tokenize"
-        # 32 words of 100 by the quick budget: the server said "stop", the count says length.
-        assert (finish, inferred, completed) == ("stop", "length", True)
-    # The per-request loads reached the server's captured log: warm-up + 2 requests.
-    assert log.count("llama_context: graph splits = ") == 3

@@ -24,7 +24,7 @@ from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
 from collector.apis import GenerationParams
 from collector.client import Timeouts, generate
-from tests.cli_helpers import collect, query
+from tests.support.cli import collect, query
 
 SCALE = 100.0
 TEST = "technical-documentation"  # the protocol's largest budget: 1000 tokens

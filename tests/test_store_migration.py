@@ -8,7 +8,7 @@ import duckdb
 
 from evidence.migrations import MIGRATIONS, SCHEMA_VERSION
 from evidence.store import open_store, schema_version
-from tests.storefactory import StoreFactory
+from tests.support.stores import StoreFactory
 
 TABLES = ("hosts", "campaigns", "models", "server_runs", "requests", "chunks", "store_meta")
 # Filled by _version_1_store: each table's columns at schema version 1.

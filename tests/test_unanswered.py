@@ -27,8 +27,8 @@ from evidence.writer import to_json
 from report.context import memory, performance, quality, summary
 from report.queries import prepare, select_campaigns
 from scoring.store import rescore_campaign
-from tests.fixtures.report.support import build, project
-from tests.storefactory import MS, StoreFactory
+from tests.support.report import build, project
+from tests.support.stores import MS, StoreFactory
 
 TESTS = ("simple-response", "technical-explanation", "technical-documentation")
 FAILED = ("cpu-moe", "technical-documentation", False)

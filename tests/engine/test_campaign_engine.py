@@ -17,8 +17,8 @@ import pytest
 from collector.config import Config
 from collector.engine import EngineBuild
 from evidence.store import open_store
-from tests.cli_helpers import collect_argv, query
-from tests.engine_helpers import SWEEP_LABELS, KillOnce, engine_config, run_in_process
+from tests.support.cli import collect_argv, query
+from tests.support.engine import SWEEP_LABELS, KillOnce, engine_config, run_in_process
 
 pytestmark = pytest.mark.engine
 

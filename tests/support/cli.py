@@ -4,6 +4,7 @@ back."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli_env() -> dict[str, str]:
@@ -57,3 +58,37 @@ def query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any
     """Rows of `sql` over the store at `db`, opened read-only."""
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
+
+
+# The calibrated server as a launched server's command (`{host}`/`{port}` filled in).
+CALIBRATION_COMMAND = [
+    sys.executable,
+    "-m",
+    "calibration.server",
+    "--host",
+    "{host}",
+    "--port",
+    "{port}",
+]
+
+
+def campaign_toml(
+    tmp: Path, model: Path, server: list[str], configurations: str, **campaign: str
+) -> Path:
+    """A TOML config in `tmp`: `model` as label "m" served by `server`, the
+    `configurations` given as TOML, a short campaign (`campaign` settings on top)."""
+    settings = {
+        "repeats": "2",
+        "pause_s": "0",
+        "warmup": "false",
+        "idle_window_s": "0",
+        "tests": '["simple-response", "code-generation"]',
+        "max_tokens_cap": "16",
+        **campaign,
+    }
+    text = "[campaign]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    text += f"[server]\ncommand = {json.dumps(server)}\n"
+    text += f'[[models]]\nlabel = "m"\npath = {json.dumps(str(model))}\n{configurations}'
+    path = tmp / "run.toml"
+    path.write_text(text, encoding="utf-8")
+    return path

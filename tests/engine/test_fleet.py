@@ -29,8 +29,8 @@ from evidence.merge import merge_store
 from evidence.store import open_store
 from report.build import BuildResult
 from scoring.store import rescore_campaign
-from tests.engine_helpers import CPU_MOE, engine_config, run_in_process
-from tests.fixtures.report.support import build, project
+from tests.support.engine import CPU_MOE, engine_config, run_in_process
+from tests.support.report import build, project
 
 pytestmark = pytest.mark.engine
 

@@ -22,8 +22,8 @@ import pytest
 
 from collector.engine import EngineBuild
 
-ROOT = Path(__file__).resolve().parents[1]
-STANDIN = Path(__file__).parent / "fixtures" / "shimmy_standin.py"
+ROOT = Path(__file__).resolve().parents[2]
+STANDIN = ROOT / "tests" / "fixtures" / "shimmy_standin.py"
 
 pytestmark = pytest.mark.engine
 

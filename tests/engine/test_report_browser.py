@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from report.pages import SITE
-from tests.fixtures.report.support import build, project, serve, synthetic_store
+from tests.support.report import build, project, serve, synthetic_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

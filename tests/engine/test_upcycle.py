@@ -16,7 +16,7 @@ from collector.gguf_inspect import ModelSpec, inspect_model
 from collector.upcycle import find_smollm2_gguf, upcycle_cache_key, upcycle_to_moe
 from common.errors import GGUFError, ModelError
 from common.files import file_sha256
-from tests.test_gguf_inspect import f32, write_gguf
+from tests.support.gguf import f32, write_gguf
 
 # The upcycled file's bytes are pinned: a change here means every cached copy
 # is stale, so bump UPCYCLE_FORMAT_VERSION along with this digest.

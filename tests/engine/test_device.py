@@ -30,7 +30,7 @@ from common.errors import EngineError, ServerError
 from evidence.metrics import create_views
 from evidence.store import open_store
 from scoring.store import rescore_campaign
-from tests.engine_helpers import CPU_MOE, KillOnce, engine_config, run_in_process
+from tests.support.engine import CPU_MOE, KillOnce, engine_config, run_in_process
 
 pytestmark = pytest.mark.engine
 

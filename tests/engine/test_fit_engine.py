@@ -28,8 +28,8 @@ from common.sizes import MIB
 from evidence.metrics import create_views
 from evidence.store import open_store
 from report.build import BuildOptions, build_site, stage_project
-from tests.cli_helpers import ROOT, collect, query
-from tests.engine_helpers import engine_config, run_in_process
+from tests.support.cli import ROOT, collect, query
+from tests.support.engine import engine_config, run_in_process
 
 pytestmark = pytest.mark.engine
 
