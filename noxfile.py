@@ -1,4 +1,4 @@
-"""Sessions: collect (capture), build (the site), publish, tests, lint, perf.
+"""Sessions: collect (capture), build (the site), publish, tests, fast, lint, perf.
 
 `nox -s collect build` is the main job; `nox -s tests` is what CI runs.
 Extra arguments after `--` pass through, e.g. `nox -s collect -- --quick`.
@@ -56,11 +56,31 @@ def publish(session: nox.Session) -> None:
     _moe_evidence(session, "publish", "report")
 
 
+# The fast tier runs two files at a time (much of it waits on subprocesses and fake
+# servers); tests that time things (`serial`) and the engine tier (which needs both
+# cores: llama-server and its RPC device) run alone afterwards.
+PARALLEL = ("-n", "2", "--dist", "loadfile")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite, including the real engine and a headless browser."""
+    """Everything CI runs: the fast tier, then the timing tests and tests/engine/ (the
+    real engine, the real model, a headless browser). Arguments after `--` go to one
+    plain pytest run instead, e.g. `nox -s tests -- tests/test_sse.py`."""
     _install(session, "report,test")
-    session.run("pytest", "-q", *session.posargs)
+    if session.posargs:
+        session.run("pytest", "-q", *session.posargs)
+        return
+    session.run("pytest", "-q", "-m", "not engine and not serial", *PARALLEL)
+    session.run("pytest", "-q", "-m", "serial or engine")
+
+
+@nox.session(python=PYTHON)
+def fast(session: nox.Session) -> None:
+    """The fast tier alone: no engine build, no model, no browser (a few minutes)."""
+    _install(session, "report,test")
+    session.run("pytest", "-q", "-m", "not engine and not serial", *PARALLEL)
+    session.run("pytest", "-q", "-m", "serial and not engine")
 
 
 @nox.session(python=PYTHON)

@@ -39,6 +39,9 @@ from collector.client import RequestResult, Timeouts, generate
 from common.errors import ConfigError
 from common.server_apis import server_api
 
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
+
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI: tuple[ApiName, ...] = ("openai-chat", "openai-completions")
 FAST = Timeouts(connect_s=2.0, stall_s=2.0, request_s=10.0)

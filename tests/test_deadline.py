@@ -31,6 +31,9 @@ from evidence.writer import insert_row
 from tests.support.cli import collect, query
 from tests.support.stores import StoreFactory
 
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
+
 NS = 1_000_000_000
 
 

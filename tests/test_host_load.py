@@ -27,6 +27,9 @@ from report.queries import prepare, select_campaigns
 from scoring.gates import evaluate_gates
 from tests.support.stores import MS, StoreFactory
 
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
+
 THREADS = 4  # the hand-made host's logical CPUs
 
 

@@ -26,6 +26,9 @@ from common import interrupts
 from evidence.store import open_store, query_interrupted
 from tests.support.cli import query
 
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture
 def latched() -> Iterator[None]:

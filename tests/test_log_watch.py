@@ -9,7 +9,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from collector.log_watch import LogWatcher
+
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
 
 FIXTURES = Path(__file__).parent / "fixtures" / "logs"
 OLD_LOAD = (FIXTURES / "shimmy-b6686-cuda-cpu-moe.log").read_bytes()

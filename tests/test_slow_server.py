@@ -26,6 +26,9 @@ from collector.apis import GenerationParams
 from collector.client import Timeouts, generate
 from tests.support.cli import collect, query
 
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
+
 SCALE = 100.0
 TEST = "technical-documentation"  # the protocol's largest budget: 1000 tokens
 TOKENS = 1000

@@ -10,9 +10,13 @@ import time
 from types import SimpleNamespace
 
 import psutil
+import pytest
 
 from collector.nvml import Nvml
 from collector.telemetry import TelemetrySampler, _sample
+
+# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
+pytestmark = pytest.mark.serial
 
 
 def test_sampler_watches_a_process_tree_on_our_clock() -> None:
