@@ -81,7 +81,11 @@ class CollectRequest:
     def defines_campaign(self) -> bool:
         """Whether any flag that defines the campaign was given (else `--resume` reruns
         the stored definition)."""
-        return any(getattr(self, name) not in (None, False) for name in self.definition_fields())
+        # Identity, not equality: `0 == False`, and `--pause 0` is a value given.
+        return any(
+            getattr(self, name) is not None and getattr(self, name) is not False
+            for name in self.definition_fields()
+        )
 
 
 # The embedded default campaign's profiles (no --config, no --endpoint).

@@ -42,3 +42,12 @@ def test_resume_alone_defines_nothing() -> None:
     """`--resume ID` alone (and `--db`) reruns the stored definition."""
     request = collect_request(parse(["collect", "--resume", "abc", "--db", "x.duckdb"]))
     assert request.resume == "abc" and not request.defines_campaign()
+
+
+def test_a_zero_given_with_resume_is_a_definition_not_nothing() -> None:
+    """`--resume ID --pause 0` (or `--repeats 0`) is a value the user gave: `0 == False`
+    in Python, so it read as no flag and was dropped silently (the stored definition
+    ran); now it is compared with the stored one like any other value."""
+    for flags in (["--pause", "0"], ["--repeats", "0"]):
+        request = collect_request(parse(["collect", "--resume", "abc", *flags]))
+        assert request.defines_campaign(), flags
