@@ -31,9 +31,6 @@ from evidence.writer import insert_row
 from tests.support.cli import collect, query
 from tests.support.stores import StoreFactory
 
-# Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
-pytestmark = pytest.mark.serial
-
 NS = 1_000_000_000
 
 
@@ -74,6 +71,7 @@ def test_the_minimum_rate_is_positive_and_the_cap_optional() -> None:
             CampaignSection(min_tokens_per_s=bad)
 
 
+@pytest.mark.serial  # a deadline measured on the wall clock
 def test_a_request_cut_by_its_deadline_names_it() -> None:
     # 100 tokens at 50 tokens/s against a minimum of 100: 2 s against a 1.5 s deadline.
     deadline = request_deadline(100, min_tokens_per_s=100.0, first_byte_s=0.5)
@@ -90,6 +88,7 @@ def test_a_request_cut_by_its_deadline_names_it() -> None:
     )
 
 
+@pytest.mark.serial  # a deadline measured on the wall clock
 def test_a_cap_is_announced_and_names_itself_in_the_cut_request(tmp_path: Path) -> None:
     # 1000 tokens at 200 tokens/s (5 s) may take 11.2 s at a minimum of 100; a 2 s cap
     # cuts both requests, and the campaign says so before the first.

@@ -119,7 +119,8 @@ def test_the_memory_model_holds_for_another_shape(tmp_path: Path, engine: Engine
     assert all(_close(r["predicted_bytes"], r["log_bytes"]) for r in runs), runs
 
 
-@pytest.mark.parametrize("mib", [120, 160, 200])
+# 160 MiB is the scenario test's device (above): its offload configurations load there.
+@pytest.mark.parametrize("mib", [120, 200])
 def test_the_advisors_k_loads_and_k_minus_2_does_not(
     tmp_path: Path, engine: EngineBuild, moe_model: Path, mib: int
 ) -> None:
