@@ -120,18 +120,19 @@ def decode_body(api: ApiName, body: bytes) -> Decoded:
     return adapter(api).decode_body(body)
 
 
+def _sampling(p: GenerationParams) -> dict[str, Any]:
+    """The temperature, stream flag and (when set) seed of a llama-server request."""
+    fields: dict[str, Any] = {"temperature": p.temperature, "stream": p.stream}
+    if p.seed is not None:
+        fields["seed"] = p.seed
+    return fields
+
+
 # -- OpenAI (llama-server's /v1 routes) ----------------------------------------
 
 
 def _openai_body(p: GenerationParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": p.model,
-        "max_tokens": p.max_tokens,
-        "temperature": p.temperature,
-        "stream": p.stream,
-    }
-    if p.seed is not None:
-        body["seed"] = p.seed
+    body: dict[str, Any] = {"model": p.model, "max_tokens": p.max_tokens, **_sampling(p)}
     if p.stream:
         body["stream_options"] = {"include_usage": True}
     if p.cache_prompt is not None:
@@ -297,14 +298,7 @@ _STOP_TYPES = {"eos": "stop", "word": "stop", "limit": "length"}
 
 
 def _llama_completion_body(p: GenerationParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt": p.prompt,
-        "n_predict": p.max_tokens,
-        "temperature": p.temperature,
-        "stream": p.stream,
-    }
-    if p.seed is not None:
-        body["seed"] = p.seed
+    body: dict[str, Any] = {"prompt": p.prompt, "n_predict": p.max_tokens, **_sampling(p)}
     if p.cache_prompt is not None:
         body["cache_prompt"] = p.cache_prompt
     return body
