@@ -13,6 +13,9 @@ from typing import Any
 
 import duckdb
 
+from evidence.metrics import create_views
+from evidence.store import open_store
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,6 +61,16 @@ def query(db: Path, sql: str, params: list[Any] | None = None) -> list[tuple[Any
     """Rows of `sql` over the store at `db`, opened read-only."""
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql, params or []).fetchall()
+
+
+def request_metrics(db: Path, columns: str, order: str = "m.request_id") -> list[tuple[Any, ...]]:
+    """`columns` of request_metrics m joined with requests r, from the store at `db`."""
+    with open_store(db, read_only=True) as con:
+        create_views(con)
+        return con.execute(
+            f"SELECT {columns} FROM request_metrics m JOIN requests r USING (request_id) "
+            f"ORDER BY {order}"
+        ).fetchall()
 
 
 # The calibrated server as a launched server's command (`{host}`/`{port}` filled in).
