@@ -34,7 +34,7 @@ from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
 from common.errors import CampaignFailed
 from evidence.store import open_store
-from tests.support.cli import collect, collect_argv
+from tests.support.cli import collect, start_collect
 from tests.support.engine import ScenarioPerTest, run_in_process
 from tests.support.gguf import f32, write_gguf
 from tests.support.stores import StoreFactory
@@ -554,14 +554,7 @@ def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: P
     slow = _scenario_file(tmp_path, Scenario(tokens=400, gap_s=0.05))
     server = {"command": [*SERVER, "--scenario", str(slow)], "env": SERVER_ENV}
     config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
-    proc = subprocess.Popen(
-        collect_argv("--config", str(config), "--db", str(db)),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = start_collect("--config", str(config), "--db", str(db), stdout=subprocess.DEVNULL)
     assert proc.stderr is not None
     for line in proc.stderr:
         if "ready in" in line:  # the server is up and the stream is about to start

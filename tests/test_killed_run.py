@@ -39,7 +39,7 @@ from collector.process_log import ProcessLog, _Redactor
 from common.secrets import REDACTED, Secrets
 from evidence.store import open_store
 from evidence.writer import insert_row, to_json
-from tests.support.cli import ROOT, cli_env, collect_argv, query
+from tests.support.cli import ROOT, cli_env, collect, query, start_collect
 from tests.support.gguf import f32, write_gguf
 
 API_KEY = "sk-killed-run-api-key-0123456789"
@@ -152,13 +152,8 @@ def _kill_collector(folder: Path, *, stubborn: bool, loading: bool = False) -> K
         marker.touch()
     config = _campaign(folder)
     db = folder / "data" / "evidence.duckdb"
-    collector = subprocess.Popen(
-        collect_argv("--config", str(config), "--db", str(db)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
+    collector = start_collect(
+        "--config", str(config), "--db", str(db), env=_env(), stdout=subprocess.DEVNULL
     )
     try:
         if loading:
@@ -275,15 +270,9 @@ def test_the_logs_of_a_killed_run_are_redacted_and_private_at_once(killed: Kille
 
 
 def _resume(killed: Killed) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        # Its flags again: the store does not keep the key, so cannot rerun it alone.
-        collect_argv("--config", str(killed.folder / "c.toml"), "--resume", "--db", str(killed.db)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        env=_env(),
-    )
+    # Its flags again: the store does not keep the key, so cannot rerun it alone.
+    config = str(killed.folder / "c.toml")
+    return collect("--config", config, "--resume", "--db", str(killed.db), timeout=180, env=_env())
 
 
 def _assert_stopped_and_closed(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from rich.console import Console
 from calibration.scenario import Scenario
 from collector.progress import CampaignProgress
 from common.secrets import REDACTED, Secrets, redact_argv
-from tests.support.cli import ROOT, cli_env, query
+from tests.support.cli import ROOT, cli_env, collect, query
 from tests.support.gguf import f32, write_gguf
 
 KEY_A = "sk-list-key-a-0123456789"  # --api-key A,B: each accepted alone
@@ -132,14 +131,8 @@ def leaky_campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
         encoding="utf-8",
     )
     db = tmp / "data" / "evidence.duckdb"
-    done = subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", "--config", str(config), "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        env={**cli_env(), "SOME_SERVICE_TOKEN": INHERITED},
-    )
+    env = {**cli_env(), "SOME_SERVICE_TOKEN": INHERITED}
+    done = collect("--config", str(config), "--db", str(db), timeout=180, env=env)
     assert "Traceback" not in done.stderr, done.stderr
     return db, done.stdout, done.stderr
 

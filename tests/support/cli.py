@@ -30,12 +30,12 @@ def collect_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "moe_evidence", "collect", *args]
 
 
-def collect(
+def moe_evidence(
     *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`moe-evidence collect ARGS` in a new process (in `env`, else `cli_env()`)."""
+    """`moe-evidence ARGS` in a new process (in `env`, else `cli_env()`)."""
     return subprocess.run(
-        collect_argv(*args),
+        [sys.executable, "-m", "moe_evidence", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -44,16 +44,26 @@ def collect(
     )
 
 
-def start_collect(*args: str) -> subprocess.Popen[str]:
-    """`moe-evidence collect ARGS` started in a new process, its output piped, for a
-    test that acts while it runs."""
+def collect(
+    *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`moe-evidence collect ARGS` in a new process (in `env`, else `cli_env()`)."""
+    return moe_evidence("collect", *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def start_collect(
+    *args: str, env: dict[str, str] | None = None, stdout: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """`moe-evidence collect ARGS` started in a new process (in `env`, else `cli_env()`),
+    its stderr piped (and its stdout, unless `stdout` says otherwise), for a test that
+    acts while it runs."""
     return subprocess.Popen(
         collect_argv(*args),
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        env=cli_env(),
+        env=cli_env() if env is None else env,
     )
 
 
