@@ -115,3 +115,48 @@ def campaign_toml(
     path = tmp / "run.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# The end of an RPC device stand-in's script: listen on its `--port` until stopped.
+RPC_DEVICE_LISTEN = """\
+port = int(sys.argv[sys.argv.index("--port") + 1])
+sock = socket.socket()
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", port))
+sock.listen()
+while True:
+    time.sleep(1)
+"""
+
+
+def rpc_campaign_toml(
+    folder: Path, model: Path, server: list[str], device: list[str], server_env: dict[str, str]
+) -> Path:
+    """`folder`/c.toml: one streamed simple-response of `model` (label "calibration",
+    configuration "plain") from `server` started with `server_env`, sampled at 5 Hz from
+    the RPC device that `device` starts."""
+    env = ", ".join(f"{name} = {json.dumps(value)}" for name, value in server_env.items())
+    lines = [
+        "[campaign]",
+        'tests = ["simple-response"]',
+        "repeats = 1",
+        "pause_s = 0",
+        "idle_window_s = 0",
+        "non_streaming = false",
+        "telemetry_hz = 5",
+        "[server]",
+        f"command = {json.dumps(server)}",  # JSON strings and lists read the same in TOML
+        "startup_timeout_s = 30",
+        f"env = {{ {env} }}",
+        "[device]",
+        'kind = "rpc"',
+        f"command = {json.dumps(device)}",
+        "[[models]]",
+        'label = "calibration"',
+        f"path = {json.dumps(str(model))}",
+        "[[configurations]]",
+        'label = "plain"',
+    ]
+    config = folder / "c.toml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return config
