@@ -148,16 +148,20 @@ def _completions_body(p: GenerationParams) -> dict[str, Any]:
     return {**_openai_body(p), "prompt": p.prompt}
 
 
-def _decode_openai_event(data: str) -> Decoded:
-    if data.strip() == "[DONE]":
-        return Decoded("done")
+def _event_object(data: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
     if not isinstance(obj, dict):
         raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
-    return _decode_object(obj)
+    return obj
+
+
+def _decode_openai_event(data: str) -> Decoded:
+    if data.strip() == "[DONE]":
+        return Decoded("done")
+    return _decode_object(_event_object(data))
 
 
 def _body_object(body: bytes) -> dict[str, Any]:
@@ -308,12 +312,7 @@ def _decode_llama_completion_event(data: str) -> Decoded:
     # Its stream ends with the `"stop": true` event, not a marker; one is still accepted.
     if data.strip() == "[DONE]":
         return Decoded("done")
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
-    if not isinstance(obj, dict):
-        raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
+    obj = _event_object(data)
     decoded = _llama_completion(obj)
     if obj.get("stop") is True and decoded.kind == "content" and not decoded.text:
         decoded.kind = "done"  # the last event: why it stopped, and its timings
