@@ -129,34 +129,54 @@ while True:
 """
 
 
-def rpc_campaign_toml(
-    folder: Path, model: Path, server: list[str], device: list[str], server_env: dict[str, str]
+# A campaign of one streamed simple-response, no pauses, telemetry at 5 Hz.
+SMALL_CAMPAIGN: dict[str, Any] = {
+    "tests": ["simple-response"],
+    "repeats": 1,
+    "pause_s": 0,
+    "idle_window_s": 0,
+    "non_streaming": False,
+    "telemetry_hz": 5,
+}
+
+
+def toml_value(value: Any) -> str:
+    """`value` as TOML: a dict as an inline table; strings, numbers, booleans and lists
+    of them read the same in JSON."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def config_toml(
+    folder: Path, sections: dict[str, dict[str, Any]], model_label: str, model: Path
 ) -> Path:
-    """`folder`/c.toml: one streamed simple-response of `model` (label "calibration",
-    configuration "plain") from `server` started with `server_env`, sampled at 5 Hz from
-    the RPC device that `device` starts."""
-    env = ", ".join(f"{name} = {json.dumps(value)}" for name, value in server_env.items())
-    lines = [
-        "[campaign]",
-        'tests = ["simple-response"]',
-        "repeats = 1",
-        "pause_s = 0",
-        "idle_window_s = 0",
-        "non_streaming = false",
-        "telemetry_hz = 5",
-        "[server]",
-        f"command = {json.dumps(server)}",  # JSON strings and lists read the same in TOML
-        "startup_timeout_s = 30",
-        f"env = {{ {env} }}",
-        "[device]",
-        'kind = "rpc"',
-        f"command = {json.dumps(device)}",
+    """`folder`/c.toml: the `sections` ("campaign", "server", ...) as given, then `model`
+    as `model_label`, in one configuration "plain"."""
+    lines = []
+    for name, fields in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in fields.items()]
+    lines += [
         "[[models]]",
-        'label = "calibration"',
-        f"path = {json.dumps(str(model))}",
+        f"label = {toml_value(model_label)}",
+        f"path = {toml_value(str(model))}",
         "[[configurations]]",
         'label = "plain"',
     ]
     config = folder / "c.toml"
     config.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return config
+
+
+def rpc_campaign_toml(
+    folder: Path, model: Path, server: list[str], device: list[str], server_env: dict[str, str]
+) -> Path:
+    """`folder`/c.toml: the small campaign of `model` (label "calibration") from `server`
+    started with `server_env`, sampled from the RPC device that `device` starts."""
+    sections = {
+        "campaign": SMALL_CAMPAIGN,
+        "server": {"command": server, "startup_timeout_s": 30, "env": server_env},
+        "device": {"kind": "rpc", "command": device},
+    }
+    return config_toml(folder, sections, "calibration", model)
