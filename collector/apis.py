@@ -148,14 +148,19 @@ def _completions_body(p: GenerationParams) -> dict[str, Any]:
     return {**_openai_body(p), "prompt": p.prompt}
 
 
-def _event_object(data: str) -> dict[str, Any]:
+def _json_object(raw: str | bytes, what: str, shown: str = "") -> dict[str, Any]:
+    """`raw` as a JSON object; the StreamError says `what` it was, then `shown`."""
     try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
+        raise StreamError(f"{what} is not valid JSON ({exc.msg}){shown}") from exc
     if not isinstance(obj, dict):
-        raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
+        raise StreamError(f"{what} is JSON but not an object{shown}")
     return obj
+
+
+def _event_object(data: str) -> dict[str, Any]:
+    return _json_object(data, "event", f": {data[:80]!r}")
 
 
 def _decode_openai_event(data: str) -> Decoded:
@@ -165,13 +170,7 @@ def _decode_openai_event(data: str) -> Decoded:
 
 
 def _body_object(body: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise StreamError(f"response body is not valid JSON ({exc.msg})") from exc
-    if not isinstance(obj, dict):
-        raise StreamError("response body is JSON but not an object")
-    return obj
+    return _json_object(body, "response body")
 
 
 def _decode_openai_body(body: bytes) -> Decoded:
