@@ -49,7 +49,7 @@ from tests.support.cli import (
     start_collect,
 )
 from tests.support.gguf import f32, write_gguf
-from tests.support.processes import exited_within
+from tests.support.processes import exited_within, reaped
 
 API_KEY = "sk-killed-run-api-key-0123456789"
 HF_FLAG = "hf_killed_run_flag_token_0123456789"
@@ -131,10 +131,8 @@ def _kill_collector(folder: Path, *, stubborn: bool, loading: bool = False) -> K
         marker.touch()
     config = _campaign(folder)
     db = folder / "data" / "evidence.duckdb"
-    collector = start_collect(
-        "--config", str(config), "--db", str(db), env=_env(), stdout=subprocess.DEVNULL
-    )
-    try:
+    args = ("--config", str(config), "--db", str(db))
+    with reaped(start_collect(*args, env=_env(), stdout=subprocess.DEVNULL)) as collector:
         if loading:
             server = _child_running(collector.pid, folder / "server.py")
             time.sleep(1.0)  # into its load
@@ -145,12 +143,6 @@ def _kill_collector(folder: Path, *, stubborn: bool, loading: bool = False) -> K
         device = _child_running(collector.pid, folder / "device.py")
         collector.kill()  # SIGKILL: no cleanup of any kind runs
         collector.wait(10)
-    finally:
-        if collector.poll() is None:
-            collector.kill()
-            collector.wait(10)
-        if collector.stderr is not None:
-            collector.stderr.close()
     (folder / "scenario.json").write_text(json.dumps(Scenario().to_dict()), encoding="utf-8")
     for marker in markers:
         marker.unlink()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.processes import exited_within
+from tests.support.processes import exited_within, reaped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,22 +35,16 @@ PARENT = textwrap.dedent(
 
 
 def test_the_sampler_exits_when_its_parent_is_killed() -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
+    argv = [sys.executable, "-c", PARENT]
     child: psutil.Process | None = None
     try:
-        assert parent.stdout is not None
-        child = psutil.Process(int(parent.stdout.readline()))
-        assert child.is_running()
-        parent.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no cleanup runs
-        parent.wait(10)
-        assert exited_within(child, 10), f"sampler {child.pid} outlived its killed parent"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+        with reaped(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)) as parent:
+            assert parent.stdout is not None
+            child = psutil.Process(int(parent.stdout.readline()))
+            assert child.is_running()
+            parent.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no cleanup runs
             parent.wait(10)
-        if parent.stdout is not None:
-            parent.stdout.close()
+            assert exited_within(child, 10), f"sampler {child.pid} outlived its killed parent"
+    finally:
         if child is not None and child.is_running():
             child.kill()

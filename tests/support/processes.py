@@ -1,11 +1,29 @@
-"""Waiting on processes a test did not start itself (a collector's server, device or
-sampler)."""
+"""Processes a test starts or meets: its own, ended whatever happens, and those it did not
+start (a collector's server, device or sampler), waited on."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
+
+
+@contextmanager
+def reaped(process: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """`process` for the block; after it, however it ends, killed if still running,
+    waited for, and its pipes closed."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def exited_within(process: psutil.Process, seconds: float) -> bool:
