@@ -87,6 +87,7 @@ from calibration.shapes import (
     LAST_CHUNK,
     SHAPES,
     SHIMMY_1_7_SHAPES,
+    Answer,
     Shapes,
     chunk,
     prompt_words,
@@ -661,12 +662,8 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_n = prompt_words(record.request)
         first = zero + (schedule.writes_ns[0] if schedule.writes_ns else 0)
         timings = timings_object(prompt_n, scenario.tokens, first - zero, due - first)
-        data = shapes.body(
-            scenario.text(),
-            scenario.finish_reason,
-            usage_object(prompt_n, scenario.tokens),
-            timings,
-        )
+        usage = usage_object(prompt_n, scenario.tokens)
+        data = shapes.body(Answer(scenario.text(), scenario.finish_reason, usage, timings))
         head = (
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n%sConnection: close\r\n\r\n" % (len(data), shapes.extra_headers)

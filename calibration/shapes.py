@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from calibration.scenario import ShimmyShape
@@ -33,6 +34,17 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 # One event of a stream's end: its kind (a `SentEvent` kind) and its bytes.
 TailEvent = tuple[str, bytes]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a non-streamed body carries: the scenario's text and finish reason, and
+    the server's `usage` and `timings` objects."""
+
+    text: str
+    finish_reason: str | None
+    usage: dict[str, int]
+    timings: dict[str, Any]
 
 
 class Shapes:
@@ -64,13 +76,7 @@ class Shapes:
         """The end-of-stream marker, if the API has one."""
         return b"data: [DONE]\n\n"
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
+    def body(self, answer: Answer) -> bytes:
         """The whole non-streamed answer."""
         raise NotImplementedError
 
@@ -125,20 +131,14 @@ class ChatShapes(_OpenAIShapes):
         delta = {} if text is None else {"content": text}
         return {"index": 0, "delta": delta, "finish_reason": finish_reason}
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
+    def body(self, answer: Answer) -> bytes:
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "finish_reason": finish_reason,
+            "message": {"role": "assistant", "content": answer.text},
+            "finish_reason": answer.finish_reason,
         }
         out = {**self._envelope([choice]), "object": self._body_object}
-        return json.dumps({**out, "usage": usage, "timings": timings}).encode()
+        return json.dumps({**out, "usage": answer.usage, "timings": answer.timings}).encode()
 
 
 class CompletionsShapes(_OpenAIShapes):
@@ -149,15 +149,10 @@ class CompletionsShapes(_OpenAIShapes):
     def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
         return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
-        out = {**self._envelope([self._choice(text, finish_reason)]), "object": self._body_object}
-        return json.dumps({**out, "usage": usage, "timings": timings}).encode()
+    def body(self, answer: Answer) -> bytes:
+        choice = self._choice(answer.text, answer.finish_reason)
+        out = {**self._envelope([choice]), "object": self._body_object}
+        return json.dumps({**out, "usage": answer.usage, "timings": answer.timings}).encode()
 
 
 class ShimmyShapes(Shapes):
@@ -169,14 +164,8 @@ class ShimmyShapes(Shapes):
         # axum's Event::data: one `data:` line per line of the token.
         return b"".join(b"data: " + ln.encode() + b"\n" for ln in text.split("\n")) + b"\n"
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
-        return json.dumps({"response": text}).encode()
+    def body(self, answer: Answer) -> bytes:
+        return json.dumps({"response": answer.text}).encode()
 
 
 class Shimmy17Shapes(Shapes):
@@ -190,15 +179,10 @@ class Shimmy17Shapes(Shapes):
     def done(self) -> bytes:
         return axum_event("[DONE]")
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
+    def body(self, answer: Answer) -> bytes:
         # serde_json: compact, UTF-8 unescaped
-        return json.dumps({"response": text}, separators=(",", ":"), ensure_ascii=False).encode()
+        body = {"response": answer.text}
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class Shimmy17ChatShapes(Shimmy17Shapes):
@@ -220,14 +204,8 @@ class Shimmy17ChatShapes(Shimmy17Shapes):
         # Shimmy 1.7.0 says "stop" however the generation ended, and sends no usage.
         return [("final", self.chat.final())]
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
-        return self.chat.body(text)
+    def body(self, answer: Answer) -> bytes:
+        return self.chat.body(answer.text)
 
 
 class LlamaCompletionShapes(Shapes):
@@ -252,15 +230,10 @@ class LlamaCompletionShapes(Shapes):
     def done(self) -> None:
         return None
 
-    def body(
-        self,
-        text: str,
-        finish_reason: str | None,
-        usage: dict[str, int],
-        timings: dict[str, Any],
-    ) -> bytes:
-        out = {"index": 0, "content": text, **self._stop(finish_reason), "timings": timings}
-        return json.dumps({**out, "tokens_predicted": usage["completion_tokens"]}).encode()
+    def body(self, answer: Answer) -> bytes:
+        stop = self._stop(answer.finish_reason)
+        out = {"index": 0, "content": answer.text, **stop, "timings": answer.timings}
+        return json.dumps({**out, "tokens_predicted": answer.usage["completion_tokens"]}).encode()
 
 
 # The APIs the server mirrors, by declared name (common.server_apis).

@@ -120,18 +120,19 @@ def decode_body(api: ApiName, body: bytes) -> Decoded:
     return adapter(api).decode_body(body)
 
 
+def _sampling(p: GenerationParams) -> dict[str, Any]:
+    """The temperature, stream flag and (when set) seed of a llama-server request."""
+    fields: dict[str, Any] = {"temperature": p.temperature, "stream": p.stream}
+    if p.seed is not None:
+        fields["seed"] = p.seed
+    return fields
+
+
 # -- OpenAI (llama-server's /v1 routes) ----------------------------------------
 
 
 def _openai_body(p: GenerationParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": p.model,
-        "max_tokens": p.max_tokens,
-        "temperature": p.temperature,
-        "stream": p.stream,
-    }
-    if p.seed is not None:
-        body["seed"] = p.seed
+    body: dict[str, Any] = {"model": p.model, "max_tokens": p.max_tokens, **_sampling(p)}
     if p.stream:
         body["stream_options"] = {"include_usage": True}
     if p.cache_prompt is not None:
@@ -147,26 +148,29 @@ def _completions_body(p: GenerationParams) -> dict[str, Any]:
     return {**_openai_body(p), "prompt": p.prompt}
 
 
+def _json_object(raw: str | bytes, what: str, shown: str = "") -> dict[str, Any]:
+    """`raw` as a JSON object; the StreamError says `what` it was, then `shown`."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StreamError(f"{what} is not valid JSON ({exc.msg}){shown}") from exc
+    if not isinstance(obj, dict):
+        raise StreamError(f"{what} is JSON but not an object{shown}")
+    return obj
+
+
+def _event_object(data: str) -> dict[str, Any]:
+    return _json_object(data, "event", f": {data[:80]!r}")
+
+
 def _decode_openai_event(data: str) -> Decoded:
     if data.strip() == "[DONE]":
         return Decoded("done")
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
-    if not isinstance(obj, dict):
-        raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
-    return _decode_object(obj)
+    return _decode_object(_event_object(data))
 
 
 def _body_object(body: bytes) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise StreamError(f"response body is not valid JSON ({exc.msg})") from exc
-    if not isinstance(obj, dict):
-        raise StreamError("response body is JSON but not an object")
-    return obj
+    return _json_object(body, "response body")
 
 
 def _decode_openai_body(body: bytes) -> Decoded:
@@ -297,14 +301,7 @@ _STOP_TYPES = {"eos": "stop", "word": "stop", "limit": "length"}
 
 
 def _llama_completion_body(p: GenerationParams) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt": p.prompt,
-        "n_predict": p.max_tokens,
-        "temperature": p.temperature,
-        "stream": p.stream,
-    }
-    if p.seed is not None:
-        body["seed"] = p.seed
+    body: dict[str, Any] = {"prompt": p.prompt, "n_predict": p.max_tokens, **_sampling(p)}
     if p.cache_prompt is not None:
         body["cache_prompt"] = p.cache_prompt
     return body
@@ -314,12 +311,7 @@ def _decode_llama_completion_event(data: str) -> Decoded:
     # Its stream ends with the `"stop": true` event, not a marker; one is still accepted.
     if data.strip() == "[DONE]":
         return Decoded("done")
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise StreamError(f"event is not valid JSON ({exc.msg}): {data[:80]!r}") from exc
-    if not isinstance(obj, dict):
-        raise StreamError(f"event is JSON but not an object: {data[:80]!r}")
+    obj = _event_object(data)
     decoded = _llama_completion(obj)
     if obj.get("stop") is True and decoded.kind == "content" and not decoded.text:
         decoded.kind = "done"  # the last event: why it stopped, and its timings

@@ -17,15 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from collector.config import (
-    CampaignSection,
-    Config,
-    Configuration,
-    DeviceSection,
-    ModelEntry,
-    ServerSection,
-    SweepSection,
-)
+from collector import config as cfg
 from collector.device import default_threads
 
 # Placeholders a server command may use; filled per server start.
@@ -78,40 +70,40 @@ LLAMA_SERVER_COMMAND = [
 DeviceKind = Literal["none", "rpc"]
 
 # The offload configuration: every expert tensor kept in the server's CPU memory.
-CPU_MOE = Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)
+CPU_MOE = cfg.Configuration(label="cpu-moe", args=["--cpu-moe"], n_cpu_moe=-1)
 
 
-def embedded_config(device: DeviceKind = "rpc", cores: int | None = None) -> Config:
+def embedded_config(device: DeviceKind = "rpc", cores: int | None = None) -> cfg.Config:
     """The default campaign: both configurations, N=3, 5 s pauses, protocol budgets,
     on llama.cpp's RPC device (`device="none"`: the server's CPU only)."""
     device_threads, server_threads = default_threads(cores)
     if device == "none":
         device_threads, server_threads = 0, device_threads + server_threads
     where = "an RPC device" if device == "rpc" else "CPU only"
-    return Config(
-        campaign=CampaignSection(
+    return cfg.Config(
+        campaign=cfg.CampaignSection(
             name=f"Embedded default: SmolLM2-135M MoE 4x (top-2) on llama.cpp b11434, {where}"
         ),
-        server=ServerSection(
+        server=cfg.ServerSection(
             mode="launch",
             command=[*LLAMA_SERVER_COMMAND, "-t", str(server_threads)],
             api="openai-chat",
         ),
-        device=DeviceSection(kind=device, threads=device_threads or None),
-        models=[ModelEntry(label=EMBEDDED_MODEL_LABEL, path=None)],
+        device=cfg.DeviceSection(kind=device, threads=device_threads or None),
+        models=[cfg.ModelEntry(label=EMBEDDED_MODEL_LABEL, path=None)],
         configurations=[
-            Configuration(label="baseline"),
+            cfg.Configuration(label="baseline"),
             CPU_MOE,
         ],
         # The --n-cpu-moe trade-off: K of the 30 MoE blocks keep their experts on
         # the CPU (0 = none, 30 = all), on two tests, once each.
-        sweep=SweepSection(
+        sweep=cfg.SweepSection(
             n_cpu_moe=[0, 10, 20, 30], tests=["simple-response", "technical-explanation"], repeats=1
         ),
     )
 
 
-def quick_profile(config: Config) -> Config:
+def quick_profile(config: cfg.Config) -> cfg.Config:
     """Apply the smoke profile to any config (1 repeat, 32-token cap, no pauses)."""
     campaign = config.campaign.model_copy(
         update={"repeats": 1, "pause_s": 0.0, "max_tokens_cap": 32}

@@ -27,7 +27,7 @@ from common.errors import StoreError
 from common.files import file_sha256
 from evidence import store as store_module
 from evidence.store import open_store
-from tests.support.cli import ROOT, cli_env, collect
+from tests.support.cli import collect, moe_evidence
 from tests.support.report import project
 from tests.support.stores import StoreFactory
 
@@ -68,17 +68,6 @@ def server() -> Iterator[CalibratedServer]:
         yield calibrated
 
 
-def _moe_evidence(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "moe_evidence", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=cli_env(),
-    )
-
-
 def _says_damaged(done: subprocess.CompletedProcess[str], path: Path) -> str:
     """The one `error:` line of a command refused for a damaged store at `path`."""
     assert done.returncode == 1, done.stdout + done.stderr
@@ -96,7 +85,7 @@ def _says_damaged(done: subprocess.CompletedProcess[str], path: Path) -> str:
 
 def test_campaigns_is_one_line(damaged: Path) -> None:
     before = file_sha256(damaged)
-    _says_damaged(_moe_evidence("campaigns", "--db", str(damaged)), damaged)
+    _says_damaged(moe_evidence("campaigns", "--db", str(damaged)), damaged)
     assert file_sha256(damaged) == before
 
 
@@ -104,7 +93,7 @@ def test_build_is_one_line(damaged: Path, tmp_path: Path) -> None:
     root = project(tmp_path)
     site = tmp_path / "site"
     args = ["build", "--db", str(damaged), "--root", str(root), "--site-dir", str(site)]
-    _says_damaged(_moe_evidence(*args), damaged)
+    _says_damaged(moe_evidence(*args), damaged)
     assert not (site / "index.html").exists()
 
 
@@ -123,7 +112,7 @@ def test_every_command_that_opens_a_store_is_one_line(
     damaged: Path, healthy: Path, tmp_path: Path
 ) -> None:
     bundle = tmp_path / "bundle"
-    assert _moe_evidence("export", "--parquet", str(bundle), "--db", str(healthy)).returncode == 0
+    assert moe_evidence("export", "--parquet", str(bundle), "--db", str(healthy)).returncode == 0
     target = tmp_path / "target.duckdb"
     shutil.copyfile(healthy, target)
     with duckdb.connect(str(healthy), read_only=True) as con:
@@ -143,11 +132,11 @@ def test_every_command_that_opens_a_store_is_one_line(
     }
     before = file_sha256(damaged)
     for name, args in commands.items():
-        assert _says_damaged(_moe_evidence(*args), damaged), name
+        assert _says_damaged(moe_evidence(*args), damaged), name
         assert file_sha256(damaged) == before, name
     # A damaged source is named as such, and the target is left as it was.
     target_before = file_sha256(target)
-    _says_damaged(_moe_evidence("merge", str(damaged), "--into", str(target)), damaged)
+    _says_damaged(moe_evidence("merge", str(damaged), "--into", str(target)), damaged)
     assert file_sha256(target) == target_before
 
 
@@ -234,7 +223,7 @@ def test_a_damaged_header_is_the_same_line(healthy: Path, tmp_path: Path) -> Non
     path = tmp_path / "evidence.duckdb"
     shutil.copyfile(healthy, path)
     _write_random(path, 4096 + 64, 256)  # the first database header
-    _says_damaged(_moe_evidence("campaigns", "--db", str(path)), path)
+    _says_damaged(moe_evidence("campaigns", "--db", str(path)), path)
 
 
 def test_damage_in_a_1x_message_is_not_taken_for_a_lock(

@@ -34,7 +34,7 @@ from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
 from common.errors import CampaignFailed
 from evidence.store import open_store
-from tests.support.cli import collect, collect_argv
+from tests.support.cli import SMALL_CAMPAIGN, collect, config_toml, start_collect
 from tests.support.engine import ScenarioPerTest, run_in_process
 from tests.support.gguf import f32, write_gguf
 from tests.support.stores import StoreFactory
@@ -300,38 +300,9 @@ def _tiny_gguf(path: Path) -> Path:
     return write_gguf(path, "llama", {"block_count": 1}, [("token_embd.weight", f32(4, 4), None)])
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return json.dumps(value)  # strings, numbers, booleans and lists read the same in TOML
-
-
 def _write_config(directory: Path, server: dict[str, Any], model: Path) -> Path:
-    """`directory`/c.toml: the small campaign below, `server`, `model`, one configuration."""
-    lines = []
-    for name, fields in (("campaign", CAMPAIGN_TOML), ("server", server)):
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in fields.items()]
-    lines += [
-        "[[models]]",
-        f'label = "{MODEL}"',
-        f"path = {_toml(str(model))}",
-        "[[configurations]]",
-        'label = "plain"',
-    ]
-    path = directory / "c.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-CAMPAIGN_TOML = {
-    "repeats": 1,
-    "pause_s": 0,
-    "non_streaming": False,
-    "idle_window_s": 0,
-    "tests": ["simple-response"],
-    "telemetry_hz": 5,
-}
+    """`directory`/c.toml: the small campaign, `server`, `model`, one configuration."""
+    return config_toml(directory, {"campaign": SMALL_CAMPAIGN, "server": server}, MODEL, model)
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -554,14 +525,7 @@ def test_sigterm_stops_the_server_and_marks_the_campaign_interrupted(tmp_path: P
     slow = _scenario_file(tmp_path, Scenario(tokens=400, gap_s=0.05))
     server = {"command": [*SERVER, "--scenario", str(slow)], "env": SERVER_ENV}
     config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
-    proc = subprocess.Popen(
-        collect_argv("--config", str(config), "--db", str(db)),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = start_collect("--config", str(config), "--db", str(db), stdout=subprocess.DEVNULL)
     assert proc.stderr is not None
     for line in proc.stderr:
         if "ready in" in line:  # the server is up and the stream is about to start

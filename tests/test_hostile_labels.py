@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -26,7 +25,7 @@ from collector.progress import CampaignProgress
 from common.errors import ConfigError
 from evidence.store import open_store
 from moe_evidence.cli import collect_request, main, parse
-from tests.support.cli import cli_env
+from tests.support.cli import cli_env, moe_evidence
 from tests.support.report import build, project, synthetic_store
 from tests.support.stores import StoreFactory
 
@@ -166,14 +165,8 @@ def hostile_site(
             "UPDATE server_runs SET config_label = ? WHERE config_label = 'cpu-moe'", [HOSTILE]
         )
     root = project(tmp)
-    done = subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "build", "--db", str(db), "--root", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**cli_env(), "PYTHONPATH": str(ROOT)},
-    )
+    env = {**cli_env(), "PYTHONPATH": str(ROOT)}
+    done = moe_evidence("build", "--db", str(db), "--root", str(root), timeout=300, env=env)
     return done, root
 
 

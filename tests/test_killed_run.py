@@ -39,8 +39,17 @@ from collector.process_log import ProcessLog, _Redactor
 from common.secrets import REDACTED, Secrets
 from evidence.store import open_store
 from evidence.writer import insert_row, to_json
-from tests.support.cli import ROOT, cli_env, collect_argv, query
+from tests.support.cli import (
+    ROOT,
+    RPC_DEVICE_LISTEN,
+    cli_env,
+    collect,
+    query,
+    rpc_campaign_toml,
+    start_collect,
+)
 from tests.support.gguf import f32, write_gguf
+from tests.support.processes import exited_within, reaped
 
 API_KEY = "sk-killed-run-api-key-0123456789"
 HF_FLAG = "hf_killed_run_flag_token_0123456789"
@@ -69,20 +78,16 @@ raise SystemExit(main(["--port", port, "--scenario", scenario]))
 """
 
 # An RPC device stand-in: prints the environment it inherited, then listens.
-DEVICE = """
+DEVICE = (
+    """
 import os, signal, socket, sys, time
 from pathlib import Path
 if Path(__file__).with_name("stubborn").exists():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("env: HF_TOKEN=" + os.environ.get("HF_TOKEN", ""), flush=True)
-port = int(sys.argv[sys.argv.index("--port") + 1])
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("127.0.0.1", port))
-sock.listen()
-while True:
-    time.sleep(1)
 """
+    + RPC_DEVICE_LISTEN
+)
 
 
 @dataclass
@@ -93,10 +98,6 @@ class Killed:
     folder: Path
     server: psutil.Process
     device: psutil.Process
-
-
-def _toml(value: object) -> str:
-    return json.dumps(value)  # strings and lists of strings read the same in TOML
 
 
 def _campaign(folder: Path) -> Path:
@@ -113,30 +114,8 @@ def _campaign(folder: Path) -> Path:
     server += ["--hf-token", HF_FLAG, "--port", "{port}"]
     server += ["--scenario", str(folder / "scenario.json")]
     device = [sys.executable, "-u", str(folder / "device.py"), "--port", "{port}"]
-    config = folder / "c.toml"
-    lines = [
-        "[campaign]",
-        'tests = ["simple-response"]',
-        "repeats = 1",
-        "pause_s = 0",
-        "idle_window_s = 0",
-        "non_streaming = false",
-        "telemetry_hz = 5",
-        "[server]",
-        f"command = {_toml(server)}",
-        "startup_timeout_s = 30",
-        f"env = {{ PYTHONPATH = {_toml(str(ROOT))}, HF_TOKEN = {_toml(HF_ENV)} }}",
-        "[device]",
-        'kind = "rpc"',
-        f"command = {_toml(device)}",
-        "[[models]]",
-        'label = "calibration"',
-        f"path = {_toml(str(model))}",
-        "[[configurations]]",
-        'label = "plain"',
-    ]
-    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return config
+    server_env = {"PYTHONPATH": str(ROOT), "HF_TOKEN": HF_ENV}
+    return rpc_campaign_toml(folder, model, server, device, server_env)
 
 
 def _env() -> dict[str, str]:
@@ -152,15 +131,8 @@ def _kill_collector(folder: Path, *, stubborn: bool, loading: bool = False) -> K
         marker.touch()
     config = _campaign(folder)
     db = folder / "data" / "evidence.duckdb"
-    collector = subprocess.Popen(
-        collect_argv("--config", str(config), "--db", str(db)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=_env(),
-    )
-    try:
+    args = ("--config", str(config), "--db", str(db))
+    with reaped(start_collect(*args, env=_env(), stdout=subprocess.DEVNULL)) as collector:
         if loading:
             server = _child_running(collector.pid, folder / "server.py")
             time.sleep(1.0)  # into its load
@@ -171,12 +143,6 @@ def _kill_collector(folder: Path, *, stubborn: bool, loading: bool = False) -> K
         device = _child_running(collector.pid, folder / "device.py")
         collector.kill()  # SIGKILL: no cleanup of any kind runs
         collector.wait(10)
-    finally:
-        if collector.poll() is None:
-            collector.kill()
-            collector.wait(10)
-        if collector.stderr is not None:
-            collector.stderr.close()
     (folder / "scenario.json").write_text(json.dumps(Scenario().to_dict()), encoding="utf-8")
     for marker in markers:
         marker.unlink()
@@ -202,19 +168,6 @@ def _child_running(parent: int, script: Path, timeout_s: float = 30) -> psutil.P
                     return child
         time.sleep(0.05)
     pytest.fail(f"the collector never started {script.name}")
-
-
-def _gone_within(process: psutil.Process, seconds: float) -> bool:
-    # Exited means gone or a zombie: its new parent reaps it when it gets round to it.
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _cleanup(killed: Killed) -> None:
@@ -265,8 +218,8 @@ def stubborn_loading(tmp_path: Path) -> Iterator[Killed]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal")
 def test_the_server_and_its_device_die_with_a_killed_collector(killed: Killed) -> None:
-    assert _gone_within(killed.server, 5), f"server {killed.server.pid} outlived the collector"
-    assert _gone_within(killed.device, 5), f"device {killed.device.pid} outlived the collector"
+    assert exited_within(killed.server, 5), f"server {killed.server.pid} outlived the collector"
+    assert exited_within(killed.device, 5), f"device {killed.device.pid} outlived the collector"
 
 
 def test_the_logs_of_a_killed_run_are_redacted_and_private_at_once(killed: Killed) -> None:
@@ -275,22 +228,16 @@ def test_the_logs_of_a_killed_run_are_redacted_and_private_at_once(killed: Kille
 
 
 def _resume(killed: Killed) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        # Its flags again: the store does not keep the key, so cannot rerun it alone.
-        collect_argv("--config", str(killed.folder / "c.toml"), "--resume", "--db", str(killed.db)),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        env=_env(),
-    )
+    # Its flags again: the store does not keep the key, so cannot rerun it alone.
+    config = str(killed.folder / "c.toml")
+    return collect("--config", config, "--resume", "--db", str(killed.db), timeout=180, env=_env())
 
 
 def _assert_stopped_and_closed(
     killed: Killed, resumed: subprocess.CompletedProcess[str], status: str
 ) -> None:
     assert "Traceback" not in resumed.stderr, resumed.stderr
-    assert _gone_within(killed.server, 1) and _gone_within(killed.device, 1)
+    assert exited_within(killed.server, 1) and exited_within(killed.device, 1)
     said = [ln for ln in resumed.stderr.splitlines() if "killed collector" in ln]
     assert len(said) == 1, resumed.stderr
     assert f"was left {status} by a killed collector" in said[0]
@@ -391,7 +338,7 @@ def test_a_process_not_proven_to_be_the_server_is_never_stopped(tmp_path: Path) 
             log.write_text(f"env: HF_TOKEN={HF_ENV}\n", encoding="utf-8")
             (line,) = _close(con, logs)
             assert f"stopped at the next start (server pid {sleeper.pid})" in line
-            assert _gone_within(sleeper, 5)
+            assert exited_within(sleeper, 5)
             assert proven in line
             assert log.read_text(encoding="utf-8") == f"env: HF_TOKEN={REDACTED}\n"
             assert stat.S_IMODE(log.stat().st_mode) == 0o600  # the copy swapped in is private

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from common.errors import SchemaTooNew, StoreError
 from evidence.bundle import export_bundle, import_bundle, open_source, read_manifest
 from evidence.merge import merge_store
 from evidence.store import open_store
+from tests.support.cli import moe_evidence
 from tests.support.stores import MS, StoreFactory
 
 
@@ -136,20 +135,13 @@ def test_fleet_directory_is_read_in_place(tmp_path: Path) -> None:
 def test_cli_merge_export_import(tmp_path: Path) -> None:
     src = tmp_path / "src.duckdb"
     _store(src, "h")
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "moe_evidence", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    merged = cli("merge", str(src), "--into", str(tmp_path / "m.duckdb"))
+    into = str(tmp_path / "m.duckdb")
+    merged = moe_evidence("merge", str(src), "--into", into)
     assert merged.returncode == 0 and "requests 2" in merged.stdout
-    assert "nothing new" in cli("merge", str(src), "--into", str(tmp_path / "m.duckdb")).stdout
-    assert cli("export", "--parquet", str(tmp_path / "b"), "--db", str(src)).returncode == 0
-    imported = cli("import", str(tmp_path / "b"), "--db", str(tmp_path / "i.duckdb"))
+    assert "nothing new" in moe_evidence("merge", str(src), "--into", into).stdout
+    exported = moe_evidence("export", "--parquet", str(tmp_path / "b"), "--db", str(src))
+    assert exported.returncode == 0
+    imported = moe_evidence("import", str(tmp_path / "b"), "--db", str(tmp_path / "i.duckdb"))
     assert imported.returncode == 0 and "requests 2" in imported.stdout
-    missing = cli("merge", str(tmp_path / "nope.duckdb"), "--into", str(tmp_path / "m.duckdb"))
+    missing = moe_evidence("merge", str(tmp_path / "nope.duckdb"), "--into", into)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no evidence store")

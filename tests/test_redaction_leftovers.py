@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from rich.console import Console
 from calibration.scenario import Scenario
 from collector.progress import CampaignProgress
 from common.secrets import REDACTED, Secrets, redact_argv
-from tests.support.cli import ROOT, cli_env, query
+from tests.support.cli import ROOT, RPC_DEVICE_LISTEN, cli_env, collect, query, rpc_campaign_toml
 from tests.support.gguf import f32, write_gguf
 
 KEY_A = "sk-list-key-a-0123456789"  # --api-key A,B: each accepted alone
@@ -56,18 +55,14 @@ raise SystemExit(main(["--port", known.port, "--scenario", known.scenario]))
 """
 
 # An RPC device stand-in: prints its environment, then listens until stopped.
-LEAKY_DEVICE = """
+LEAKY_DEVICE = (
+    """
 import os, socket, sys, time
 for name, value in sorted(os.environ.items()):
     print(f"env: {name}={value}", flush=True)
-port = int(sys.argv[sys.argv.index("--port") + 1])
-sock = socket.socket()
-sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-sock.bind(("127.0.0.1", port))
-sock.listen()
-while True:
-    time.sleep(1)
 """
+    + RPC_DEVICE_LISTEN
+)
 
 # The error is `HTTP 401: <the body's first 300 characters>`, and a failed request's
 # progress summary is that error cut at 100: the key starts at 92 of the error, so
@@ -80,10 +75,6 @@ UNAUTHORIZED = (
     "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n"
     f"Content-Length: {len(_BODY.encode())}\r\nConnection: close\r\n\r\n{_BODY}"
 )
-
-
-def _toml(value: object) -> str:
-    return json.dumps(value)  # strings and lists of strings read the same in TOML
 
 
 @pytest.fixture(scope="module")
@@ -103,43 +94,10 @@ def leaky_campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     server = [sys.executable, str(tmp / "server.py"), "--api-key", f"{KEY_A},{KEY_B}"]
     server += ["--api-key-file", str(key_file), "--port", "{port}", "--scenario", str(scenario)]
     device = [sys.executable, "-u", str(tmp / "device.py"), "--port", "{port}"]
-    config = tmp / "c.toml"
-    config.write_text(
-        "\n".join(
-            [
-                "[campaign]",
-                'tests = ["simple-response"]',
-                "repeats = 1",
-                "pause_s = 0",
-                "idle_window_s = 0",
-                "non_streaming = false",
-                "telemetry_hz = 5",
-                "[server]",
-                f"command = {_toml(server)}",
-                "startup_timeout_s = 30",
-                f"env = {{ PYTHONPATH = {_toml(str(ROOT))} }}",
-                "[device]",
-                'kind = "rpc"',
-                f"command = {_toml(device)}",
-                "[[models]]",
-                'label = "calibration"',
-                f"path = {_toml(str(model))}",
-                "[[configurations]]",
-                'label = "plain"',
-            ]
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    config = rpc_campaign_toml(tmp, model, server, device, {"PYTHONPATH": str(ROOT)})
     db = tmp / "data" / "evidence.duckdb"
-    done = subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", "--config", str(config), "--db", str(db)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        env={**cli_env(), "SOME_SERVICE_TOKEN": INHERITED},
-    )
+    env = {**cli_env(), "SOME_SERVICE_TOKEN": INHERITED}
+    done = collect("--config", str(config), "--db", str(db), timeout=180, env=env)
     assert "Traceback" not in done.stderr, done.stderr
     return db, done.stdout, done.stderr
 

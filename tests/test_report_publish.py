@@ -17,29 +17,30 @@ from tests.support.report import project, synthetic_store
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="publishing needs git")
 
 
+# Who commits: mike's commits to gh-pages need a name and an address on any machine.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+}
+
+
+@pytest.fixture
+def git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+
+
 def _git(root: Path, *args: str) -> str:
-    env = dict(
-        os.environ,
-        GIT_AUTHOR_NAME="test",
-        GIT_AUTHOR_EMAIL="test@example.invalid",
-        GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.invalid",
-    )
+    env = {**os.environ, **GIT_IDENTITY}
     return subprocess.run(
         ["git", *args], cwd=root, check=True, capture_output=True, text=True, env=env
     ).stdout
 
 
-def test_two_versions_side_by_side_with_their_campaigns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for key, value in (
-        ("GIT_AUTHOR_NAME", "test"),
-        ("GIT_AUTHOR_EMAIL", "t@example.invalid"),
-        ("GIT_COMMITTER_NAME", "test"),
-        ("GIT_COMMITTER_EMAIL", "t@example.invalid"),
-    ):
-        monkeypatch.setenv(key, value)
+@pytest.mark.usefixtures("git_identity")
+def test_two_versions_side_by_side_with_their_campaigns(tmp_path: Path) -> None:
     root = project(tmp_path)
     _git(root, "init", "-q", "-b", "main")
     old_db, new_db = tmp_path / "old.duckdb", tmp_path / "new.duckdb"
@@ -78,20 +79,12 @@ def test_publishing_an_empty_store_is_refused(tmp_path: Path) -> None:
         publish("1.7.0", db=db, root=root)
 
 
-def test_a_version_spanning_two_releases_publishes_its_history_page(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("git_identity")
+def test_a_version_spanning_two_releases_publishes_its_history_page(tmp_path: Path) -> None:
     # Regression: mike built from mkdocs.yml, whose navigation had no History page, so
     # strict mode refused the history.md the build had written and nothing was published.
     from evidence.store import open_store
 
-    for key, value in (
-        ("GIT_AUTHOR_NAME", "test"),
-        ("GIT_AUTHOR_EMAIL", "t@example.invalid"),
-        ("GIT_COMMITTER_NAME", "test"),
-        ("GIT_COMMITTER_EMAIL", "t@example.invalid"),
-    ):
-        monkeypatch.setenv(key, value)
     root = project(tmp_path)
     _git(root, "init", "-q", "-b", "main")
     db = tmp_path / "two.duckdb"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,9 +19,7 @@ from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
 from calibration.shimmy import ShimmyMode, axum_event
 from collector.tokenizer import OutputCounter
-from evidence.metrics import create_views
-from evidence.store import open_store
-from tests.support.cli import collect, query
+from tests.support.cli import collect, query, request_metrics
 from tests.support.report import build, project
 from tests.support.stores import MS, StoreFactory
 
@@ -52,16 +49,6 @@ def shimmy() -> Iterator[tuple[CalibratedServer, io.StringIO]]:
     scenario = Scenario(tokens=len(TOKENS), words=TOKENS, words_are_tokens=True, gap_s=0.001)
     with CalibratedServer(scenario, shimmy=ShimmyMode(load_s=0.05, log=log)) as server:
         yield server, log
-
-
-def _metrics(db: Path, columns: str, order: str = "m.request_id") -> list[tuple[Any, ...]]:
-    """`columns` of request_metrics m joined with requests r, from the store at `db`."""
-    with open_store(db, read_only=True) as con:
-        create_views(con)
-        return con.execute(
-            f"SELECT {columns} FROM request_metrics m JOIN requests r USING (request_id) "
-            f"ORDER BY {order}"
-        ).fetchall()
 
 
 def _attach(server: CalibratedServer, api: str, db: Path) -> None:
@@ -105,7 +92,7 @@ def test_chat_usage_zero_is_no_count_and_nothing_counted_says_why(
     _attach(server, "openai-chat", db)
     usage = query(db, "SELECT usage_completion_tokens FROM requests WHERE NOT stream")
     assert usage == [(0,)]  # stored as the server sent it
-    rows = _metrics(db, "m.stream, m.token_source, r.tokenizer, r.tokenizer_error")
+    rows = request_metrics(db, "m.stream, m.token_source, r.tokenizer, r.tokenizer_error")
     for _, source, tokenizer, error in rows:
         # Attached with no model file: no tokenizer, the reason stored, the count estimated.
         assert source == "chunks" and tokenizer is None and error
@@ -118,7 +105,7 @@ def test_a_budget_cut_stream_is_inferred_length(tmp_path: Path) -> None:
     ) as server:
         db = tmp_path / "e.duckdb"
         _attach(server, "openai-chat", db)
-    rows = _metrics(db, "m.stream, m.finish_reason, finish_reason_inferred, completed, "
+    rows = request_metrics(db, "m.stream, m.finish_reason, finish_reason_inferred, completed, "
                     "content_events", order="m.stream")  # fmt: skip
     streamed = rows[-1]
     assert streamed[:4] == (True, "stop", "length", True) and streamed[4] == 32

@@ -10,10 +10,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
+
+from tests.support.processes import exited_within, reaped
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,37 +34,17 @@ PARENT = textwrap.dedent(
 )
 
 
-def _exits_within(process: psutil.Process, seconds: float) -> bool:
-    # Exited means gone or a zombie: the orphan's new parent (init, a container's
-    # PID 1) reaps it when it gets round to it, which is not the sampler's doing.
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_the_sampler_exits_when_its_parent_is_killed() -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
+    argv = [sys.executable, "-c", PARENT]
     child: psutil.Process | None = None
     try:
-        assert parent.stdout is not None
-        child = psutil.Process(int(parent.stdout.readline()))
-        assert child.is_running()
-        parent.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no cleanup runs
-        parent.wait(10)
-        assert _exits_within(child, 10), f"sampler {child.pid} outlived its killed parent"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+        with reaped(subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)) as parent:
+            assert parent.stdout is not None
+            child = psutil.Process(int(parent.stdout.readline()))
+            assert child.is_running()
+            parent.kill()  # SIGKILL on POSIX, TerminateProcess on Windows: no cleanup runs
             parent.wait(10)
-        if parent.stdout is not None:
-            parent.stdout.close()
+            assert exited_within(child, 10), f"sampler {child.pid} outlived its killed parent"
+    finally:
         if child is not None and child.is_running():
             child.kill()

@@ -1,45 +1,19 @@
-"""Shimmy 1.7.0 as it really behaves, met by the real collector.
-
-The calibration server's Shimmy mode (calibration.shimmy) plays what Shimmy's v1.7.0 source
-does: a model load per request with its loader log, axum's SSE framing of bare tokens, chat
-chunks that end "stop" whatever happened, no usage (0/0 when not streamed), no /tokenize. The
-collector must store every output byte for byte, the finish reason as the server said it and
-as inferred, and token counts from the model's own tokenizer (llama-tokenize, offline).
-"""
+"""Shimmy 1.7.0 mode with a real model: llama-tokenize counts the text as sent, and a
+launched Shimmy-mode server's outputs are counted by it (the collector side, without a
+model, is tests/test_shimmy_mode.py)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from collector.engine import EngineBuild
 from collector.tokenizer import LlamaTokenize
-from evidence.metrics import create_views
-from evidence.store import open_store
-from tests.support.cli import ROOT, cli_env, query
+from tests.support.cli import collect, query, request_metrics
 
-# Tokens as a real model streams them: leading spaces or none, newlines alone and inside a
-# token, indentation, multi-byte UTF-8, text that looks like SSE or JSON.
-TOKENS = (
-    "Hello", ",", " world", "!\n", "\n", "  two spaces", "x\ny", "é", " 日本語", " 🙂",
-    '{"k": 1}', "data: z", " [DONE] ", "\ttab", " ", "end.",
-)  # fmt: skip
-TEXT = "".join(TOKENS)
 TEST = "simple-response"
-
-
-def _metrics(db: Path, columns: str, order: str = "m.request_id") -> list[tuple[Any, ...]]:
-    """`columns` of request_metrics m joined with requests r, from the store at `db`."""
-    with open_store(db, read_only=True) as con:
-        create_views(con)
-        return con.execute(
-            f"SELECT {columns} FROM request_metrics m JOIN requests r USING (request_id) "
-            f"ORDER BY {order}"
-        ).fetchall()
 
 
 @pytest.mark.engine
@@ -72,14 +46,11 @@ def test_a_launched_shimmy_is_counted_by_llama_tokenize(
         encoding="utf-8",
     )
     db = tmp_path / "e.duckdb"
-    done = subprocess.run(
-        [sys.executable, "-m", "moe_evidence", "collect", "--quick", "--config", str(config),
-         "--db", str(db)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=cli_env(),
-    )  # fmt: skip
+    done = collect("--quick", "--config", str(config), "--db", str(db), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = _metrics(db, "r.output_text, r.tokenizer, r.tokenized_output_tokens, m.token_source, "
-                    "m.finish_reason, m.finish_reason_inferred, m.completed")  # fmt: skip
+    columns = ("r.output_text, r.tokenizer, r.tokenized_output_tokens, m.token_source, "
+               "m.finish_reason, m.finish_reason_inferred, m.completed")  # fmt: skip
+    rows = request_metrics(db, columns)
     (log,) = query(db, "SELECT log_text FROM server_runs")[0]
     tool = LlamaTokenize(engine.tokenize or Path(), moe_model)
     assert len(rows) == 2

@@ -13,15 +13,8 @@ import httpx
 import psutil
 
 from calibration.scenario import Scenario
+from collector import config as cfg
 from collector.campaign import run_campaign
-from collector.config import (
-    CampaignSection,
-    Config,
-    Configuration,
-    DeviceSection,
-    ModelEntry,
-    ServerSection,
-)
 from collector.defaults import CPU_MOE, LLAMA_SERVER_COMMAND
 from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
@@ -50,19 +43,19 @@ def engine_config(
     model: Path,
     engine: EngineBuild,
     *,
-    configurations: Sequence[Configuration] = (CPU_MOE,),
+    configurations: Sequence[cfg.Configuration] = (CPU_MOE,),
     server_args: Sequence[str] = (),
-    device: DeviceSection | None = None,
+    device: cfg.DeviceSection | None = None,
     **campaign: Any,
-) -> Config:
+) -> cfg.Config:
     """A small campaign on the real engine, `model` as label "moe": no pauses, no
     non-streamed runs, the `campaign` settings given (name, tests, repeats, ...)."""
-    return Config(
-        campaign=CampaignSection(pause_s=0, non_streaming=False, **campaign),
-        server=ServerSection(command=server_command(engine, *server_args)),
-        models=[ModelEntry(label="moe", path=model)],
+    return cfg.Config(
+        campaign=cfg.CampaignSection(pause_s=0, non_streaming=False, **campaign),
+        server=cfg.ServerSection(command=server_command(engine, *server_args)),
+        models=[cfg.ModelEntry(label="moe", path=model)],
         configurations=list(configurations),
-        device=device or DeviceSection(),
+        device=device or cfg.DeviceSection(),
     )
 
 
@@ -87,7 +80,7 @@ class KillOnce(CampaignProgress):
 
 def run_in_process(
     con: duckdb.DuckDBPyConnection,
-    config: Config,
+    config: cfg.Config,
     progress: CampaignProgress,
     data_dir: Path,
     *,
