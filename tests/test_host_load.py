@@ -241,3 +241,16 @@ def test_a_sampler_that_fell_behind_waits_a_full_interval() -> None:
     assert delay == pytest.approx(0.1) and due == pytest.approx(10.55)
     due, delay = _next_sample(previous_t=10.0, interval_s=0.1, now=10.03)  # on time
     assert delay == pytest.approx(0.07) and due == pytest.approx(10.1)
+
+
+def test_a_reason_shown_in_parentheses_has_none_of_its_own() -> None:
+    """The first screen shows it as "not measured (REASON)": with every pair starved it
+    read "... did not starve (18 excluded))" (seen on a busy host)."""
+    from report.context.summary import _no_pair_reason
+
+    reason = _no_pair_reason("m", ("baseline", "cpu-moe"), {}, {("m", "cpu-moe"): 18})
+    assert reason == (
+        "no pair of successful streamed requests that other processes did not starve; "
+        "18 starved left out"
+    )
+    assert "(" not in reason

@@ -275,8 +275,8 @@ def build(
             avg_tps, scores = Stat.empty(metric("avg_tps").unit, why), (nothing, nothing)
         else:
             no_rate = (
-                f"every successful streamed request was starved by other processes "
-                f"({starved[key]} excluded)"
+                f"every successful streamed request was starved by other processes; "
+                f"{starved[key]} left out"
                 if starved.get(key)
                 else "no successful streamed request"
             )
@@ -373,8 +373,9 @@ def _no_pair_reason(
     excluded = sum(starved.get((model, config), 0) for config in sides)
     if excluded:
         return (
-            "no pair of successful streamed requests that other processes did not starve "
-            f"({excluded} excluded)"
+            # Shown inside "not measured (...)": no parentheses of its own.
+            "no pair of successful streamed requests that other processes did not starve; "
+            f"{excluded} starved left out"
         )
     return "no pair of successful streamed requests"
 
