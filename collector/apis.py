@@ -236,11 +236,18 @@ def _event_shaped(obj: dict[str, Any]) -> bool:
     return isinstance(error, str) or (isinstance(error, dict) and "message" in error)
 
 
-def _decode_object(obj: dict[str, Any]) -> Decoded:
+def _server_error(obj: dict[str, Any]) -> Decoded | None:
+    """An `error` member (a string, or an object with a `message`), as an error event."""
     err = obj.get("error")
-    if err is not None:
-        message = err.get("message") if isinstance(err, dict) else err
-        return Decoded("other", error=str(message))
+    if err is None:
+        return None
+    message = err.get("message") if isinstance(err, dict) else err
+    return Decoded("other", error=str(message))
+
+
+def _decode_object(obj: dict[str, Any]) -> Decoded:
+    if (error := _server_error(obj)) is not None:
+        return error
     usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
     timings = obj.get("timings") if isinstance(obj.get("timings"), dict) else None
     choices = obj.get("choices")
@@ -326,10 +333,8 @@ def _decode_llama_completion_body(body: bytes) -> Decoded:
 
 
 def _llama_completion(obj: dict[str, Any]) -> Decoded:
-    err = obj.get("error")
-    if err is not None:
-        message = err.get("message") if isinstance(err, dict) else err
-        return Decoded("other", error=str(message))
+    if (error := _server_error(obj)) is not None:
+        return error
     content = obj.get("content")
     timings = obj.get("timings") if isinstance(obj.get("timings"), dict) else None
     finish = _STOP_TYPES.get(str(obj.get("stop_type"))) if obj.get("stop") is True else None

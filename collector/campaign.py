@@ -22,7 +22,7 @@ import duckdb
 
 from collector import advisor
 from collector import client as http_client
-from collector.apis import GenerationParams, adapter
+from collector.apis import GenerationParams
 from collector.config import Config
 from collector.engine import EngineBuild
 from collector.plan import CampaignContext, Cell, ServerPlan, server_plans, test_max_tokens
@@ -40,6 +40,7 @@ from collector.session import ServerRunHandle, server_session, tokenize
 from collector.tokenizer import OutputCounter, TokenCount
 from common import interrupts
 from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError
+from common.server_apis import server_api
 from evidence.store import query_interrupted
 from evidence.writer import redact_secrets
 
@@ -180,6 +181,7 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
     _warn_of_cap(ctx, plan)
     model_file = ctx.model_paths.get(plan.model.label) or plan.model.path
     counter = OutputCounter.for_model(ctx.engine, model_file)
+    server_tokenizes = server_api(ctx.config.server.api).tokenize  # has POST /tokenize
     while todo:
         ctx.progress.server(
             plan.model.label,
@@ -221,7 +223,7 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                 tokenized = TokenCount()
                 if camp.tokenize:
                     # The server's /tokenize while it is up (if its API has one), else offline.
-                    asks_server = not server_died and adapter(ctx.config.server.api).api.tokenize
+                    asks_server = not server_died and server_tokenizes
                     server = functools.partial(tokenize, run.base_url, headers=auth_headers(ctx))
                     tokenized = counter.count(result.output_text, server if asks_server else None)
                 store_request(ctx, run, cell, result, tokenized, telemetry.drain())
@@ -324,11 +326,9 @@ def run_campaign(
                 # Said as it happens; the one `error:` line at exit sums them up.
                 progress.message(f"[{plan.model.label} / {plan.configuration.label}] failed: {exc}")
         interrupts.check()  # one that arrived during the last request, and was lost
-    except KeyboardInterrupt as exc:
-        finish_campaign(con, campaign_id, "interrupted")
-        raise CampaignInterrupted(campaign_id) from exc
     except BaseException as exc:
-        if query_interrupted(exc):  # the same Ctrl-C, met inside a query
+        # Ctrl-C, as itself or as the error a DuckDB call made of it (common.interrupts).
+        if query_interrupted(exc):
             finish_campaign(con, campaign_id, "interrupted")
             raise CampaignInterrupted(campaign_id) from exc
         finish_campaign(con, campaign_id, "failed")

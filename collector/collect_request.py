@@ -37,6 +37,7 @@ from collector.defaults import DeviceKind, embedded_config, quick_profile
 from common.controls import control_problem
 from common.errors import ConfigError
 from common.secrets import redact_url
+from common.server_apis import DEFAULT_API
 from common.sizes import parse_size
 
 # The metadata of a field that defines the campaign (all but where it is stored, and
@@ -120,7 +121,7 @@ def _attach_config(request: CollectRequest) -> Config:
                 name=f"Attached: {request.model} at {redact_url(request.endpoint)}"
             ),
             server=ServerSection(
-                mode="attach", endpoint=request.endpoint, api=request.api or "openai-chat"
+                mode="attach", endpoint=request.endpoint, api=request.api or DEFAULT_API
             ),
             models=[ModelEntry(label=request.model, name=request.model)],
             configurations=[Configuration(label=request.label or "attached")],

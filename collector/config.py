@@ -26,6 +26,7 @@ from collector.apis import ApiName
 from collector.protocol import TEST_IDS
 from common.controls import control_problem
 from common.errors import ConfigError
+from common.server_apis import DEFAULT_API
 from common.sizes import parse_size
 from common.thresholds import DEFAULT_THRESHOLDS
 
@@ -148,7 +149,7 @@ class ServerSection(_Strict):
     mode: Literal["launch", "attach"] = "launch"
     command: list[str] | None = None  # placeholders: see collector.defaults.PLACEHOLDERS
     endpoint: str | None = None  # attach mode
-    api: ApiName = "openai-chat"
+    api: ApiName = DEFAULT_API
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)  # None: a free port per start
     health_path: str = "/health"

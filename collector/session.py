@@ -417,7 +417,7 @@ def server_session(
     try:
         yield run, telemetry
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt) or query_interrupted(exc):
+        if query_interrupted(exc):
             status, error = "stopped", "campaign interrupted (Ctrl-C)"
         raise
     finally:
