@@ -41,6 +41,7 @@ from collector.tokenizer import OutputCounter, TokenCount
 from common import interrupts
 from common.errors import CampaignFailed, ConfigError, DoesNotFit, ServerError
 from common.server_apis import server_api
+from evidence.metrics import PROBE_CATEGORY
 from evidence.store import query_interrupted
 from evidence.writer import redact_secrets
 
@@ -205,7 +206,10 @@ def run_plan(ctx: CampaignContext, plan: ServerPlan, skip: set[Cell]) -> None:
                 # request (see common.interrupts).
                 interrupts.check()
                 cell = todo[0]
-                if previous_test is not None and cell.test_id != previous_test and camp.pause_s:
+                # The protocol's pause between tests; speed probes are not protocol
+                # tests (collector.probes) and run back to back.
+                probe = tests[cell.test_id].category == PROBE_CATEGORY
+                if previous_test not in (None, cell.test_id) and camp.pause_s and not probe:
                     time.sleep(camp.pause_s)
                 previous_test = cell.test_id
                 ctx.progress.request(cell.test_id, cell.repeat, camp.repeats, cell.stream)

@@ -237,14 +237,37 @@ class Configuration(_Strict):
 
 class SweepSection(_Strict):
     n_cpu_moe: list[int] = Field(min_length=1)
+    # Protocol tests run at each K (None: the campaign's tests; []: none, probes only).
     tests: list[str] | None = None
     repeats: int = Field(1, ge=1)
     args: list[str] = Field(default_factory=lambda: ["--n-cpu-moe", "{k}"])
+    # Speed probes at each K (collector.probes): one per prompt length in tokens, each
+    # answering `decode_tokens` tokens, so prefill is measured at every length and
+    # decode after each prompt. [] runs none.
+    prompt_tokens: list[int] = Field(default_factory=list)
+    decode_tokens: int = Field(64, ge=2)
 
     @field_validator("tests")
     @classmethod
     def _known_tests(cls, tests: list[str] | None) -> list[str] | None:
-        return check_test_ids(tests)
+        return tests if tests == [] else check_test_ids(tests)
+
+    @field_validator("prompt_tokens")
+    @classmethod
+    def _lengths(cls, lengths: list[int]) -> list[int]:
+        if any(n < 1 for n in lengths) or len(set(lengths)) != len(lengths):
+            raise ValueError(
+                f"prompt_tokens {lengths}: give distinct prompt lengths of at least 1 token"
+            )
+        return sorted(lengths)
+
+    @model_validator(mode="after")
+    def _runs_something(self) -> SweepSection:
+        if self.tests == [] and not self.prompt_tokens:
+            raise ValueError(
+                "the sweep runs nothing: name tests, or give prompt_tokens for speed probes"
+            )
+        return self
 
 
 class Config(_Strict):

@@ -67,6 +67,16 @@ LLAMA_SERVER_COMMAND = [
     "5",
 ]
 
+# The curve's probe prompts and answers, in tokens. The long prompt is half the
+# context, not most of it: prefill runs at ~80 tokens/s on one core here, and 21
+# probes of 1.5k tokens would add 7 minutes to the default campaign.
+SWEEP_PROMPT_TOKENS = (128, 1024)
+SWEEP_DECODE_TOKENS = 64
+# The smoke profile's sweep: at most this many K (the ends among them), one repeat,
+# and the probe prompts scaled so the longest is this long.
+QUICK_SWEEP_POINTS = 4
+QUICK_LONGEST_PROMPT = 128
+
 DeviceKind = Literal["none", "rpc"]
 
 # The offload configuration: every expert tensor kept in the server's CPU memory.
@@ -95,17 +105,41 @@ def embedded_config(device: DeviceKind = "rpc", cores: int | None = None) -> cfg
             cfg.Configuration(label="baseline"),
             CPU_MOE,
         ],
-        # The --n-cpu-moe trade-off: K of the 30 MoE blocks keep their experts on
-        # the CPU (0 = none, 30 = all), on two tests, once each.
+        # The --n-cpu-moe trade-off curve ("Choosing K"): K of the 30 MoE blocks keep
+        # their experts on the CPU (0 = none, 30 = all), every fifth K, N = 3 speed
+        # probes at each (collector.probes): prefill of a short prompt and of one half
+        # the context, then decode after each.
         sweep=cfg.SweepSection(
-            n_cpu_moe=[0, 10, 20, 30], tests=["simple-response", "technical-explanation"], repeats=1
+            n_cpu_moe=list(range(0, 31, 5)),
+            tests=[],
+            repeats=3,
+            prompt_tokens=list(SWEEP_PROMPT_TOKENS),
+            decode_tokens=SWEEP_DECODE_TOKENS,
         ),
     )
 
 
 def quick_profile(config: cfg.Config) -> cfg.Config:
-    """Apply the smoke profile to any config (1 repeat, 32-token cap, no pauses)."""
+    """Apply the smoke profile to any config (1 repeat, 32-token cap, no pauses; a
+    sweep thinned to a few K with short probes)."""
     campaign = config.campaign.model_copy(
         update={"repeats": 1, "pause_s": 0.0, "max_tokens_cap": 32}
     )
-    return config.model_copy(update={"campaign": campaign})
+    update: dict[str, object] = {"campaign": campaign}
+    if config.sweep is not None:
+        update["sweep"] = quick_sweep(config.sweep)
+    return config.model_copy(update=update)
+
+
+def quick_sweep(sweep: cfg.SweepSection) -> cfg.SweepSection:
+    """At most QUICK_SWEEP_POINTS K, evenly spaced in the list and keeping both ends;
+    one repeat; probe prompts scaled down so the longest is QUICK_LONGEST_PROMPT."""
+    ks = sweep.n_cpu_moe
+    if len(ks) > QUICK_SWEEP_POINTS:
+        step = (len(ks) - 1) / (QUICK_SWEEP_POINTS - 1)
+        ks = [ks[round(i * step)] for i in range(QUICK_SWEEP_POINTS)]
+    lengths = sweep.prompt_tokens
+    if lengths and max(lengths) > QUICK_LONGEST_PROMPT:
+        scaled = (max(1, n * QUICK_LONGEST_PROMPT // max(lengths)) for n in lengths)
+        lengths = sorted(set(scaled))
+    return sweep.model_copy(update={"n_cpu_moe": ks, "repeats": 1, "prompt_tokens": lengths})

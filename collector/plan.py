@@ -3,7 +3,7 @@
 A cell is (model, configuration, test, repeat, stream); each becomes one row in
 `requests`. Per configuration the tests run in protocol order for each
 repeat, then once more without streaming; a `--n-cpu-moe` sweep adds one
-server configuration per K on its chosen tests.
+server configuration per K on its chosen tests and its speed probes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import duckdb
 
 from collector.config import Config, Configuration, ModelEntry
 from collector.engine import EngineBuild
+from collector.probes import probe_tests
 from collector.progress import CampaignProgress
 from collector.protocol import PROTOCOL, ProtocolTest
 
@@ -59,6 +60,14 @@ def test_max_tokens(config: Config, test: ProtocolTest) -> int:
     return min(test.max_tokens, cap) if cap else test.max_tokens
 
 
+def sweep_probes(config: Config) -> tuple[ProtocolTest, ...]:
+    """The sweep's speed probes (collector.probes), none without a sweep."""
+    sweep = config.sweep
+    if sweep is None or not sweep.prompt_tokens:
+        return ()
+    return probe_tests(sweep.prompt_tokens, sweep.decode_tokens)
+
+
 def server_plans(config: Config) -> list[ServerPlan]:
     """Every server configuration to start, in order, with its cells."""
     plans: list[ServerPlan] = []
@@ -68,7 +77,9 @@ def server_plans(config: Config) -> list[ServerPlan]:
         (c, main_tests, camp.repeats, camp.non_streaming) for c in config.configurations
     ]
     if config.sweep is not None:
-        sweep_tests = PROTOCOL.select(config.sweep.tests) if config.sweep.tests else main_tests
+        sweep_tests = (
+            main_tests if config.sweep.tests is None else PROTOCOL.select(config.sweep.tests)
+        ) + sweep_probes(config)
         for k in config.sweep.n_cpu_moe:
             args = [a.replace("{k}", str(k)) for a in config.sweep.args] if k > 0 else []
             configurations.append(

@@ -31,7 +31,7 @@ from collector.inventory import (
 )
 from collector.log_watch import SeenLoad
 from collector.nvml import Nvml
-from collector.plan import CampaignContext, Cell, test_max_tokens
+from collector.plan import CampaignContext, Cell, sweep_probes, test_max_tokens
 from collector.protocol import PROTOCOL, ProtocolTest
 from collector.telemetry import Sample
 from collector.tokenizer import TokenCount
@@ -124,16 +124,22 @@ def create_campaign(
                 "mem_bandwidth_bytes_per_s": bandwidth,
             },
         )
-        insert_protocol(con, campaign_id, lambda test: test_max_tokens(config, test))
+        insert_protocol(
+            con, campaign_id, lambda test: test_max_tokens(config, test), sweep_probes(config)
+        )
     return campaign_id
 
 
 def insert_protocol(
-    con: duckdb.DuckDBPyConnection, campaign_id: str, max_tokens: Callable[[ProtocolTest], int]
+    con: duckdb.DuckDBPyConnection,
+    campaign_id: str,
+    max_tokens: Callable[[ProtocolTest], int],
+    probes: tuple[ProtocolTest, ...] = (),
 ) -> None:
     """The protocol exactly as this campaign runs it (`tests`): every test, with the
-    token budget sent (`max_tokens`: a profile may cap it) beside the protocol's."""
-    for test in PROTOCOL.tests:
+    token budget sent (`max_tokens`: a profile may cap it) beside the protocol's (for
+    a speed probe, its own budget), then the sweep's speed probes."""
+    for test in (*PROTOCOL.tests, *probes):
         insert_row(
             con,
             "tests",

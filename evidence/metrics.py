@@ -44,6 +44,9 @@ from evidence.llama_names import BLOCK_SQL_PATTERN
 # The category of the protocol's long tests (tests.category), the population of
 # the decode-along-generation figures and the consistent-speed gate.
 LONG_CATEGORY = "extended generation"
+# The category of the `--n-cpu-moe` curve's speed probes (collector.probes): not protocol
+# tests, never scored for quality nor paired with a baseline.
+PROBE_CATEGORY = "speed probe"
 # A quarter of fewer tokens has no rate worth comparing.
 CONSISTENCY_MIN_TOKENS = 16
 
@@ -206,6 +209,16 @@ CREATE OR REPLACE TEMP MACRO compute_buffer_bytes(spec, n_ctx, n_ubatch, n_cpu_m
 CREATE OR REPLACE TEMP MACRO predicted_device_bytes(spec, n_ctx, n_ubatch, n_cpu_moe, op_offload)
     AS device_weight_bytes(spec, n_cpu_moe) + kv_cache_bytes(spec, n_ctx)
        + compute_buffer_bytes(spec, n_ctx, n_ubatch, n_cpu_moe, op_offload);
+
+-- The share of the model's expert bytes kept in CPU memory at K (0 to 1).
+CREATE OR REPLACE TEMP MACRO host_expert_share(spec, n_cpu_moe) AS
+    cpu_expert_bytes(spec, n_cpu_moe)
+        / nullif(TRY_CAST(json_extract(spec, '$.expert_tensor_bytes') AS DOUBLE), 0);
+
+-- The curve's speed model (METRICS['predicted_curve_rate']): tokens/s at a host
+-- expert share, from the seconds per token with none and with all of them there.
+CREATE OR REPLACE TEMP MACRO rate_at_share(time_none, time_all, share) AS
+    1 / (time_none + share * (time_all - time_none));
 """
 
 _REQUEST_FROM = """
@@ -318,6 +331,43 @@ _PER_REQUEST: tuple[Metric, ...] = (
         "THEN greatest(ttft_ms - model_load_ms, 0) END",
         needs=("ttft_ms", "model_load_ms"),
         higher_is_better=False,
+    ),
+    Metric(
+        "prompt_tokens",
+        "Prompt tokens",
+        "tokens",
+        "The prompt tokens the server processed for the request: llama.cpp's "
+        "`timings.prompt_n` (every token of the prompt when the request says "
+        "`cache_prompt: false`, the campaign's default), else the usage's `prompt_tokens` "
+        "(0 from a server that also says 0 output tokens is no count). NULL when neither "
+        "is sent.",
+        sql="coalesce(t.timings_prompt_n, nullif(r.usage_prompt_tokens, 0))",
+    ),
+    Metric(
+        "prefill_tps",
+        "Prefill tokens/s",
+        "tokens/s",
+        "Prompt processing speed: the server's own `timings` where it sends them "
+        "(`prompt_n` / `prompt_ms`: the engine's time for the prompt alone); else prompt "
+        "tokens / time to first token (after the model load, where the request contained "
+        "one), which also counts the way to the server and the first decode step, so it "
+        "reads lower than the engine's figure. `prefill_source` says which. Streamed "
+        "requests, or any request with server timings.",
+        sql="CASE WHEN t.timings_prompt_ms > 0 AND t.timings_prompt_n > 0 "
+        "THEN t.timings_prompt_n * 1000 / t.timings_prompt_ms "
+        "WHEN coalesce(ttft_after_load_ms, ttft_ms) > 0 AND prompt_tokens > 0 "
+        "THEN prompt_tokens * 1000 / coalesce(ttft_after_load_ms, ttft_ms) END",
+        needs=("ttft_ms", "ttft_after_load_ms", "prompt_tokens"),
+        higher_is_better=True,
+    ),
+    Metric(
+        "prefill_source",
+        "Prefill source",
+        "",
+        "Where the prefill speed comes from: `server timings` or `TTFT` (see prefill tokens/s).",
+        sql="CASE WHEN t.timings_prompt_ms > 0 AND t.timings_prompt_n > 0 THEN 'server timings' "
+        "WHEN prefill_tps IS NOT NULL THEN 'TTFT' END",
+        needs=("prefill_tps",),
     ),
     Metric(
         "request_rss_peak_bytes",
@@ -942,56 +992,84 @@ GROUP BY b.campaign_id, b.model_id, b.config_label, b.host_bytes_per_token
 """,
         needs=("decode_tps", "in_headline", "host_bytes_per_token"),
     ),
-    # The offload speed model, per configuration (the view `decode_prediction`).
+    # The --n-cpu-moe curve, measured (the view `curve_points`): per sweep
+    # configuration and speed probe, prefill and decode as two rows.
     Metric(
-        "predicted_decode_tps",
-        "Predicted decode tokens/s (offload speed model)",
+        "curve_rate",
+        "Speed at K (measured)",
         "tokens/s",
-        "A roofline over the bytes each decode step reads, calibrated on measured rates: per "
-        "token the device reads D(K) bytes (the non-expert weights plus the active share, "
-        "experts used / experts, of the expert tensors left on it) and the host H(K) (the "
-        "active share of the expert tensors of the K blocks kept in CPU memory), both from "
-        "the GGUF file. The device's rate is measured on the runs with no expert on the CPU "
-        "(D(0) x decode tokens/s), the host's on the runs with every expert there; the "
-        "prediction for any K is 1 / (D(K)/device rate + H(K)/host rate). Those two kinds of "
-        "run are the calibration points (error 0 by construction); the error of the others "
-        "(measured / predicted - 1) tests the model. Decode means over the tests every "
-        "configuration of the model ran.",
-        view="decode_prediction",
-        sql="""
-WITH cfg AS (
-    SELECT o.campaign_id, o.model_id, o.config_label,
-           avg(o.decode_tps) AS decode_tps, count(o.decode_tps) AS n
-    FROM request_metrics o JOIN common_tests USING (campaign_id, model_id, test_id)
-    WHERE o.stream AND o.in_headline
+        "Per configuration of the `--n-cpu-moe` sweep and speed probe (a prompt of a "
+        "given length, then a fixed decode budget; collector.probes): the mean over its "
+        "completed, not starved streamed requests of prefill tokens/s (`measure` = "
+        "prefill: the server's timings, else prompt tokens / TTFT, `source` says which) "
+        "and of decode tokens/s after that prompt (`measure` = decode), with their count "
+        "and sample standard deviation; beside them the configuration's device memory "
+        "(the loader log's device buffers, and the measured device memory after load) "
+        "and the server's resident memory after load.",
+        view="curve_points",
+        sql=f"""
+WITH probe AS (
+    SELECT r.campaign_id, r.model_id, r.config_label, r.test_id, r.prompt_tokens,
+           r.prefill_tps, r.prefill_source, r.decode_tps
+    FROM request_metrics r JOIN tests t USING (campaign_id, test_id)
+    WHERE t.category = '{PROBE_CATEGORY}' AND r.stream AND r.in_headline
+), measured AS (
+    SELECT p.campaign_id, p.model_id, p.config_label, p.test_id,
+           avg(p.prompt_tokens) AS prompt_tokens, m.measure,
+           count(m.rate) AS n, avg(m.rate) AS curve_rate, stddev_samp(m.rate) AS rate_sd,
+           min(m.rate) AS rate_min, max(m.rate) AS rate_max,
+           string_agg(DISTINCT m.source, ', ') AS source
+    FROM probe p
+    CROSS JOIN LATERAL (VALUES ('prefill', p.prefill_tps, p.prefill_source),
+                               ('decode', p.decode_tps, 'client')) m(measure, rate, source)
+    WHERE m.rate IS NOT NULL
     GROUP BY ALL
-    HAVING count(o.decode_tps) > 0
-), per_token AS (
-    SELECT c.*, b.n_cpu_moe, b.device_bytes, b.host_bytes, b.all_on_host
-    FROM cfg c JOIN config_bytes_per_token b USING (campaign_id, model_id, config_label)
-), device_rate AS (
-    SELECT campaign_id, model_id, avg(device_bytes * decode_tps) AS r_d
-    FROM per_token WHERE host_bytes = 0 GROUP BY ALL
-), host_rate AS (
-    SELECT p.campaign_id, p.model_id,
-           avg(p.host_bytes / nullif(1 / p.decode_tps - p.device_bytes / d.r_d, 0)) AS r_h
-    FROM per_token p JOIN device_rate d USING (campaign_id, model_id)
-    WHERE p.all_on_host GROUP BY ALL
 )
-SELECT p.campaign_id, p.model_id, p.config_label, p.n_cpu_moe, p.n, p.decode_tps,
-       p.device_bytes, p.host_bytes, d.r_d AS device_rate_bytes_per_s,
-       h.r_h AS host_rate_bytes_per_s,
-       (p.host_bytes = 0 OR p.all_on_host) AS calibration_point,
-       CASE WHEN h.r_h > 0 THEN 1 / (p.device_bytes / d.r_d + p.host_bytes / h.r_h) END
-           AS predicted_decode_tps,
-       CASE WHEN h.r_h > 0
-            THEN p.decode_tps * (p.device_bytes / d.r_d + p.host_bytes / h.r_h) - 1 END
-           AS prediction_error
-FROM per_token p
-LEFT JOIN device_rate d USING (campaign_id, model_id)
-LEFT JOIN host_rate h USING (campaign_id, model_id)
+SELECT m.*, c.n_cpu_moe,
+       c.gpu_log_mib * 1048576 AS device_log_bytes,
+       c.gpu_measured_bytes AS device_measured_bytes,
+       c.rss_idle_bytes AS host_rss_bytes
+FROM measured m JOIN config_memory c USING (campaign_id, model_id, config_label)
 """,
-        needs=("completed", "decode_tps", "in_headline", "host_bytes_per_token"),
+        needs=("prompt_tokens", "prefill_tps", "prefill_source", "decode_tps", "in_headline"),
+        higher_is_better=True,
+    ),
+    # The curve, predicted from its ends (the view `curve_prediction`).
+    Metric(
+        "predicted_curve_rate",
+        "Speed at K (predicted)",
+        "tokens/s",
+        "The time per token at K, predicted from the two ends of the curve alone: the runs "
+        "with no expert tensor in CPU memory (K = 0) and with all of them there (K = all "
+        "MoE blocks). Between them each token's time moves with the share x(K) of the "
+        "expert bytes kept in CPU memory (from the GGUF file): the device stops reading "
+        "those bytes and the host starts, and each block moved adds its graph splits and "
+        "their round trips; so time(K) = time(0) + x(K) (time(all) - time(0)) and the "
+        "prediction is 1 / time(K), per probe and measure (prefill, decode). The ends are "
+        "the calibration points (error 0 by construction); the error of every point between "
+        "(measured / predicted - 1) tests the model. No point between the ends is fitted.",
+        view="curve_prediction",
+        sql="""
+WITH pts AS (
+    SELECT c.*, host_expert_share(md.spec, c.n_cpu_moe) AS host_share
+    FROM curve_points c JOIN models md USING (model_id)
+), ends AS (
+    SELECT campaign_id, model_id, test_id, measure,
+           avg(1 / curve_rate) FILTER (WHERE host_share = 0) AS time_none,
+           avg(1 / curve_rate) FILTER (WHERE host_share = 1) AS time_all
+    FROM pts WHERE curve_rate > 0 GROUP BY ALL
+)
+SELECT p.campaign_id, p.model_id, p.config_label, p.n_cpu_moe, p.test_id, p.measure,
+       p.prompt_tokens, p.n, p.curve_rate, p.rate_sd, p.source, p.host_share,
+       p.host_share IN (0, 1) AS calibration_point,
+       e.time_none, e.time_all,
+       rate_at_share(e.time_none, e.time_all, p.host_share) AS predicted_curve_rate,
+       p.curve_rate / rate_at_share(e.time_none, e.time_all, p.host_share) - 1
+           AS prediction_error
+FROM pts p JOIN ends e USING (campaign_id, model_id, test_id, measure)
+WHERE e.time_none IS NOT NULL AND e.time_all IS NOT NULL
+""",
+        needs=("curve_rate",),
         higher_is_better=True,
     ),
     # Decode rate in each tenth of a long generation, per request (the view
@@ -1083,6 +1161,8 @@ SELECT r.request_id,
        TRY_CAST(json_extract(r.server_timings, '$.predicted_n') AS BIGINT) AS timings_tokens,
        TRY_CAST(json_extract(r.server_timings, '$.predicted_per_second') AS DOUBLE)
            AS server_decode_tps,
+       TRY_CAST(json_extract(r.server_timings, '$.prompt_n') AS BIGINT) AS timings_prompt_n,
+       TRY_CAST(json_extract(r.server_timings, '$.prompt_ms') AS DOUBLE) AS timings_prompt_ms,
        coalesce(u.usage_tokens,
                 TRY_CAST(json_extract(r.server_timings, '$.predicted_n') AS BIGINT),
                 r.tokenized_output_tokens,

@@ -375,6 +375,16 @@ def _advise_args(p: argparse.ArgumentParser) -> None:
         help="memory a fitting K must leave free (default: 1024MiB on a GPU, as llama.cpp's "
         "--fit; 2%% of the device, at least 2.5MiB, on the RPC device)",
     )
+    p.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        metavar="STORE",
+        help="an evidence store (DuckDB file) to read a speed calibration from: a campaign of "
+        "the same model file on this host and device whose sweep ran speed probes at K = 0 "
+        "and K = all; adds predicted decode and prefill tokens/s per K and recommends the "
+        "fastest K that fits (default: no store, memory only)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -389,6 +399,7 @@ def _advise(args: argparse.Namespace) -> int:
             n_ctx=args.ctx,
             margin=args.margin,
             as_json=args.json,
+            db=args.db,
         )
     )
     return EXIT_OK
@@ -446,7 +457,8 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
         *_inspect_file("a saved stdout/stderr log", "collector.loader_log:print_log_summary"),
     ),
     "advise": (
-        "which --n-cpu-moe K fits a device: device memory per K, predicted from the GGUF file",
+        "which --n-cpu-moe K fits a device: device memory per K, predicted from the GGUF file "
+        "(and speed per K, from a calibration in --db)",
         _advise_args,
         _advise,
     ),

@@ -17,8 +17,9 @@ from typing import Any
 import altair as alt
 
 from common.errors import BuildError
+from report.context.choosing_k import ChoosingKContext
 from report.context.history import HistoryContext, HistoryMetric
-from report.context.memory import MemoryContext, TradeoffPoint
+from report.context.memory import MemoryContext
 from report.context.performance import MetricTable, PerformanceContext
 from report.context.quality import QualityContext
 from report.context.streaming import StreamingContext
@@ -321,67 +322,75 @@ def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
     return _chart("memory-distribution", title, chart, {"data": data})
 
 
-def _tradeoff_chart(memory: MemoryContext) -> Chart | Missing:
-    points = memory.tradeoff
-    if len({p.config for p in points}) < 2:
-        return Missing("fewer than two configurations to compare")
-
-    def at(p: TradeoffPoint) -> dict[str, Any]:
-        return {"model": p.model, "config": p.config, "layers": p.layers_on_cpu}
-
-    gpu = [{**at(p), "mib": _mib(p.chart_gpu)} for p in points if isinstance(p.chart_gpu, Quantity)]
-    speed = [{**at(p), **_stat_fields(p.decode)} for p in points if p.decode.mean is not None]
-    predicted = [
-        {**at(p), "tps": p.predicted.value}
-        for p in sorted(points, key=lambda p: (p.model, p.layers_on_cpu))
-        if isinstance(p.predicted, Quantity)
+def _speed_curve_chart(ctx: ChoosingKContext, measure: str) -> Chart | Missing:
+    """Device memory (x) against `measure` tokens/s (y) per K, one colour per probe:
+    measured means with their 95 % CI, the speed model's prediction dashed, the
+    device memory in force and common card sizes as vertical lines."""
+    measured, predicted = [], []
+    for p in ctx.points:
+        if not isinstance(p.device, Quantity):
+            continue
+        at = {"model": p.model, "k": p.k, "mib": _mib(p.device)}
+        for s in p.speeds:
+            if s.measure != measure or s.measured.mean is None:
+                continue
+            probe = {**at, "probe": s.probe}
+            measured.append({**probe, **_stat_fields(s.measured)})
+            if isinstance(s.predicted, Quantity):
+                predicted.append({**probe, "tps": s.predicted.value})
+    if not measured:
+        return Missing(f"no {measure} rate measured at any K")
+    predicted.sort(key=lambda r: (r["model"], r["probe"], r["mib"]))
+    lines = [{"mib": g * 1024, "what": f"{g} GiB card"} for g in ctx.cards]
+    if ctx.device_limit is not None:
+        lines.append({"mib": _mib(ctx.device_limit), "what": "device memory in force"})
+    x = alt.X("mib:Q", title="device memory (MiB; loader log, estimated where it did not fit)")
+    color = alt.Color("probe:N", title="probe (prompt)")
+    keys: list[Tip] = ["model:N", "k:Q", "probe:N", ("mib:Q", ",.1f")]
+    base = alt.Chart(_data("measured")).encode(x=x, color=color)
+    title_y = f"{measure} tokens/s (mean; 95 % CI where N >= 3)"
+    layers = [
+        base.mark_point(filled=True, size=50).encode(
+            y=alt.Y("mean:Q", title=title_y), tooltip=[*_tooltip(*keys), *_stat_tooltip()]
+        ),
+        *_ci_rules(base, measured),
     ]
-    x = alt.X("layers:Q", title="MoE layers with experts in CPU memory")
-    color = alt.Color("model:N", title="model")
-    keys = ["model:N", "config:N", "layers:Q"]
-    panels = []
-    if gpu:
-        panels.append(
-            alt.Chart(_data("gpu"))
-            .mark_line(point=True)
+    if predicted:
+        layers.append(
+            alt.Chart(_data("predicted"))
+            .mark_line(strokeDash=[4, 3], opacity=0.8)
             .encode(
                 x=x,
-                y=alt.Y("mib:Q", title=f"device memory (MiB, {memory.tradeoff_source})"),
+                y="tps:Q",
                 color=color,
-                tooltip=_tooltip(*keys, ("mib:Q", ",.1f")),
+                detail="model:N",
+                tooltip=_tooltip(*keys, ("tps:Q", ".3~g", "predicted")),
             )
-            .properties(width=WIDTH // 2 - 20, height=220)
         )
-    if speed:
-        base = alt.Chart(_data("speed")).encode(x=x, color=color)
-        speed_layers = [
-            base.mark_line(point=True).encode(
-                y=alt.Y("mean:Q", title="decode tokens/s (mean; 95 % CI where N >= 3)"),
-                tooltip=_tooltip(*keys, ("mean:Q", ".3~g"), "n:Q"),
-            ),
-            *_ci_rules(base, speed),
-        ]
-        if predicted:
-            speed_layers.append(
-                alt.Chart(_data("predicted"))
-                .mark_line(strokeDash=[4, 3], opacity=0.8)
-                .encode(
-                    x=x,
-                    y="tps:Q",
-                    color=color,
-                    tooltip=_tooltip(*keys, ("tps:Q", ".3~g", "predicted")),
-                )
+    if lines:
+        layers.append(
+            alt.Chart(_data("lines"))
+            .mark_rule(strokeDash=[2, 2])
+            .encode(
+                x="mib:Q",
+                color=alt.value("#d62728"),
+                tooltip=_tooltip("what:N", ("mib:Q", ",.1f")),
             )
-        panels.append(alt.layer(*speed_layers).properties(width=WIDTH // 2 - 20, height=220))
-    if not panels:
-        return Missing("neither GPU memory nor decode speed was measured for these runs")
-    title = "The --n-cpu-moe trade-off: device memory and decode speed"
+        )
+    title = f"{measure.capitalize()} speed against device memory, per K (dashed: predicted)"
     return _chart(
-        "memory-tradeoff",
+        f"choosing-k-{measure}",
         title,
-        alt.hconcat(*panels),
-        {"gpu": gpu, "speed": speed, "predicted": predicted},
+        alt.layer(*layers).properties(width=WIDTH, height=260),
+        {"measured": measured, "predicted": predicted, "lines": lines},
     )
+
+
+def choosing_k_charts(
+    ctx: ChoosingKContext, configs: Sequence[str], tests: Sequence[str]
+) -> Charts:
+    """The Choosing K page's charts: decode, then prefill, against device memory."""
+    return {f"choosing-k-{m}": _speed_curve_chart(ctx, m) for m in ("decode", "prefill")}
 
 
 def _memory_timeline_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missing:
@@ -613,7 +622,6 @@ def memory_charts(memory: MemoryContext, configs: Sequence[str], tests: Sequence
     return {
         "memory-vram": _vram_chart(memory, configs),
         "memory-distribution": _distribution_chart(memory),
-        "memory-tradeoff": _tradeoff_chart(memory),
         "memory-timeline": _memory_timeline_chart(memory, configs),
     }
 

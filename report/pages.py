@@ -23,6 +23,7 @@ import duckdb
 from common.errors import BuildError
 from report import charts
 from report.context import (
+    choosing_k,
     data,
     history,
     hosts,
@@ -127,7 +128,15 @@ SITE: tuple[Page | HandWritten, ...] = (
             i.context("memory"),
             i.context("performance"),
             i.context("quality"),
+            i.context("choosing-k"),
         ),
+    ),
+    Page(
+        "choosing-k",
+        "Choosing K",
+        WHITEPAPER,
+        lambda i: choosing_k.build(i.con, i.sel, i.context("memory")),
+        charts.choosing_k_charts,
     ),
     Page(
         "memory",

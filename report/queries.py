@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import duckdb
 
 from common.errors import BuildError
-from evidence.metrics import METRICS, Metric, create_views
+from evidence.metrics import METRICS, PROBE_CATEGORY, Metric, create_views
 from evidence.statistics import aggregate_sql, summarize
 from report.values import Stat
 from scoring.gates import evaluate_gates
@@ -229,7 +229,10 @@ def prepare(
                t.ordinal AS test_order, t.category
         FROM request_metrics r
         JOIN sel_models m USING (model_id)
-        LEFT JOIN tests t ON t.campaign_id = r.campaign_id AND t.test_id = r.test_id;
+        LEFT JOIN tests t ON t.campaign_id = r.campaign_id AND t.test_id = r.test_id
+        -- The sweep's speed probes are not protocol tests: Choosing K reads them
+        -- from their own views (curve_points).
+        WHERE t.category IS DISTINCT FROM '{PROBE_CATEGORY}';
 
         -- A configuration is "main" when it ran every test its model ran; a
         -- --n-cpu-moe sweep usually runs a subset and is shown apart.

@@ -88,7 +88,10 @@ def test_duplicate_labels(tmp_path: Path) -> None:
 
 def test_default_plan_is_the_protocol() -> None:
     plans = server_plans(embedded_config())
-    assert [p.configuration.label for p in plans] == SWEEP_LABELS
+    sweep = [f"n-cpu-moe-{k}" for k in range(0, 31, 5)]
+    assert [p.configuration.label for p in plans] == ["baseline", "cpu-moe", *sweep]
+    quick = server_plans(quick_profile(embedded_config()))
+    assert [p.configuration.label for p in quick] == SWEEP_LABELS
     cells = plans[0].cells
     assert len([c for c in cells if c.stream]) == 9 * 3
     assert len([c for c in cells if not c.stream]) == 9

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from evidence.store import open_store
-from report.context import memory, performance, quality, streaming, summary
+from report.context import choosing_k, memory, performance, quality, streaming, summary
 from report.queries import Selection, prepare, select_campaigns
 from report.values import Missing, Quantity
 from scoring.gates import evaluate_gates
@@ -122,7 +122,7 @@ def test_summary_avg_tokens_per_second_is_the_protocols_definition(
     mem = memory.build(con, sel)
     perf = performance.build(con, sel, mem.runs)
     qual = quality.build(con, sel)
-    ctx = summary.build(con, sel, mem, perf, qual)
+    ctx = summary.build(con, sel, mem, perf, qual, choosing_k.build(con, sel, mem))
     rows = {r.config: r for r in ctx.rows}
     # Recompute by hand from the raw tables: output tokens / E2E, successful streamed only.
     raw = con.execute(

@@ -24,7 +24,7 @@ from collector.protocol import PROTOCOL
 from collector.recording import insert_protocol
 from evidence.store import open_store
 from evidence.writer import to_json
-from report.context import memory, performance, quality, summary
+from report.context import choosing_k, memory, performance, quality, summary
 from report.queries import prepare, select_campaigns
 from scoring.store import rescore_campaign
 from tests.support.report import build, project
@@ -151,7 +151,9 @@ def test_the_summary_counts_the_missing_output(opened: duckdb.DuckDBPyConnection
     prepare(opened, sel)
     mem = memory.build(opened, sel)
     perf = performance.build(opened, sel, mem.runs)
-    page = summary.build(opened, sel, mem, perf, quality.build(opened, sel))
+    page = summary.build(
+        opened, sel, mem, perf, quality.build(opened, sel), choosing_k.build(opened, sel, mem)
+    )
     (answer,) = page.answers
     assert (answer.identical, answer.pairs) == (5, 6)
     assert [(x.test_id, x.stream, x.what) for x in answer.lost] == [

@@ -18,8 +18,8 @@ import duckdb
 from evidence.llama_names import is_host_device
 from report.context import reloads
 from report.context.common import as_dict, as_list, no_gpu_reason, ranges
-from report.queries import OK_STREAMED, Selection, metric, rows, stat_or_empty, stats_by
-from report.values import SOURCE_TEXT, Figure, Missing, Quantity, Source, Stat
+from report.queries import Selection, metric, rows
+from report.values import SOURCE_TEXT, Figure, Missing, Quantity, Source
 
 MIB = 1 << 20
 
@@ -107,20 +107,6 @@ class VramComparison:
 
 
 @dataclass(frozen=True)
-class TradeoffPoint:
-    model: str
-    config: str
-    layers_on_cpu: int
-    gpu: Figure  # the best figure for this point, labelled with its source
-    chart_gpu: Figure  # the figure from the source every point has (for the chart)
-    vram_saved: Figure
-    decode: Stat
-    predicted: Figure  # the offload speed model's decode tokens/s (`decode_prediction`)
-    prediction_error: Figure  # measured / predicted - 1
-    calibration: bool  # a point the model's rates were measured on
-
-
-@dataclass(frozen=True)
 class MemorySample:
     model: str
     config: str
@@ -135,9 +121,6 @@ class MemoryContext:
 
     runs: tuple[RunMemory, ...]
     comparisons: tuple[VramComparison, ...]
-    tradeoff: tuple[TradeoffPoint, ...]
-    tradeoff_source: str
-    tradeoff_tests: tuple[str, ...]
     has_sweep: bool
     timeline: tuple[MemorySample, ...]
     gpu_reason: str | None  # why no GPU figure is measured, when none is
@@ -191,7 +174,6 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
     runs = tuple(_not_resident(_run_memory(f), f["server_run_id"] in per_request) for f in facts)
     expected = {f["model_id"]: f["expected_vram_saved_pct"] for f in facts}
     comparisons = tuple(_comparisons(con, runs, expected))
-    tradeoff, source, tests = _tradeoff(con, runs, comparisons)
     # A run that did not fit the device has no measurement by nature: not a reason.
     reasons = {
         r.gpu_measured.reason for r in runs if isinstance(r.gpu_measured, Missing) and not r.unfit
@@ -199,9 +181,6 @@ def build(con: duckdb.DuckDBPyConnection, sel: Selection) -> MemoryContext:
     return MemoryContext(
         runs=runs,
         comparisons=comparisons,
-        tradeoff=tradeoff,
-        tradeoff_source=source,
-        tradeoff_tests=tests,
         has_sweep=any(r.n_cpu_moe is not None and r.n_cpu_moe > 0 for r in runs),
         timeline=_timeline(con),
         buffer_columns=tuple(
@@ -552,106 +531,6 @@ def _compare(
         deviation=deviation,
         memory=tuple((source, b, o) for source, (b, o) in sides.items()),
     )
-
-
-def _tradeoff(
-    con: duckdb.DuckDBPyConnection,
-    runs: tuple[RunMemory, ...],
-    comparisons: tuple[VramComparison, ...],
-) -> tuple[tuple[TradeoffPoint, ...], str, tuple[str, ...]]:
-    """GPU memory and decode speed against expert layers kept on CPU, per model.
-
-    Decode speed is compared over the tests every configuration of the model
-    ran (a sweep usually runs a subset), so the points are like for like.
-    """
-    tests = tuple(
-        r["test_id"]
-        for r in rows(
-            con,
-            "SELECT DISTINCT test_id, min(test_order) o FROM common_tests "
-            "JOIN sel_requests USING (campaign_id, model_id, test_id) GROUP BY test_id ORDER BY o",
-        )
-    )
-    decode = stats_by(
-        con,
-        "decode_tps",
-        ["model_id", "config_label"],
-        where=f"{OK_STREAMED} AND (campaign_id, model_id, test_id) IN "
-        "(SELECT campaign_id, model_id, test_id FROM common_tests)",
-    )
-    sources = ("measured", "log", "estimated")
-    usable = {s: all(isinstance(_gpu(r, s), Quantity) for r in runs) for s in sources}
-    source = next((s for s in sources if usable[s]), "none")
-    saved_by = {(c.model_id, c.config): c.headline for c in comparisons}
-    model = {
-        (d["model_id"], d["config_label"]): d
-        for d in rows(
-            con,
-            "SELECT d.* FROM decode_prediction d JOIN sel_models m USING (campaign_id, model_id)",
-        )
-    }
-    points = []
-    for r in runs:
-        if r.layers_on_cpu is None and r.n_cpu_moe not in (None, 0):
-            continue
-        layers = r.layers_on_cpu if r.layers_on_cpu is not None else 0
-        # Each point shows its best figure, labelled; the chart plots only the
-        # source every point has, so one line never mixes sources.
-        gpu = next(
-            (g for g in (_gpu(r, s) for s in sources) if isinstance(g, Quantity)),
-            _gpu(r, "measured"),
-        )
-        stat = stat_or_empty(
-            decode,
-            (r.model_id, r.config),
-            metric("decode_tps").unit,
-            "does not fit the device"
-            if r.unfit
-            else "no successful streamed request on the common tests",
-        )
-        saved: Figure = saved_by.get(
-            (r.model_id, r.config), Missing("no expert layer in CPU memory", not_applicable=True)
-        )
-        common = _gpu(r, source) if source != "none" else Missing("no common source")
-        predicted, error, calibration = _prediction(model.get((r.model_id, r.config)))
-        if r.unfit:
-            predicted = error = Missing("does not fit the device")
-        points.append(
-            TradeoffPoint(
-                r.model, r.config, layers, gpu, common, saved, stat, predicted, error, calibration
-            )
-        )
-    return tuple(points), source, tests
-
-
-def _prediction(row: dict[str, Any] | None) -> tuple[Figure, Figure, bool]:
-    """The offload speed model's figures for one configuration (`decode_prediction`)."""
-    if row is None:
-        why = Missing("no successful streamed request on the common tests")
-        return why, why, False
-    if row["predicted_decode_tps"] is None:
-        why = Missing(
-            "the model needs runs with no expert and with every expert in CPU memory, "
-            "and the GGUF sizes"
-        )
-        return why, why, bool(row["calibration_point"])
-    calibration = bool(row["calibration_point"])
-    note = "calibration point" if calibration else "held out"
-    return (
-        Quantity(
-            float(row["predicted_decode_tps"]),
-            metric("predicted_decode_tps").unit,
-            "estimated",
-            note,
-        ),
-        Quantity(100.0 * float(row["prediction_error"]), "%", "estimated", note),
-        calibration,
-    )
-
-
-def _gpu(r: RunMemory, source: str) -> Figure:
-    """A run's GPU memory from one source; measured is after load, as VRAM saved uses it."""
-    return {"measured": r.gpu_idle_measured, "log": r.gpu_log, "estimated": r.gpu_estimated}[source]
 
 
 def _timeline(con: duckdb.DuckDBPyConnection) -> tuple[MemorySample, ...]:

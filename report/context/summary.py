@@ -4,10 +4,12 @@ protocol's summary table (one row per model and configuration)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import duckdb
 
+from report.context.choosing_k import Answer as KAnswer
+from report.context.choosing_k import ChoosingKContext
 from report.context.common import Gate, gate_rank
 from report.context.host_load import HostLoadContext
 from report.context.memory import MemoryContext
@@ -121,6 +123,8 @@ class SummaryContext:
     host_load: HostLoadContext  # requests other processes starved, beside the headline
     unfit_baselines: tuple[str, ...] = ()  # models whose baseline did not fit the device
     failed_configs: tuple[FailedConfig, ...] = ()  # configurations with no successful request
+    # Per model, the fastest K of the sweep that loaded (the Choosing K page's answer).
+    fastest_k: dict[str, KAnswer] = field(default_factory=dict)
 
 
 def _verdict(
@@ -219,6 +223,7 @@ def build(
     memory: MemoryContext,
     performance: PerformanceContext,
     quality: QualityContext,
+    choosing: ChoosingKContext,
 ) -> SummaryContext:
     """The summary page's context, from the other pages' contexts and the gates."""
     found = rows(
@@ -354,6 +359,7 @@ def build(
         host_load=performance.host_load,
         unfit_baselines=tuple(u.model for u in memory.unfit_baselines),
         failed_configs=tuple(failed.values()),
+        fastest_k={a.model: a for a in choosing.answers},
     )
 
 

@@ -20,7 +20,8 @@ from collector.engine import EngineBuild
 from collector.progress import CampaignProgress
 from collector.runner import _inspect
 
-# Every configuration of the embedded sweep, in plan order.
+# Every configuration of the embedded quick campaign, in plan order (the quick
+# profile thins the default sweep of K = 0, 5, ..., 30 to four K).
 SWEEP_LABELS = [
     "baseline",
     "cpu-moe",
