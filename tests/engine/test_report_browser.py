@@ -165,14 +165,40 @@ def test_the_first_screen_answers_and_says_what_the_run_cannot_show(
     _first_screen(site, browser, tmp_path / "first-screen.png")
 
 
+@pytest.fixture(scope="module")
+def quick_site(quick_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site of the session's real quick campaign (its sweep ran the speed probes)."""
+    return build(quick_store, project(tmp_path_factory.mktemp("quick-site"))).site_dir
+
+
 @pytest.mark.engine
 def test_the_first_screen_of_a_real_quick_campaign(
-    quick_store: Path, browser: Any, tmp_path: Path
+    quick_site: Path, browser: Any, tmp_path: Path
 ) -> None:
     """The same on a real quick run on the RPC device: its saving is measured."""
-    site = build(quick_store, project(tmp_path)).site_dir
-    text = _first_screen(site, browser, tmp_path / "first-screen.png")
+    text = _first_screen(quick_site, browser, tmp_path / "first-screen.png")
     assert "(measured)" in text
+    assert "the fastest K measured" in text
+
+
+@pytest.mark.engine
+def test_choosing_k_draws_the_real_curve(quick_site: Path, browser: Any) -> None:
+    """The Choosing K page of a real sweep: both charts drawn live, a row per K."""
+    with serve(quick_site) as base:
+        visit = Visit(browser, base, "choosing-k/")
+        try:
+            assert visit.errors == [] and visit.external == []
+            figures = visit.page.locator("figure.chart")
+            assert figures.count() == 2
+            visit.page.wait_for_function(
+                "document.querySelectorAll('figure.chart-live').length === 2", timeout=15_000
+            )
+            text = visit.page.locator("article").inner_text()
+            for k in (0, 10, 20, 30):
+                assert f"smollm2-moe-4x2\t{k}\t" in text, k
+            assert "calibration point" in text
+        finally:
+            visit.close()
 
 
 def test_every_page_loads_offline_without_console_errors(site: Path, browser: Any) -> None:
