@@ -20,6 +20,7 @@ from collector.engine import EngineBuild
 from evidence.metrics import create_views
 from evidence.store import open_store
 from tests.support import cli
+from tests.support.charts import svgs_remembered
 from tests.support.stores import StoreFactory
 
 ENGINE_TIER = Path(__file__).parent / "engine"
@@ -54,6 +55,14 @@ def moe_model() -> Path:
     from collector.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remembered_svgs() -> Iterator[None]:
+    """Every site build of the run draws a chart's SVG once per spec (see
+    tests.support.charts)."""
+    with svgs_remembered():
+        yield
 
 
 @pytest.fixture
