@@ -9,6 +9,8 @@ A campaign stored before this rule resumes under it.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,16 +136,26 @@ def _old_store(db: Path, server: CalibratedServer) -> str:
     return str(campaign_id)
 
 
+@pytest.fixture(scope="module")
+def old_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CalibratedServer, Path, str]]:
+    """The server, and a store of an old campaign of it; each test resumes a copy."""
+    db = tmp_path_factory.mktemp("old") / "e.duckdb"
+    with CalibratedServer(Scenario(tokens=4, gap_s=0.001)) as server:
+        yield server, db, _old_store(db, server)
+
+
 @pytest.mark.parametrize("with_flags", [True, False], ids=["same-flags", "resume-alone"])
 def test_a_campaign_stored_before_budget_deadlines_resumes(
-    tmp_path: Path, with_flags: bool
+    tmp_path: Path, old_store: tuple[CalibratedServer, Path, str], with_flags: bool
 ) -> None:
+    server, stored, campaign_id = old_store
     db = tmp_path / "e.duckdb"
-    with CalibratedServer(Scenario(tokens=4, gap_s=0.001)) as server:
-        campaign_id = _old_store(db, server)
-        flags = ["--endpoint", server.base_url, "--model", "calibration", "--quick"]
-        given = [*flags, "--tests", "simple-response"] if with_flags else []
-        done = collect(*given, "--db", str(db), "--resume", campaign_id)
+    shutil.copyfile(stored, db)
+    flags = ["--endpoint", server.base_url, "--model", "calibration", "--quick"]
+    given = [*flags, "--tests", "simple-response"] if with_flags else []
+    done = collect(*given, "--db", str(db), "--resume", campaign_id)
     assert done.returncode == 0, done.stderr
     assert f"resuming campaign {campaign_id}: 1 cells already stored" in done.stderr
     assert query(db, "SELECT status FROM campaigns") == [("complete",)]

@@ -11,6 +11,7 @@ the Ctrl-C hint tells the user to run.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +57,16 @@ def _interrupted(db: Path, *flags: str) -> str:
     return str(campaign_id)
 
 
+@pytest.fixture(scope="module")
+def interrupted_store(
+    tmp_path_factory: pytest.TempPathFactory, server: CalibratedServer
+) -> tuple[Path, str]:
+    """A campaign run without its non-streamed pass, then interrupted; each test that
+    resumes it differently gets its own copy of the file."""
+    db = tmp_path_factory.mktemp("interrupted") / "e.duckdb"
+    return db, _interrupted(db, *_flags(server), "--no-non-streaming")
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
@@ -84,10 +95,15 @@ def _interrupted(db: Path, *flags: str) -> str:
     ids=["profile", "api", "model", "tests", "endpoint"],
 )
 def test_resume_refuses_a_different_campaign(
-    tmp_path: Path, server: CalibratedServer, change: Any, says: str
+    tmp_path: Path,
+    server: CalibratedServer,
+    interrupted_store: tuple[Path, str],
+    change: Any,
+    says: str,
 ) -> None:
     db = tmp_path / "e.duckdb"
-    campaign_id = _interrupted(db, *_flags(server), "--no-non-streaming")
+    shutil.copyfile(interrupted_store[0], db)
+    campaign_id = interrupted_store[1]
     before = file_sha256(db)
     flags = change([*_flags(server), "--no-non-streaming"])
     done = collect(*flags, "--db", str(db), "--resume", campaign_id)
