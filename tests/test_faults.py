@@ -28,6 +28,7 @@ import pytest
 
 from calibration.scenario import BAD_JSON, NOT_JSON, Injection, Scenario
 from calibration.server import CalibratedServer
+from collector import session
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.progress import CampaignProgress
 from collector.protocol import TEST_IDS
@@ -159,7 +160,15 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     # The calibrated server is scripted with each test's fault just before its request.
     progress = ScenarioPerTest(f"http://127.0.0.1:{port}", {t: f[0] for t, f in FAULTS.items()})
-    with open_store(db) as con, progress, pytest.raises(CampaignFailed) as failed:
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        open_store(db) as con,
+        progress,
+        pytest.raises(CampaignFailed) as failed,
+    ):
+        # After each failed request the campaign waits DEATH_GRACE_S (2 s) for a server
+        # that may be dying; this one never dies, so the full wait told it nothing 8 times.
+        patch.setattr(session, "DEATH_GRACE_S", 0.2)
         run_in_process(con, config, progress, tmp)
     # Two configurations never started: the campaign goes on past them, then says so.
     assert "2 server configuration(s) failed" in str(failed.value)
