@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
 from common.errors import CampaignFailed
 from evidence.store import open_store
-from tests.support.cli import SMALL_CAMPAIGN, collect, config_toml, start_collect
+from tests.support.cli import SMALL_CAMPAIGN, collect, collect_here, config_toml, start_collect
 from tests.support.engine import ScenarioPerTest, run_in_process
 from tests.support.gguf import f32, write_gguf
 from tests.support.stores import StoreFactory
@@ -318,12 +318,16 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def _failed(args: list[str], env: dict[str, str]) -> list[str]:
-    """The error lines of `moe-evidence collect ARGS`, which must exit 1."""
-    done = collect(*args, env=env)
+def _failed(args: list[str], env: dict[str, str], run: Run = collect_here) -> list[str]:
+    """The error lines of `moe-evidence collect ARGS` (`run` in this process, unless
+    given), which must exit 1."""
+    done = run(*args, env=env)
     assert done.returncode == 1, done.stderr
     return _error_lines(done.stderr)
 
+
+# How a case runs the command: in a process of its own (collect) or in this one.
+Run = Callable[..., subprocess.CompletedProcess[str]]
 
 # The campaign the command made (StoreFactory's has protocol_version 'test').
 NEW = "campaign_id IN (SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')"
@@ -399,8 +403,9 @@ def test_port_in_use_names_the_port_and_its_holder(
         server = {"command": SERVER, "port": port, "env": SERVER_ENV}
         config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
         # A configuration that cannot start is recorded and skipped; the campaign is failed
-        # and the exit code says so (it used to exit 0 as if all were well).
-        lines = _failed(["--config", str(config), "--db", str(db)], cli_env)
+        # and the exit code says so (it used to exit 0 as if all were well). In a process
+        # of its own: the holder it names is this one.
+        lines = _failed(["--config", str(config), "--db", str(db)], cli_env, run=collect)
     # The progress display names the failure as it happens; the exit line sums it up.
     line = lines[-1]
     assert f"port {port} on 127.0.0.1 is already in use" in line
@@ -500,7 +505,7 @@ def test_an_api_key_never_reaches_the_store_or_the_site(
     }
     config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
     env = {**cli_env, "MOE_TEST_API_KEY": SECRET, "SOME_OTHER_TOKEN": SECRET}
-    done = collect("--config", str(config), "--db", str(db), env=env)
+    done = collect_here("--config", str(config), "--db", str(db), env=env)
     assert done.returncode == 0, done.stderr
     assert _query(db, "SELECT status FROM requests") == [("ok",)], done.stderr
     assert _holding(db, SECRET) == []

@@ -20,7 +20,7 @@ from calibration.scenario import Scenario, StreamRecord
 from calibration.server import CalibratedServer
 from calibration.shimmy import ShimmyMode, axum_event
 from collector.tokenizer import OutputCounter
-from tests.support.cli import collect, query, request_metrics
+from tests.support.cli import collect_here, query, request_metrics
 from tests.support.report import build, project
 from tests.support.stores import MS, StoreFactory
 
@@ -76,7 +76,7 @@ def attached(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Attach
 
 def _attach(server: CalibratedServer, api: str, db: Path) -> None:
     flags = ["--endpoint", server.base_url, "--api", api, "--model", "m", "--quick"]
-    done = collect(*flags, "--tests", TEST, "--db", str(db))
+    done = collect_here(*flags, "--tests", TEST, "--db", str(db))
     assert done.returncode == 0, done.stderr[-3000:]
 
 
