@@ -106,7 +106,7 @@ def test_a_cap_is_announced_and_names_itself_in_the_cut_request(tmp_path: Path) 
     db = tmp_path / "e.duckdb"
     with CalibratedServer(Scenario(tokens=1000, gap_s=0.0025), spin_s=0) as server:
         config.write_text(config.read_text().replace("{url}", server.base_url))
-        done = collect("--config", str(config), "--db", str(db))
+        done = collect_here("--config", str(config), "--db", str(db))
     assert done.returncode == 1, done.stderr  # no request succeeded: a failed campaign
     assert (
         "campaign.request_timeout_s = 1 s is shorter than technical-documentation's budget "

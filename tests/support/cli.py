@@ -73,8 +73,9 @@ def moe_evidence_here(
     it, a second more measuring memory bandwidth on 512 MiB of fresh pages, which
     tests/conftest.py makes 8 MiB in this one). As the interpreter would: warnings are
     shown under Python's default filters (pytest's "error" is not in force), an exception
-    that escapes is a traceback on stderr and exit 1, SystemExit is its code. A thread
-    the command leaves running that would keep a process from exiting fails the test.
+    that escapes is a traceback on stderr and exit 1, SystemExit is its code; threads
+    that are not daemons are waited for, and one still running after 10 s, which would
+    keep a process from exiting, fails the test.
     The signal handlers it installs, the environment, the working folder and sys.argv
     are put back afterwards."""
     from moe_evidence.cli import main
@@ -94,8 +95,14 @@ def moe_evidence_here(
         except Exception:
             traceback.print_exc()
             code = 1
-    stuck = [t.name for t in set(threading.enumerate()) - threads if t.is_alive() and not t.daemon]
-    assert not stuck, f"moe-evidence {' '.join(args)} left threads running: {stuck}"
+    # As the interpreter does before a process exits: wait for the threads that are not
+    # daemons (started meanwhile: the command's, or a test server's serving it).
+    for thread in set(threading.enumerate()) - threads:
+        if not thread.daemon:
+            thread.join(timeout=_THREAD_EXIT_S)
+            assert not thread.is_alive(), (
+                f"moe-evidence {' '.join(args)} would not exit: thread {thread.name} still runs"
+            )
     return subprocess.CompletedProcess(["moe-evidence", *args], code, *output)
 
 
@@ -114,6 +121,7 @@ _DEFAULT_WARNING_FILTERS: tuple[tuple[Any, type[Warning], str], ...] = (
     ("ignore", ImportWarning, ""),
     ("ignore", ResourceWarning, ""),
 )
+_THREAD_EXIT_S = 10.0
 _HANDLED_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
