@@ -27,7 +27,6 @@ def _remembered(draw: Callable[..., str]) -> Callable[..., str]:
             _SVGS[key] = draw(spec, vl_version=vl_version)
         return _SVGS[key]
 
-    drawn.__wrapped__ = draw  # type: ignore[attr-defined]
     return drawn
 
 
