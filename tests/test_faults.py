@@ -318,6 +318,10 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+# How a case runs the command: in a process of its own (collect) or in this one.
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
 def _failed(args: list[str], env: dict[str, str], run: Run = collect_here) -> list[str]:
     """The error lines of `moe-evidence collect ARGS` (`run` in this process, unless
     given), which must exit 1."""
@@ -325,9 +329,6 @@ def _failed(args: list[str], env: dict[str, str], run: Run = collect_here) -> li
     assert done.returncode == 1, done.stderr
     return _error_lines(done.stderr)
 
-
-# How a case runs the command: in a process of its own (collect) or in this one.
-Run = Callable[..., subprocess.CompletedProcess[str]]
 
 # The campaign the command made (StoreFactory's has protocol_version 'test').
 NEW = "campaign_id IN (SELECT campaign_id FROM campaigns WHERE protocol_version <> 'test')"
