@@ -11,6 +11,7 @@ store is refused at collection, so the fast tier stays fast."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from collector.engine import EngineBuild
 from evidence.metrics import create_views
 from evidence.store import open_store
 from tests.support import cli
+from tests.support.charts import svgs_remembered
 from tests.support.stores import StoreFactory
 
 ENGINE_TIER = Path(__file__).parent / "engine"
@@ -54,6 +56,32 @@ def moe_model() -> Path:
     from collector.embedded import ensure_embedded_model
 
     return ensure_embedded_model()
+
+
+# A campaign run in a test process (run_in_process, tests.support.cli.collect_here)
+# measures the host's memory bandwidth on this buffer, not the collector's 256 MiB: the
+# measurement copies 2.5 GB, half a second to a second of CPU per campaign, and no test
+# here reads the figure it stores. The engine tier checks the real one, from a campaign
+# run as a process of its own (quick_store), which this does not reach.
+BANDWIDTH_BUFFER = 8 << 20
+
+
+@pytest.fixture(scope="session", autouse=True)
+def small_bandwidth_buffer() -> Iterator[None]:
+    from collector import inventory, recording
+
+    measure = functools.partial(inventory.measure_memory_bandwidth, BANDWIDTH_BUFFER)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recording, "measure_memory_bandwidth", measure)
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remembered_svgs() -> Iterator[None]:
+    """Every site build of the run draws a chart's SVG once per spec (see
+    tests.support.charts)."""
+    with svgs_remembered():
+        yield
 
 
 @pytest.fixture

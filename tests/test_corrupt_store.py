@@ -27,7 +27,7 @@ from common.errors import StoreError
 from common.files import file_sha256
 from evidence import store as store_module
 from evidence.store import open_store
-from tests.support.cli import collect, moe_evidence
+from tests.support.cli import collect_here, moe_evidence, moe_evidence_here
 from tests.support.report import project
 from tests.support.stores import StoreFactory
 
@@ -93,14 +93,14 @@ def test_build_is_one_line(damaged: Path, tmp_path: Path) -> None:
     root = project(tmp_path)
     site = tmp_path / "site"
     args = ["build", "--db", str(damaged), "--root", str(root), "--site-dir", str(site)]
-    _says_damaged(moe_evidence(*args), damaged)
+    _says_damaged(moe_evidence_here(*args), damaged)
     assert not (site / "index.html").exists()
 
 
 def test_collect_refuses_before_it_writes(damaged: Path, server: CalibratedServer) -> None:
     before = file_sha256(damaged)
     attached = ["--endpoint", server.base_url, "--model", "calibration", "--quick"]
-    _says_damaged(collect(*attached, "--no-non-streaming", "--db", str(damaged)), damaged)
+    _says_damaged(collect_here(*attached, "--no-non-streaming", "--db", str(damaged)), damaged)
     assert file_sha256(damaged) == before
     assert sorted(p.name for p in damaged.parent.iterdir()) == ["evidence.duckdb"]
 
@@ -112,7 +112,8 @@ def test_every_command_that_opens_a_store_is_one_line(
     damaged: Path, healthy: Path, tmp_path: Path
 ) -> None:
     bundle = tmp_path / "bundle"
-    assert moe_evidence("export", "--parquet", str(bundle), "--db", str(healthy)).returncode == 0
+    exported = moe_evidence_here("export", "--parquet", str(bundle), "--db", str(healthy))
+    assert exported.returncode == 0
     target = tmp_path / "target.duckdb"
     shutil.copyfile(healthy, target)
     with duckdb.connect(str(healthy), read_only=True) as con:
@@ -132,11 +133,11 @@ def test_every_command_that_opens_a_store_is_one_line(
     }
     before = file_sha256(damaged)
     for name, args in commands.items():
-        assert _says_damaged(moe_evidence(*args), damaged), name
+        assert _says_damaged(moe_evidence_here(*args), damaged), name
         assert file_sha256(damaged) == before, name
     # A damaged source is named as such, and the target is left as it was.
     target_before = file_sha256(target)
-    _says_damaged(moe_evidence("merge", str(damaged), "--into", str(target)), damaged)
+    _says_damaged(moe_evidence_here("merge", str(damaged), "--into", str(target)), damaged)
     assert file_sha256(target) == target_before
 
 

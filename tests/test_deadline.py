@@ -9,6 +9,8 @@ A campaign stored before this rule resumes under it.
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from collector.server import LaunchSpec, RunningServer
 from collector.session import ServerRunHandle
 from evidence.store import open_store
 from evidence.writer import insert_row
-from tests.support.cli import collect, query
+from tests.support.cli import collect, collect_here, query
 from tests.support.stores import StoreFactory
 
 NS = 1_000_000_000
@@ -90,27 +92,27 @@ def test_a_request_cut_by_its_deadline_names_it() -> None:
 
 @pytest.mark.serial  # a deadline measured on the wall clock
 def test_a_cap_is_announced_and_names_itself_in_the_cut_request(tmp_path: Path) -> None:
-    # 1000 tokens at 200 tokens/s (5 s) may take 11.2 s at a minimum of 100; a 2 s cap
+    # 1000 tokens at 400 tokens/s (2.5 s) may take 5.6 s at a minimum of 200; a 1 s cap
     # cuts both requests, and the campaign says so before the first.
     config = tmp_path / "capped.toml"
     config.write_text(
         "[campaign]\nrepeats = 1\npause_s = 0.0\nidle_window_s = 0.0\nwarmup = false\n"
-        'tests = ["technical-documentation"]\nstall_timeout_s = 1.2\n'
-        "min_tokens_per_s = 100.0\nrequest_timeout_s = 2.0\n"
+        'tests = ["technical-documentation"]\nstall_timeout_s = 0.6\n'
+        "min_tokens_per_s = 200.0\nrequest_timeout_s = 1.0\n"
         '[server]\nmode = "attach"\nendpoint = "{url}"\n'
         '[[models]]\nlabel = "calibration"\n[[configurations]]\nlabel = "attached"\n',
         encoding="utf-8",
     )
     db = tmp_path / "e.duckdb"
-    with CalibratedServer(Scenario(tokens=1000, gap_s=0.005), spin_s=0) as server:
+    with CalibratedServer(Scenario(tokens=1000, gap_s=0.0025), spin_s=0) as server:
         config.write_text(config.read_text().replace("{url}", server.base_url))
-        done = collect("--config", str(config), "--db", str(db))
+        done = collect_here("--config", str(config), "--db", str(db))
     assert done.returncode == 1, done.stderr  # no request succeeded: a failed campaign
     assert (
-        "campaign.request_timeout_s = 2 s is shorter than technical-documentation's budget "
-        "allows (11.2 s: 1000 tokens at 100 tok/s + 1.2 s to first byte)"
+        "campaign.request_timeout_s = 1 s is shorter than technical-documentation's budget "
+        "allows (5.6 s: 1000 tokens at 200 tok/s + 0.6 s to first byte)"
     ) in done.stderr
-    cut = "request exceeded its deadline of 2 s (campaign.request_timeout_s; the budget allowed"
+    cut = "request exceeded its deadline of 1 s (campaign.request_timeout_s; the budget allowed"
     rows = query(db, "SELECT stream, status, error FROM requests ORDER BY stream")
     assert [(s, st) for s, st, _ in rows] == [(False, "timeout"), (True, "timeout")]
     assert all(error.startswith(cut) for _, _, error in rows), rows
@@ -120,7 +122,7 @@ def _old_store(db: Path, server: CalibratedServer) -> str:
     """A campaign as a collector before budget deadlines stored it: no min_tokens_per_s,
     and the fixed 900 s limit it held every request to; interrupted."""
     flags = ["--endpoint", server.base_url, "--model", "calibration", "--quick"]
-    done = collect(*flags, "--tests", "simple-response", "--db", str(db))
+    done = collect_here(*flags, "--tests", "simple-response", "--db", str(db))
     assert done.returncode == 0, done.stderr
     with duckdb.connect(str(db)) as con:
         ((campaign_id, stored),) = con.execute(
@@ -134,16 +136,26 @@ def _old_store(db: Path, server: CalibratedServer) -> str:
     return str(campaign_id)
 
 
+@pytest.fixture(scope="module")
+def old_store(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CalibratedServer, Path, str]]:
+    """The server, and a store of an old campaign of it; each test resumes a copy."""
+    db = tmp_path_factory.mktemp("old") / "e.duckdb"
+    with CalibratedServer(Scenario(tokens=4, gap_s=0.001)) as server:
+        yield server, db, _old_store(db, server)
+
+
 @pytest.mark.parametrize("with_flags", [True, False], ids=["same-flags", "resume-alone"])
 def test_a_campaign_stored_before_budget_deadlines_resumes(
-    tmp_path: Path, with_flags: bool
+    tmp_path: Path, old_store: tuple[CalibratedServer, Path, str], with_flags: bool
 ) -> None:
+    server, stored, campaign_id = old_store
     db = tmp_path / "e.duckdb"
-    with CalibratedServer(Scenario(tokens=4, gap_s=0.001)) as server:
-        campaign_id = _old_store(db, server)
-        flags = ["--endpoint", server.base_url, "--model", "calibration", "--quick"]
-        given = [*flags, "--tests", "simple-response"] if with_flags else []
-        done = collect(*given, "--db", str(db), "--resume", campaign_id)
+    shutil.copyfile(stored, db)
+    flags = ["--endpoint", server.base_url, "--model", "calibration", "--quick"]
+    given = [*flags, "--tests", "simple-response"] if with_flags else []
+    done = collect(*given, "--db", str(db), "--resume", campaign_id)
     assert done.returncode == 0, done.stderr
     assert f"resuming campaign {campaign_id}: 1 cells already stored" in done.stderr
     assert query(db, "SELECT status FROM campaigns") == [("complete",)]

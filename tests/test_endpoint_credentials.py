@@ -30,7 +30,7 @@ from collector.client import Post, Timeouts, generate
 from collector.server import check_endpoint
 from collector.session import tokenize
 from common.errors import ServerNotHealthy
-from tests.support.cli import cli_env, collect, query
+from tests.support.cli import cli_env, collect_here, query
 
 USER = "evidence-user"
 # Percent-encoded in the URL (`%40` is `@`, `%3A` is `:`): the header carries it decoded.
@@ -272,7 +272,7 @@ def test_collect_attached_with_credentials(tmp_path: Path, password: str) -> Non
     with _serving(wanted) as server:
         endpoint = _endpoint(server, password)
         flags = ["--endpoint", endpoint, "--model", "m", "--quick", "--tests", "simple-response"]
-        done = collect(*flags, "--db", str(db))
+        done = collect_here(*flags, "--db", str(db))
 
     assert done.returncode == 0, done.stderr
     # The warm-up, the streamed and the whole request, each answer's /tokenize count.
@@ -311,7 +311,7 @@ def test_collect_with_an_api_key_sends_the_key_alone(tmp_path: Path) -> None:
             encoding="utf-8",
         )
         env = {**cli_env(), "MOE_TEST_ENDPOINT_KEY": API_KEY}
-        done = collect("--config", str(config), "--db", str(db), env=env)
+        done = collect_here("--config", str(config), "--db", str(db), env=env)
 
     assert done.returncode == 0, done.stderr
     assert {h.path for h in server.heads} >= {"/health", "/v1/chat/completions", "/tokenize"}
@@ -336,7 +336,7 @@ def test_a_refused_endpoint_is_named_without_its_credentials(
     source = (
         ["--endpoint", endpoint, "--model", "m"] if given == "flag" else ["--config", str(config)]
     )
-    done = collect(*source, "--db", str(tmp_path / "e.duckdb"))
+    done = collect_here(*source, "--db", str(tmp_path / "e.duckdb"))
 
     assert done.returncode == 1, done.stderr
     assert (

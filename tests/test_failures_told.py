@@ -21,7 +21,7 @@ from collector.client import Timeouts, generate, response_cap
 from common.files import file_sha256
 from evidence.store import open_store
 from scoring.store import rescore_campaign
-from tests.support.cli import CALIBRATION_COMMAND, campaign_toml, collect
+from tests.support.cli import CALIBRATION_COMMAND, campaign_toml, collect_here
 from tests.support.stores import StoreFactory
 
 
@@ -51,7 +51,7 @@ def test_a_model_that_is_not_a_gguf_file_stores_no_campaign(tmp_path: Path, what
     config = campaign_toml(
         tmp_path, model, CALIBRATION_COMMAND, '[[configurations]]\nlabel = "baseline"\n'
     )
-    done = collect("--config", str(config), "--db", str(db), timeout=120)
+    done = collect_here("--config", str(config), "--db", str(db))
     assert done.returncode == 1
     line = _one_line(done.stderr)
     said = (

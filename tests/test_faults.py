@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,14 @@ import pytest
 
 from calibration.scenario import BAD_JSON, NOT_JSON, Injection, Scenario
 from calibration.server import CalibratedServer
+from collector import session
 from collector.config import CampaignSection, Config, Configuration, ModelEntry, ServerSection
 from collector.progress import CampaignProgress
 from collector.protocol import TEST_IDS
 from collector.server import LaunchSpec, RunningServer, free_port
 from common.errors import CampaignFailed
 from evidence.store import open_store
-from tests.support.cli import SMALL_CAMPAIGN, collect, config_toml, start_collect
+from tests.support.cli import SMALL_CAMPAIGN, collect, collect_here, config_toml, start_collect
 from tests.support.engine import ScenarioPerTest, run_in_process
 from tests.support.gguf import f32, write_gguf
 from tests.support.stores import StoreFactory
@@ -159,7 +160,15 @@ def fault_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     # The calibrated server is scripted with each test's fault just before its request.
     progress = ScenarioPerTest(f"http://127.0.0.1:{port}", {t: f[0] for t, f in FAULTS.items()})
-    with open_store(db) as con, progress, pytest.raises(CampaignFailed) as failed:
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        open_store(db) as con,
+        progress,
+        pytest.raises(CampaignFailed) as failed,
+    ):
+        # After each failed request the campaign waits DEATH_GRACE_S (2 s) for a server
+        # that may be dying; this one never dies, so the full wait told it nothing 8 times.
+        patch.setattr(session, "DEATH_GRACE_S", 0.2)
         run_in_process(con, config, progress, tmp)
     # Two configurations never started: the campaign goes on past them, then says so.
     assert "2 server configuration(s) failed" in str(failed.value)
@@ -309,9 +318,14 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def _failed(args: list[str], env: dict[str, str]) -> list[str]:
-    """The error lines of `moe-evidence collect ARGS`, which must exit 1."""
-    done = collect(*args, env=env)
+# How a case runs the command: in a process of its own (collect) or in this one.
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _failed(args: list[str], env: dict[str, str], run: Run = collect_here) -> list[str]:
+    """The error lines of `moe-evidence collect ARGS` (`run` in this process, unless
+    given), which must exit 1."""
+    done = run(*args, env=env)
     assert done.returncode == 1, done.stderr
     return _error_lines(done.stderr)
 
@@ -390,8 +404,9 @@ def test_port_in_use_names_the_port_and_its_holder(
         server = {"command": SERVER, "port": port, "env": SERVER_ENV}
         config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
         # A configuration that cannot start is recorded and skipped; the campaign is failed
-        # and the exit code says so (it used to exit 0 as if all were well).
-        lines = _failed(["--config", str(config), "--db", str(db)], cli_env)
+        # and the exit code says so (it used to exit 0 as if all were well). In a process
+        # of its own: the holder it names is this one.
+        lines = _failed(["--config", str(config), "--db", str(db)], cli_env, run=collect)
     # The progress display names the failure as it happens; the exit line sums it up.
     line = lines[-1]
     assert f"port {port} on 127.0.0.1 is already in use" in line
@@ -491,7 +506,7 @@ def test_an_api_key_never_reaches_the_store_or_the_site(
     }
     config = _write_config(tmp_path, server, _tiny_gguf(tmp_path / "m.gguf"))
     env = {**cli_env, "MOE_TEST_API_KEY": SECRET, "SOME_OTHER_TOKEN": SECRET}
-    done = collect("--config", str(config), "--db", str(db), env=env)
+    done = collect_here("--config", str(config), "--db", str(db), env=env)
     assert done.returncode == 0, done.stderr
     assert _query(db, "SELECT status FROM requests") == [("ok",)], done.stderr
     assert _holding(db, SECRET) == []

@@ -34,6 +34,7 @@ import psutil
 import pytest
 
 from calibration.scenario import Scenario
+from collector import leftovers
 from collector.leftovers import LEFT_ERROR, close_left_runs, same_command
 from collector.process_log import ProcessLog, _Redactor
 from common.secrets import REDACTED, Secrets
@@ -43,7 +44,7 @@ from tests.support.cli import (
     ROOT,
     RPC_DEVICE_LISTEN,
     cli_env,
-    collect,
+    collect_here,
     query,
     rpc_campaign_toml,
     start_collect,
@@ -228,9 +229,13 @@ def test_the_logs_of_a_killed_run_are_redacted_and_private_at_once(killed: Kille
 
 
 def _resume(killed: Killed) -> subprocess.CompletedProcess[str]:
-    # Its flags again: the store does not keep the key, so cannot rerun it alone.
+    # Its flags again: the store does not keep the key, so cannot rerun it alone. Run in
+    # this process (what it does is under test, not the process it runs in), and with 1 s,
+    # not 5 s, between the SIGTERM a stubborn orphan ignores and the SIGKILL that follows.
     config = str(killed.folder / "c.toml")
-    return collect("--config", config, "--resume", "--db", str(killed.db), timeout=180, env=_env())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(leftovers, "STOP_GRACE_S", 1.0)
+        return collect_here("--config", config, "--resume", "--db", str(killed.db), env=_env())
 
 
 def _assert_stopped_and_closed(

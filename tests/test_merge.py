@@ -13,7 +13,7 @@ from common.errors import SchemaTooNew, StoreError
 from evidence.bundle import export_bundle, import_bundle, open_source, read_manifest
 from evidence.merge import merge_store
 from evidence.store import open_store
-from tests.support.cli import moe_evidence
+from tests.support.cli import moe_evidence, moe_evidence_here
 from tests.support.stores import MS, StoreFactory
 
 
@@ -136,12 +136,13 @@ def test_cli_merge_export_import(tmp_path: Path) -> None:
     src = tmp_path / "src.duckdb"
     _store(src, "h")
     into = str(tmp_path / "m.duckdb")
-    merged = moe_evidence("merge", str(src), "--into", into)
+    merged = moe_evidence_here("merge", str(src), "--into", into)
     assert merged.returncode == 0 and "requests 2" in merged.stdout
-    assert "nothing new" in moe_evidence("merge", str(src), "--into", into).stdout
-    exported = moe_evidence("export", "--parquet", str(tmp_path / "b"), "--db", str(src))
+    assert "nothing new" in moe_evidence_here("merge", str(src), "--into", into).stdout
+    exported = moe_evidence_here("export", "--parquet", str(tmp_path / "b"), "--db", str(src))
     assert exported.returncode == 0
-    imported = moe_evidence("import", str(tmp_path / "b"), "--db", str(tmp_path / "i.duckdb"))
+    db = str(tmp_path / "i.duckdb")
+    imported = moe_evidence_here("import", str(tmp_path / "b"), "--db", db)
     assert imported.returncode == 0 and "requests 2" in imported.stdout
     missing = moe_evidence("merge", str(tmp_path / "nope.duckdb"), "--into", into)
     assert missing.returncode == 1 and missing.stderr.startswith("error: no evidence store")

@@ -11,6 +11,7 @@ the Ctrl-C hint tells the user to run.
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 from calibration.scenario import Scenario
 from calibration.server import CalibratedServer
 from common.files import file_sha256
-from tests.support.cli import cli_env, collect, query
+from tests.support.cli import cli_env, collect_here, query
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "calibration"
@@ -44,8 +45,9 @@ def _flags(server: CalibratedServer) -> list[str]:
 
 
 def _interrupted(db: Path, *flags: str) -> str:
-    """A campaign run with `flags`, then marked interrupted (as if Ctrl-C had stopped it)."""
-    done = collect(*flags, "--db", str(db))
+    """A campaign run with `flags` (in this process: what it stores is what counts), then
+    marked interrupted (as if Ctrl-C had stopped it)."""
+    done = collect_here(*flags, "--db", str(db))
     assert done.returncode == 0, done.stderr
     ((campaign_id,),) = query(db, "SELECT campaign_id FROM campaigns")
     con = duckdb.connect(str(db))
@@ -54,6 +56,16 @@ def _interrupted(db: Path, *flags: str) -> str:
     finally:
         con.close()
     return str(campaign_id)
+
+
+@pytest.fixture(scope="module")
+def interrupted_store(
+    tmp_path_factory: pytest.TempPathFactory, server: CalibratedServer
+) -> tuple[Path, str]:
+    """A campaign run without its non-streamed pass, then interrupted; each test that
+    resumes it differently gets its own copy of the file."""
+    db = tmp_path_factory.mktemp("interrupted") / "e.duckdb"
+    return db, _interrupted(db, *_flags(server), "--no-non-streaming")
 
 
 @pytest.mark.parametrize(
@@ -84,13 +96,18 @@ def _interrupted(db: Path, *flags: str) -> str:
     ids=["profile", "api", "model", "tests", "endpoint"],
 )
 def test_resume_refuses_a_different_campaign(
-    tmp_path: Path, server: CalibratedServer, change: Any, says: str
+    tmp_path: Path,
+    server: CalibratedServer,
+    interrupted_store: tuple[Path, str],
+    change: Any,
+    says: str,
 ) -> None:
     db = tmp_path / "e.duckdb"
-    campaign_id = _interrupted(db, *_flags(server), "--no-non-streaming")
+    shutil.copyfile(interrupted_store[0], db)
+    campaign_id = interrupted_store[1]
     before = file_sha256(db)
     flags = change([*_flags(server), "--no-non-streaming"])
-    done = collect(*flags, "--db", str(db), "--resume", campaign_id)
+    done = collect_here(*flags, "--db", str(db), "--resume", campaign_id)
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("error: --resume: ") and says in line, line
@@ -103,7 +120,7 @@ def test_resume_refuses_a_different_campaign(
 def test_resume_with_the_same_flags_continues(tmp_path: Path, server: CalibratedServer) -> None:
     db = tmp_path / "e.duckdb"
     campaign_id = _interrupted(db, *_flags(server))
-    done = collect(*_flags(server), "--db", str(db), "--resume")
+    done = collect_here(*_flags(server), "--db", str(db), "--resume")
     assert done.returncode == 0, done.stderr
     assert f"resuming campaign {campaign_id}: 4 cells already stored" in done.stderr
     assert query(db, "SELECT campaign_id, status FROM campaigns") == [(campaign_id, "complete")]
@@ -126,13 +143,13 @@ def test_resume_alone_refuses_a_definition_it_cannot_rebuild(
     db = tmp_path / "e.duckdb"
     campaign_id = _interrupted(db, "--config", str(config))
     before = file_sha256(db)
-    done = collect("--db", str(db), "--resume")
+    done = collect_here("--db", str(db), "--resume")
     assert done.returncode == 1, done.stderr
     (line,) = done.stderr.splitlines()
     assert "server.env.SOME_TOKEN" in line and f"--config {config}" in line, line
     assert file_sha256(db) == before
     # With its flags given again, it resumes.
-    done = collect("--config", str(config), "--db", str(db), "--resume", campaign_id)
+    done = collect_here("--config", str(config), "--db", str(db), "--resume", campaign_id)
     assert done.returncode == 0, done.stderr
     assert query(db, "SELECT status FROM campaigns") == [("complete",)]
 

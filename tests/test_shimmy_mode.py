@@ -10,16 +10,17 @@ as inferred, and token counts from the model's own tokenizer (llama-tokenize, of
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from calibration.scenario import Scenario
+from calibration.scenario import Scenario, StreamRecord
 from calibration.server import CalibratedServer
 from calibration.shimmy import ShimmyMode, axum_event
 from collector.tokenizer import OutputCounter
-from tests.support.cli import collect, query, request_metrics
+from tests.support.cli import collect_here, query, request_metrics
 from tests.support.report import build, project
 from tests.support.stores import MS, StoreFactory
 
@@ -43,27 +44,46 @@ def test_axum_framing_is_shimmys() -> None:
     assert axum_event("[DONE]") == b"data:[DONE]\n\n"
 
 
-@pytest.fixture
-def shimmy() -> Iterator[tuple[CalibratedServer, io.StringIO]]:
-    log = io.StringIO()
-    scenario = Scenario(tokens=len(TOKENS), words=TOKENS, words_are_tokens=True, gap_s=0.001)
-    with CalibratedServer(scenario, shimmy=ShimmyMode(load_s=0.05, log=log)) as server:
-        yield server, log
+@dataclass(frozen=True)
+class Attached:
+    """A quick campaign of TEST attached to a fresh Shimmy-mode server with one API:
+    its store, the server's records of the requests it got, and its loader log."""
+
+    db: Path
+    records: list[StreamRecord]
+    log: str
+
+
+@pytest.fixture(scope="module")
+def attached(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Attached]:
+    """The campaign with API `api`, run once in this module and only read by its tests."""
+    runs: dict[str, Attached] = {}
+
+    def run(api: str) -> Attached:
+        if api not in runs:
+            log = io.StringIO()
+            scenario = Scenario(
+                tokens=len(TOKENS), words=TOKENS, words_are_tokens=True, gap_s=0.001
+            )
+            db = tmp_path_factory.mktemp(api) / "e.duckdb"
+            with CalibratedServer(scenario, shimmy=ShimmyMode(load_s=0.05, log=log)) as server:
+                _attach(server, api, db)
+                runs[api] = Attached(db, list(server.records), log.getvalue())
+        return runs[api]
+
+    return run
 
 
 def _attach(server: CalibratedServer, api: str, db: Path) -> None:
     flags = ["--endpoint", server.base_url, "--api", api, "--model", "m", "--quick"]
-    done = collect(*flags, "--tests", TEST, "--db", str(db))
+    done = collect_here(*flags, "--tests", TEST, "--db", str(db))
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize("api", ["shimmy", "openai-chat"])
-def test_outputs_are_stored_byte_for_byte(
-    shimmy: tuple[CalibratedServer, io.StringIO], api: str, tmp_path: Path
-) -> None:
-    server, log = shimmy
-    db = tmp_path / "e.duckdb"
-    _attach(server, api, db)
+def test_outputs_are_stored_byte_for_byte(attached: Callable[[str], Attached], api: str) -> None:
+    run = attached(api)
+    db, records = run.db, run.records
     rows = query(db, "SELECT request_id, stream, output_text, finish_reason FROM requests")
     assert {stream for _, stream, _, _ in rows} == {True, False}
     for request_id, stream, output, finish in rows:
@@ -78,18 +98,16 @@ def test_outputs_are_stored_byte_for_byte(
             )
             assert [t for (t,) in chunks] == list(TOKENS)
     # One load per generation request (the warm-up's too), each logged whole.
-    assert log.getvalue().count("llama_context: graph splits = ") == len(server.records)
-    assert len(server.records) == 3
+    assert run.log.count("llama_context: graph splits = ") == len(records)
+    assert len(records) == 3
     assert all(r.load_ended_ns and r.headers_ns and r.headers_ns > r.load_ended_ns
-               for r in server.records)  # fmt: skip
+               for r in records)  # fmt: skip
 
 
 def test_chat_usage_zero_is_no_count_and_nothing_counted_says_why(
-    shimmy: tuple[CalibratedServer, io.StringIO], tmp_path: Path
+    attached: Callable[[str], Attached],
 ) -> None:
-    server, _ = shimmy
-    db = tmp_path / "e.duckdb"
-    _attach(server, "openai-chat", db)
+    db = attached("openai-chat").db
     usage = query(db, "SELECT usage_completion_tokens FROM requests WHERE NOT stream")
     assert usage == [(0,)]  # stored as the server sent it
     rows = request_metrics(db, "m.stream, m.token_source, r.tokenizer, r.tokenizer_error")

@@ -7,10 +7,10 @@ longer than a few hundred tokens ("timeout: no data for 120 s"), and the fixed
 comes from its token budget (collector.client.request_deadline) and a non-streamed
 one is held to that alone.
 
-Time is scaled down 100 times so that the tests take seconds, not 500 s: the
+Time is scaled down 200 times so that the tests take seconds, not 500 s: the
 scenario's timeline and every rate and timeout in the config alike. At that scale
-2 tokens/s is 200, the 120 s stall timeout 1.2 s, 1 token/s (the default minimum
-rate) 100.
+2 tokens/s is 400, the 120 s stall timeout 0.6 s, 1 token/s (the default minimum
+rate) 200.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from tests.support.cli import collect, query
 # Timing or CPU-share asserts: run alone (the serial pass), never beside other tests.
 pytestmark = pytest.mark.serial
 
-SCALE = 100.0
+SCALE = 200.0
 TEST = "technical-documentation"  # the protocol's largest budget: 1000 tokens
 TOKENS = 1000
 RATE = 2.0  # tokens/s, unscaled
@@ -39,7 +39,7 @@ MIN_RATE = 1.0 * SCALE
 
 @pytest.fixture(scope="module")
 def slow_server() -> Iterator[CalibratedServer]:
-    # 1000 tokens at 2 tokens/s: 500 s unscaled, 5 s here. Not streamed, the answer
+    # 1000 tokens at 2 tokens/s: 500 s unscaled, 2.5 s here. Not streamed, the answer
     # comes in one piece at the end, after 4 stall timeouts of silence.
     scenario = Scenario(tokens=TOKENS, gap_s=1 / (RATE * SCALE), first_token_delay_s=0.01)
     with CalibratedServer(scenario, spin_s=0) as server:
@@ -82,7 +82,7 @@ def test_a_1000_token_answer_at_2_tokens_per_s_completes(
         "ORDER BY stream",
     )
     text = len(Scenario(tokens=TOKENS).text())
-    # Not streamed: 5 s (500 s unscaled) of silence, then the whole answer.
+    # Not streamed: 2.5 s (500 s unscaled) of silence, then the whole answer.
     assert requests[0] == (False, "ok", None, TOKENS, text)
     assert requests[1] == (True, "ok", None, TOKENS, text)
 

@@ -28,7 +28,7 @@ def test_sampler_watches_a_process_tree_on_our_clock() -> None:
     )
     tree = subprocess.Popen([sys.executable, "-c", script])
     try:
-        time.sleep(1.0)  # let the child allocate
+        _wait_for_tree_rss(tree.pid, 50_000_000)  # the child has allocated
         before = time.perf_counter_ns()
         sampler = TelemetrySampler(tree.pid, hz=20)
         sampler.start()
@@ -50,6 +50,19 @@ def test_sampler_watches_a_process_tree_on_our_clock() -> None:
     assert all(s.sys_mem_used_bytes > 0 for s in samples)
     if sys.platform.startswith("linux"):
         assert all(s.gpu_mem_used_bytes is None for s in samples) or os.path.exists("/dev/nvidia0")
+
+
+def _wait_for_tree_rss(pid: int, size: int, timeout_s: float = 30.0) -> None:
+    """Until the process `pid` and its children hold more than `size` bytes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            tree = [root, *root.children(recursive=True)]
+            if sum(p.memory_info().rss for p in tree) > size:
+                return
+        time.sleep(0.05)
+    pytest.fail(f"process {pid} and its children never held {size} bytes")
 
 
 def test_sampler_of_a_dead_process_records_absence() -> None:
