@@ -292,7 +292,7 @@ def _vram_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missin
     return _chart("memory-vram", title, chart, {"data": data})
 
 
-def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
+def _distribution_chart(memory: MemoryContext, configs: Sequence[str]) -> Chart | Missing:
     data = [
         {
             "model": r.model,
@@ -311,7 +311,8 @@ def _distribution_chart(memory: MemoryContext) -> Chart | Missing:
         alt.Chart(_data())
         .mark_bar()
         .encode(
-            y=alt.Y("config:N", title=None),
+            # In the campaign's order (n-cpu-moe-5 before n-cpu-moe-10), as the table.
+            y=alt.Y("config:N", sort=list(configs), title=None),
             x=alt.X("sum(mib):Q", title="buffer size (MiB), from the loader log"),
             color=alt.Color("buffer:N", title="device and buffer"),
             tooltip=_tooltip("model:N", "config:N", "buffer:N", "where:N", ("mib:Q", ",.2f")),
@@ -621,7 +622,7 @@ def memory_charts(memory: MemoryContext, configs: Sequence[str], tests: Sequence
     """The Memory page's charts, keyed by id (a `Missing` where there is no data)."""
     return {
         "memory-vram": _vram_chart(memory, configs),
-        "memory-distribution": _distribution_chart(memory),
+        "memory-distribution": _distribution_chart(memory, configs),
         "memory-timeline": _memory_timeline_chart(memory, configs),
     }
 

@@ -4,6 +4,7 @@ page's figures equal to those views."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +16,11 @@ from collector import config as cfg
 from collector.defaults import embedded_config, quick_profile
 from collector.plan import server_plans
 from collector.probes import probe_id, probe_prompt, probe_tests
+from collector.telemetry import Sample
 from evidence.metrics import PROBE_CATEGORY, create_views
 from evidence.store import open_store
+from evidence.writer import insert_arrow, telemetry_table
+from report.charts import Chart, memory_charts
 from report.context import choosing_k, memory
 from report.queries import prepare, select_campaigns
 from tests.support.curve import curve_store
@@ -169,6 +173,83 @@ def _page_equals_views(curve: duckdb.DuckDBPyConnection, page: choosing_k.Choosi
     # The summary's answer: the fastest decode that loaded, here K = 0.
     (answer,) = page.answers
     assert answer.k == 0 and answer.decode.mean == pytest.approx(40.0, rel=1e-3)
+
+
+def _busy_host(store: StoreFactory, label: str) -> None:
+    """Telemetry of run `label`: its 4-CPU host fully busy over its requests, the
+    server one core of it, so other processes hold 2.7 cores: every request starved."""
+    store.con.execute("UPDATE hosts SET cpu_threads = 4")
+    samples = [
+        Sample(
+            t_ns=t * MS,
+            proc_count=1,
+            rss_bytes=1,
+            cpu_percent=100.0,
+            sys_mem_used_bytes=1,
+            sys_cpu_percent=100.0,
+            gpu_mem_used_bytes=None,
+            gpu_proc_mem_bytes=None,
+            gpu_util_percent=None,
+            device_rss_bytes=1,
+            device_cpu_percent=20.0,
+            collector_cpu_percent=10.0,
+        )
+        for t in range(100, 5000, 100)
+    ]
+    insert_arrow(store.con, "telemetry", telemetry_table(store.runs[label], samples))
+
+
+@pytest.mark.parametrize("counted", [False, True], ids=["left-out", "included"])
+def test_the_page_counts_the_probes_a_busy_host_starved(tmp_path: Path, counted: bool) -> None:
+    # The protocol pages' host-load section holds no probe: this page says how many of
+    # its requests were starved, and whether its figures leave them out.
+    with open_store(tmp_path / "curve.duckdb") as con:
+        store = curve_store(StoreFactory(con).campaign(), _points((0, 10, 20, 30)))
+        _busy_host(store, "n-cpu-moe-20")
+        sel = select_campaigns(con, [])
+        prepare(con, sel, include_starved=counted)
+        page = choosing_k.build(con, sel, memory.build(con, sel))
+    # 4 K x 3 repeats of one probe: 12 requests, the 3 at K = 20 starved.
+    assert page.starved == choosing_k.StarvedProbes(12, 3, 0 if counted else 3)
+    at_20 = next(p for p in page.points if p.k == 20)
+    assert bool(at_20.speeds) is counted
+    assert page.tested == (2 if counted else 1)
+    # The Summary's "fastest K measured" names the K it could not compare.
+    (answer,) = page.answers
+    assert answer.unmeasured == (() if counted else (20,))
+
+
+def test_buffers_are_named_by_device_not_by_the_port_of_each_start(tmp_path: Path) -> None:
+    # Every K of a sweep starts its own RPC device on a port of its own; the loader log
+    # names its buffers with that endpoint. The Memory page had 27 buffer columns for the
+    # default campaign's 9 server starts (3 per start), one set per port.
+    with open_store(tmp_path / "curve.duckdb") as con:
+        store = curve_store(StoreFactory(con).campaign(), _points((0, 30)))
+        for k, port in ((0, 40411), (30, 56595)):
+            log = {
+                "gpu_total_mib": 100.0,
+                "buffers": {
+                    f"RPC0[127.0.0.1:{port}]": {"model": 60.0, "kv": 40.0},
+                    "CPU_Mapped": {"model": 20.0},
+                },
+            }
+            con.execute(
+                "UPDATE server_runs SET log_summary = ? WHERE server_run_id = ?",
+                [json.dumps(log), store.runs[f"n-cpu-moe-{k}"]],
+            )
+        sel = select_campaigns(con, [])
+        prepare(con, sel)
+        page = memory.build(con, sel)
+    assert page.buffer_columns == (
+        ("RPC0 model", True),
+        ("RPC0 kv", True),
+        ("CPU_Mapped model", False),
+    )
+    assert all(r.buffer_mib["RPC0 model"] == 60.0 for r in page.runs if r.buffers)
+    # The chart's rows in the campaign's order, as the table's (not n-cpu-moe-30 first).
+    chart = memory_charts(page, ["n-cpu-moe-0", "n-cpu-moe-30"], [])["memory-distribution"]
+    assert isinstance(chart, Chart)
+    assert chart.spec["spec"]["encoding"]["y"]["sort"] == ["n-cpu-moe-0", "n-cpu-moe-30"]
 
 
 def test_probe_prompts_are_fixed_text_near_their_length() -> None:

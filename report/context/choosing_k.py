@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from evidence.metrics import PROBE_CATEGORY
 from evidence.statistics import summarize
 from report.context.common import as_dict, as_list
 from report.context.memory import MemoryContext, RunMemory
@@ -83,6 +84,20 @@ class Answer:
     prefill: Stat
     prefill_probe: Probe
     limited: bool  # a device memory size was in force (every K shown loaded within it)
+    # K that loaded but have no rate to compare (their probes failed or were starved):
+    # "the fastest K measured" is over the others.
+    unmeasured: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class StarvedProbes:
+    """The completed streamed probe requests, and those other processes starved of CPU
+    (`evidence.metrics`: starved); `left_out` of them are not in any figure here (all of
+    them, unless the build counts starved requests)."""
+
+    completed: int
+    starved: int
+    left_out: int
 
 
 @dataclass(frozen=True)
@@ -94,6 +109,7 @@ class ChoosingKContext:
     blocks: dict[str, int]  # MoE blocks per model
     answers: tuple[Answer, ...]
     missing: str | None  # why there is no curve
+    starved: StarvedProbes
     tolerance: float = TOLERANCE
 
     def sources(self, probe: str, measure: str) -> tuple[str, ...]:
@@ -187,6 +203,25 @@ def build(
         blocks,
         _answers(points, probes, limit is not None),
         missing,
+        _starved(con),
+    )
+
+
+def _starved(con: duckdb.DuckDBPyConnection) -> StarvedProbes:
+    """The selection's probe requests that a busy host starved: the protocol pages'
+    host-load section reads `sel_requests`, which holds no probe, so this page says it."""
+    (counts,) = rows(
+        con,
+        f"""SELECT count(*) AS completed,
+                   count(*) FILTER (WHERE r.starved) AS starved,
+                   count(*) FILTER (WHERE NOT r.in_headline) AS left_out
+            FROM request_metrics r
+            JOIN sel_models USING (campaign_id, model_id)
+            JOIN tests t USING (campaign_id, test_id)
+            WHERE t.category = '{PROBE_CATEGORY}' AND r.stream AND r.completed""",
+    )
+    return StarvedProbes(
+        int(counts["completed"] or 0), int(counts["starved"] or 0), int(counts["left_out"] or 0)
     )
 
 
@@ -290,5 +325,11 @@ def _answers(points: list[Point], probes: tuple[Probe, ...], limited: bool) -> t
         if not loaded:
             continue
         p, d, f = max(loaded, key=lambda x: (x[1].measured.mean or 0.0, -x[0].k))
-        answers.append(Answer(model, p.k, p.device, d.measured, f.measured, long, limited))
+        measured = {q.k for q, _, _ in loaded}
+        unmeasured = tuple(
+            q.k for q in points if q.model == model and not q.unfit and q.k not in measured
+        )
+        answers.append(
+            Answer(model, p.k, p.device, d.measured, f.measured, long, limited, unmeasured)
+        )
     return tuple(answers)

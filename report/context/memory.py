@@ -10,6 +10,7 @@ available for *both* runs of a comparison is the headline.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -249,7 +250,7 @@ def _run_memory(f: dict[str, Any]) -> RunMemory:
         )
     gpu_estimated = _estimate(spec, f)
     buffers = tuple(
-        BufferRow(str(device), str(kind), float(mib), not is_host_device(str(device)))
+        BufferRow(_device_name(str(device)), str(kind), float(mib), not is_host_device(str(device)))
         for device, kinds in as_dict(log.get("buffers")).items()
         if isinstance(kinds, dict)
         for kind, mib in kinds.items()
@@ -301,6 +302,16 @@ def _not_resident(run: RunMemory, reloads_per_request: bool) -> RunMemory:
         "(memory per request below)"
     )
     return dataclasses.replace(run, rss_idle=why, gpu_idle_measured=why)
+
+
+def _device_name(device: str) -> str:
+    """A loader-log device without its endpoint: RPC0[127.0.0.1:40411] is RPC0. Each server
+    start of a campaign gets an RPC device on a port of its own, so with the endpoint every
+    configuration had buffer columns (and chart colours) of its own."""
+    return _ENDPOINT.sub("", device)
+
+
+_ENDPOINT = re.compile(r"\[[^\]]*\]$")
 
 
 def _estimate(spec: dict[str, Any], f: dict[str, Any]) -> Figure:
