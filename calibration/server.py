@@ -728,21 +728,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    stop = StopSignal()
+    signal.signal(signal.SIGINT, stop.handler)
+    signal.signal(signal.SIGTERM, stop.handler)
     with server:
         if mode is not None:
             # Shimmy's own start line; it loads nothing before serving.
             print(f"🚀 Starting Shimmy server on {args.host}:{server.port}", flush=True)
         print(f"listening on {server.base_url}", flush=True)
-        while not stop.wait(0.5):
-            pass
+        stop.wait()
     return 0
+
+
+class StopSignal:
+    """SIGINT/SIGTERM as a plain flag that the main thread polls.
+
+    Not a threading.Event: Python runs a signal handler in the main thread between two
+    bytecodes, and the main thread waiting on an Event holds the Event's lock for a few
+    of them; a handler that sets it then waits for that lock forever. A server so
+    stuck outlived its killed collector (its parent-death SIGTERM came in that window)
+    in a loaded test run."""
+
+    def __init__(self, poll_s: float = 0.05) -> None:
+        self.requested = False
+        self._poll_s = poll_s
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True  # one store: nothing to wait for, whatever was interrupted
+
+    def wait(self) -> None:
+        """Return once a signal came (time.sleep wakes for the handler)."""
+        while not self.requested:
+            time.sleep(self._poll_s)
 
 
 if __name__ == "__main__":
