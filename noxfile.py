@@ -83,10 +83,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def fast(session: nox.Session) -> None:
-    """The fast tier alone: no engine build, no model, no browser (under 3 minutes)."""
+    """The fast tier alone: no engine build, no model, no browser (under 3 minutes).
+
+    Not the `serial` tests: they time things, so they want a machine doing nothing else,
+    which one being edited on is not; `nox -s tests` runs them (alone, after this tier),
+    and `nox -s tests -- -m "serial and not engine"` runs them by themselves."""
     _install(session, "report,test", model=False)
     session.run("pytest", "-q", "-m", "not engine and not serial", *PARALLEL, env=KEEP_BYTECODE)
-    session.run("pytest", "-q", "-m", "serial and not engine", env=KEEP_BYTECODE)
 
 
 @nox.session(python=PYTHON)
