@@ -2,7 +2,8 @@
 expert tensors (names, bytes per block) that `--cpu-moe` / `--n-cpu-moe K` move.
 
 Only the GGUF header is parsed (through `gguf.GGUFReader`, which memory-maps the
-file); tensor data is never copied into memory. The file's SHA-256 is streamed.
+file); tensor data is never copied into memory. The file's SHA-256 is streamed, and
+a spec once read is remembered under it (collector.spec_cache).
 The spec holds facts of the file only; what a configuration leaves on the
 device is the SQL macro `device_weight_bytes` (evidence.metrics), which the
 `inspect-model` table evaluates too.
@@ -19,6 +20,7 @@ from typing import Any
 
 from gguf import GGUFReader, GGUFValueType
 
+from collector import spec_cache
 from common.errors import GGUFError, ModelError
 from common.files import file_sha256
 from common.json_fields import json_fields
@@ -99,6 +101,9 @@ def inspect_model(path: Path) -> ModelSpec:
         raise ModelError(
             f"cannot read model file {path} ({exc.strerror}); check its permissions"
         ) from exc
+    known = spec_cache.remembered(sha256, file_bytes, path)
+    if known is not None:
+        return known
     try:
         reader = GGUFReader(path)
     except OSError as exc:
@@ -110,7 +115,9 @@ def inspect_model(path: Path) -> ModelSpec:
             f"{path} is not a readable GGUF file ({_one_line(exc)}); "
             "re-download it or pass a .gguf model"
         ) from exc
-    return _spec_from_reader(reader, path, file_bytes, sha256)
+    spec = _spec_from_reader(reader, path, file_bytes, sha256)
+    spec_cache.remember(spec)
+    return spec
 
 
 def _spec_from_reader(reader: GGUFReader, path: Path, file_bytes: int, sha256: str) -> ModelSpec:
