@@ -79,7 +79,11 @@ def _entry(sha256: str, file_bytes: int) -> Path | None:
         return None
     from collector.engine import cache_dir
 
-    return cache_dir() / "specs" / f"{sha256}-{_code_digest()}.json"
+    try:
+        code = _code_digest()
+    except OSError:  # the code's source is not on disk (a frozen build): no cache
+        return None
+    return cache_dir() / "specs" / f"{sha256}-{code}.json"
 
 
 @cache
